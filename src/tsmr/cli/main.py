@@ -1,0 +1,351 @@
+"""The ``tsmr`` command line: argument parsing and rendering over the library.
+
+Exit codes: 0 success, 1 a verification failed, 2 bad usage or input,
+3 a backend (device, file, service) failed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Annotated, Any, Callable, Optional, TypeVar
+
+import typer
+
+from .. import __version__
+from ..algorithms import HashAlg
+from ..backends.detect import EmulatedBackendWarning, open_backend
+from ..errors import BackendError, InputError, TsmrError
+from ..registers import BaseRegisterSet, Register, bank_label
+from . import render
+
+EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="tsmr",
+    help="Read and extend measurement registers (TDX RTMRs, Arm CCA REMs, TPM PCRs) through one interface.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+emulate_app = typer.Typer(
+    help="Manage the built-in register emulator (profiles tdx, cca, tpm, sample).",
+    no_args_is_help=True,
+)
+app.add_typer(emulate_app, name="emulate")
+
+BackendOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--backend",
+        "-b",
+        help="sysfs[:DIR|:NAME], tpm[:TCTI] or emulated:PROFILE (default: $TSMR_BACKEND, else detected)",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+StateDirOpt = Annotated[
+    Optional[str],
+    typer.Option("--state-dir", help="Emulator state directory (default: $TSMR_STATE_DIR or ~/.local/state/tsmr).", show_default=False),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library errors into one sentence and an exit code; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", EmulatedBackendWarning)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    for w in caught:
+                        render.warning(str(w.message))
+        except InputError as exc:
+            _fail(exc, EXIT_USAGE, as_json)
+        except BackendError as exc:
+            _fail(exc, EXIT_BACKEND, as_json)
+        except TsmrError as exc:
+            _fail(exc, EXIT_USAGE, as_json)
+        except KeyboardInterrupt:
+            raise typer.Exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _fail(exc: Exception, code: int, as_json: bool) -> None:
+    render.error(str(exc))
+    if as_json:
+        render.print_json({"error": str(exc), "type": type(exc).__name__, "exit_code": code})
+    raise typer.Exit(code)
+
+
+def _open(backend: str | None, state_dir: str | None = None) -> BaseRegisterSet:
+    return open_backend(backend, state_dir=state_dir)
+
+
+def _parse_bank(text: str | None) -> HashAlg | None:
+    if text is None or text.lower() in ("raw", "none"):
+        return None
+    return HashAlg.from_name(text)
+
+
+def _parse_hex(text: str, what: str) -> bytes:
+    t = text.strip().lower()
+    if t.startswith("0x"):
+        t = t[2:]
+    try:
+        return bytes.fromhex(t)
+    except ValueError:
+        raise InputError(f"{what} is not hexadecimal: {text!r}") from None
+
+
+def _plan_extend(reg: Register, digests: list[str], bank: str | None) -> dict[HashAlg | None, bytes]:
+    """Map ``--digest`` arguments (``HEX`` or ``ALG:HEX`` / ``ALG/HEX``) to banks."""
+    plan: dict[HashAlg | None, bytes] = {}
+    for item in digests:
+        alg_text, sep, hex_text = item.replace("/", ":").rpartition(":")
+        if sep:
+            alg: HashAlg | None = _parse_bank(alg_text)
+            value = _parse_hex(hex_text, f"digest for {alg_text}")
+        else:
+            value = _parse_hex(item, "--digest")
+            if bank is not None:
+                alg = _parse_bank(bank)
+            elif len(reg.banks) == 1:
+                alg = reg.banks[0].alg
+            else:
+                fits = [b for b in reg.banks if b.size == len(value)]
+                if len(fits) != 1:
+                    names = ", ".join(f"{b.label} ({b.size} bytes)" for b in reg.banks)
+                    raise InputError(
+                        f"{reg.name} has several banks ({names}); a {len(value)}-byte digest "
+                        f"{'fits none' if not fits else 'is ambiguous'}: name the bank with --bank or ALG:HEX"
+                    )
+                alg = fits[0].alg
+        if alg in plan:
+            raise InputError(f"two digests given for the {bank_label(alg)} bank of {reg.name}")
+        plan[alg] = value
+    return plan
+
+
+@app.command("registers")
+@handle_errors
+def registers_cmd(
+    backend: BackendOpt = None,
+    as_json: JsonOpt = False,
+    state_dir: StateDirOpt = None,
+    values: Annotated[bool, typer.Option("--values/--no-values", help="Read each readable register.")] = True,
+) -> None:
+    """List the registers of a backend with their banks, sizes, flags and values."""
+    with _open(backend, state_dir) as rs:
+        rows = []
+        for reg in rs.registers():
+            vals = None
+            if values:
+                readable = [b.alg for b in reg.banks if b.flags & b.flags.READABLE]
+                vals = rs.read(reg.name, readable) if readable else {}
+            rows.append((reg, vals))
+        if as_json:
+            render.print_json([render.register_json(r, v) for r, v in rows])
+        else:
+            hw = "" if rs.hardware_backed else " (not hardware-backed)"
+            render.out.print(render.registers_table(f"{rs.kind}:{rs.provider}{hw}", rows))
+
+
+@app.command("read")
+@handle_errors
+def read_cmd(
+    register: Annotated[str, typer.Argument(help="Register name, e.g. rtmr3, pcr16, rem0.")],
+    bank: Annotated[Optional[str], typer.Option("--bank", help="Only this bank (sha256, sha384, ... or raw).")] = None,
+    backend: BackendOpt = None,
+    as_json: JsonOpt = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Print the value of a register (every bank, or the one given)."""
+    with _open(backend, state_dir) as rs:
+        reg = rs.register(register)
+        algs = None if bank is None else [_parse_bank(bank)]
+        vals = rs.read(register, algs)
+        if as_json:
+            render.print_json({"name": reg.name, "banks": render.banks_json(vals)})
+        elif bank is not None:
+            render.line(next(iter(vals.values())).hex())
+        else:
+            for alg, value in vals.items():
+                render.line(f"{bank_label(alg)}:{value.hex()}")
+
+
+@app.command("extend")
+@handle_errors
+def extend_cmd(
+    register: Annotated[str, typer.Argument(help="Register name, e.g. rtmr3 or pcr16.")],
+    digest: Annotated[
+        list[str],
+        typer.Option("--digest", "-d", help="Digest in hex, or ALG:HEX; repeat for several banks of one register."),
+    ],
+    bank: Annotated[Optional[str], typer.Option("--bank", help="Bank of a plain HEX digest (default: the one that fits).")] = None,
+    backend: BackendOpt = None,
+    as_json: JsonOpt = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Extend a register: value = H(value || digest) in each bank given.
+
+    This records nothing: use 'tsmr log append' to keep a verifiable log.
+    """
+    with _open(backend, state_dir) as rs:
+        reg = rs.register(register)
+        plan = _plan_extend(reg, digest, bank)
+        rs.extend(register, plan)
+        readable = [a for a in plan if reg.bank(a).flags & reg.bank(a).flags.READABLE]
+        vals = rs.read(register, readable) if readable else {}
+        if as_json:
+            render.print_json({"name": reg.name, "extended": render.banks_json(plan), "banks": render.banks_json(vals)})
+        else:
+            for alg, value in vals.items():
+                render.line(f"{register} {bank_label(alg)}:{value.hex()}")
+
+
+# -- emulator -----------------------------------------------------------------
+
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="tdx, cca, tpm or sample.")]
+
+
+@emulate_app.command("init")
+@handle_errors
+def emulate_init(
+    profile: ProfileOpt = "tdx",
+    hash_name: Annotated[Optional[str], typer.Option("--hash", help="CCA only: sha256 (default) or sha512.")] = None,
+    set_values: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Initial value of a read-only register, NAME=HEX (e.g. mrtd=...); repeatable."),
+    ] = None,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+    backend: BackendOpt = None,
+) -> None:
+    """Create the emulator's state for a profile, or re-create it with every register reset."""
+    from ..backends.emulated import EmulatedRegisterSet, initialise
+
+    if backend:
+        raise InputError("emulate init works on the built-in emulator only; use --profile")
+    options: dict[str, str] = {}
+    if hash_name:
+        if profile != "cca":
+            raise InputError("--hash applies to the cca profile only")
+        options["hash"] = HashAlg.from_name(hash_name).kernel_name
+    values: dict[str, bytes] = {}
+    for item in set_values or []:
+        name, sep, hex_text = item.partition("=")
+        if not sep:
+            raise InputError(f"--set takes NAME=HEX, got {item!r}")
+        values[name.strip()] = _parse_hex(hex_text, f"value of {name}")
+    path = initialise(profile, state_dir=state_dir, options=options, values=values)
+    with EmulatedRegisterSet(profile, state_dir) as rs:
+        regs = [r.name for r in rs.registers()]
+    if as_json:
+        render.print_json({"profile": profile, "state": str(path), "options": options, "registers": regs})
+    else:
+        render.out.print(f"emulator profile {profile} initialised in {path} ({len(regs)} registers)")
+
+
+@emulate_app.command("reset")
+@handle_errors
+def emulate_reset(profile: ProfileOpt = "tdx", state_dir: StateDirOpt = None, as_json: JsonOpt = False, backend: BackendOpt = None) -> None:
+    """Restore a profile's initial values, as a reboot would, and clear its journal."""
+    from ..backends.emulated import EmulatedRegisterSet
+
+    if backend:
+        raise InputError("emulate reset works on the built-in emulator only; use --profile")
+    with EmulatedRegisterSet(profile, state_dir, create=False) as rs:
+        rs.reset()
+    if as_json:
+        render.print_json({"profile": profile, "reset": True})
+    else:
+        render.out.print(f"emulator profile {profile} reset")
+
+
+@emulate_app.command("mount")
+@handle_errors
+def emulate_mount(
+    directory: Annotated[str, typer.Argument(help="Mount point (an existing empty directory).")],
+    profile: ProfileOpt = "tdx",
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+    backend: BackendOpt = None,
+) -> None:
+    """Serve a profile as a tsm-mr 'measurements' directory through FUSE, until unmounted or interrupted.
+
+    Programs written for the kernel ABI work unchanged, e.g.
+    'tsmr read rtmr3 --backend sysfs:DIR'. Unmount with 'tsmr emulate umount DIR'
+    or Ctrl-C.
+    """
+    from ..backends import fuse
+    from ..backends.emulated import EmulatedRegisterSet
+
+    if backend:
+        raise InputError("emulate mount serves the built-in emulator only; use --profile")
+    if not os.path.isdir(directory):
+        raise InputError(f"mount point {directory} is not a directory")
+    with EmulatedRegisterSet(profile, state_dir) as rs:
+        def ready() -> None:
+            if as_json:
+                render.print_json({"mounted": os.path.abspath(directory), "profile": profile, "pid": os.getpid()})
+            else:
+                render.err.print(f"tsmr: serving emulated:{profile} at {directory} (Ctrl-C or 'tsmr emulate umount' to stop)")
+
+        fuse.serve(rs, directory, fsname=f"tsmr-{profile}", ready=ready)
+
+
+@emulate_app.command("umount")
+@handle_errors
+def emulate_umount(directory: Annotated[str, typer.Argument(help="Mount point.")], as_json: JsonOpt = False, backend: BackendOpt = None) -> None:
+    """Unmount an emulator mounted with 'tsmr emulate mount'."""
+    from ..backends import fuse
+
+    fuse.unmount(directory)
+    if as_json:
+        render.print_json({"unmounted": os.path.abspath(directory)})
+
+
+@emulate_app.command("journal")
+@handle_errors
+def emulate_journal(profile: ProfileOpt = "tdx", state_dir: StateDirOpt = None, as_json: JsonOpt = False, backend: BackendOpt = None) -> None:
+    """Print every extend the emulator applied since init or reset, in order."""
+    from ..backends.emulated import EmulatedRegisterSet
+
+    with EmulatedRegisterSet(profile, state_dir, create=False) as rs:
+        entries = list(rs.journal())
+    if as_json:
+        render.print_json([{"seq": e.seq, "attribute": e.attribute, "digest": e.data.hex()} for e in entries])
+    else:
+        for e in entries:
+            render.line(f"{e.seq:>8} {e.attribute} {e.data.hex()}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        render.out.print(f"tsmr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """tsmr: measurement registers and runtime event logs for confidential VMs and TPMs."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
