@@ -189,6 +189,7 @@ class BaseRegisterSet:
         return tuple(self._registers.values())
 
     def register(self, name: str) -> Register:
+        check_register_name(name)
         self.registers()
         assert self._registers is not None
         reg = self._registers.get(name)
@@ -229,7 +230,8 @@ class BaseRegisterSet:
                     f"{bank.attribute} takes a {bank.size}-byte digest, got {len(digest)} bytes"
                 )
             plan[bank] = digest
-        self._extend_banks(reg, plan)
+        # Banks in the register's order (ascending TPM_ALG_ID), whatever the caller's order.
+        self._extend_banks(reg, {b: plan[b] for b in reg.banks if b in plan})
 
     def close(self) -> None:
         pass

@@ -33,8 +33,9 @@ from ..registers import Bank, BaseRegisterSet, Flag, Register, sort_banks
 MISC_GLOB = "/sys/class/misc/*/measurements"
 
 # Which registers the known drivers flag LIVE (TSM_MR_F_LIVE): tdx-guest's
-# RTMRs; the sample's rtmr0, rtmr1, crypto-agile aliases and report_digest.
-_LIVE_RE = re.compile(r"^(rtmr\d+|rtmr_crypto_agile|rem\d+|report_digest)$")
+# RTMRs; the sample's rtmr0, rtmr1, crypto-agile aliases and report_digest;
+# Arm CCA REMs; TPM PCRs (read from the device on every access).
+_LIVE_RE = re.compile(r"^(rtmr\d+|rtmr_crypto_agile|rem\d+|pcr\d+|report_digest)$")
 
 _ATTR_RE = re.compile(r"^([A-Za-z0-9_.\-]{1,64})(?::([A-Za-z0-9\-_]{1,32}))?$")
 
@@ -137,6 +138,8 @@ class SysfsRegisterSet(BaseRegisterSet):
         key = f"{attribute}\0{flags}"
         fd = self._fds.get(key)
         if fd is None:
+            if not _ATTR_RE.fullmatch(attribute) or attribute.startswith("."):
+                raise InputError(f"invalid attribute name {attribute!r}")
             fd = os.open(self.directory / attribute, flags | os.O_CLOEXEC)
             self._fds[key] = fd
         return fd

@@ -1,0 +1,57 @@
+# tsmr: `make demo` and `make test` set everything up on a fresh Debian machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TSMR := $(VENV)/bin/tsmr
+# Debian packages the test suite needs: swtpm for TPM tests, libtss2-dev and
+# pkg-config to build tpm2-pytss, fuse3 for unprivileged FUSE mounts.
+APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config fuse3
+DEMO_STATE ?= $(CURDIR)/.state/demo
+PYTEST_ARGS ?=
+
+.PHONY: all demo test install install-test apt-deps bench clean help
+
+all: help
+
+help:
+	@echo "make demo    - create .venv, install tsmr, run the demo on the built-in emulator"
+	@echo "make test    - install Debian and Python test dependencies, run the whole suite"
+	@echo "make bench   - run the benchmarks in bench/ (prints ratios to baselines)"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python apt-deps
+	$(PIP) install -q -e '.[tpm,test]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+apt-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: install
+	@rm -rf $(DEMO_STATE)
+	TSMR_STATE_DIR=$(DEMO_STATE) $(PY) examples/demo.py
+
+test: install-test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install-test
+	$(PY) bench/extend.py
+
+clean:
+	rm -rf $(VENV) .state .pytest_cache .hypothesis build src/*.egg-info
