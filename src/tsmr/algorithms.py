@@ -45,6 +45,11 @@ class HashAlg(enum.IntEnum):
     def new(self) -> "hashlib._Hash":
         return _CONSTRUCTORS[self]()
 
+    @property
+    def constructor(self) -> Callable[..., "hashlib._Hash"]:
+        """The hashlib constructor (``hashlib.sha384``): the fastest way to hash in a loop."""
+        return _CONSTRUCTORS[self]
+
     def hash(self, data: bytes) -> bytes:
         return _CONSTRUCTORS[self](data).digest()
 

@@ -31,8 +31,9 @@ Semantics copied from the kernel:
 * ``kernfs_fop_open`` refuses (EACCES) to open for writing a file without a
   write bit, or for reading one without a read bit, even for root.  The mount
   has no ``default_permissions``, so ``OPEN`` and ``ACCESS`` also apply
-  ``generic_permission`` (root passes, others get the bits of root-owned files).
-* A truncate (``echo > file`` opens with ``O_TRUNC``) is accepted silently.
+  ``generic_permission`` (root passes; files belong to the mounting user).
+* A truncate (``echo > file`` opens with ``O_TRUNC``) or ``touch`` is accepted
+  silently; chmod/chown are refused (EPERM), as the provider fixes the modes.
   Creating (EACCES) and unlinking, renaming, linking or making directories
   (EPERM) fail with the errors the VFS gives for a kernfs directory.
 
@@ -60,7 +61,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
-from ..errors import BackendError
+from ..errors import BackendError, InputError
 
 __all__ = ["Attribute", "AttributeProvider", "FuseServer", "mount", "serve", "unmount"]
 
@@ -99,11 +100,11 @@ _MAX_WRITE = 128 * 1024
 _BUFSIZE = _MAX_WRITE + 8192
 _TTL = 3600  # the attribute set and sizes never change during a mount
 
-(LOOKUP, FORGET, GETATTR, SETATTR, READLINK, SYMLINK, MKNOD, MKDIR, UNLINK, RMDIR, RENAME, LINK,
- OPEN, READ, WRITE, STATFS, RELEASE, FSYNC, SETXATTR, GETXATTR, LISTXATTR, REMOVEXATTR, FLUSH, INIT,
- OPENDIR, READDIR, RELEASEDIR, FSYNCDIR, ACCESS, CREATE, INTERRUPT, DESTROY, BATCH_FORGET, RENAME2) = (
-    1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 23, 24, 25, 26,
-    27, 28, 29, 30, 34, 35, 36, 38, 42, 45)
+(LOOKUP, FORGET, GETATTR, SETATTR, SYMLINK, MKNOD, MKDIR, UNLINK, RMDIR, RENAME, LINK, OPEN, READ, WRITE,
+ STATFS, RELEASE, FSYNC, GETXATTR, LISTXATTR, FLUSH, INIT, OPENDIR, READDIR, RELEASEDIR, FSYNCDIR, ACCESS,
+ CREATE, INTERRUPT, DESTROY, BATCH_FORGET, RENAME2) = (
+    1, 2, 3, 4, 6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 20, 22, 23, 25, 26, 27, 28, 29, 30, 34,
+    35, 36, 38, 42, 45)
 
 _FUSE_BIG_WRITES = 1 << 5
 _FOPEN_DIRECT_IO = 1 << 0
@@ -129,30 +130,37 @@ _STATFS_OUT = struct.Struct("<QQQQQIIII24x")
 _DIRENT = struct.Struct("<QQII")
 
 _MS_NOSUID, _MS_NODEV, _MNT_DETACH = 2, 4, 2
+_DEVICE = "/dev/fuse"
 
 
 def _oserror(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
-def _permitted(uid: int, gid: int, mode: int, mask: int, is_dir: bool) -> bool:
-    """generic_permission() for a root-owned inode; ``mask`` is R_OK|W_OK|X_OK bits."""
+def _refuse(code: int) -> Callable[..., bytes]:
+    def handler(*_: int) -> bytes:
+        raise _oserror(code)
+    return handler
+
+
+def _permitted(uid: int, gid: int, owner: tuple[int, int], mode: int, mask: int, is_dir: bool) -> bool:
+    """generic_permission(); ``mask`` is R_OK|W_OK|X_OK bits."""
     if uid == 0:
         # CAP_DAC_OVERRIDE: everything but executing a file with no x bit at all.
         return not (mask & os.X_OK) or is_dir or bool(mode & 0o111)
-    bits = (mode >> 3) & 7 if gid == 0 else mode & 7
-    return mask & ~bits == 0
+    bits = mode >> 6 if uid == owner[0] else mode >> 3 if gid == owner[1] else mode
+    return mask & ~bits & 7 == 0
 
 
 class _Node:
     __slots__ = ("attr", "is_dir", "mode", "entry", "attr_out")
 
-    def __init__(self, nodeid: int, attr: Attribute | None, when: int) -> None:
+    def __init__(self, nodeid: int, attr: Attribute | None, when: int, owner: tuple[int, int]) -> None:
         self.attr = attr
         self.is_dir = attr is None
-        self.mode = (stat.S_IFDIR | 0o755) if attr is None else (stat.S_IFREG | (attr.mode & 0o7777))
+        self.mode = (stat.S_IFDIR | 0o755) if attr is None else (stat.S_IFREG | attr.mode)
         fields = (nodeid, 0 if attr is None else attr.size, 0, when, when, when, 0, 0, 0,
-                  self.mode, 2 if attr is None else 1, 0, 0, 0, 4096, 0)
+                  self.mode, 2 if attr is None else 1, *owner, 0, 4096, 0)
         self.entry = _ENTRY_OUT.pack(nodeid, 0, _TTL, _TTL, 0, 0, *fields)
         self.attr_out = _ATTR_OUT.pack(_TTL, 0, 0, *fields)
 
@@ -160,7 +168,8 @@ class _Node:
 class FuseServer:
     """A mounted FUSE connection serving one provider; made by :func:`mount`."""
 
-    def __init__(self, provider: AttributeProvider, mountpoint: str, fd: int, *, privileged: bool) -> None:
+    def __init__(self, provider: AttributeProvider, attrs: Sequence[Attribute], mountpoint: str, fd: int,
+                 *, privileged: bool) -> None:
         self.provider = provider
         self.mountpoint = mountpoint
         self._fd = fd
@@ -173,13 +182,17 @@ class FuseServer:
         self._mounted = True
         self._closed = False
         self._unmounter: subprocess.Popen[bytes] | None = None
+        self._serving: int | None = None  # ident of the thread in serve_forever
+        self._done = threading.Event()
         now = int(time.time())
-        attrs = list(provider.attributes())
-        self._nodes: dict[int, _Node] = {_ROOT: _Node(_ROOT, None, now)}
+        # Files belong to whoever mounted: root for mount(2); a fusermount3 mount
+        # without allow_other is reachable by that user only anyway.
+        self._owner = owner = (os.getuid(), os.getgid())
+        self._nodes: dict[int, _Node] = {_ROOT: _Node(_ROOT, None, now, owner)}
         self._by_name: dict[bytes, int] = {}
         for i, a in enumerate(attrs):
             nodeid = i + 2
-            self._nodes[nodeid] = _Node(nodeid, a, now)
+            self._nodes[nodeid] = _Node(nodeid, a, now, owner)
             self._by_name[a.name.encode()] = nodeid
         # Directory records precomputed; a READDIR offset is the index of the next record.
         names = [(b".", _ROOT, 4), (b"..", _ROOT, 4)] + [(a.name.encode(), i + 2, 8) for i, a in enumerate(attrs)]
@@ -190,17 +203,15 @@ class FuseServer:
         self._handlers: dict[int, Callable[[int, int, int, int, int], bytes | None]] = {
             LOOKUP: self._lookup, GETATTR: self._getattr, SETATTR: self._setattr, OPEN: self._open,
             READ: self._read, WRITE: self._write, STATFS: self._statfs, OPENDIR: self._opendir,
-            READDIR: self._readdir, ACCESS: self._access, GETXATTR: self._getxattr,
+            READDIR: self._readdir, ACCESS: self._access, GETXATTR: _refuse(errno.ENODATA),
             LISTXATTR: self._listxattr,
         }
-        for op in (FLUSH, RELEASE, RELEASEDIR, FSYNC, FSYNCDIR):
-            self._handlers[op] = self._ok
-        for op in (FORGET, BATCH_FORGET, INTERRUPT):
-            # No reply: nodes are static, and a single thread has nothing in flight to interrupt.
-            self._handlers[op] = self._noreply
-        for op in (MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME, RENAME2):
-            self._handlers[op] = self._eperm
-        self._handlers[CREATE] = self._eacces
+        for ops, handler in (((FLUSH, RELEASE, RELEASEDIR, FSYNC, FSYNCDIR), lambda *_: b""),
+                             # No reply: nodes are static, and one thread has nothing in flight to interrupt.
+                             ((FORGET, BATCH_FORGET, INTERRUPT), lambda *_: None),
+                             ((MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME, RENAME2), _refuse(errno.EPERM)),
+                             ((CREATE,), _refuse(errno.EACCES))):
+            self._handlers.update(dict.fromkeys(ops, handler))
 
     # -- lifecycle ----------------------------------------------------------
     def fileno(self) -> int:
@@ -214,13 +225,14 @@ class FuseServer:
                 break
             except InterruptedError:
                 continue
-        length, opcode, unique = _IN_HDR.unpack_from(self._buf)[:3]
+        opcode, unique = _IN_HDR.unpack_from(self._buf)[1:3]
         if opcode != INIT or n < _IN + _INIT_IN.size:
             raise BackendError(f"fuse: expected FUSE_INIT from the kernel, got opcode {opcode}", backend="fuse")
         major, minor, max_readahead, flags = _INIT_IN.unpack_from(self._buf, _IN)
         if major != _MAJOR or minor < _MINOR:
             self._send(_OUT_HDR.pack(16, -errno.EPROTO, unique))
-            raise BackendError(f"fuse: kernel speaks protocol {major}.{minor}, tsmr needs {_MAJOR}.{_MINOR} or later", backend="fuse")
+            raise BackendError(f"fuse: the kernel speaks FUSE {major}.{minor}, tsmr needs {_MAJOR}.{_MINOR} or later",
+                               backend="fuse")
         out = _INIT_OUT.pack(_MAJOR, _MINOR, max_readahead, flags & _FUSE_BIG_WRITES, 16, 12,
                              _MAX_WRITE, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         self._send(_OUT_HDR.pack(16 + len(out), 0, unique) + out)
@@ -231,22 +243,17 @@ class FuseServer:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        spins = 0
-        SPIN = int(os.environ.get("SPIN", "0"))
+        self._serving = threading.get_ident()
         try:
             while not self._closed:
                 if self._stopping:
-                    # A fusermount3 -u may still need answers (it stats the mount point).
+                    # Keep answering until fusermount3 -u is done, in case it looks at the mount point.
                     p = self._unmounter
                     if p is None or p.poll() is not None or time.monotonic() > self._deadline:
                         break
                 try:
-                    n = os.readv(fd, buf)
+                    os.readv(fd, buf)
                 except BlockingIOError:
-                    if spins < SPIN:
-                        spins += 1
-                        continue
-                    spins = 0
                     # Idle: wait for a request or for stop(); poll only when there is no work.
                     poller.poll(50 if self._stopping else None)
                     try:
@@ -277,13 +284,17 @@ class FuseServer:
                     self._send(_OUT_HDR.pack(16, -code, unique))
                     continue
                 except Exception:
-                    log.exception("fuse: request %d on node %d failed", opcode, nodeid)
+                    node = self._nodes.get(nodeid)
+                    log.exception("fuse: opcode %d on %r failed; answering EIO", opcode,
+                                  node.attr.name if node and node.attr else "/")
                     self._send(_OUT_HDR.pack(16, -errno.EIO, unique))
                     continue
                 if out is not None:
                     self._send(out if opcode == WRITE else _OUT_HDR.pack(16 + len(out), 0, unique) + out)
         finally:
+            self._serving = None
             self.close()
+            self._done.set()
 
     def stop(self) -> None:
         """Unmount and make :meth:`serve_forever` return; safe from signal handlers and other threads."""
@@ -292,14 +303,12 @@ class FuseServer:
         self._stopping = True
         self._deadline = time.monotonic() + 5
         if self._mounted:
-            self._mounted = False
-            if self._privileged:
-                _umount2(self.mountpoint)
-            else:
-                # Not waited for here: fusermount3 may touch the mount point, which needs this loop.
-                self._unmounter = subprocess.Popen(
-                    ["fusermount3", "-u", "-z", "--", self.mountpoint],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                # Not waited for: were fusermount3 to look at the mount, only this loop could answer.
+                self._unmounter = _detach(self.mountpoint, self._privileged, wait=False)
+                self._mounted = False
+            except (OSError, BackendError) as e:  # close() tries again, after releasing the device
+                log.warning("fuse: could not unmount %s: %s", self.mountpoint, e)
         try:
             os.write(self._wake_w, b"x")
         except OSError:
@@ -308,29 +317,30 @@ class FuseServer:
     unmount = stop
 
     def close(self) -> None:
-        """Unmount if still mounted and release the device; pending requests get ENOTCONN."""
+        """Stop serving, release the device (pending requests get ENOTCONN) and unmount."""
         if self._closed:
             return
-        if self._mounted:
-            self._mounted = False
-            try:
-                if self._privileged:
-                    _umount2(self.mountpoint)
-                else:
-                    subprocess.run(["fusermount3", "-u", "-z", "--", self.mountpoint],
-                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
-            except (OSError, subprocess.SubprocessError, BackendError):
-                pass
+        if self._serving is not None and self._serving != threading.get_ident():
+            self.stop()  # the serving thread owns the descriptors; let it close them
+            self._done.wait(10)
+            return
         self._closed = True
-        if self._unmounter is not None:
-            try:
-                self._unmounter.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+        # The device first: an aborted connection answers ENOTCONN, so unmounting cannot block on us.
         for fd in (self._fd, self._wake_r, self._wake_w):
             try:
                 os.close(fd)
             except OSError:
+                pass
+        if self._mounted:
+            self._mounted = False
+            try:
+                _detach(self.mountpoint, self._privileged, wait=True)
+            except (OSError, subprocess.SubprocessError, BackendError) as e:
+                log.warning("fuse: could not unmount %s: %s", self.mountpoint, e)
+        if self._unmounter is not None:
+            try:
+                self._unmounter.wait(5)
+            except subprocess.TimeoutExpired:
                 pass
 
     def __enter__(self) -> "FuseServer":
@@ -344,11 +354,13 @@ class FuseServer:
         try:
             os.write(self._fd, data)
         except OSError as e:
-            # ENOENT: the caller gave up (interrupted) and the request is gone.
             if e.errno == errno.ENODEV:
                 self._stopping = True
-            elif e.errno != errno.ENOENT:
-                raise
+            elif e.errno != errno.ENOENT:  # ENOENT: the caller was interrupted and the request is gone
+                # A reply the kernel rejects would leave the caller hanging: answer EIO instead.
+                log.error("fuse: the kernel refused a %d-byte reply: %s", len(data), e)
+                if len(data) > _OUT_HDR.size:
+                    self._send(_OUT_HDR.pack(16, -errno.EIO, _OUT_HDR.unpack_from(data)[2]))
 
     # -- request handlers: (nodeid, uid, gid, length, unique) -> payload ----
     def _node(self, nodeid: int) -> _Node:
@@ -362,18 +374,6 @@ class FuseServer:
         if attr is None:
             raise _oserror(errno.EISDIR)
         return attr
-
-    def _ok(self, *_: int) -> bytes:
-        return b""
-
-    def _noreply(self, *_: int) -> None:
-        return None
-
-    def _eperm(self, *_: int) -> bytes:
-        raise _oserror(errno.EPERM)
-
-    def _eacces(self, *_: int) -> bytes:
-        raise _oserror(errno.EACCES)
 
     def _lookup(self, nodeid: int, uid: int, gid: int, length: int, unique: int) -> bytes:
         name = bytes(self._mv[_IN:length]).rstrip(b"\0")
@@ -401,7 +401,7 @@ class FuseServer:
         acc = flags & os.O_ACCMODE
         want_r, want_w = acc in (os.O_RDONLY, os.O_RDWR), acc in (os.O_WRONLY, os.O_RDWR)
         mask = (os.R_OK if want_r else 0) | (os.W_OK if want_w else 0)
-        if not _permitted(uid, gid, node.mode, mask, False):
+        if not _permitted(uid, gid, self._owner, node.mode, mask, False):
             raise _oserror(errno.EACCES)
         # kernfs_fop_open: refused without the matching bit, whoever asks.
         if (want_w and not node.mode & 0o222) or (want_r and not node.mode & 0o444):
@@ -423,10 +423,9 @@ class FuseServer:
         attr = self._file(nodeid)
         _, pos, count = _RW_IN.unpack_from(self._buf, _IN)
         size = attr.size
-        if size:
-            if pos >= size:
-                raise _oserror(errno.EFBIG)
-            count = min(count, size - pos)
+        if pos >= size:
+            raise _oserror(errno.EFBIG)
+        count = min(count, size - pos)
         if count:
             if pos != 0 or count != size:  # tsm_mr_write: partial writes are not supported
                 raise _oserror(errno.EINVAL)
@@ -457,18 +456,13 @@ class FuseServer:
     def _access(self, nodeid: int, uid: int, gid: int, *_: int) -> bytes:
         node = self._node(nodeid)
         mask = _U32X2.unpack_from(self._buf, _IN)[0] & 7
-        if not _permitted(uid, gid, node.mode, mask, node.is_dir):
+        if not _permitted(uid, gid, self._owner, node.mode, mask, node.is_dir):
             raise _oserror(errno.EACCES)
         return b""
 
-    def _getxattr(self, nodeid: int, *_: int) -> bytes:
-        self._node(nodeid)
-        raise _oserror(errno.ENODATA)
-
-    def _listxattr(self, nodeid: int, *_: int) -> bytes:
-        self._node(nodeid)
+    def _listxattr(self, *_: int) -> bytes:
         size = _U32X2.unpack_from(self._buf, _IN)[0]
-        return _U32X2.pack(0, 0) if size == 0 else b""
+        return _U32X2.pack(0, 0) if size == 0 else b""  # the size of, or, an empty list
 
 
 # --- mounting ----------------------------------------------------------------
@@ -486,6 +480,30 @@ def _umount2(path: str) -> bool:
     if code in (errno.EINVAL, errno.ENOENT):
         return False
     raise BackendError.from_oserror(_oserror(code), backend="fuse", register=None, action=f"unmounting {path}")
+
+
+def _detach(path: str, privileged: bool, *, wait: bool) -> subprocess.Popen[bytes] | None:
+    if privileged:
+        _umount2(path)
+        return None
+    proc = subprocess.Popen(["fusermount3", "-u", "-z", "--", path], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if wait:
+        proc.wait(10)
+        return None
+    return proc
+
+
+def _check_attributes(attrs: Sequence[Attribute]) -> list[Attribute]:
+    seen: set[str] = set()
+    for a in attrs:
+        raw = a.name.encode()
+        if not raw or a.name in (".", "..") or b"/" in raw or b"\0" in raw or len(raw) > 255 or a.name in seen:
+            raise InputError(f"fuse: cannot serve an attribute named {a.name!r}")
+        if a.size < 1 or a.mode & ~0o777:
+            raise InputError(f"fuse: attribute {a.name!r} has size {a.size} and mode {a.mode:#o}")
+        seen.add(a.name)
+    return list(attrs)
 
 
 def _mount_syscall(fd: int, mountpoint: str, fsname: str) -> int:
@@ -508,7 +526,7 @@ def _mount_fusermount(mountpoint: str, fsname: str) -> int:
         except (OSError, subprocess.SubprocessError) as e:
             raise BackendError(f"fuse: cannot run fusermount3 to mount {mountpoint}: {e}", backend="fuse") from e
         theirs.close()  # so that recv sees EOF if fusermount3 sent nothing
-        _, fds, _, _ = socket.recv_fds(ours, 1, 1)
+        _, fds, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_CMSG_CLOEXEC)
         if not fds:
             why = proc.stderr.decode(errors="replace").strip() or f"exit status {proc.returncode}"
             raise BackendError(f"fuse: fusermount3 could not mount {mountpoint}: {why}",
@@ -526,18 +544,26 @@ def mount(provider: AttributeProvider, mountpoint: str | os.PathLike[str], *, fs
     :meth:`FuseServer.serve_forever` runs: do not touch it from the serving
     thread before that.
     """
-    path = os.path.abspath(os.fspath(mountpoint))
-    if not os.path.exists("/dev/fuse"):
-        raise BackendError("fuse: /dev/fuse is missing (load the fuse module or give the container the device)",
+    attrs = _check_attributes(provider.attributes())
+    if not fsname or any(c in fsname for c in ", \t\n"):
+        raise InputError(f"fuse: unusable file system name {fsname!r}")
+    path = os.path.realpath(os.fspath(mountpoint))
+    if not os.path.exists(_DEVICE):
+        raise BackendError(f"fuse: {_DEVICE} is missing (load the fuse module or give the container the device)",
                            backend="fuse", errno=errno.ENODEV)
-    if not os.path.isdir(path):
-        raise BackendError(f"fuse: mount point {path} is not a directory", backend="fuse", errno=errno.ENOTDIR)
+    try:
+        if not stat.S_ISDIR(os.stat(path).st_mode):
+            raise BackendError(f"fuse: mount point {path} is not a directory", backend="fuse", errno=errno.ENOTDIR)
+    except OSError as e:
+        hint = "a dead FUSE mount is there; unmount it first" if e.errno == errno.ENOTCONN else ""
+        raise BackendError.from_oserror(e, backend="fuse", register=None, action=f"using mount point {path}",
+                                        hint=hint) from e
     fd, privileged, code = -1, False, errno.EPERM
     if os.geteuid() == 0:
         try:
-            fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(_DEVICE, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
-            raise BackendError.from_oserror(e, backend="fuse", register=None, action="opening /dev/fuse") from e
+            raise BackendError.from_oserror(e, backend="fuse", register=None, action=f"opening {_DEVICE}") from e
         code = _mount_syscall(fd, path, fsname)
         if code == 0:
             privileged = True
@@ -552,20 +578,15 @@ def mount(provider: AttributeProvider, mountpoint: str | os.PathLike[str], *, fs
         except BackendError as e:
             raise BackendError(f"fuse: not permitted to mount {path} (mount(2) needs CAP_SYS_ADMIN and "
                                f"fusermount3 failed: {e})", backend="fuse", errno=errno.EPERM) from e
-    server = None
+    server = FuseServer(provider, attrs, path, fd, privileged=privileged)
     try:
-        server = FuseServer(provider, path, fd, privileged=privileged)
         server._handshake()
         # From now on an empty queue is EAGAIN, so that the loop can also wait for stop().
         os.set_blocking(fd, False)
-        return server
     except BaseException:
-        if server is not None:
-            server.close()
-        else:
-            (_umount2(path) if privileged else subprocess.run(["fusermount3", "-u", "-z", "--", path], capture_output=True))
-            os.close(fd)
+        server.close()
         raise
+    return server
 
 
 def serve(provider: AttributeProvider, mountpoint: str | os.PathLike[str], *, fsname: str = "tsmr",
@@ -634,7 +655,9 @@ def unmount(mountpoint: str | os.PathLike[str], *, missing_ok: bool = False) -> 
         raise BackendError(f"fuse: {path} is a {fstype} mount, not a FUSE one", backend="fuse", errno=errno.EINVAL)
     if os.geteuid() == 0:
         try:
-            return _umount2(path) or missing_ok or _raise_not_mounted(path)
+            if _umount2(path):
+                return True
+            raise BackendError(f"fuse: nothing is mounted at {path}", backend="fuse", errno=errno.EINVAL)
         except BackendError as e:
             if e.errno != errno.EPERM:
                 raise
@@ -643,7 +666,3 @@ def unmount(mountpoint: str | os.PathLike[str], *, missing_ok: bool = False) -> 
         why = proc.stderr.decode(errors="replace").strip() or f"exit status {proc.returncode}"
         raise BackendError(f"fuse: fusermount3 could not unmount {path}: {why}", backend="fuse")
     return True
-
-
-def _raise_not_mounted(path: str) -> bool:
-    raise BackendError(f"fuse: nothing is mounted at {path}", backend="fuse", errno=errno.EINVAL)

@@ -6,21 +6,19 @@ Exit codes: 0 success, 1 a verification failed, 2 bad usage or input,
 
 from __future__ import annotations
 
-import functools
 import os
-import warnings
-from typing import Annotated, Any, Callable, Optional, TypeVar
+from typing import Annotated, Optional
 
 import typer
 
 from .. import __version__
 from ..algorithms import HashAlg
-from ..backends.detect import EmulatedBackendWarning, open_backend
-from ..errors import BackendError, InputError, TsmrError
-from ..registers import BaseRegisterSet, Register, bank_label
+from ..errors import InputError
+from ..registers import Register, bank_label
+from ..runtime_log.store import RuntimeLog
 from . import render
-
-EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
+from .common import BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, open_backend_cli as _open
+from .log_cmd import log_app
 
 app = typer.Typer(
     name="tsmr",
@@ -35,61 +33,7 @@ emulate_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(emulate_app, name="emulate")
-
-BackendOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--backend",
-        "-b",
-        help="sysfs[:DIR|:NAME], tpm[:TCTI] or emulated:PROFILE (default: $TSMR_BACKEND, else detected)",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-StateDirOpt = Annotated[
-    Optional[str],
-    typer.Option("--state-dir", help="Emulator state directory (default: $TSMR_STATE_DIR or ~/.local/state/tsmr).", show_default=False),
-]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def handle_errors(fn: F) -> F:
-    """Turn library errors into one sentence and an exit code; never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        as_json = bool(kwargs.get("as_json"))
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", EmulatedBackendWarning)
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    for w in caught:
-                        render.warning(str(w.message))
-        except InputError as exc:
-            _fail(exc, EXIT_USAGE, as_json)
-        except BackendError as exc:
-            _fail(exc, EXIT_BACKEND, as_json)
-        except TsmrError as exc:
-            _fail(exc, EXIT_USAGE, as_json)
-        except KeyboardInterrupt:
-            raise typer.Exit(130)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _fail(exc: Exception, code: int, as_json: bool) -> None:
-    render.error(str(exc))
-    if as_json:
-        render.print_json({"error": str(exc), "type": type(exc).__name__, "exit_code": code})
-    raise typer.Exit(code)
-
-
-def _open(backend: str | None, state_dir: str | None = None) -> BaseRegisterSet:
-    return open_backend(backend, state_dir=state_dir)
-
+app.add_typer(log_app, name="log")
 
 def _parse_bank(text: str | None) -> HashAlg | None:
     if text is None or text.lower() in ("raw", "none"):
@@ -192,22 +136,32 @@ def extend_cmd(
         typer.Option("--digest", "-d", help="Digest in hex, or ALG:HEX; repeat for several banks of one register."),
     ],
     bank: Annotated[Optional[str], typer.Option("--bank", help="Bank of a plain HEX digest (default: the one that fits).")] = None,
+    no_log: Annotated[bool, typer.Option("--no-log", help="Extend without recording it in the register's runtime log.")] = False,
     backend: BackendOpt = None,
-    as_json: JsonOpt = False,
+    log_dir: LogDirOpt = None,
     state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Extend a register: value = H(value || digest) in each bank given.
+    """Extend a register with raw digests: value = H(value || digest) in each bank given.
 
-    This records nothing: use 'tsmr log append' to keep a verifiable log.
+    The extend is recorded in the register's runtime log as a '# .EXTEND'
+    directive, so the log keeps verifying; --no-log skips that (the next
+    log append then records the gap). Prefer 'tsmr log append' for events.
     """
     with _open(backend, state_dir) as rs:
         reg = rs.register(register)
         plan = _plan_extend(reg, digest, bank)
-        rs.extend(register, plan)
+        logged = None
+        if no_log or None in plan:
+            rs.extend(register, plan)
+        else:
+            with RuntimeLog(rs, register, log_dir=log_dir) as log:
+                log.extend_digest({a: d for a, d in plan.items() if a is not None})
+                logged = str(log.path)
         readable = [a for a in plan if reg.bank(a).flags & reg.bank(a).flags.READABLE]
         vals = rs.read(register, readable) if readable else {}
         if as_json:
-            render.print_json({"name": reg.name, "extended": render.banks_json(plan), "banks": render.banks_json(vals)})
+            render.print_json({"name": reg.name, "extended": render.banks_json(plan), "banks": render.banks_json(vals), "log": logged})
         else:
             for alg, value in vals.items():
                 render.line(f"{register} {bank_label(alg)}:{value.hex()}")

@@ -1,0 +1,76 @@
+"""What every CLI command shares: options, error handling, exit codes."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Annotated, Any, Callable, Optional, TypeVar
+
+import typer
+
+from ..backends.detect import EmulatedBackendWarning, open_backend
+from ..errors import BackendError, InputError, TsmrError
+from ..registers import BaseRegisterSet
+from . import render
+
+EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
+
+BackendOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--backend",
+        "-b",
+        help="sysfs[:DIR|:NAME], tpm[:TCTI] or emulated:PROFILE (default: $TSMR_BACKEND, else detected)",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+LogDirOpt = Annotated[
+    Optional[str],
+    typer.Option("--log-dir", help="Directory of runtime logs (default: $TSMR_LOG_DIR, else /run/tsmr).", show_default=False),
+]
+StateDirOpt = Annotated[
+    Optional[str],
+    typer.Option("--state-dir", help="Emulator state directory (default: $TSMR_STATE_DIR or ~/.local/state/tsmr).", show_default=False),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library errors into one sentence and an exit code; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", EmulatedBackendWarning)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    for w in caught:
+                        render.warning(str(w.message))
+        except InputError as exc:
+            _fail(exc, EXIT_USAGE, as_json)
+        except BackendError as exc:
+            _fail(exc, EXIT_BACKEND, as_json)
+        except TsmrError as exc:
+            _fail(exc, EXIT_USAGE, as_json)
+        except KeyboardInterrupt:
+            raise typer.Exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _fail(exc: Exception, code: int, as_json: bool) -> None:
+    render.error(str(exc))
+    if as_json:
+        render.print_json({"error": str(exc), "type": type(exc).__name__, "exit_code": code})
+    raise typer.Exit(code)
+
+
+def open_backend_cli(backend: str | None, state_dir: str | None = None) -> BaseRegisterSet:
+    return open_backend(backend, state_dir=state_dir)
+
+

@@ -1,0 +1,192 @@
+"""``tsmr log``: append, show, verify, export and replay runtime event logs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..algorithms import HashAlg
+from ..errors import InputError
+from ..registers import bank_label
+from ..runtime_log.records import check_record, parse_values
+from ..runtime_log.replay import ReplayReport, Replayer
+from ..runtime_log.store import RuntimeLog
+from . import render
+from .common import EXIT_VERIFY, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, open_backend_cli
+
+log_app = typer.Typer(
+    help="Keep a verifiable runtime event log for a register: one record per line, each extended into the register.",
+    no_args_is_help=True,
+)
+
+GAPS_HELP = "Do not fail because of gaps (extends that were not logged), only on a mismatch."
+
+
+def _open_log(reg: str, backend: str | None, state_dir: str | None, log_dir: str | None):  # type: ignore[no-untyped-def]
+    rs = open_backend_cli(backend, state_dir)
+    return rs, RuntimeLog(rs, reg, log_dir=log_dir)
+
+
+def _read_stdin_records() -> list[str]:
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"standard input is not UTF-8 (byte {exc.start})") from None
+    if text.endswith("\n"):
+        text = text[:-1]
+    records = text.split("\n") if text else []
+    for i, rec in enumerate(records, 1):
+        try:
+            check_record(rec)
+        except InputError as exc:
+            raise InputError(f"standard input line {i}: {exc}") from None
+    return records
+
+
+@log_app.command("append")
+@handle_errors
+def append_cmd(
+    register: Annotated[str, typer.Argument(help="Register, e.g. rtmr3 or pcr16.")],
+    records: Annotated[list[str], typer.Argument(help="Records, one per argument; '-' reads one record per line from standard input.")],
+    backend: BackendOpt = None,
+    log_dir: LogDirOpt = None,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Append records durably: each is hashed per bank and extended into the register, all under one commit.
+
+    Records are written as given (never altered); the recommended form is
+    '<domain> <operation> <content>', e.g. 'example.com/app deploy {"image":"alpine"}'.
+    """
+    items: list[str] = []
+    for r in records:
+        items.extend(_read_stdin_records() if r == "-" else [r])
+    for r in items:
+        check_record(r)  # everything is checked before anything is written
+    rs, log = _open_log(register, backend, state_dir, log_dir)
+    with rs, log:
+        result = log.append_many(items)
+    if as_json:
+        render.print_json({
+            "register": register,
+            "log": str(log.path),
+            "first_line": result.first_line,
+            "lines": list(result.lines),
+            "synced": result.synced,
+            "gap": result.gap,
+            "banks": {bank_label(a): v.hex() for a, v in result.values.items()},
+        })
+    else:
+        if result.gap:
+            render.warning(f"{register} had changed without being logged: a sync record was written first (line {result.first_line})")
+        render.line(f"appended {len(items)} record(s) to {log.path} (lines {result.first_line}-{result.first_line + len(result.lines) - 1})")
+        for alg, value in result.values.items():
+            render.line(f"{register} {bank_label(alg)}:{value.hex()}")
+
+
+@log_app.command("show")
+@handle_errors
+def show_cmd(
+    register: Annotated[str, typer.Argument(help="Register, e.g. rtmr3.")],
+    backend: BackendOpt = None,
+    log_dir: LogDirOpt = None,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the log of a register, one row per line with its kind."""
+    rs, log = _open_log(register, backend, state_dir, log_dir)
+    with rs, log:
+        rows = list(log.lines())
+    if as_json:
+        render.print_json([
+            {"line": n, "kind": line.kind.value, "record": line.text,
+             **({"values": {bank_label(a): v.hex() for a, v in line.values}} if line.values else {})}
+            for n, line in rows
+        ])
+        return
+    table = Table(title=f"{log.path}", title_justify="left")
+    table.add_column("line", justify="right")
+    table.add_column("kind")
+    table.add_column("record", overflow="fold")
+    for n, line in rows:
+        table.add_row(str(n), line.kind.value, line.text)
+    render.out.print(table)
+
+
+def _report_out(report: ReplayReport, register: str, as_json: bool, allow_gaps: bool, extra: dict[str, object] | None = None) -> None:
+    failed = any(b.status in ("mismatched", "unanchored") for b in report.banks.values()) or (report.gaps and not allow_gaps)
+    if as_json:
+        obj = report.to_json(register)
+        obj.update(extra or {})
+        obj["ok"] = not failed
+        render.print_json(obj)
+    else:
+        for alg, b in report.banks.items():
+            value = b.value.hex() if b.value is not None else "-"
+            render.line(f"{register} {bank_label(alg)}: {b.status} {value}")
+        for sentence in report.explain(register):
+            render.line(sentence)
+        render.line(f"{report.records} record(s) in {report.lines} line(s): {'FAILED' if failed else 'OK'}")
+    if failed:
+        raise typer.Exit(EXIT_VERIFY)
+
+
+@log_app.command("verify")
+@handle_errors
+def verify_cmd(
+    register: Annotated[str, typer.Argument(help="Register, e.g. rtmr3.")],
+    backend: BackendOpt = None,
+    log_dir: LogDirOpt = None,
+    state_dir: StateDirOpt = None,
+    allow_gaps: Annotated[bool, typer.Option("--allow-gaps", help=GAPS_HELP)] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay the log and compare it with the live register; exit 1 on a mismatch or a gap."""
+    rs, log = _open_log(register, backend, state_dir, log_dir)
+    with rs, log:
+        report = log.verify()
+    _report_out(report, register, as_json, allow_gaps, {"log": str(log.path)})
+
+
+def _parse_bank_values(items: list[str] | None, what: str) -> dict[HashAlg, bytes]:
+    out: dict[HashAlg, bytes] = {}
+    for item in items or []:
+        try:
+            for alg, value in parse_values(item.strip().lower().replace(":", "/").encode(), what=what):
+                if alg in out:
+                    raise InputError(f"{what}: two values for {alg}")
+                out[alg] = value
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"{what} {item!r}: {exc}") from None
+    return out
+
+
+@log_app.command("replay")
+@handle_errors
+def replay_cmd(
+    file: Annotated[str, typer.Argument(help="A runtime log file (tsmr or CoCo AAEL v1 text), or - for standard input.")],
+    initial: Annotated[Optional[list[str]], typer.Option("--initial", help="Initial value ALG/HEX of a bank (repeatable).")] = None,
+    expect: Annotated[Optional[list[str]], typer.Option("--expect", help="Expected final value ALG/HEX, e.g. from a quote (repeatable).")] = None,
+    allow_gaps: Annotated[bool, typer.Option("--allow-gaps", help=GAPS_HELP)] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay a log file on its own; with --expect, exit 1 on a mismatch and name the line where it diverged."""
+    init = _parse_bank_values(initial, "--initial")
+    want = _parse_bank_values(expect, "--expect")
+    r = Replayer(initial=init, expected=want)
+    try:
+        fh = sys.stdin.buffer if file == "-" else open(file, "rb")
+    except OSError as exc:
+        raise InputError(f"cannot read {file}: {exc.strerror}") from None
+    with fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            r.feed(chunk)
+    report = r.finish()
+    _report_out(report, os.path.basename(file) if file != "-" else "log", as_json, allow_gaps, {"file": file})

@@ -1,0 +1,23 @@
+"""The tsmr runtime event log: records (pure), replay (pure), store (files and locking)."""
+
+from .records import Kind, Line, RecordError, canonical_json, check_record, classify, event
+from .replay import ReplayReport, Replayer, replay, replay_file
+from .store import AppendResult, RecoveryResult, RuntimeLog, default_log_dir
+
+__all__ = [
+    "Kind",
+    "Line",
+    "RecordError",
+    "canonical_json",
+    "check_record",
+    "classify",
+    "event",
+    "ReplayReport",
+    "Replayer",
+    "replay",
+    "replay_file",
+    "AppendResult",
+    "RecoveryResult",
+    "RuntimeLog",
+    "default_log_dir",
+]

@@ -1,0 +1,315 @@
+"""Replay and verification of a tsmr runtime log (spec/runtime-log.md section 3), pure.
+
+Per bank the state is *unknown* until the first sync record, or an initial
+value supplied by the verifier.  Then, line by line: blank lines and plain
+comments do nothing; ``# .EXTEND`` extends the listed banks with the listed
+bytes; a sync record reports a *gap* if the state is known and differs from
+the declared value, takes the declared value, and is then extended like an
+event; an event extends every known bank with ``H(line)``.
+
+:class:`Replayer` is incremental (``feed`` any chunks, then ``finish``), so a
+log of millions of lines replays in memory bounded by one chunk and one line.
+While replaying it remembers, per bank with an expected value, the last line
+after which the state equalled that value: when the register was quoted
+before the log grew, that line is where the quote stops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+from ..algorithms import HashAlg
+from ..errors import InputError, ParseError
+from ..registers import bank_label
+from .records import EXTEND_PREFIX, FORMAT, INIT_PREFIX, SYNC_PREFIX, MAX_RECORD_BYTES, classify
+
+MATCHED = "matched"
+MISMATCHED = "mismatched"
+UNANCHORED = "unanchored"
+REPLAYED = "replayed"  # a state, but nothing to compare it with
+
+_BAD = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """An unlogged extension: at ``line`` a sync record declared ``declared``, the log replayed to ``replayed``."""
+
+    line: int
+    alg: HashAlg
+    replayed: bytes
+    declared: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BankResult:
+    alg: HashAlg
+    status: str
+    value: bytes | None  # the replayed state at the end (None: unanchored)
+    expected: bytes | None
+    anchor_line: int | None  # 0: caller's initial value; n: first sync record
+    last_matching_line: int | None  # last line after which the state equalled ``expected``
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    banks: dict[HashAlg, BankResult]
+    gaps: tuple[Gap, ...]
+    lines: int
+    records: int  # hashed lines: events, sync records, .EXTEND directives
+    last_record_line: int
+
+    @property
+    def matched(self) -> bool:
+        """Every bank has an expected value and ends equal to it."""
+        return bool(self.banks) and all(b.status == MATCHED for b in self.banks.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.matched and not self.gaps
+
+    def values(self) -> dict[HashAlg, bytes]:
+        return {a: b.value for a, b in self.banks.items() if b.value is not None}
+
+    def explain(self, register: str = "register") -> list[str]:
+        """One sentence per finding, in the order a reader should act on them."""
+        out: list[str] = []
+        for b in self.banks.values():
+            name = f"{register} {bank_label(b.alg)}"
+            if b.status == UNANCHORED:
+                out.append(f"{name}: unanchored: no sync record and no initial value, so the log proves nothing about it")
+            elif b.status == MISMATCHED:
+                assert b.value is not None and b.expected is not None
+                s = f"{name}: mismatched: the log replays to {b.value.hex()} but the register holds {b.expected.hex()}"
+                if b.last_matching_line is not None:
+                    covered = b.last_matching_line
+                    if covered < self.last_record_line:
+                        s += f"; the register equals the log up to line {covered}, so the later records are not in it (the log is ahead of the register)"
+                    else:
+                        s += f"; the register matched at line {covered}"
+                else:
+                    s += "; no prefix of the log matches the register (it was extended with something not in the log)"
+                out.append(s)
+        for g in self.gaps:
+            out.append(
+                f"{register} {bank_label(g.alg)}: gap before line {g.line}: the register changed without being logged (an unlogged extend, or a reset) "
+                f"(log replayed to {g.replayed.hex()}, sync record declares {g.declared.hex()})"
+            )
+        return out
+
+    def to_json(self, register: str | None = None) -> dict[str, object]:
+        obj: dict[str, object] = {}
+        if register is not None:
+            obj["register"] = register
+        obj.update(
+            {
+                "ok": self.ok,
+                "lines": self.lines,
+                "records": self.records,
+                "banks": {
+                    bank_label(a): {
+                        "status": b.status,
+                        "value": b.value.hex() if b.value is not None else None,
+                        "expected": b.expected.hex() if b.expected is not None else None,
+                        "anchor_line": b.anchor_line,
+                        "last_matching_line": b.last_matching_line,
+                    }
+                    for a, b in self.banks.items()
+                },
+                "gaps": [
+                    {"line": g.line, "bank": bank_label(g.alg), "replayed": g.replayed.hex(), "declared": g.declared.hex()}
+                    for g in self.gaps
+                ],
+                "findings": self.explain(register or "register"),
+            }
+        )
+        return obj
+
+
+class Replayer:
+    """Incremental replay of a runtime log.
+
+    ``algs`` names banks to track from the start (with ``initial`` values,
+    if known); banks first seen in a sync record are tracked from there.
+    """
+
+    def __init__(
+        self,
+        algs: Iterable[HashAlg] = (),
+        *,
+        initial: Mapping[HashAlg, bytes] | None = None,
+        expected: Mapping[HashAlg, bytes] | None = None,
+    ) -> None:
+        self._state: dict[HashAlg, bytes | None] = {}
+        self._anchor: dict[HashAlg, int | None] = {}
+        self._hashers: dict[HashAlg, Callable[..., "hashlib._Hash"]] = {}
+        self._expected: dict[HashAlg, bytes] = {}
+        self._last_match: dict[HashAlg, int | None] = {}
+        for alg in list(algs) + list((initial or {}).keys()) + list((expected or {}).keys()):
+            self._track(alg)
+        for alg, v in (initial or {}).items():
+            self._check_size(alg, v, "initial")
+            self._state[alg] = bytes(v)
+            self._anchor[alg] = 0
+        for alg, v in (expected or {}).items():
+            self._check_size(alg, v, "expected")
+            self._expected[alg] = bytes(v)
+            if self._state.get(alg) == v:
+                self._last_match[alg] = 0
+        self.gaps: list[Gap] = []
+        self.lineno = 0
+        self.records = 0
+        self.last_record_line = 0
+        self._offset = 0
+        self._partial = b""
+        self._refresh()
+
+    @staticmethod
+    def _check_size(alg: HashAlg, v: bytes, what: str) -> None:
+        if len(v) != alg.digest_size:
+            raise InputError(f"{what} value for {alg} must be {alg.digest_size} bytes, got {len(v)}")
+
+    def _track(self, alg: HashAlg) -> None:
+        if alg not in self._state:
+            self._state[alg] = None
+            self._anchor[alg] = None
+            self._last_match[alg] = None
+            self._hashers[alg] = alg.constructor
+
+    def _refresh(self) -> None:
+        # The banks with a known state, with their hash constructors: the hot loop's working set.
+        self._live = [(a, self._hashers[a]) for a, s in self._state.items() if s is not None]
+
+    # -- feeding -----------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """Replay complete lines in ``data``; a trailing partial line waits for more."""
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        end = data.rfind(b"\n")
+        if end < 0:
+            if len(data) > MAX_RECORD_BYTES:
+                raise ParseError(f"line longer than {MAX_RECORD_BYTES} bytes", format=FORMAT, offset=self._offset, field=f"line {self.lineno + 1}")
+            self._partial = data
+            return
+        self._partial = data[end + 1 :]
+        body = data[: end + 1]
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = self.lineno + body.count(b"\n", 0, exc.start) + 1
+            raise ParseError("not UTF-8", format=FORMAT, offset=self._offset + exc.start, field=f"line {line}") from None
+        m = _BAD.search(body)
+        if m:
+            line = self.lineno + body.count(b"\n", 0, m.start()) + 1
+            raise ParseError(
+                f"control character 0x{body[m.start()]:02x}" + (" (CR: CRLF line ends are not allowed)" if body[m.start()] == 13 else ""),
+                format=FORMAT, offset=self._offset + m.start(), field=f"line {line}",
+            )
+        self._lines(body.split(b"\n")[:-1])
+        self._offset += len(body)
+
+    def _lines(self, lines: list[bytes]) -> None:
+        state = self._state
+        live = self._live
+        lineno = self.lineno
+        expected = self._expected
+        last_match = self._last_match
+        records = 0
+        last_record = self.last_record_line
+        for raw in lines:
+            lineno += 1
+            if not raw:
+                continue
+            c = raw[0]
+            if c == 0x23 and not raw.startswith(EXTEND_PREFIX):
+                continue  # plain comment
+            if c == 0x20 or raw[-1] == 0x20 or c == 0x23 or c == 0x53 and raw.startswith(SYNC_PREFIX) or c == 0x49 and raw.startswith(INIT_PREFIX) or raw in (b"SYNC", b"INIT"):
+                # rare lines: sync records, .EXTEND, malformed ones
+                self.lineno = lineno - 1
+                self._special(raw, lineno)
+                live = self._live
+            else:
+                if len(raw) > MAX_RECORD_BYTES:
+                    raise ParseError(f"record of {len(raw)} bytes is over {MAX_RECORD_BYTES}", format=FORMAT, field=f"line {lineno}")
+                for alg, h in live:
+                    state[alg] = h(state[alg] + h(raw).digest()).digest()  # type: ignore[operator]
+            records += 1
+            last_record = lineno
+            if expected:
+                for alg, want in expected.items():
+                    if state[alg] == want:
+                        last_match[alg] = lineno
+        self.lineno = lineno
+        self.records += records
+        self.last_record_line = last_record
+
+    def _special(self, raw: bytes, lineno: int) -> None:
+        line = classify(raw, lineno=lineno)
+        state = self._state
+        if line.kind.name == "EXTEND":
+            for alg, value in line.values:
+                self._track(alg)
+                if state[alg] is not None:
+                    state[alg] = alg.extend(state[alg], value)  # type: ignore[arg-type]
+            return
+        # sync record
+        for alg, declared in line.values:
+            self._track(alg)
+            cur = state[alg]
+            if cur is not None and not hmac.compare_digest(cur, declared):
+                self.gaps.append(Gap(lineno, alg, cur, declared))
+            if cur is None:
+                self._anchor[alg] = lineno
+            state[alg] = declared
+        self._refresh()
+        for alg, h in self._live:
+            state[alg] = h(state[alg] + h(raw).digest()).digest()  # type: ignore[operator]
+
+    def finish(self) -> ReplayReport:
+        if self._partial:
+            raise ParseError(
+                "the log ends in a partial line (no final LF): it is truncated",
+                format=FORMAT, offset=self._offset, field=f"line {self.lineno + 1}",
+            )
+        banks: dict[HashAlg, BankResult] = {}
+        for alg in sorted(self._state):
+            value = self._state[alg]
+            want = self._expected.get(alg)
+            if value is None:
+                status = UNANCHORED
+            elif want is None:
+                status = REPLAYED
+            else:
+                status = MATCHED if hmac.compare_digest(value, want) else MISMATCHED
+            banks[alg] = BankResult(alg, status, value, want, self._anchor[alg], self._last_match.get(alg))
+        return ReplayReport(banks, tuple(self.gaps), self.lineno, self.records, self.last_record_line)
+
+
+def replay(
+    data: bytes | Iterable[bytes],
+    *,
+    algs: Iterable[HashAlg] = (),
+    initial: Mapping[HashAlg, bytes] | None = None,
+    expected: Mapping[HashAlg, bytes] | None = None,
+) -> ReplayReport:
+    """Replay a whole log (bytes, or an iterable of chunks)."""
+    r = Replayer(algs, initial=initial, expected=expected)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        r.feed(bytes(data))
+    else:
+        for chunk in data:
+            r.feed(chunk)
+    return r.finish()
+
+
+def replay_file(path: str, **kwargs: object) -> ReplayReport:
+    with open(path, "rb") as fh:
+        return replay(iter(lambda: fh.read(1 << 20), b""), **kwargs)  # type: ignore[arg-type]
+
+
+__all__ = ["Replayer", "ReplayReport", "BankResult", "Gap", "replay", "replay_file", "MATCHED", "MISMATCHED", "UNANCHORED", "REPLAYED"]

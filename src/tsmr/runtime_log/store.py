@@ -1,0 +1,414 @@
+"""Writing a runtime log safely next to its register (spec/runtime-log.md section 4).
+
+Theory of operation
+-------------------
+Files, per register: ``<dir>/<provider>/<register>.log`` (the log),
+``.log.intent`` (the write-ahead intent) and ``.log.tail`` (a cache of the
+log's size, line count and replayed tail values, so that an append need not
+replay the whole log).  Every writer of a register takes ``flock(LOCK_EX)``
+on the log file, then:
+
+1. *recovers* if an intent is present (below);
+2. reads the register; if the log is new, or the register differs from the
+   log's tail, the batch starts with ``SYNC <values>`` (recording the gap);
+3. writes the intent (log offset, register values before, the lines) and
+   ``fdatasync``s it: from here on the batch can be completed or undone;
+4. extends the register once per hashed line (``H(line)`` per bank, or the
+   raw bytes of a ``# .EXTEND`` directive);
+5. appends the lines with one ``write`` and ``fdatasync``s the log; truncates
+   the intent (no sync needed: a stale intent whose lines are already in the
+   log at its offset is recognised as completed); updates the tail cache.
+
+Recovery decides from the register value what step 4 did.  The intent holds
+the values before the batch, so the values after each of its lines can be
+recomputed: if the register equals the value after line *k*, the first *k*
+lines were extended and are appended (*k* = 0: nothing happened, the intent
+is dropped); any other value is a gap, which the next sync record records.
+A partial append (killed mid-``write``) is cut back to the intent's offset
+first.  So every acknowledged record is in the log, and no record is in the
+log without its extend.
+
+Group commit: ``append_many`` puts any number of records under one intent
+and one pair of ``fdatasync`` calls.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+from ..algorithms import HashAlg
+from ..errors import BackendError, InputError, ParseError, ReplayError
+from ..registers import BaseRegisterSet, Flag, RegisterSet, check_register_name
+from .records import EXTEND_PREFIX, Line, check_record, classify, extend_line, format_values, parse_values, sync_line
+from .replay import ReplayReport, Replayer
+
+_INTENT_MAGIC = b"TSMR-INTENT 1"
+_CHUNK = 1 << 20
+
+
+def default_log_dir() -> Path:
+    """``$TSMR_LOG_DIR``, else ``/run/tsmr`` (registers reset at boot, and so does /run), else ``$XDG_RUNTIME_DIR/tsmr``."""
+    env = os.environ.get("TSMR_LOG_DIR")
+    if env:
+        return Path(env)
+    run = Path("/run/tsmr")
+    if run.is_dir() or os.access("/run", os.W_OK):
+        return run
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "tsmr"
+    raise InputError("no log directory: /run/tsmr is not writable and XDG_RUNTIME_DIR is unset; set TSMR_LOG_DIR or --log-dir")
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What an append did: the lines written (a sync record first when the register had moved)."""
+
+    first_line: int
+    lines: tuple[str, ...]
+    synced: bool  # the batch starts with a sync record
+    gap: bool  # ... because the register had moved without the log (not merely a new log)
+    values: dict[HashAlg, bytes]  # the register after the batch
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    action: str  # "completed", "redone", "discarded", "gap", "invalid-intent"
+    lines_appended: int
+    lines_in_intent: int
+
+
+@dataclass(frozen=True)
+class _Intent:
+    offset: int
+    old: dict[HashAlg, bytes]
+    lines: list[bytes]
+    blob: bytes
+
+
+class RuntimeLog:
+    """The runtime log of one register on one backend."""
+
+    def __init__(
+        self,
+        regs: RegisterSet | BaseRegisterSet,
+        register: str,
+        *,
+        log_dir: str | os.PathLike[str] | None = None,
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        check_register_name(register)
+        reg = regs.register(register)
+        banks = [b for b in reg.banks if b.alg is not None and Flag.WRITABLE in b.flags and Flag.READABLE in b.flags]
+        if not banks:
+            raise InputError(f"register {register} cannot carry a runtime log: it has no readable, extendable hash bank")
+        self.regs = regs
+        self.register = register
+        self.algs: tuple[HashAlg, ...] = tuple(b.alg for b in banks if b.alg is not None)
+        if path is None:
+            base = Path(log_dir) if log_dir is not None else default_log_dir()
+            path = base / _safe_component(regs.provider) / f"{register}.log"
+        self.path = Path(path)
+        self.intent_path = self.path.with_name(self.path.name + ".intent")
+        self.tail_path = self.path.with_name(self.path.name + ".tail")
+        self._log_fd: int | None = None
+        self._intent_fd: int | None = None
+        self._tail: tuple[int, int, dict[HashAlg, bytes] | None] | None = None  # (size, lines, values)
+
+    # -- files -----------------------------------------------------------
+    def _open(self) -> int:
+        if self._log_fd is not None:
+            return self._log_fd
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            created = not self.path.exists()
+            log_fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            intent_fd = os.open(self.intent_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if created:  # the directory entries must be durable before we rely on them
+                dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            raise BackendError.from_oserror(exc, backend="log", register=self.register, action=f"open log {self.path} for") from exc
+        self._log_fd, self._intent_fd = log_fd, intent_fd
+        return log_fd
+
+    def close(self) -> None:
+        for fd in (self._log_fd, self._intent_fd):
+            if fd is not None:
+                os.close(fd)
+        self._log_fd = self._intent_fd = None
+        self._tail = None
+
+    def __enter__(self) -> "RuntimeLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _lock(self) -> "_Lock":
+        return _Lock(self._open())
+
+    # -- register helpers ------------------------------------------------
+    def _read_register(self) -> dict[HashAlg, bytes]:
+        vals = self.regs.read(self.register, self.algs)
+        return {a: v for a, v in vals.items() if a is not None}
+
+    def _digests(self, raw: bytes) -> dict[HashAlg, bytes]:
+        if raw.startswith(EXTEND_PREFIX):
+            return {a: v for a, v in parse_values(raw[len(EXTEND_PREFIX):], what=".EXTEND")}
+        return {a: a.hash(raw) for a in self.algs}
+
+    def _fold(self, values: dict[HashAlg, bytes], raw: bytes) -> dict[HashAlg, bytes]:
+        out = dict(values)
+        for alg, d in self._digests(raw).items():
+            if alg in out:
+                out[alg] = alg.extend(out[alg], d)
+        return out
+
+    # -- tail ----------------------------------------------------------------
+    def _tail_state(self) -> tuple[int, int, dict[HashAlg, bytes] | None]:
+        """(size, line count, replayed values) of the log, from the cache if it is current."""
+        fd = self._open()
+        size = os.fstat(fd).st_size
+        if self._tail is not None and self._tail[0] == size:
+            return self._tail
+        cached = self._read_tail_file()
+        if cached is not None and cached[0] == size:
+            self._tail = cached
+            return cached
+        report = self._replay(expected=None)
+        values = report.values()
+        tail = (size, report.lines, values if all(a in values for a in self.algs) else None)
+        self._store_tail(tail)
+        return tail
+
+    def _read_tail_file(self) -> tuple[int, int, dict[HashAlg, bytes]] | None:
+        try:
+            text = self.tail_path.read_bytes()
+            size_s, lines_s, rest = text.rstrip(b"\n").split(b" ", 2)
+            values = dict(parse_values(rest))
+            if set(values) != set(self.algs):
+                return None
+            return int(size_s), int(lines_s), values
+        except (OSError, ValueError, ParseError):
+            return None
+
+    def _store_tail(self, tail: tuple[int, int, dict[HashAlg, bytes] | None]) -> None:
+        self._tail = tail
+        if tail[2] is None:
+            return
+        tmp = self.tail_path.with_name(self.tail_path.name + f".{os.getpid()}")
+        try:
+            tmp.write_bytes(f"{tail[0]} {tail[1]} {format_values(tail[2])}\n".encode())
+            os.replace(tmp, self.tail_path)
+        except OSError:
+            pass  # only a cache
+
+    def _replay(self, expected: Mapping[HashAlg, bytes] | None) -> ReplayReport:
+        fd = self._open()
+        r = Replayer(self.algs, expected=expected)
+        pos = 0
+        while True:
+            chunk = os.pread(fd, _CHUNK, pos)
+            if not chunk:
+                break
+            r.feed(chunk)
+            pos += len(chunk)
+        return r.finish()
+
+    # -- intent ------------------------------------------------------------------
+    def _write_intent(self, offset: int, old: dict[HashAlg, bytes], lines: list[bytes]) -> None:
+        blob = b"".join(line + b"\n" for line in lines)
+        head = b"\n".join([
+            _INTENT_MAGIC,
+            b"offset %d" % offset,
+            b"lines %d" % len(lines),
+            b"old " + format_values(old).encode(),
+            b"sha256 " + hashlib.sha256(blob).hexdigest().encode(),
+        ]) + b"\n"
+        assert self._intent_fd is not None
+        data = head + blob
+        os.pwrite(self._intent_fd, data, 0)
+        os.ftruncate(self._intent_fd, len(data))
+        os.fdatasync(self._intent_fd)
+
+    def _read_intent(self) -> _Intent | None | str:
+        assert self._intent_fd is not None
+        size = os.fstat(self._intent_fd).st_size
+        if size == 0:
+            return None
+        data = os.pread(self._intent_fd, size, 0)
+        try:
+            parts = data.split(b"\n", 5)
+            if parts[0] != _INTENT_MAGIC or len(parts) != 6:
+                return "invalid"
+            offset = int(parts[1].removeprefix(b"offset "))
+            count = int(parts[2].removeprefix(b"lines "))
+            old = dict(parse_values(parts[3].removeprefix(b"old ")))
+            digest = parts[4].removeprefix(b"sha256 ").decode()
+            blob = parts[5]
+            if hashlib.sha256(blob).hexdigest() != digest or blob.count(b"\n") != count:
+                return "invalid"
+            return _Intent(offset, old, blob.split(b"\n")[:-1], blob)
+        except (ValueError, ParseError, UnicodeDecodeError):
+            return "invalid"
+
+    def _clear_intent(self) -> None:
+        assert self._intent_fd is not None
+        os.ftruncate(self._intent_fd, 0)
+
+    def _recover_locked(self) -> RecoveryResult | None:
+        fd = self._open()
+        intent = self._read_intent()
+        if intent is None:
+            return None
+        if isinstance(intent, str):
+            # Torn before its fdatasync returned, hence before any extend.
+            self._clear_intent()
+            return RecoveryResult("invalid-intent", 0, 0)
+        size = os.fstat(fd).st_size
+        n = len(intent.lines)
+        if size >= intent.offset + len(intent.blob) and os.pread(fd, len(intent.blob), intent.offset) == intent.blob:
+            self._clear_intent()
+            return RecoveryResult("completed", 0, n)
+        if size < intent.offset:
+            raise ReplayError(
+                f"log {self.path} is shorter ({size} bytes) than when it was last written ({intent.offset}): it was truncated by someone"
+            )
+        if size > intent.offset:
+            os.ftruncate(fd, intent.offset)  # a partial append
+        self._tail = None
+        cur = self._read_register()
+        states = [intent.old]
+        for raw in intent.lines:
+            states.append(self._fold(states[-1], raw))
+        done = next((k for k in range(n, -1, -1) if states[k] == cur), None)
+        if done is None:
+            self._clear_intent()
+            return RecoveryResult("gap", 0, n)
+        if done:
+            self._append_durable(b"".join(line + b"\n" for line in intent.lines[:done]))
+        self._clear_intent()
+        return RecoveryResult("redone" if done else "discarded", done, n)
+
+    def _append_durable(self, data: bytes) -> None:
+        fd = self._open()
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fdatasync(fd)
+
+    # -- public operations ---------------------------------------------------------
+    def recover(self) -> RecoveryResult | None:
+        """Finish or undo a batch left by a crashed writer; None if there was none."""
+        with self._lock():
+            return self._recover_locked()
+
+    def append(self, record: str) -> AppendResult:
+        return self.append_many([record])
+
+    def append_many(self, records: Sequence[str]) -> AppendResult:
+        """Append event records durably, extending the register with each (group commit)."""
+        raws = [check_record(r) for r in records]
+        if not raws:
+            raise InputError("nothing to append: no records given")
+        return self._commit(raws)
+
+    def extend_digest(self, digests: Mapping[HashAlg, bytes]) -> AppendResult:
+        """A digest-only extend, logged as a ``# .EXTEND`` directive (spec section 2.4)."""
+        for alg, d in digests.items():
+            if alg not in self.algs:
+                raise InputError(f"register {self.register} has no extendable {alg} bank (banks: {', '.join(map(str, self.algs))})")
+            if len(d) != alg.digest_size:
+                raise InputError(f"{self.register}:{alg} takes a {alg.digest_size}-byte digest, got {len(d)} bytes")
+        return self._commit([extend_line(digests)])
+
+    def sync(self) -> AppendResult:
+        """Record the register's value with a sync record if it moved since the log's last record."""
+        return self._commit([])
+
+    def _commit(self, raws: list[bytes]) -> AppendResult:
+        with self._lock():
+            self._recover_locked()
+            size, nlines, tail = self._tail_state()
+            cur = self._read_register()
+            lines: list[bytes] = []
+            if size == 0 or tail != cur:
+                lines.append(sync_line(cur))
+            lines.extend(raws)
+            if not lines:
+                return AppendResult(nlines + 1, (), False, False, cur)
+            self._write_intent(size, cur, lines)
+            values = cur
+            try:
+                for raw in lines:
+                    digests = self._digests(raw)
+                    self.regs.extend(self.register, digests)
+                    values = self._fold(values, raw)
+            except BaseException:
+                # Leave the intent: recovery (now, or by the next writer) decides what happened.
+                self._tail = None
+                raise
+            self._append_durable(b"".join(line + b"\n" for line in lines))
+            self._clear_intent()
+            new_size = size + sum(len(line) + 1 for line in lines)
+            self._store_tail((new_size, nlines + len(lines), values))
+            synced = lines[0].startswith(b"SYNC ")
+            return AppendResult(nlines + 1, tuple(line.decode() for line in lines), synced, synced and size > 0, values)
+
+    def verify(self) -> ReplayReport:
+        """Replay the log against the live register (after recovering a crashed batch)."""
+        with self._lock():
+            self._recover_locked()
+            cur = self._read_register()
+            return self._replay(expected=cur)
+
+    def read(self) -> bytes:
+        with self._lock():
+            fd = self._open()
+            size = os.fstat(fd).st_size
+            return os.pread(fd, size, 0) if size else b""
+
+    def lines(self) -> Iterator[tuple[int, Line]]:
+        """Every line of the log, classified, with its 1-based number."""
+        data = self.read()
+        if data and not data.endswith(b"\n"):
+            raise ParseError("the log ends in a partial line: it is truncated", format="tsmr-log", offset=len(data))
+        for i, raw in enumerate(data.split(b"\n")[:-1], 1):
+            yield i, classify(raw, lineno=i)
+
+
+class _Lock:
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                return
+            except InterruptedError:
+                continue
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+def _safe_component(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".")
+    return cleaned or "registers"
+
+
+__all__ = ["RuntimeLog", "AppendResult", "RecoveryResult", "default_log_dir"]
