@@ -45,7 +45,7 @@ apt-deps:
 
 demo: install
 	@rm -rf $(DEMO_STATE)
-	TSMR_STATE_DIR=$(DEMO_STATE) $(PY) examples/demo.py
+	TSMR_STATE_DIR=$(DEMO_STATE)/state TSMR_LOG_DIR=$(DEMO_STATE)/logs $(PY) examples/demo.py
 
 test: install-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -34,6 +34,7 @@ def fixtures() -> Path:
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "state"
     monkeypatch.setenv("TSMR_STATE_DIR", str(d))
+    monkeypatch.setenv("TSMR_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.delenv("TSMR_BACKEND", raising=False)
     return d
 

@@ -215,7 +215,11 @@ class BaseRegisterSet:
             raise InputError(f"register {name} is not readable ({', '.join(unreadable)})")
         return self._read_banks(reg, banks)
 
-    def extend(self, name: str, digests: Mapping[HashAlg | None, bytes]) -> None:
+    def check_extend(self, name: str, digests: Mapping[HashAlg | None, bytes]) -> dict[Bank, bytes]:
+        """Validate an extend without doing it: banks exist, are writable, digests have their size.
+
+        Returns the plan in the register's bank order (ascending TPM_ALG_ID).
+        """
         reg = self.register(name)
         if not digests:
             raise InputError(f"extend of {name}: no digest given")
@@ -230,8 +234,11 @@ class BaseRegisterSet:
                     f"{bank.attribute} takes a {bank.size}-byte digest, got {len(digest)} bytes"
                 )
             plan[bank] = digest
-        # Banks in the register's order (ascending TPM_ALG_ID), whatever the caller's order.
-        self._extend_banks(reg, {b: plan[b] for b in reg.banks if b in plan})
+        return {b: plan[b] for b in reg.banks if b in plan}
+
+    def extend(self, name: str, digests: Mapping[HashAlg | None, bytes]) -> None:
+        plan = self.check_extend(name, digests)
+        self._extend_banks(self.register(name), plan)
 
     def close(self) -> None:
         pass

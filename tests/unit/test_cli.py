@@ -45,14 +45,28 @@ def test_registers_table(emu: list[str]) -> None:
 
 def test_extend_then_read(emu: list[str]) -> None:
     d = hashlib.sha384(b"event").hexdigest()
-    r = tsmr("extend", "rtmr3", "--digest", d, "--json", *emu)
+    r = tsmr("extend", "rtmr3", "--digest", d, "--no-log", "--json", *emu)
     assert r.returncode == 0, r.stderr
     want = hashlib.sha384(bytes(48) + bytes.fromhex(d)).hexdigest()
-    assert json.loads(r.stdout) == {"name": "rtmr3", "extended": {"sha384": d}, "banks": {"sha384": want}}
+    assert json.loads(r.stdout) == {"name": "rtmr3", "extended": {"sha384": d}, "banks": {"sha384": want}, "log": None}
     r = tsmr("read", "rtmr3", "--json", *emu)
     assert json.loads(r.stdout) == {"name": "rtmr3", "banks": {"sha384": want}}
     r = tsmr("read", "rtmr3", "--bank", "sha384", *emu)
     assert r.stdout == want + "\n"
+
+
+def test_logged_extend_keeps_the_log_verifying(emu: list[str]) -> None:
+    d = "ab" * 48
+    r = tsmr("extend", "rtmr2", "--digest", d, "--json", *emu)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    sync = "SYNC sha384/" + "00" * 48
+    assert out["log"]["lines"] == [sync, f"# .EXTEND sha384/{d}"] and out["log"]["synced"] is True
+    after_sync = hashlib.sha384(bytes(48) + hashlib.sha384(sync.encode()).digest()).digest()
+    assert out["banks"]["sha384"] == hashlib.sha384(after_sync + bytes.fromhex(d)).hexdigest()
+    r = tsmr("log", "verify", "rtmr2", *emu)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "matched" in r.stdout
 
 
 def test_backend_from_environment(state_dir: Path) -> None:
@@ -62,7 +76,7 @@ def test_backend_from_environment(state_dir: Path) -> None:
 
 def test_multi_bank_extend_and_ambiguity(state_dir: Path) -> None:
     b = ["--backend", "emulated:tpm"]
-    r = tsmr("extend", "pcr16", "-d", "sha1:" + "11" * 20, "-d", "sha256/" + "22" * 32, "--json", *b)
+    r = tsmr("extend", "pcr16", "-d", "sha1:" + "11" * 20, "-d", "sha256/" + "22" * 32, "--no-log", "--json", *b)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["banks"]["sha1"] == hashlib.sha1(bytes(20) + b"\x11" * 20).hexdigest()
@@ -124,7 +138,7 @@ def test_emulate_init_reset_and_journal(state_dir: Path) -> None:
     assert json.loads(r.stdout)["registers"][0] == "mrtd"
     b = ["--backend", "emulated:tdx"]
     assert tsmr("read", "mrtd", "--bank", "sha384", *b).stdout.strip() == mrtd
-    tsmr("extend", "rtmr1", "-d", "ab" * 48, *b)
+    tsmr("extend", "rtmr1", "-d", "ab" * 48, "--no-log", *b)
     j = json.loads(tsmr("emulate", "journal", "--profile", "tdx", "--json").stdout)
     assert j == [{"seq": 1, "attribute": "rtmr1:sha384", "digest": "ab" * 48}]
     assert tsmr("emulate", "reset", "--profile", "tdx").returncode == 0

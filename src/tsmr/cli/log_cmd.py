@@ -188,5 +188,6 @@ def replay_cmd(
     with fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             r.feed(chunk)
-    report = r.finish()
+    # CoCo AAEL v1 logs (INIT first) leave their last line without LF.
+    report = r.finish(accept_unterminated=r.first_line_is_init)
     _report_out(report, os.path.basename(file) if file != "-" else "log", as_json, allow_gaps, {"file": file})

@@ -151,13 +151,19 @@ def extend_cmd(
     with _open(backend, state_dir) as rs:
         reg = rs.register(register)
         plan = _plan_extend(reg, digest, bank)
-        logged = None
+        rs.check_extend(register, plan)
+        logged: dict[str, object] | None = None
         if no_log or None in plan:
             rs.extend(register, plan)
         else:
             with RuntimeLog(rs, register, log_dir=log_dir) as log:
-                log.extend_digest({a: d for a, d in plan.items() if a is not None})
-                logged = str(log.path)
+                res = log.extend_digest({a: d for a, d in plan.items() if a is not None})
+                logged = {"path": str(log.path), "lines": list(res.lines), "synced": res.synced}
+            if res.synced and not as_json:
+                render.warning(
+                    f"a sync record was logged (and extended) before the digest: line {res.first_line} of {log.path}; "
+                    "use --no-log for a bare extend"
+                )
         readable = [a for a in plan if reg.bank(a).flags & reg.bank(a).flags.READABLE]
         vals = rs.read(register, readable) if readable else {}
         if as_json:

@@ -167,9 +167,14 @@ def _jcs(v: Any, out: list[str]) -> None:
     elif isinstance(v, str):
         out.append(_jcs_string(v))
     elif isinstance(v, int):
-        if abs(v) > _MAX_SAFE:
-            raise InputError(f"integer {v} is beyond IEEE-754 double precision (RFC 8785 numbers are doubles)")
-        out.append(str(v))
+        if abs(v) <= _MAX_SAFE:
+            out.append(str(v))
+        else:
+            # RFC 8785 numbers are doubles: a larger integer is fine only if a double holds it exactly.
+            f = float(v) if abs(v) < 2**1024 else math.inf
+            if not math.isfinite(f) or int(f) != v:
+                raise InputError(f"integer {v} is not exactly representable as an IEEE-754 double (RFC 8785 numbers are doubles)")
+            out.append(_es_number(f))
     elif isinstance(v, float):
         out.append(_es_number(v))
     elif isinstance(v, Mapping):

@@ -166,6 +166,7 @@ class Replayer:
         self.last_record_line = 0
         self._offset = 0
         self._partial = b""
+        self._aael = False
         self._refresh()
 
     @staticmethod
@@ -198,6 +199,8 @@ class Replayer:
             return
         self._partial = data[end + 1 :]
         body = data[: end + 1]
+        if self._offset == 0 and body.startswith(INIT_PREFIX):
+            self._aael = True
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -270,7 +273,17 @@ class Replayer:
         for alg, h in self._live:
             state[alg] = h(state[alg] + h(raw).digest()).digest()  # type: ignore[operator]
 
-    def finish(self) -> ReplayReport:
+    @property
+    def first_line_is_init(self) -> bool:
+        """Whether the log opens like a CoCo AAEL v1 log (``INIT alg/hex``)."""
+        return self._aael
+
+    def finish(self, *, accept_unterminated: bool = False) -> ReplayReport:
+        """End the replay.  A last line without LF is a truncated log, unless
+        ``accept_unterminated`` (CoCo AAEL v1 writers left the last line open)."""
+        if self._partial and accept_unterminated:
+            partial, self._partial = self._partial, b""
+            self.feed(partial + b"\n")
         if self._partial:
             raise ParseError(
                 "the log ends in a partial line (no final LF): it is truncated",
@@ -296,6 +309,7 @@ def replay(
     algs: Iterable[HashAlg] = (),
     initial: Mapping[HashAlg, bytes] | None = None,
     expected: Mapping[HashAlg, bytes] | None = None,
+    accept_unterminated: bool = False,
 ) -> ReplayReport:
     """Replay a whole log (bytes, or an iterable of chunks)."""
     r = Replayer(algs, initial=initial, expected=expected)
@@ -304,7 +318,7 @@ def replay(
     else:
         for chunk in data:
             r.feed(chunk)
-    return r.finish()
+    return r.finish(accept_unterminated=accept_unterminated)
 
 
 def replay_file(path: str, **kwargs: object) -> ReplayReport:
