@@ -191,3 +191,54 @@ def replay_cmd(
     # CoCo AAEL v1 logs (INIT first) leave their last line without LF.
     report = r.finish(accept_unterminated=r.first_line_is_init)
     _report_out(report, os.path.basename(file) if file != "-" else "log", as_json, allow_gaps, {"file": file})
+
+
+@log_app.command("export")
+@handle_errors
+def export_cmd(
+    register: Annotated[str, typer.Argument(help="Register, e.g. rtmr3 or pcr16.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="tcg2, cel-json or cel-jsonseq.")] = "cel-json",
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output file (default: standard output).")] = None,
+    index: Annotated[Optional[int], typer.Option("--index", help="TCG2 pcrIndex / CEL index when the register name has none.")] = None,
+    backend: BackendOpt = None,
+    log_dir: LogDirOpt = None,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert a register's log to a TCG2 (EV_ACTION records) or CEL-JSON log for other verifiers.
+
+    Warns when the converted log cannot replay to the register on its own
+    (a non-zero starting value, gaps).
+    """
+    from ..runtime_log.export import register_index, to_cel_json, to_tcg2
+
+    if fmt not in ("tcg2", "cel-json", "cel-jsonseq"):
+        raise InputError(f"unknown export format {fmt!r}: use tcg2, cel-json or cel-jsonseq")
+    rs, log = _open_log(register, backend, state_dir, log_dir)
+    with rs, log:
+        data = log.read()
+        algs = log.algs
+    if index is not None:
+        itype, cel_index, tcg_index = ("pcr" if register.startswith("pcr") else "rtmr"), index, index
+    else:
+        itype, cel_index, tcg_index = register_index(register)
+    if fmt == "tcg2":
+        result = to_tcg2(data, algs=algs, index=tcg_index)
+        if output is None and sys.stdout.isatty():
+            raise InputError("a TCG2 log is binary: give -o FILE or redirect standard output")
+    else:
+        result = to_cel_json(data, algs=algs, index_type=itype, index=cel_index, seq=fmt == "cel-jsonseq")
+    for w in result.warnings:
+        render.warning(w)
+    if output is None:
+        sys.stdout.buffer.write(result.data)
+        sys.stdout.flush()
+        return
+    tmp = f"{output}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(result.data)
+    os.replace(tmp, output)
+    if as_json:
+        render.print_json({"register": register, "format": fmt, "output": output, "records": result.records, "warnings": list(result.warnings)})
+    else:
+        render.line(f"wrote {result.records} record(s) of {register} to {output} ({fmt})")

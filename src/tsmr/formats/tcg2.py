@@ -532,7 +532,8 @@ def encode(
     events, ``algorithms`` is required and the header is the one of
     :meth:`SpecIdEvent.for_algorithms`.  Raises :class:`InputError` for events
     that cannot be written (wrong digest size, undeclared algorithm, index
-    beyond 32 bits, event data over MAX_EVENT_SIZE).
+    beyond 32 bits, event data over MAX_EVENT_SIZE) or would not read back (a
+    last event that encodes to zero bytes only, which reads as padding).
     """
     if isinstance(log, TCG2Log):
         if algorithms is not None:
@@ -552,6 +553,10 @@ def encode(
     sizes = spec.digest_sizes
     parts = [_PCR_EVENT.pack(index, EV_NO_ACTION, digest, len(spec_bytes)), spec_bytes]
     parts.extend(encode_event(ev, sizes) for ev in events)
+    if len(parts) > 2 and not parts[-1].strip(b"\x00"):
+        # pcrIndex 0, EV_PREBOOT_CERT, no digests, no data: sixteen zero bytes that every
+        # reader (this one included) takes for the zero padding of a log area.
+        raise InputError("tcg2: the last event would be all zero bytes and read back as padding")
     return b"".join(parts)
 
 
