@@ -16,7 +16,8 @@ Reading is deliberately generic: ``content`` is kept as the decoded JSON value
 whatever ``content_type`` says, and top-level members other than the ones above
 (systemd's ``mapped_pcr``, say) are kept in ``extra`` and written back.  What is
 checked is what replay depends on: the index, the hash names, and digests of the
-right length.  Known gaps: ``nv_index`` records and CEL-TLV / CEL-CBOR are not
+right length (members of a digest object other than ``hashAlg`` and ``digest``
+are ignored).  Known gaps: ``nv_index`` records and CEL-TLV / CEL-CBOR are not
 read here.
 
 systemd writes no ``recnum``; a record without one gets its position in the
@@ -27,6 +28,7 @@ are errors, so that two readers cannot see different records in the same bytes.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -186,25 +188,32 @@ def _constant(name: str) -> Any:
     raise _Reject(f"{name} is not JSON (RFC 8259)")
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant)
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999: not representable, and not writable back as JSON
+        raise _Reject(f"number {text[:40]} is out of range")
+    return value
 
 
-def _loads(raw: bytes, base: int, what: str) -> Any:
-    """Decode one JSON text (``raw`` sits at byte ``base`` of the input)."""
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float)
+
+
+def _loads(raw: bytes, base: int, what: str, where: str | None) -> Any:
+    """Decode one JSON text (``raw`` sits at byte ``base`` of the input; ``where`` is its field path)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ParseError(f"invalid UTF-8 in {what}", format=FORMAT, offset=base + e.start) from None
+        raise ParseError(f"invalid UTF-8 in {what}", format=FORMAT, offset=base + e.start, field=where) from None
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as e:
         offset = base + len(text[: e.pos].encode("utf-8", "surrogatepass"))
-        raise ParseError(f"invalid JSON in {what}: {e.msg}", format=FORMAT, offset=offset) from None
+        raise ParseError(f"invalid JSON in {what}: {e.msg}", format=FORMAT, offset=offset, field=where) from None
     except _Reject as e:
-        raise ParseError(f"{what}: {e}", format=FORMAT, offset=base) from None
+        raise ParseError(f"{what}: {e}", format=FORMAT, offset=base, field=where) from None
     except (ValueError, RecursionError) as e:  # e.g. integers over the int-to-str digit limit, deep nesting
         raise ParseError(f"{what} cannot be decoded: {type(e).__name__}: {e}", format=FORMAT,
-                         offset=base) from None
+                         offset=base, field=where) from None
 
 
 def _record(obj: Any, position: int, offset: int | None) -> CELRecord:
@@ -297,7 +306,7 @@ def parse_json(data: bytes | bytearray | memoryview) -> tuple[CELRecord, ...]:
     if body[0] != ord("["):
         raise ParseError("expected a JSON array or an RFC 7464 JSON text sequence (0x1E)",
                          format=FORMAT, offset=start)
-    value = _loads(data, 0, "the log")
+    value = _loads(data, 0, "the log", None)
     if not isinstance(value, list):  # pragma: no cover - a text starting with "[" decodes to a list
         raise ParseError("expected a JSON array", format=FORMAT, offset=start)
     return tuple(_record(obj, i, None) for i, obj in enumerate(value))
@@ -314,7 +323,7 @@ def _parse_seq(data: bytes, start: int) -> tuple[CELRecord, ...]:
         if not chunk.strip(b" \t\r\n"):
             continue  # RFC 7464 §2.1: empty elements between separators are skipped
         position = len(records)
-        value = _loads(chunk, offset + 1, f"record {position}")
+        value = _loads(chunk, offset + 1, f"record {position}", f"records[{position}]")
         records.append(_record(value, position, offset))
     return tuple(records)
 

@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Mapping
 from ..algorithms import HashAlg
 from ..errors import InputError, ParseError
 from ..registers import bank_label
-from .records import EXTEND_PREFIX, FORMAT, INIT_PREFIX, SYNC_PREFIX, MAX_RECORD_BYTES, classify
+from .records import EXTEND_PREFIX, FORMAT, INIT_PREFIX, MAX_RECORD_BYTES, Line, classify
 
 MATCHED = "matched"
 MISMATCHED = "mismatched"
@@ -33,6 +33,10 @@ UNANCHORED = "unanchored"
 REPLAYED = "replayed"  # a state, but nothing to compare it with
 
 _BAD = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]")
+# First bytes of lines that may be something other than a plain event.
+_SPECIAL_FIRST = frozenset(b"#SI ")
+# Every byte a log may hold (C0 controls and DEL are forbidden, LF separates lines).
+_ALLOWED = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,53 +210,72 @@ class Replayer:
         except UnicodeDecodeError as exc:
             line = self.lineno + body.count(b"\n", 0, exc.start) + 1
             raise ParseError("not UTF-8", format=FORMAT, offset=self._offset + exc.start, field=f"line {line}") from None
-        m = _BAD.search(body)
+        m = _BAD.search(body) if body.translate(None, _ALLOWED) else None
         if m:
             line = self.lineno + body.count(b"\n", 0, m.start()) + 1
             raise ParseError(
                 f"control character 0x{body[m.start()]:02x}" + (" (CR: CRLF line ends are not allowed)" if body[m.start()] == 13 else ""),
                 format=FORMAT, offset=self._offset + m.start(), field=f"line {line}",
             )
-        self._lines(body.split(b"\n")[:-1])
+        self._body(body)
         self._offset += len(body)
 
-    def _lines(self, lines: list[bytes]) -> None:
-        state = self._state
-        live = self._live
-        lineno = self.lineno
-        expected = self._expected
-        last_match = self._last_match
-        records = 0
-        last_record = self.last_record_line
-        for raw in lines:
-            lineno += 1
-            if not raw:
-                continue
-            c = raw[0]
-            if c == 0x23 and not raw.startswith(EXTEND_PREFIX):
-                continue  # plain comment
-            if c == 0x20 or raw[-1] == 0x20 or c == 0x23 or c == 0x53 and raw.startswith(SYNC_PREFIX) or c == 0x49 and raw.startswith(INIT_PREFIX) or raw in (b"SYNC", b"INIT"):
-                # rare lines: sync records, .EXTEND, malformed ones
-                self.lineno = lineno - 1
-                self._special(raw, lineno)
-                live = self._live
-            else:
-                if len(raw) > MAX_RECORD_BYTES:
-                    raise ParseError(f"record of {len(raw)} bytes is over {MAX_RECORD_BYTES}", format=FORMAT, field=f"line {lineno}")
-                for alg, h in live:
-                    state[alg] = h(state[alg] + h(raw).digest()).digest()  # type: ignore[operator]
-            records += 1
-            last_record = lineno
-            if expected:
-                for alg, want in expected.items():
-                    if state[alg] == want:
-                        last_match[alg] = lineno
-        self.lineno = lineno
-        self.records += records
-        self.last_record_line = last_record
+    def _body(self, body: bytes) -> None:
+        """Replay complete, validated lines: ordinary events in tight runs, the rest one by one."""
+        lines = body.split(b"\n")
+        lines.pop()
+        if max(map(len, lines)) > MAX_RECORD_BYTES:
+            n = next(i for i, raw in enumerate(lines) if len(raw) > MAX_RECORD_BYTES)
+            raise ParseError(f"record of {len(lines[n])} bytes is over {MAX_RECORD_BYTES}", format=FORMAT, field=f"line {self.lineno + n + 1}")
+        # Lines that are not plain events (blank, '#', 'SYNC', 'INIT', a space at either end)
+        # are picked out in one comprehension; the runs between them are folded in tight loops.
+        sf = _SPECIAL_FIRST
+        specials = [i for i, raw in enumerate(lines) if not raw or raw[0] in sf or raw[-1] == 0x20]
+        base = self.lineno + 1  # line number of lines[0]
+        prev = 0
+        for si in specials:
+            self._run(lines[prev:si], base + prev)
+            self._one(lines[si], base + si)
+            prev = si + 1
+        self._run(lines[prev:], base + prev)
+        self.lineno = base + len(lines) - 1
 
-    def _special(self, raw: bytes, lineno: int) -> None:
-        line = classify(raw, lineno=lineno)
+    def _run(self, run: list[bytes], first: int) -> None:
+        """Fold a run of ordinary event lines into every known bank."""
+        if not run:
+            return
+        state = self._state
+        for alg, h in self._live:
+            v = state[alg]
+            want = self._expected.get(alg)
+            if want is None:
+                for raw in run:
+                    v = h(v + h(raw).digest()).digest()  # type: ignore[operator]
+            else:
+                for i, raw in enumerate(run):
+                    v = h(v + h(raw).digest()).digest()  # type: ignore[operator]
+                    if v == want:
+                        self._last_match[alg] = first + i
+            state[alg] = v
+        self.records += len(run)
+        self.last_record_line = first + len(run) - 1
+
+    def _one(self, raw: bytes, lineno: int) -> None:
+        if not raw or (raw[0] == 0x23 and not raw.startswith(EXTEND_PREFIX)):
+            return  # blank or plain comment
+        line = classify(raw, lineno=lineno)  # raises on malformed lines
+        if line.kind.name == "EVENT":
+            self._run([raw], lineno)
+            return
+        self._special(line, lineno)
+        self.records += 1
+        self.last_record_line = lineno
+        for alg, want in self._expected.items():
+            if self._state.get(alg) == want:
+                self._last_match[alg] = lineno
+
+    def _special(self, line: Line, lineno: int) -> None:
+        raw = line.raw
         state = self._state
         if line.kind.name == "EXTEND":
             for alg, value in line.values:
