@@ -156,3 +156,59 @@ def test_help_texts() -> None:
         assert r.returncode == 0 and "Usage" in r.stdout, cmd
         if cmd != ["--help"]:
             assert "--json" in r.stdout and "--backend" in r.stdout, cmd
+
+
+def test_log_commands(emu: list[str], tmp_path: Path) -> None:
+    r = tsmr("log", "append", "rtmr3", "example.com/app deploy", "example.com/app start", "--json", *emu)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["first_line"] == 1 and len(out["lines"]) == 3 and out["synced"] and not out["gap"]
+    r = tsmr("log", "append", "rtmr3", "-", *emu, input="one a\ntwo b\n")
+    assert r.returncode == 0 and "appended 2 record(s)" in r.stdout
+    shown = json.loads(tsmr("log", "show", "rtmr3", "--json", *emu).stdout)
+    assert [x["kind"] for x in shown] == ["sync", "event", "event", "event", "event"]
+    assert shown[3] == {"line": 4, "kind": "event", "record": "one a"}
+    r = tsmr("log", "verify", "rtmr3", "--json", *emu)
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"] is True
+    # the log file on its own, against the live value
+    value = json.loads(tsmr("read", "rtmr3", "--json", *emu).stdout)["banks"]["sha384"]
+    path = json.loads(r.stdout)["log"]
+    r = tsmr("log", "replay", path, "--expect", f"sha384/{value}")
+    assert r.returncode == 0 and "matched" in r.stdout
+    r = tsmr("log", "replay", path, "--expect", "sha384/" + "00" * 48)
+    assert r.returncode == 1 and "no prefix of the log matches" in r.stdout
+    # exports
+    out_file = tmp_path / "rtmr3.tcg2"
+    r = tsmr("log", "export", "rtmr3", "--format", "tcg2", "-o", str(out_file), *emu)
+    assert r.returncode == 0 and out_file.read_bytes()[8:28] == bytes(20)
+    r = tsmr("log", "export", "rtmr3", "--format", "cel-jsonseq", *emu)
+    assert r.returncode == 0 and r.stdout.count("\x1e") == 5
+    r = tsmr("log", "export", "rtmr3", "--format", "yaml", *emu)
+    assert r.returncode == 2 and "unknown export format" in r.stderr
+
+
+def test_log_append_refuses_bad_input_and_changes_nothing(emu: list[str]) -> None:
+    assert tsmr("log", "append", "rtmr3", "first one", *emu).returncode == 0
+    before = tsmr("read", "rtmr3", "--json", *emu).stdout
+    for args, stdin, message in (
+        (["ok", " bad"], None, "leading space"),
+        (["-"], "fine\nbad\ttab\n", "standard input line 2"),
+        (["-"], "fine\n\nafter blank\n", "empty record"),
+        (["# comment"], None, "comment"),
+    ):
+        r = tsmr("log", "append", "rtmr3", *args, *emu, input=stdin)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+    assert tsmr("read", "rtmr3", "--json", *emu).stdout == before
+    assert len(json.loads(tsmr("log", "show", "rtmr3", "--json", *emu).stdout)) == 2
+
+
+def test_log_verify_exit_codes_on_gap_and_mismatch(emu: list[str]) -> None:
+    tsmr("log", "append", "rtmr1", "a b", *emu)
+    tsmr("extend", "rtmr1", "--no-log", "-d", "11" * 48, *emu)
+    r = tsmr("log", "verify", "rtmr1", *emu)
+    assert r.returncode == 1 and "mismatched" in r.stdout
+    tsmr("log", "append", "rtmr1", "c d", *emu)
+    r = tsmr("log", "verify", "rtmr1", *emu)
+    assert r.returncode == 1 and "gap before line 3" in r.stdout
+    assert tsmr("log", "verify", "rtmr1", "--allow-gaps", *emu).returncode == 0
+    assert tsmr("log", "verify", "mrtd", *emu).returncode == 2
