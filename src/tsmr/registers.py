@@ -220,9 +220,11 @@ class BaseRegisterSet:
 
         Returns the plan in the register's bank order (ascending TPM_ALG_ID).
         """
-        reg = self.register(name)
+        return self._plan(self.register(name), digests)
+
+    def _plan(self, reg: Register, digests: Mapping[HashAlg | None, bytes]) -> dict[Bank, bytes]:
         if not digests:
-            raise InputError(f"extend of {name}: no digest given")
+            raise InputError(f"extend of {reg.name}: no digest given")
         plan: dict[Bank, bytes] = {}
         for alg, digest in digests.items():
             bank = reg.bank(alg)
@@ -237,8 +239,8 @@ class BaseRegisterSet:
         return {b: plan[b] for b in reg.banks if b in plan}
 
     def extend(self, name: str, digests: Mapping[HashAlg | None, bytes]) -> None:
-        plan = self.check_extend(name, digests)
-        self._extend_banks(self.register(name), plan)
+        reg = self.register(name)
+        self._extend_banks(reg, self._plan(reg, digests))
 
     def close(self) -> None:
         pass

@@ -205,7 +205,10 @@ class EmulatedRegisterSet(BaseRegisterSet):
         return [Register(name, sort_banks(banks)) for name, banks in groups.items()]
 
     def registers(self) -> tuple[Register, ...]:
-        self._snapshot()  # notices a re-init by another process
+        # Notice a re-init by another process: one small read of the state header.
+        head = os.pread(self._fd()[1], _HEADER.size, 0)
+        if len(head) != _HEADER.size or _HEADER.unpack(head)[1] != self._generation:
+            self._snapshot()
         return super().registers()
 
     def _value(self, buf: bytes, spec: AttrSpec) -> bytes:

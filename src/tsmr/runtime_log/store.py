@@ -206,7 +206,9 @@ class RuntimeLog:
         self._tail = tail
         if tail[2] is None:
             return
-        tmp = self.tail_path.with_name(self.tail_path.name + f".{os.getpid()}")
+        # One fixed temporary name: we hold the log's lock, and a leftover from a
+        # killed writer is simply overwritten by the next one.
+        tmp = self.tail_path.with_name(self.tail_path.name + ".tmp")
         try:
             tmp.write_bytes(f"{tail[0]} {tail[1]} {format_values(tail[2])}\n".encode())
             os.replace(tmp, self.tail_path)
@@ -374,7 +376,9 @@ class RuntimeLog:
             return self._replay(expected=cur)
 
     def read(self) -> bytes:
+        """The whole log, after recovering a batch left by a crashed writer."""
         with self._lock():
+            self._recover_locked()
             fd = self._open()
             size = os.fstat(fd).st_size
             return os.pread(fd, size, 0) if size else b""
