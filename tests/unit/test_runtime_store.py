@@ -91,11 +91,21 @@ def test_corrupt_log_refuses_appends_and_changes_nothing(log: RuntimeLog, rs: Em
     log.close()
     with open(log.path, "ab") as fh:
         fh.write(damage)
-    log.tail_path.unlink()
     before = rs.read("rtmr3")
     with pytest.raises(ParseError, match=message):
         log.append("ok 2")
     assert rs.read("rtmr3") == before
+
+
+def test_intent_file_keeps_its_size(log: RuntimeLog) -> None:
+    log.append("a 1")
+    size = log.intent_path.stat().st_size
+    assert size >= 65536
+    log.append_many(["x" * 60000, "y" * 60000])  # a batch larger than the file grows it once
+    grown = log.intent_path.stat().st_size
+    assert grown > size and grown & (grown - 1) == 0
+    log.append("a 2")
+    assert log.intent_path.stat().st_size == grown and log.verify().ok
 
 
 def test_stale_tail_cache_is_ignored(log: RuntimeLog) -> None:
@@ -186,7 +196,9 @@ def test_recovery_after_a_partial_append(rs: EmulatedRegisterSet, tmp_path: Path
 def test_completed_batch_with_stale_intent(rs: EmulatedRegisterSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "l.log"
     with RuntimeLog(rs, "rtmr3", path=path) as lg:
-        monkeypatch.setattr(RuntimeLog, "_clear_intent", lambda self: (_ for _ in ()).throw(Crash()))
+        lg.append("r 0")
+        # killed after the durable append, before the idle record replaces the intent
+        monkeypatch.setattr(RuntimeLog, "_store_tail", lambda self, tail: (_ for _ in ()).throw(Crash()))
         with pytest.raises(Crash):
             lg.append("r 1")
         monkeypatch.undo()
@@ -199,7 +211,7 @@ def test_torn_intent_is_dropped(rs: EmulatedRegisterSet, tmp_path: Path) -> None
     path = tmp_path / "l.log"
     with RuntimeLog(rs, "rtmr3", path=path) as lg:
         lg.append("r 1")
-    path.with_name("l.log.intent").write_bytes(b"TSMR-INTENT 1\noffset 5\nlin")
+    path.with_name("l.log.intent").write_bytes(b"TSMR-INTENT 1 200 0123\noffset 5\nlin")
     with RuntimeLog(rs, "rtmr3", path=path) as lg:
         assert lg.recover().action == "invalid-intent"  # type: ignore[union-attr]
         assert lg.verify().ok

@@ -2,11 +2,14 @@
 
 Theory of operation
 -------------------
-Files, per register: ``<dir>/<provider>/<register>.log`` (the log),
-``.log.intent`` (the write-ahead intent) and ``.log.tail`` (a cache of the
-log's size, line count and replayed tail values, so that an append need not
-replay the whole log).  Every writer of a register takes ``flock(LOCK_EX)``
-on the log file, then:
+Files, per register: ``<dir>/<provider>/<register>.log`` (the log) and
+``.log.intent``, which holds either the write-ahead intent of the batch in
+progress or, when idle, the log's size, line count and replayed tail values
+(so that an append need not replay the whole log).  The intent file keeps a
+fixed, preallocated size and every record in it is one ``pwrite`` at offset 0
+with its own length and checksum, so making an intent durable is a data-only
+``fdatasync``.  Every writer of a register takes ``flock(LOCK_EX)`` on the log
+file, then:
 
 1. *recovers* if an intent is present (below);
 2. reads the register; if the log is new, or the register differs from the
@@ -15,9 +18,10 @@ on the log file, then:
    ``fdatasync``s it: from here on the batch can be completed or undone;
 4. extends the register once per hashed line (``H(line)`` per bank, or the
    raw bytes of a ``# .EXTEND`` directive);
-5. appends the lines with one ``write`` and ``fdatasync``s the log; truncates
-   the intent (no sync needed: a stale intent whose lines are already in the
-   log at its offset is recognised as completed); updates the tail cache.
+5. appends the lines with one ``write`` and ``fdatasync``s the log; replaces
+   the intent with the idle record of the new tail (no sync needed: a stale
+   intent whose lines are already in the log at its offset is recognised as
+   completed).
 
 Recovery decides from the register value what step 4 did.  The intent holds
 the values before the batch, so the values after each of its lines can be
@@ -48,7 +52,9 @@ from ..registers import BaseRegisterSet, Flag, RegisterSet, check_register_name
 from .records import EXTEND_PREFIX, Line, check_record, classify, extend_line, format_values, parse_values, sync_line
 from .replay import ReplayReport, Replayer
 
-_INTENT_MAGIC = b"TSMR-INTENT 1"
+_INTENT = b"TSMR-INTENT"
+_IDLE = b"TSMR-IDLE"
+_INTENT_PREALLOC = 1 << 16
 _CHUNK = 1 << 20
 
 
@@ -116,7 +122,6 @@ class RuntimeLog:
             path = base / _safe_component(regs.provider) / f"{register}.log"
         self.path = Path(path)
         self.intent_path = self.path.with_name(self.path.name + ".intent")
-        self.tail_path = self.path.with_name(self.path.name + ".tail")
         self._log_fd: int | None = None
         self._intent_fd: int | None = None
         self._tail: tuple[int, int, dict[HashAlg, bytes] | None] | None = None  # (size, lines, values)
@@ -130,6 +135,8 @@ class RuntimeLog:
             created = not self.path.exists()
             log_fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             intent_fd = os.open(self.intent_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if os.fstat(intent_fd).st_size < _INTENT_PREALLOC:
+                _preallocate(intent_fd, _INTENT_PREALLOC)
             if created:  # the directory entries must be durable before we rely on them
                 dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
                 try:
@@ -176,12 +183,12 @@ class RuntimeLog:
 
     # -- tail ----------------------------------------------------------------
     def _tail_state(self) -> tuple[int, int, dict[HashAlg, bytes] | None]:
-        """(size, line count, replayed values) of the log, from the cache if it is current."""
+        """(size, line count, replayed values) of the log, from the idle record if it is current."""
         fd = self._open()
         size = os.fstat(fd).st_size
         if self._tail is not None and self._tail[0] == size:
             return self._tail
-        cached = self._read_tail_file()
+        cached = self._idle_tail()
         if cached is not None and cached[0] == size:
             self._tail = cached
             return cached
@@ -191,29 +198,45 @@ class RuntimeLog:
         self._store_tail(tail)
         return tail
 
-    def _read_tail_file(self) -> tuple[int, int, dict[HashAlg, bytes]] | None:
-        try:
-            text = self.tail_path.read_bytes()
-            size_s, lines_s, rest = text.rstrip(b"\n").split(b" ", 2)
-            values = dict(parse_values(rest))
-            if set(values) != set(self.algs):
-                return None
-            return int(size_s), int(lines_s), values
-        except (OSError, ValueError, ParseError):
-            return None
+    def _idle_tail(self) -> tuple[int, int, dict[HashAlg, bytes]] | None:
+        """The tail recorded in the idle record, if the intent file holds a valid one."""
+        kind, body = self._read_record()
+        return _parse_idle(body, self.algs) if kind == _IDLE else None
 
     def _store_tail(self, tail: tuple[int, int, dict[HashAlg, bytes] | None]) -> None:
+        """Remember the tail, and write it as the idle record (which also clears an intent)."""
         self._tail = tail
-        if tail[2] is None:
-            return
-        # One fixed temporary name: we hold the log's lock, and a leftover from a
-        # killed writer is simply overwritten by the next one.
-        tmp = self.tail_path.with_name(self.tail_path.name + ".tmp")
+        values = format_values(tail[2]).encode() if tail[2] is not None else b"-"
+        self._write_record(_IDLE, b"size %d\nlines %d\nvalues %s\n" % (tail[0], tail[1], values), sync=False)
+
+    # -- the intent file: one checksummed record at offset 0 -------------------------
+    def _write_record(self, kind: bytes, body: bytes, *, sync: bool) -> None:
+        assert self._intent_fd is not None
+        data = b"%s 1 %d %s\n" % (kind, len(body), hashlib.sha256(body).hexdigest().encode()) + body
+        if len(data) > os.fstat(self._intent_fd).st_size:
+            _preallocate(self._intent_fd, 1 << (len(data) - 1).bit_length())
+        os.pwrite(self._intent_fd, data, 0)
+        if sync:
+            os.fdatasync(self._intent_fd)
+
+    def _read_record(self) -> tuple[bytes | None, bytes]:
+        """(kind, body) of the intent file's record; kind None if empty, b"?" if torn."""
+        assert self._intent_fd is not None
+        head = os.pread(self._intent_fd, 256, 0)
+        if not head.strip(b"\0"):
+            return None, b""
+        line, nl, _ = head.partition(b"\n")
         try:
-            tmp.write_bytes(f"{tail[0]} {tail[1]} {format_values(tail[2])}\n".encode())
-            os.replace(tmp, self.tail_path)
-        except OSError:
-            pass  # only a cache
+            kind, version, length_s, digest = line.split(b" ")
+            length = int(length_s)
+            if not nl or version != b"1" or kind not in (_INTENT, _IDLE) or not 0 <= length < (1 << 31):
+                return b"?", b""
+        except ValueError:
+            return b"?", b""
+        body = os.pread(self._intent_fd, length, len(line) + 1)
+        if len(body) != length or hashlib.sha256(body).hexdigest().encode() != digest:
+            return b"?", b""
+        return kind, body
 
     def _replay(self, expected: Mapping[HashAlg, bytes] | None) -> ReplayReport:
         fd = self._open()
@@ -227,46 +250,33 @@ class RuntimeLog:
             pos += len(chunk)
         return r.finish()
 
-    # -- intent ------------------------------------------------------------------
     def _write_intent(self, offset: int, old: dict[HashAlg, bytes], lines: list[bytes]) -> None:
         blob = b"".join(line + b"\n" for line in lines)
-        head = b"\n".join([
-            _INTENT_MAGIC,
-            b"offset %d" % offset,
-            b"lines %d" % len(lines),
-            b"old " + format_values(old).encode(),
-            b"sha256 " + hashlib.sha256(blob).hexdigest().encode(),
-        ]) + b"\n"
-        assert self._intent_fd is not None
-        data = head + blob
-        os.pwrite(self._intent_fd, data, 0)
-        os.ftruncate(self._intent_fd, len(data))
-        os.fdatasync(self._intent_fd)
+        head = b"offset %d\nlines %d\nold %s\n" % (offset, len(lines), format_values(old).encode())
+        self._write_record(_INTENT, head + blob, sync=True)
 
     def _read_intent(self) -> _Intent | None | str:
-        assert self._intent_fd is not None
-        size = os.fstat(self._intent_fd).st_size
-        if size == 0:
+        kind, body = self._read_record()
+        if kind is None or kind == _IDLE:
             return None
-        data = os.pread(self._intent_fd, size, 0)
+        if kind != _INTENT:
+            return "invalid"
         try:
-            parts = data.split(b"\n", 5)
-            if parts[0] != _INTENT_MAGIC or len(parts) != 6:
-                return "invalid"
-            offset = int(parts[1].removeprefix(b"offset "))
-            count = int(parts[2].removeprefix(b"lines "))
-            old = dict(parse_values(parts[3].removeprefix(b"old ")))
-            digest = parts[4].removeprefix(b"sha256 ").decode()
-            blob = parts[5]
-            if hashlib.sha256(blob).hexdigest() != digest or blob.count(b"\n") != count:
+            parts = body.split(b"\n", 3)
+            offset = int(parts[0].removeprefix(b"offset "))
+            count = int(parts[1].removeprefix(b"lines "))
+            old = dict(parse_values(parts[2].removeprefix(b"old ")))
+            blob = parts[3]
+            if blob.count(b"\n") != count:
                 return "invalid"
             return _Intent(offset, old, blob.split(b"\n")[:-1], blob)
-        except (ValueError, ParseError, UnicodeDecodeError):
+        except (ValueError, IndexError, ParseError):
             return "invalid"
 
     def _clear_intent(self) -> None:
-        assert self._intent_fd is not None
-        os.ftruncate(self._intent_fd, 0)
+        """Replace the intent with an idle record whose tail is unknown (recovery's exit)."""
+        self._tail = None
+        self._write_record(_IDLE, b"size -1\nlines 0\nvalues -\n", sync=False)
 
     def _recover_locked(self) -> RecoveryResult | None:
         fd = self._open()
@@ -362,7 +372,6 @@ class RuntimeLog:
                 self._tail = None
                 raise
             self._append_durable(b"".join(line + b"\n" for line in lines))
-            self._clear_intent()
             new_size = size + sum(len(line) + 1 for line in lines)
             self._store_tail((new_size, nlines + len(lines), values))
             synced = lines[0].startswith(b"SYNC ")
@@ -390,6 +399,30 @@ class RuntimeLog:
             raise ParseError("the log ends in a partial line: it is truncated", format="tsmr-log", offset=len(data))
         for i, raw in enumerate(data.split(b"\n")[:-1], 1):
             yield i, classify(raw, lineno=i)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Give the intent file real blocks, so its overwrites are data-only for fdatasync."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:  # file systems without fallocate: a plain size is fine
+        os.ftruncate(fd, max(size, os.fstat(fd).st_size))
+
+
+def _parse_idle(body: bytes, algs: Sequence[HashAlg]) -> tuple[int, int, dict[HashAlg, bytes]] | None:
+    try:
+        size_l, lines_l, values_l, _ = body.split(b"\n", 3)
+        size = int(size_l.removeprefix(b"size "))
+        lines = int(lines_l.removeprefix(b"lines "))
+        raw = values_l.removeprefix(b"values ")
+        if size < 0 or raw == b"-":
+            return None
+        values = dict(parse_values(raw))
+    except (ValueError, ParseError):
+        return None
+    if set(values) != set(algs):
+        return None
+    return size, lines, values
 
 
 class _Lock:
