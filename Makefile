@@ -52,6 +52,8 @@ test: install-test
 
 bench: install-test
 	$(PY) bench/extend.py
+	$(PY) bench/append.py
+	$(PY) bench/replay_runtime.py
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .hypothesis build src/*.egg-info

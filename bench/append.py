@@ -4,7 +4,7 @@
 
 A durable append (``RuntimeLog.append``) takes the log's lock, writes and
 fdatasyncs the intent, extends the register, appends and fdatasyncs the log,
-clears the intent and updates the tail cache.  Group commit
+and overwrites the intent with the idle record of the new tail.  Group commit
 (``append_many`` of 64 records) shares one intent and one pair of fdatasyncs
 among its records (the register is still extended once per record).
 
