@@ -252,3 +252,30 @@ def test_default_log_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     assert default_log_dir() == tmp_path
     monkeypatch.delenv("TSMR_LOG_DIR")
     assert default_log_dir() in (Path("/run/tsmr"),) or str(default_log_dir()).endswith("/tsmr")
+
+
+def test_verify_without_a_log_is_an_error_and_creates_nothing(rs: EmulatedRegisterSet, tmp_path: Path) -> None:
+    with RuntimeLog(rs, "rtmr2", log_dir=tmp_path / "none") as lg:
+        with pytest.raises(InputError, match="no runtime log for rtmr2"):
+            lg.verify()
+        with pytest.raises(InputError, match="no runtime log"):
+            list(lg.lines())
+    assert not (tmp_path / "none").exists()
+
+
+def test_threads_sharing_one_log_object(log: RuntimeLog) -> None:
+    import threading
+
+    def work(t: int) -> None:
+        for i in range(50):
+            log.append(f"thread{t} {i}")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    report = log.verify()
+    assert report.ok and report.records == 1 + 200
+    lines = log.read().decode().splitlines()
+    assert sorted(lines[1:]) == sorted(f"thread{t} {i}" for t in range(4) for i in range(50))

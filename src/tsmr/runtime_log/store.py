@@ -42,6 +42,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -125,6 +126,9 @@ class RuntimeLog:
         self._log_fd: int | None = None
         self._intent_fd: int | None = None
         self._tail: tuple[int, int, dict[HashAlg, bytes] | None] | None = None  # (size, lines, values)
+        self._readonly = False
+        # flock excludes other open files, not threads sharing ours.
+        self._thread_lock = threading.Lock()
 
     # -- files -----------------------------------------------------------
     def _open(self) -> int:
@@ -148,12 +152,32 @@ class RuntimeLog:
         self._log_fd, self._intent_fd = log_fd, intent_fd
         return log_fd
 
+    def _open_for_reading(self) -> int:
+        """Open an existing log; read-only access is enough to read and verify it."""
+        if self._log_fd is not None:
+            return self._log_fd
+        if not self.path.exists():
+            raise InputError(f"no runtime log for {self.register} at {self.path}")
+        try:
+            return self._open()
+        except BackendError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+        try:
+            self._log_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._intent_fd = os.open(self.intent_path, os.O_RDONLY | os.O_CLOEXEC) if self.intent_path.exists() else None
+        except OSError as exc:
+            raise BackendError.from_oserror(exc, backend="log", register=self.register, action=f"open log {self.path} for") from exc
+        self._readonly = True
+        return self._log_fd
+
     def close(self) -> None:
         for fd in (self._log_fd, self._intent_fd):
             if fd is not None:
                 os.close(fd)
         self._log_fd = self._intent_fd = None
         self._tail = None
+        self._readonly = False
 
     def __enter__(self) -> "RuntimeLog":
         return self
@@ -161,8 +185,11 @@ class RuntimeLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _lock(self) -> "_Lock":
-        return _Lock(self._open())
+    def _lock(self, *, reading: bool = False) -> "_Lock":
+        fd = self._open_for_reading() if reading else self._open()
+        if self._readonly and not reading:
+            raise BackendError(f"log {self.path} is open read-only: cannot write it", backend="log", register=self.register)
+        return _Lock(fd, self._thread_lock)
 
     # -- register helpers ------------------------------------------------
     def _read_register(self) -> dict[HashAlg, bytes]:
@@ -221,7 +248,8 @@ class RuntimeLog:
 
     def _read_record(self) -> tuple[bytes | None, bytes]:
         """(kind, body) of the intent file's record; kind None if empty, b"?" if torn."""
-        assert self._intent_fd is not None
+        if self._intent_fd is None:
+            return None, b""
         head = os.pread(self._intent_fd, 256, 0)
         if not head.strip(b"\0"):
             return None, b""
@@ -279,10 +307,16 @@ class RuntimeLog:
         self._write_record(_IDLE, b"size -1\nlines 0\nvalues -\n", sync=False)
 
     def _recover_locked(self) -> RecoveryResult | None:
-        fd = self._open()
+        fd = self._open() if not self._readonly else self._log_fd
+        assert fd is not None
         intent = self._read_intent()
         if intent is None:
             return None
+        if self._readonly:
+            raise BackendError(
+                f"a batch of a crashed writer is pending in {self.intent_path}; it can only be recovered by a user who may write the log",
+                backend="log", register=self.register,
+            )
         if isinstance(intent, str):
             # Torn before its fdatasync returned, hence before any extend.
             self._clear_intent()
@@ -361,12 +395,13 @@ class RuntimeLog:
             if not lines:
                 return AppendResult(nlines + 1, (), False, False, cur)
             self._write_intent(size, cur, lines)
-            values = cur
+            values = dict(cur)
             try:
                 for raw in lines:
                     digests = self._digests(raw)
                     self.regs.extend(self.register, digests)
-                    values = self._fold(values, raw)
+                    for alg, d in digests.items():
+                        values[alg] = alg.extend(values[alg], d)
             except BaseException:
                 # Leave the intent: recovery (now, or by the next writer) decides what happened.
                 self._tail = None
@@ -379,16 +414,16 @@ class RuntimeLog:
 
     def verify(self) -> ReplayReport:
         """Replay the log against the live register (after recovering a crashed batch)."""
-        with self._lock():
+        with self._lock(reading=True):
             self._recover_locked()
             cur = self._read_register()
             return self._replay(expected=cur)
 
     def read(self) -> bytes:
         """The whole log, after recovering a batch left by a crashed writer."""
-        with self._lock():
+        with self._lock(reading=True):
             self._recover_locked()
-            fd = self._open()
+            fd = self._open_for_reading()
             size = os.fstat(fd).st_size
             return os.pread(fd, size, 0) if size else b""
 
@@ -426,21 +461,27 @@ def _parse_idle(body: bytes, algs: Sequence[HashAlg]) -> tuple[int, int, dict[Ha
 
 
 class _Lock:
-    __slots__ = ("fd",)
+    """The log's flock (other processes, other open files) and a thread lock (this object)."""
 
-    def __init__(self, fd: int) -> None:
+    __slots__ = ("fd", "thread_lock")
+
+    def __init__(self, fd: int, thread_lock: threading.Lock) -> None:
         self.fd = fd
+        self.thread_lock = thread_lock
 
     def __enter__(self) -> None:
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
-                return
-            except InterruptedError:
-                continue
+        self.thread_lock.acquire()
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except BaseException:
+            self.thread_lock.release()
+            raise
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            self.thread_lock.release()
 
 
 def _safe_component(name: str) -> str:
