@@ -18,6 +18,7 @@ from ..registers import Register, bank_label
 from ..runtime_log.store import RuntimeLog
 from . import render
 from .common import BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, open_backend_cli as _open
+from .eventlog_cmd import eventlog_app
 from .log_cmd import log_app
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ emulate_app = typer.Typer(
 )
 app.add_typer(emulate_app, name="emulate")
 app.add_typer(log_app, name="log")
+app.add_typer(eventlog_app, name="eventlog")
 
 def _parse_bank(text: str | None) -> HashAlg | None:
     if text is None or text.lower() in ("raw", "none"):

@@ -1,0 +1,187 @@
+"""Reading any measurement log: format detection, parsing into unified events.
+
+>>> import tsmr.eventlog
+>>> log = tsmr.eventlog.parse(open("binary_bios_measurements", "rb").read())  # doctest: +SKIP
+>>> log.format, len(log.events)                                                # doctest: +SKIP
+('tcg2', 87)
+>>> tsmr.replay.replay(log.events).registers["pcr7"]                           # doctest: +SKIP
+
+Formats: ``tcg2`` (crypto-agile PC Client log), ``tcg2-sha1`` (SHA-1 only,
+TPM 1.2 style), ``ccel`` (a TDX/CSV CC event log: the same records, indexed
+by CC MR index), ``cel-json`` / ``cel-tlv`` (TCG Canonical Event Log),
+``systemd`` (systemd's tpm2-measure.log / cc-measure.log), ``ima-binary`` /
+``ima-ascii`` (Linux IMA measurement lists), ``tsmr`` (tsmr runtime logs and
+CoCo AAEL v1 text logs).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .algorithms import HashAlg
+from .errors import InputError, ParseError
+from .events import DATA, Event
+
+FORMATS = ("tcg2", "tcg2-sha1", "ccel", "cel-json", "cel-tlv", "systemd", "ima-binary", "ima-ascii", "tsmr")
+
+
+@dataclass(frozen=True)
+class EventLog:
+    format: str
+    events: tuple[Event, ...]
+    arch: str = "tpm"  # tpm, tdx (CC MR indices), cca
+    banks: tuple[HashAlg, ...] = ()
+    notes: tuple[str, ...] = ()
+    raw: Any = field(default=None, compare=False, repr=False)
+
+    def registers(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for e in self.events:
+            if e.measured:
+                seen.setdefault(e.register)
+        return list(seen)
+
+
+_SPEC_ID = b"Spec ID Event03\0"
+
+
+def detect(data: bytes) -> str:
+    """The format of a log, from its bytes."""
+    head = data[:64]
+    if not data:
+        raise ParseError("empty input", format="eventlog", offset=0)
+    if head[:4] == b"CCEL":
+        raise InputError("this is the ACPI CCEL table, not the log: give the log area (e.g. /sys/firmware/acpi/tables/data/CCEL)")
+    if len(data) >= 48 and data[32:48] == _SPEC_ID and struct.unpack_from("<I", data, 4)[0] == 3:
+        return "tcg2"
+    stripped = data.lstrip(b" \t\r\n")
+    if stripped[:1] in (b"[", b"\x1e", b"{"):
+        return "systemd" if b'"content_type":"systemd"' in data[:4096].replace(b" ", b"") else "cel-json"
+    if data[:5] in (b"SYNC ", b"INIT ") or data[:1] == b"#":
+        return "tsmr"
+    try:
+        from .formats import ima
+
+        kind = ima.detect(data)
+        if kind:
+            return kind
+    except ImportError:  # pragma: no cover - reader not available
+        pass
+    try:
+        from .formats import cel
+
+        tlv = getattr(cel, "looks_like_tlv", None)
+        if tlv is not None and tlv(data):
+            return "cel-tlv"
+    except ImportError:  # pragma: no cover
+        pass
+    if len(data) >= 32:
+        pcr, etype = struct.unpack_from("<II", data, 0)
+        (size,) = struct.unpack_from("<I", data, 28)
+        if pcr < 32 and (etype < 0x100 or 0x80000000 <= etype <= 0x800000FF) and size <= len(data) - 32:
+            return "tcg2-sha1"
+    raise ParseError("unknown log format (not TCG2, CCEL, CEL, IMA, systemd or a tsmr runtime log)", format="eventlog", offset=0)
+
+
+def parse(
+    data: bytes, format: str | None = None, *, arch: str | None = None, decode: bool = True, register: str = "rtmr3"
+) -> EventLog:
+    """Parse a log into unified events; ``format`` (one of FORMATS) skips detection."""
+    fmt = format or detect(data)
+    if fmt not in FORMATS:
+        raise InputError(f"unknown log format {fmt!r} (formats: {', '.join(FORMATS)})")
+    if fmt in ("tcg2", "tcg2-sha1", "ccel"):
+        from .formats import tcg2
+
+        log = tcg2.parse(data)
+        algs = tuple(log.algorithms)
+        if arch is None:
+            # A CC event log (TDX CCEL, Hygon CSV) declares one bank, SHA-384 or SM3; a TPM log more.
+            arch = "tdx" if fmt == "ccel" or (len(algs) == 1 and algs[0] in (HashAlg.SHA384, HashAlg.SM3_256)) else "tpm"
+        fmt = "ccel" if arch == "tdx" and fmt == "tcg2" else fmt
+        events = tcg2.to_events(log, arch=arch, decode=decode)
+        return EventLog(fmt, tuple(events), arch, algs, raw=log)
+    if fmt == "cel-json":
+        from .formats import cel
+
+        recs = cel.parse_json(data)
+        return EventLog(fmt, tuple(_cel_json_events(recs)), _cel_arch(recs), raw=recs)
+    if fmt == "systemd":
+        from .formats import systemd
+
+        events = systemd.to_events(systemd.parse(data))
+        return EventLog(fmt, tuple(events), "tdx" if any(e.register.startswith("rtmr") for e in events) else "tpm")
+    if fmt == "cel-tlv":
+        from .formats import cel
+
+        recs = cel.parse_tlv(data)
+        events = cel.tlv_to_events(recs)
+        return EventLog(fmt, tuple(events), "tdx" if any(e.register.startswith(("rtmr", "mrtd")) for e in events) else "tpm", raw=recs)
+    if fmt in ("ima-binary", "ima-ascii"):
+        from .formats import ima
+
+        entries = ima.parse_binary(data) if fmt == "ima-binary" else ima.parse_ascii(data)
+        return EventLog(fmt, tuple(ima.to_events(entries)), "tpm", raw=entries)
+    events = runtime_log_events(data, register=register)
+    return EventLog("tsmr", tuple(events), "tpm" if register.startswith("pcr") else "tdx")
+
+
+def _cel_arch(recs: Sequence[Any]) -> str:
+    types = {r.index_type for r in recs}
+    return "tdx" if "rtmr" in types else "cca" if "rem" in types else "tpm"
+
+
+def _register(index_type: str, index: int) -> str:
+    return f"{index_type}{index}"
+
+
+def _cel_json_events(recs: Sequence[Any]) -> list[Event]:
+    out = []
+    for n, r in enumerate(recs):
+        content = r.content
+        data = b""
+        rule = None
+        summary = r.content_type
+        if r.content_type == "tsmr" and isinstance(content, dict) and isinstance(content.get("record"), str):
+            data = content["record"].encode()
+            summary = content["record"][:120]
+            if not data.startswith(b"# .EXTEND "):
+                rule = DATA
+        else:
+            data = json.dumps(content, separators=(",", ":"), sort_keys=True).encode() if content is not None else b""
+        out.append(
+            Event("cel", n, r.index, _register(r.index_type, r.index), r.content_type, tuple(r.digests), data,
+                  True, rule, summary, {"content": content} if content is not None else None)
+        )
+    return out
+
+
+def runtime_log_events(data: bytes, *, register: str = "rtmr3") -> list[Event]:
+    """A tsmr runtime log (or CoCo AAEL v1) as unified events; sync records carry their declared values."""
+    from .runtime_log.records import Kind, classify
+
+    if data and not data.endswith(b"\n") and not data.startswith(b"INIT "):
+        raise ParseError("the log ends in a partial line: it is truncated", format="tsmr-log", offset=len(data))
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out: list[Event] = []
+    algs: tuple[HashAlg, ...] = ()
+    for n, raw in enumerate(lines, 1):
+        line = classify(raw, lineno=n)
+        if line.kind is Kind.SYNC:
+            algs = tuple(a for a, _ in line.values)
+            out.append(Event("tsmr", n, 0, register, "sync", tuple((a, a.hash(raw)) for a in algs), raw, True, DATA,
+                             line.text[:120], {"declares": {a.kernel_name: v.hex() for a, v in line.values}}))
+        elif line.kind is Kind.EXTEND:
+            out.append(Event("tsmr", n, 0, register, "extend", line.values, raw, True, None, line.text[:120]))
+        elif line.kind is Kind.EVENT:
+            out.append(Event("tsmr", n, 0, register, "event", tuple((a, a.hash(raw)) for a in algs), raw, True, DATA,
+                             line.text[:120]))
+    return out
+
+
+__all__ = ["EventLog", "FORMATS", "detect", "parse", "runtime_log_events"]

@@ -1,0 +1,130 @@
+"""Named, opt-in workarounds for firmware that does not follow the specifications.
+
+A quirk changes what replay or digest verification assumes about a class of
+events.  None is ever applied unless the caller names it, and every quirk
+applied is listed in the result.  :func:`suggest` tries them (and a few
+common mistakes) on a mismatch, to say which one would explain it.
+
+Quirks
+------
+``efi-variable-boot-data-only``
+    Some firmware measures EV_EFI_VARIABLE_BOOT events as H(VariableData)
+    instead of H(UEFI_VARIABLE_DATA) (TCG PC Client PFP 10.4.4 says the whole
+    structure).  Only digest verification depends on it; replay uses the
+    digests as recorded.
+``string-without-nul``
+    Boot loaders (GRUB among them) log a NUL-terminated string as the event
+    data of EV_IPL / EV_ACTION events but hash the string without its NUL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from .algorithms import HashAlg
+from .errors import InputError
+from .events import Event
+
+
+@dataclass(frozen=True)
+class Quirk:
+    name: str
+    description: str
+    # Replay: an alternative digest to extend for (event, bank, recorded digest), or None.
+    digest: Callable[[Event, HashAlg, bytes], bytes | None]
+    # Verification: alternative data whose hash the digest may be, or None.
+    check_data: Callable[[Event], bytes | None]
+
+
+def _no_digest(ev: Event, alg: HashAlg, d: bytes) -> bytes | None:
+    return None
+
+
+def _variable_data(ev: Event) -> bytes | None:
+    if ev.type != "EV_EFI_VARIABLE_BOOT" or len(ev.data) < 32:
+        return None
+    # UEFI_VARIABLE_DATA: GUID(16) || UINT64 name length || UINT64 data length || name (UTF-16) || data
+    name_len = int.from_bytes(ev.data[16:24], "little")
+    data_len = int.from_bytes(ev.data[24:32], "little")
+    start = 32 + 2 * name_len
+    if name_len > len(ev.data) or start + data_len != len(ev.data):
+        return None
+    return ev.data[start:]
+
+
+def _without_nul(ev: Event) -> bytes | None:
+    if ev.type in ("EV_IPL", "EV_ACTION", "EV_EFI_ACTION") and ev.data.endswith(b"\0"):
+        return ev.data[:-1]
+    return None
+
+
+QUIRKS: dict[str, Quirk] = {
+    q.name: q
+    for q in (
+        Quirk("efi-variable-boot-data-only", "EV_EFI_VARIABLE_BOOT digest is H(VariableData)", _no_digest, _variable_data),
+        Quirk("string-without-nul", "string events hashed without their trailing NUL", _no_digest, _without_nul),
+    )
+}
+
+
+def resolve(names: Sequence[str]) -> list[Quirk]:
+    out = []
+    for n in names:
+        q = QUIRKS.get(n)
+        if q is None:
+            raise InputError(f"unknown quirk {n!r} (known: {', '.join(sorted(QUIRKS))})")
+        out.append(q)
+    return out
+
+
+def check(event: Event, alg: HashAlg, quirks: Sequence[str]) -> tuple[bool | None, str | None]:
+    """Verify an event's digest against its data, trying the named quirks; (result, quirk used)."""
+    base = event.check(alg)
+    if base is not False:
+        return base, None
+    d = event.digest(alg)
+    for q in resolve(quirks):
+        alt = q.check_data(event)
+        if alt is not None and d == alg.hash(alt):
+            return True, q.name
+    return False, None
+
+
+def suggest(
+    events: Sequence[Event],
+    register: str,
+    alg: HashAlg,
+    expected: bytes,
+    *,
+    arch: str | None = None,
+    initial: Mapping[str, Mapping[HashAlg, bytes]] | None = None,
+) -> str | None:
+    """A sentence naming what would make the log replay to ``expected``, if something simple does."""
+    from .replay import map_register
+
+    on_reg = [e for e in events if e.measured and map_register(e, arch) == register]
+    digests = [e.digest(alg) for e in on_reg]
+    if any(d is None for d in digests):
+        return None
+    if register == "pcr0":
+        for loc in (0, 3, 4):
+            v = bytes(alg.digest_size - 1) + bytes([loc])
+            for d in digests:
+                v = alg.extend(v, d)  # type: ignore[arg-type]
+            if v == expected:
+                return f"starting PCR 0 at locality {loc} (a StartupLocality event the log lacks or misstates) would explain it"
+    # Events measured twice or dropped: try removing one event.
+    if len(digests) <= 512:
+        for skip in range(len(digests)):
+            v = (initial or {}).get(register, {}).get(alg) or alg.zero()
+            for i, d in enumerate(digests):
+                if i != skip:
+                    v = alg.extend(v, d)  # type: ignore[arg-type]
+            if v == expected:
+                e = on_reg[skip]
+                return f"the register matches if event {e.seq} ({e.type}) is left out: it was logged but not extended"
+    return None
+
+
+__all__ = ["Quirk", "QUIRKS", "resolve", "check", "suggest"]

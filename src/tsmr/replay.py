@@ -1,0 +1,265 @@
+"""Replay of unified events into register values, and the explanation of a mismatch.
+
+Theory of operation
+-------------------
+:func:`replay` folds :class:`~tsmr.events.Event` objects into registers,
+per bank: ``value = H(value || digest)``.  Registers start from the values the
+platform gives them (zero; all 0xFF for TPM PCR 17-22, which TPM2_Startup sets
+so; PCR 0 per the log's StartupLocality event) unless the caller supplies
+``initial`` values.  Events that are never extended (EV_NO_ACTION) are
+skipped.  Several logs can be merged onto one register set: the events are
+taken in the order given (firmware log first, then the OS's IMA list, then
+runtime logs), and with ``arch="tdx"`` (or ``"cca"``) TPM PCR numbers are
+mapped onto the confidential VM's registers through the UEFI index table.
+
+A tsmr runtime log's sync record is an anchor, not just an event: it declares
+the register's value at that point.  A declared value that differs from the
+replayed one is a *gap*; replay takes the declared value and goes on.
+
+:func:`explain` compares a result with expected values (from a quote) and, on a
+mismatch, says in one sentence per bank what is wrong: the first event whose
+digest does not match its own data, or the event after which the register
+last equalled the expected value (the log is ahead of the quote), or that no
+prefix matches; and which named quirk, if any, would explain it.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from .algorithms import HashAlg
+from .errors import InputError
+from .events import Event
+from .registers import pcr_index, pcr_to_register
+
+Values = dict[str, dict[HashAlg, bytes]]
+
+
+@dataclass(frozen=True)
+class Gap:
+    register: str
+    alg: HashAlg
+    seq: int
+    source: str
+    replayed: bytes
+    declared: bytes
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    registers: Values
+    counts: dict[str, int]  # measured events per register
+    missing: dict[str, tuple[HashAlg, ...]]  # banks some event of the register has no digest for
+    gaps: tuple[Gap, ...] = ()
+    quirks: tuple[str, ...] = ()  # quirks applied, by name
+    initial: Values = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "registers": {
+                reg: {a.kernel_name: v.hex() for a, v in sorted(banks.items())}
+                for reg, banks in sorted(self.registers.items(), key=lambda kv: _reg_sort_key(kv[0]))
+            }
+        }
+        if self.missing:
+            out["incomplete"] = {reg: [a.kernel_name for a in algs] for reg, algs in self.missing.items()}
+        if self.gaps:
+            out["gaps"] = [
+                {"register": g.register, "bank": g.alg.kernel_name, "event": g.seq, "source": g.source,
+                 "replayed": g.replayed.hex(), "declared": g.declared.hex()}
+                for g in self.gaps
+            ]
+        if self.quirks:
+            out["quirks"] = list(self.quirks)
+        return out
+
+
+def _reg_sort_key(name: str) -> tuple[str, int]:
+    head = name.rstrip("0123456789")
+    tail = name[len(head):]
+    return head, int(tail) if tail else -1
+
+
+def default_initial(register: str, alg: HashAlg) -> bytes:
+    """The value a register holds before any event: all 0xFF for TPM PCR 17-22, else zero."""
+    p = pcr_index(register)
+    if p is not None and 17 <= p <= 22:
+        return b"\xff" * alg.digest_size
+    return alg.zero()
+
+
+def map_register(event: Event, arch: str | None) -> str:
+    """The register an event lands in on a machine of ``arch`` (TPM PCRs map onto RTMRs/REMs)."""
+    if arch in ("tdx", "cca"):
+        p = pcr_index(event.register)
+        if p is not None:
+            return pcr_to_register(p, arch)
+    return event.register
+
+
+def replay(
+    events: Iterable[Event],
+    *,
+    banks: Sequence[HashAlg] | None = None,
+    initial: Mapping[str, Mapping[HashAlg, bytes]] | None = None,
+    arch: str | None = None,
+    quirks: Sequence[str] = (),
+) -> ReplayResult:
+    """Fold events into registers per bank.
+
+    ``banks`` limits the banks replayed (default: every bank any event records).
+    ``initial`` overrides starting values per register and bank; otherwise
+    :func:`default_initial`, and a TPM log's StartupLocality event sets PCR 0.
+    """
+    from . import quirks as quirk_mod
+
+    active = quirk_mod.resolve(quirks)
+    if arch not in (None, "tpm", "tdx", "cca"):
+        raise InputError(f"unknown architecture {arch!r}: use tpm, tdx or cca")
+    state: dict[str, dict[HashAlg, bytes]] = {}
+    counts: dict[str, int] = {}
+    missing: dict[str, set[HashAlg]] = {}
+    gaps: list[Gap] = []
+    applied: set[str] = set()
+    start: Values = {r: dict(v) for r, v in (initial or {}).items()}
+    want = set(banks) if banks is not None else None
+
+    def bank_state(reg: str, alg: HashAlg) -> dict[HashAlg, bytes]:
+        regs = state.get(reg)
+        if regs is None:
+            regs = state[reg] = {}
+        if alg not in regs:
+            regs[alg] = start.get(reg, {}).get(alg) or default_initial(reg, alg)
+        return regs
+
+    for ev in events:
+        reg = map_register(ev, arch)
+        if not ev.measured:
+            loc = ev.details.get("startup_locality") if ev.details else None
+            if loc is not None and reg == "pcr0" and "pcr0" not in (initial or {}):
+                # TCG PC Client PFP 10.4.5.3: PCR 0 starts at 0...0 || locality.
+                for alg in ev.algs or tuple(HashAlg):
+                    start.setdefault("pcr0", {})[alg] = bytes(alg.digest_size - 1) + bytes([int(loc) & 0xFF])
+            continue
+        if ev.source == "tsmr" and ev.type == "sync" and ev.details:
+            for name, hexv in ev.details.get("declares", {}).items():
+                alg = HashAlg.from_name(name)
+                if want is not None and alg not in want:
+                    continue
+                declared = bytes.fromhex(hexv)
+                regs = state.get(reg)
+                cur = regs.get(alg) if regs else None
+                if cur is not None and not hmac.compare_digest(cur, declared):
+                    gaps.append(Gap(reg, alg, ev.seq, ev.source, cur, declared))
+                state.setdefault(reg, {})[alg] = declared
+        counts[reg] = counts.get(reg, 0) + 1
+        algs = ev.algs if ev.fill is None else tuple(state.get(reg, {})) or ev.algs
+        targets = set(algs) | set(state.get(reg, {}))
+        if want is not None:
+            targets &= want
+        for alg in targets:
+            d = ev.digest(alg)
+            if d is None:
+                missing.setdefault(reg, set()).add(alg)
+                continue
+            for q in active:
+                alt = q.digest(ev, alg, d)
+                if alt is not None:
+                    d = alt
+                    applied.add(q.name)
+            regs = bank_state(reg, alg)
+            regs[alg] = alg.extend(regs[alg], d)
+
+    # Banks with a missing digest have no defined value: report them, don't guess.
+    for reg, algs in missing.items():
+        for alg in algs:
+            state.get(reg, {}).pop(alg, None)
+    return ReplayResult(
+        registers={r: v for r, v in state.items() if v},
+        counts=counts,
+        missing={r: tuple(sorted(a)) for r, a in missing.items()},
+        gaps=tuple(gaps),
+        quirks=tuple(sorted(applied)),
+        initial={r: dict(v) for r, v in start.items()},
+    )
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    register: str
+    alg: HashAlg
+    replayed: bytes | None
+    expected: bytes
+    explanation: str
+
+
+def compare(result: ReplayResult, expected: Mapping[str, Mapping[HashAlg, bytes]]) -> list[Mismatch]:
+    """Registers and banks whose replayed value differs from the expected one (without explanations)."""
+    out: list[Mismatch] = []
+    for reg, banks in expected.items():
+        for alg, value in banks.items():
+            got = result.registers.get(reg, {}).get(alg)
+            if got is None or not hmac.compare_digest(got, value):
+                out.append(Mismatch(reg, alg, got, bytes(value), ""))
+    return out
+
+
+def explain(
+    events: Sequence[Event],
+    expected: Mapping[str, Mapping[HashAlg, bytes]],
+    *,
+    arch: str | None = None,
+    initial: Mapping[str, Mapping[HashAlg, bytes]] | None = None,
+    quirks: Sequence[str] = (),
+) -> list[Mismatch]:
+    """Replay, compare with ``expected``, and explain each mismatch in one sentence."""
+    from . import quirks as quirk_mod
+
+    result = replay(events, initial=initial, arch=arch, quirks=quirks)
+    out: list[Mismatch] = []
+    for m in compare(result, expected):
+        name = f"{m.register} {m.alg.kernel_name}"
+        on_reg = [e for e in events if e.measured and map_register(e, arch) == m.register]
+        if not on_reg:
+            out.append(Mismatch(m.register, m.alg, m.replayed, m.expected, f"{name}: the log has no events for this register"))
+            continue
+        if m.register in result.missing and m.alg in result.missing[m.register]:
+            n = sum(1 for e in on_reg if e.digest(m.alg) is None)
+            out.append(Mismatch(m.register, m.alg, None, m.expected,
+                                f"{name}: {n} event(s) of the log carry no {m.alg.kernel_name} digest, so this bank cannot be replayed"))
+            continue
+        bad = next((e for e in on_reg if e.check(m.alg) is False), None)
+        if bad is not None:
+            text = (f"{name}: event {bad.seq} ({bad.type}{': ' + bad.summary if bad.summary else ''}) "
+                    f"records a digest that is not the hash of its own data")
+            out.append(Mismatch(m.register, m.alg, m.replayed, m.expected, text))
+            continue
+        # Prefix: did the register equal the expected value after some event?
+        start = (initial or {}).get(m.register, {}).get(m.alg) or result.initial.get(m.register, {}).get(m.alg) or default_initial(m.register, m.alg)
+        v = start
+        last = None
+        if v == m.expected:
+            last = -1
+        for e in on_reg:
+            d = e.digest(m.alg)
+            if d is None:
+                break
+            v = m.alg.extend(v, d)
+            if v == m.expected:
+                last = e.seq
+        if last is not None:
+            after = [e for e in on_reg if e.seq > last]
+            where = "before its first event" if last == -1 else f"after event {last}"
+            text = (f"{name}: the register equals the log {where}; the {len(after)} later event(s) "
+                    "are not in it (the log is ahead of the quote, or they were never extended)")
+        else:
+            hint = quirk_mod.suggest(events, m.register, m.alg, m.expected, arch=arch, initial=initial)
+            text = f"{name}: no prefix of the log replays to the expected value"
+            text += f"; {hint}" if hint else "; the register holds measurements the log does not record"
+        out.append(Mismatch(m.register, m.alg, m.replayed, m.expected, text))
+    return out
+
+
+__all__ = ["replay", "ReplayResult", "Gap", "Mismatch", "compare", "explain", "default_initial", "map_register"]
