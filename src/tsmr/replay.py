@@ -155,10 +155,10 @@ def replay(
                     gaps.append(Gap(reg, alg, ev.seq, ev.source, cur, declared))
                 state.setdefault(reg, {})[alg] = declared
         counts[reg] = counts.get(reg, 0) + 1
-        algs = ev.algs if ev.fill is None else tuple(state.get(reg, {})) or ev.algs
-        targets = set(algs) | set(state.get(reg, {}))
         if want is not None:
-            targets &= want
+            targets = want  # every requested bank; events that cannot give one make it missing
+        else:
+            targets = set(ev.algs) | set(state.get(reg, {})) | set(missing.get(reg, ()))
         for alg in targets:
             d = ev.digest(alg)
             if d is None:
@@ -225,8 +225,8 @@ def explain(
         if not on_reg:
             out.append(Mismatch(m.register, m.alg, m.replayed, m.expected, f"{name}: the log has no events for this register"))
             continue
-        if m.register in result.missing and m.alg in result.missing[m.register]:
-            n = sum(1 for e in on_reg if e.digest(m.alg) is None)
+        n = sum(1 for e in on_reg if e.digest(m.alg) is None)
+        if n:
             out.append(Mismatch(m.register, m.alg, None, m.expected,
                                 f"{name}: {n} event(s) of the log carry no {m.alg.kernel_name} digest, so this bank cannot be replayed"))
             continue
