@@ -131,10 +131,19 @@ def test_record_starting_with_ff_is_read_when_followed_by_data() -> None:
 # -- header and record errors ------------------------------------------------------------------------
 
 
-def test_sha1_only_log_is_reported_as_unsupported() -> None:
-    legacy = struct.pack("<II20sI", 0, 0x00000008, hashlib.sha1(b"v").digest(), 2) + b"v\x00"
-    with pytest.raises(ParseError, match="SHA-1-only"):
-        tcg2.parse(legacy)
+def test_sha1_only_log_is_read_as_legacy() -> None:
+    # A first record that is not the Spec ID Event03: a TPM 1.2 style log of TCG_PCR_EVENT records.
+    first = struct.pack("<II20sI", 0, 0x00000008, hashlib.sha1(b"v").digest(), 2) + b"v\x00"
+    second = struct.pack("<II20sI", 7, 4, hashlib.sha1(bytes(4)).digest(), 4) + bytes(4)
+    log = tcg2.parse(first + second + b"\xff" * 40)
+    assert log.legacy and log.header_event is None and log.spec_id == tcg2.LEGACY_SPEC_ID
+    assert log.spec_id.hash_algs == (HashAlg.SHA1,)
+    assert [(e.index, e.event_type, e.data, e.offset) for e in log.events] == [(0, 8, b"v\x00", 0), (7, 4, bytes(4), 34)]
+    assert log.events[0].digests == ((0x0004, hashlib.sha1(b"v").digest()),)
+    assert log.end == len(first + second)
+    assert tcg2.encode(log) == first + second
+    assert list(tcg2.iter_events(first + second)) == list(log.events)
+    assert tcg2.replay(log)[7] == {HashAlg.SHA1: chain("sha1", [hashlib.sha1(bytes(4)).digest()])}
 
 
 @pytest.mark.parametrize(
@@ -320,8 +329,9 @@ def test_mutated_logs_only_raise_parse_error(case: tuple[list[HashAlg], list[TCG
 #     (0x00- and 0xFF-padded log areas; EV_NO_ACTION on RTMR0 in _grub_gke).
 #   * CCEL_unpadded, CCEL_AAEL_alibabacloud, CCEL_data_csv (SM3): match COMPUTED_REPLAY.json, the
 #     corpus builder's own replay (secondary ground truth, not upstream-asserted).
-#   * NOT handled: go-eventlog tpm/debian-10.bin and legacydata/short_no_action_eventlog are SHA-1-only
-#     (TPM 1.2 style) logs, which this reader rejects with a ParseError saying so.
+#   * go-eventlog tpm/debian-10.bin and legacydata/short_no_action_eventlog are SHA-1-only (TPM 1.2
+#     style) logs, read with legacy=True; debian-10 replays to its expected SHA-1 PCRs 0-7 and the
+#     short log's StartupLocality event sets PCR0's initial value.
 #   * go-tpm-tools/cel/cel.b64 is CEL-TLV (base64), not TCG2 and not CEL-JSON; no reader here.
 
 PCR_LOGS = [
@@ -409,6 +419,16 @@ def test_real_ccels_match_computed_replay(fixtures: Path, rel: str, bank: str) -
 
 
 @pytest.mark.parametrize("rel", SHA1_ONLY_LOGS)
-def test_real_sha1_only_logs_are_rejected_clearly(fixtures: Path, rel: str) -> None:
-    with pytest.raises(ParseError, match="SHA-1-only"):
-        tcg2.parse(_read(fixtures, rel))
+def test_real_sha1_only_logs_are_read_as_legacy(fixtures: Path, rel: str) -> None:
+    data = _read(fixtures, rel)
+    log = tcg2.parse(data)
+    assert log.legacy and log.algorithms == (HashAlg.SHA1,)
+    assert tcg2.encode(log) == data[: log.end]
+    values = tcg2.replay(log, initial=_initial(log))
+    expected = json.loads((fixtures / "go-eventlog/expected_pcrs.json").read_text()).get(rel)
+    if expected is None:  # the 49-byte StartupLocality(3) snippet: nothing measured, PCR0 = 00..03
+        assert tcg2.startup_locality(log.events) == 3
+        assert values == {0: {HashAlg.SHA1: bytes(19) + b"\x03"}}
+        return
+    for pcr, hexval in expected["sha1"].items():
+        assert values[int(pcr)][HashAlg.SHA1].hex() == hexval, f"{rel} PCR{pcr}"

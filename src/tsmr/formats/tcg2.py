@@ -1,4 +1,4 @@
-"""Crypto-agile TCG2 event logs (TCG PC Client Platform Firmware Profile): reader, writer, replay.
+"""TCG PC Client event logs (crypto-agile TCG2 and SHA-1 legacy): reader, writer, replay, unified events.
 
 This is the format of ``/sys/kernel/security/tpm0/binary_bios_measurements`` on
 UEFI machines and of the confidential-computing event log (CCEL, ACPI table
@@ -22,23 +22,41 @@ record that merely *starts* like padding (Windows WBCL logs have records with
 ``pcrIndex`` 0xFFFFFFFF) is read as a record when other bytes follow it.  Any
 other short tail is a truncated record and a :class:`ParseError`.
 
+If the first record is *not* the Spec ID Event03, the log is a TPM 1.2-style
+(SHA-1 "legacy") log: TCG_PCR_EVENT records only, each with one 20-byte SHA-1
+digest (PC Client Implementation Specification for Conventional BIOS 1.21
+§11.1.1; TCG EFI Platform 1.22).  :func:`parse` reads it into the same
+:class:`TCG2Log` with ``legacy=True``, a synthesized Spec ID (:data:`LEGACY_SPEC_ID`,
+or the fields of a leading "Spec ID Event00/02" record) listing SHA-1 only, no
+header event, and every record, that leading one included, in ``events``.
+
 The reader keeps every event's type, digests (raw TPM_ALG_IDs, in log order,
 including algorithms tsmr has no hash for) and raw event data, so decoders of
-individual event types can be layered on top without reparsing.
+individual event types (:mod:`tsmr.formats.uefi`) are layered on top without
+reparsing: :func:`to_events` turns a log into unified :class:`tsmr.events.Event`
+objects, and :func:`check_digests` says which digests follow from their data.
 
 Every integer is little-endian.  All parsing goes through precompiled
 ``struct.Struct`` objects; the common case (each event lists the Spec ID
 algorithms in table order) is decoded with one ``unpack_from`` per record.
+:func:`parse` and :func:`to_events` pause the cyclic garbage collector while
+they build their (acyclic) objects: on million-record logs its full
+collections otherwise cost more than the parsing (see ``_gc_paused``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import struct
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from ..algorithms import HashAlg
 from ..errors import InputError, ParseError, ReplayError
+from ..events import Event
+from ..registers import ccmr_to_register
+from . import uefi
 
 FORMAT = "tcg2"
 
@@ -106,6 +124,7 @@ MAX_DIGEST_SIZE = 128
 
 SPEC_ID_EVENT03_SIGNATURE = b"Spec ID Event03\x00"
 STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\x00"
+LEGACY_SPEC_ID_SIGNATURES = (b"Spec ID Event00\x00", b"Spec ID Event02\x00")
 _SHA1_ID = int(HashAlg.SHA1)
 _U32_MAX = 0xFFFFFFFF
 
@@ -114,6 +133,7 @@ _U32_MAX = 0xFFFFFFFF
 _PCR_EVENT = struct.Struct("<II20sI")  # TCG_PCR_EVENT: pcrIndex, eventType, digest[20], eventSize
 _PCR_EVENT2_HEAD = struct.Struct("<III")  # TCG_PCR_EVENT2: pcrIndex, eventType, digests.count
 _SPEC_ID_HEAD = struct.Struct("<16sIBBBBI")  # signature .. numberOfAlgorithms
+_LEGACY_SPEC_ID_HEAD = struct.Struct("<16sIBBBBB")  # Spec ID Event00/02: signature .. vendorInfoSize
 _ALG_SIZE = struct.Struct("<HH")  # TCG_EfiSpecIdEventAlgorithmSize: algorithmId, digestSize
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -154,6 +174,15 @@ class SpecIdEvent:
         """The listed algorithms tsmr can hash with (the replayable banks), in table order."""
         known = {int(a) for a in HashAlg}
         return tuple(HashAlg(a) for a, _ in self.algorithms if a in known)
+
+
+LEGACY_SPEC_ID = SpecIdEvent(platform_class=0, spec_version_minor=2, spec_version_major=1, spec_errata=0,
+                             uintn_size=2, algorithms=((_SHA1_ID, 20),))
+"""The Spec ID :func:`parse` gives a SHA-1 log without a Spec ID Event00/02 record: TPM 1.2, SHA-1 only.
+
+``uintn_size`` 2 (64-bit UINTN) is a guess that holds for every x86-64 UEFI
+legacy log seen; a 32-bit firmware would say so in a Spec ID Event02 record.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,12 +227,17 @@ class TCG2Log:
     be None for logs built in memory; :func:`encode` then writes index 0 and a
     zero digest.  ``end`` is the offset just past the last record read (the rest
     of the input, if any, was padding); not part of equality.
+
+    ``legacy`` marks a SHA-1-only (TPM 1.2 style) log of TCG_PCR_EVENT records:
+    its ``spec_id`` is synthesized (SHA-1 only), ``header_event`` is None and
+    ``events`` holds every record, each with one ``(TPM_ALG_SHA1, digest)`` pair.
     """
 
     spec_id: SpecIdEvent
     events: tuple[TCG2Event, ...] = ()
     header_event: TCG2Event | None = None
     end: int = field(default=0, compare=False)
+    legacy: bool = False
 
     @property
     def algorithms(self) -> tuple[HashAlg, ...]:
@@ -211,6 +245,26 @@ class TCG2Log:
 
 
 # -- reader -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many acyclic objects.
+
+    A million-record log allocates several million tuples and frozen dataclass
+    instances; with the collector on, its full collections, which are
+    triggered as the heap grows, cost about 4x the parsing itself.  None of
+    these objects can form a cycle, so nothing is lost by pausing it.  The
+    previous state is restored (a caller that disabled the collector keeps it
+    disabled).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _as_bytes(data: object) -> bytes:
@@ -281,8 +335,12 @@ def _parse_spec_id(d: bytes, base: int) -> SpecIdEvent:
     return SpecIdEvent(pclass, minor, major, errata, uintn, tuple(algs), d[pos:])
 
 
-def _parse_header(buf: bytes) -> tuple[SpecIdEvent, TCG2Event, int]:
-    """Read the leading TCG_PCR_EVENT; return the Spec ID, the header event and the next offset."""
+def _parse_header(buf: bytes) -> tuple[SpecIdEvent, TCG2Event | None, int]:
+    """Read the leading TCG_PCR_EVENT; return the Spec ID, the header event and the next offset.
+
+    For a legacy (SHA-1-only) log the header event is None and the next offset
+    is 0: its first record is an ordinary event.
+    """
     end = len(buf)
     if end == 0:
         raise ParseError("empty input", format=FORMAT, offset=0, field="TCG_PCR_EVENT")
@@ -304,14 +362,58 @@ def _parse_header(buf: bytes) -> tuple[SpecIdEvent, TCG2Event, int]:
         )
     data = buf[pos:pos + size]
     if etype != EV_NO_ACTION or not data.startswith(SPEC_ID_EVENT03_SIGNATURE):
-        raise ParseError(
-            "the first event is not a TCG_EfiSpecIDEvent 'Spec ID Event03' (type "
-            f"{event_type_name(etype)}): SHA-1-only (TPM 1.2 style) logs are not supported by this "
-            "reader yet",
-            format=FORMAT, offset=0, field="TCG_PCR_EVENT",
-        )
+        return _legacy_spec_id(etype, data), None, 0
     spec = _parse_spec_id(data, pos)
     return spec, TCG2Event(index, etype, ((_SHA1_ID, digest),), data, 0), pos + size
+
+
+def _legacy_spec_id(etype: int, data: bytes) -> SpecIdEvent:
+    """The Spec ID of a SHA-1 log: :data:`LEGACY_SPEC_ID`, or the fields of a leading Spec ID Event00/02.
+
+    TCG_EfiSpecIdEventStruct (TCG EFI Platform Specification 1.22) and
+    TCG_PCClientSpecIdEventStruct (PC Client Implementation Specification for
+    Conventional BIOS 1.21): signature, u32 platformClass, u8 minor, u8 major,
+    u8 errata, u8 uintnSize (reserved in Event00), u8 vendorInfoSize,
+    vendorInfo; no algorithm table.
+    """
+    if etype == EV_NO_ACTION and data[:16] in LEGACY_SPEC_ID_SIGNATURES and len(data) >= _LEGACY_SPEC_ID_HEAD.size:
+        _sig, pclass, minor, major, errata, uintn, vsize = _LEGACY_SPEC_ID_HEAD.unpack_from(data, 0)
+        vendor = data[_LEGACY_SPEC_ID_HEAD.size:_LEGACY_SPEC_ID_HEAD.size + vsize]
+        return SpecIdEvent(pclass, minor, major, errata, uintn if uintn in (1, 2) else 2, LEGACY_SPEC_ID.algorithms,
+                           vendor)
+    return LEGACY_SPEC_ID
+
+
+def _legacy_events(buf: bytes, pos: int, result: list[int] | None = None) -> Iterator[TCG2Event]:
+    """Yield the TCG_PCR_EVENT records (SHA-1 layout) of a legacy log from ``pos`` to the end or padding."""
+    end = len(buf)
+    unpack = _PCR_EVENT.unpack_from
+    head = _PCR_EVENT.size
+    event = TCG2Event
+    while pos < end:
+        start = pos
+        if end - pos < head:
+            if _is_padding(buf, pos, end):
+                break
+            raise ParseError(
+                f"truncated TCG_PCR_EVENT: {end - pos} bytes left, the header is {head}",
+                format=FORMAT, offset=pos, field="TCG_PCR_EVENT.pcrIndex",
+            )
+        index, etype, digest, size = unpack(buf, pos)
+        if (index == etype == 0 or index == etype == _U32_MAX) and _is_padding(buf, pos, end):
+            break
+        pos += head
+        if size > end - pos or size > MAX_EVENT_SIZE:
+            raise ParseError(
+                f"eventSize {size} exceeds "
+                + (f"the limit MAX_EVENT_SIZE={MAX_EVENT_SIZE}" if size > MAX_EVENT_SIZE
+                   else f"the {end - pos} bytes left (truncated record at offset {start})"),
+                format=FORMAT, offset=pos - 4, field="TCG_PCR_EVENT.eventSize",
+            )
+        yield event(index, etype, ((_SHA1_ID, digest),), buf[pos:pos + size], start)
+        pos += size
+    if result is not None:
+        result.append(pos)
 
 
 def _digest_layout(spec: SpecIdEvent) -> struct.Struct:
@@ -431,27 +533,31 @@ def _read_digests(
 
 
 def iter_events(data: bytes | bytearray | memoryview) -> Iterator[TCG2Event]:
-    """Yield the records after the Spec ID header one at a time.
+    """Yield the records after the Spec ID header (every record of a legacy SHA-1 log) one at a time.
 
     The header is checked before this returns (a bad header raises here); a bad
     record raises :class:`ParseError` when the iteration reaches it.
     """
     buf = _as_bytes(data)
-    spec, _header, pos = _parse_header(buf)
-    return _events(buf, pos, spec)
+    spec, header, pos = _parse_header(buf)
+    return _events(buf, pos, spec) if header is not None else _legacy_events(buf, pos)
 
 
 def parse(data: bytes | bytearray | memoryview) -> TCG2Log:
     """Parse a crypto-agile TCG2 event log (binary_bios_measurements, a CCEL log area, a tsmr export).
 
-    Trailing 0x00 / 0xFF padding ends the log; see the module docstring.
-    Raises :class:`ParseError` for anything else that is not a well-formed log,
-    including SHA-1-only (TPM 1.2 style) logs, which this reader does not read yet.
+    A log whose first record is not the Spec ID Event03 is read as a SHA-1-only
+    (TPM 1.2 style) log: ``legacy=True``, see :class:`TCG2Log`.  Trailing 0x00 /
+    0xFF padding ends the log; see the module docstring.  Raises
+    :class:`ParseError` for anything else that is not a well-formed log.
     """
     buf = _as_bytes(data)
     spec, header, pos = _parse_header(buf)
     stop: list[int] = []
-    events = tuple(_events(buf, pos, spec, stop))
+    with _gc_paused():
+        if header is None:
+            return TCG2Log(spec, tuple(_legacy_events(buf, pos, stop)), None, stop[0], legacy=True)
+        events = tuple(_events(buf, pos, spec, stop))
     return TCG2Log(spec, events, header, stop[0])
 
 
@@ -527,7 +633,8 @@ def encode(
     """Write a crypto-agile log.
 
     Given a :class:`TCG2Log`, write it as is (its Spec ID; the header record's
-    index and SHA-1 digest field if ``header_event`` is set), so that
+    index and SHA-1 digest field if ``header_event`` is set; a legacy log as
+    :func:`encode_legacy` does), so that
     ``encode(parse(x)) == x[:parse(x).end]`` for logs this reader accepts.  Given
     events, ``algorithms`` is required and the header is the one of
     :meth:`SpecIdEvent.for_algorithms`.  Raises :class:`InputError` for events
@@ -538,6 +645,8 @@ def encode(
     if isinstance(log, TCG2Log):
         if algorithms is not None:
             raise InputError("tcg2: algorithms come from the log's Spec ID event; do not pass them with a TCG2Log")
+        if log.legacy:
+            return encode_legacy(log.events)
         spec, events, header = log.spec_id, log.events, log.header_event
     else:
         if not algorithms:
@@ -556,6 +665,31 @@ def encode(
     if len(parts) > 2 and not parts[-1].strip(b"\x00"):
         # pcrIndex 0, EV_PREBOOT_CERT, no digests, no data: sixteen zero bytes that every
         # reader (this one included) takes for the zero padding of a log area.
+        raise InputError("tcg2: the last event would be all zero bytes and read back as padding")
+    return b"".join(parts)
+
+
+def encode_legacy(events: Iterable[TCG2Event]) -> bytes:
+    """A SHA-1-only (TPM 1.2 style) log: one TCG_PCR_EVENT per event, each with exactly one SHA-1 digest.
+
+    Raises :class:`InputError` for events that cannot be written or would not
+    read back as written: no events, a first event that is a Spec ID Event03
+    (the log would read as crypto-agile), a last record of zero bytes only.
+    """
+    parts: list[bytes] = []
+    for ev in events:
+        if not (0 <= ev.index <= _U32_MAX and 0 <= ev.event_type <= _U32_MAX):
+            raise InputError(f"tcg2: index {ev.index} and event type {ev.event_type} must fit in 32 bits")
+        if len(ev.digests) != 1 or ev.digests[0][0] != _SHA1_ID or len(ev.digests[0][1]) != 20:
+            raise InputError("tcg2: an event of a SHA-1 log carries exactly one 20-byte SHA-1 digest")
+        if len(ev.data) > MAX_EVENT_SIZE:
+            raise InputError(f"tcg2: event data of {len(ev.data)} bytes exceeds MAX_EVENT_SIZE={MAX_EVENT_SIZE}")
+        parts.append(_PCR_EVENT.pack(ev.index, ev.event_type, bytes(ev.digests[0][1]), len(ev.data)) + bytes(ev.data))
+    if not parts:
+        raise InputError("tcg2: a SHA-1 log needs at least one event")
+    if parts[0][4:8] == b"\x03\x00\x00\x00" and parts[0][32:48] == SPEC_ID_EVENT03_SIGNATURE:
+        raise InputError("tcg2: a SHA-1 log cannot start with a Spec ID Event03 (it would read as crypto-agile)")
+    if not parts[-1].strip(b"\x00"):
         raise InputError("tcg2: the last event would be all zero bytes and read back as padding")
     return b"".join(parts)
 
@@ -635,7 +769,197 @@ def replay(
     return out
 
 
+# -- unified events -------------------------------------------------------------------------------
+
+_KNOWN_ALGS: dict[int, HashAlg] = {int(a): a for a in HashAlg}
+_ARCH_SOURCES = {"tpm": "tcg2", "tdx": "ccel", "cca": "ccel"}
+
+
+def register_name(index: int, arch: str = "tpm") -> str:
+    """The unified register name of a log index: ``pcrN`` for a TPM log, ``rtmrN``/``remN`` for a CCEL."""
+    if arch == "tpm":
+        return f"pcr{index}"
+    if 0 <= index <= 4:
+        return ccmr_to_register(index, arch)
+    return f"ccmr{index}"  # not a CC MR index: keep the event, name what it says
+
+
+def to_events(log: TCG2Log, *, arch: str = "tpm", decode: bool = True) -> list[Event]:
+    """The log's records as unified :class:`tsmr.events.Event` objects (the Spec ID header is not one).
+
+    ``arch="tpm"``: source ``"tcg2"``, register ``pcrN``.  ``arch="tdx"`` (or
+    ``"cca"``): the index is a CC MR index (a CCEL), source ``"ccel"``, register
+    ``mrtd``/``rtmr0..3`` (``rim``/``rem0..3``); an index above 4 is named
+    ``ccmrN``.  Digests keep the algorithms tsmr knows (others are dropped: the
+    bank could not be replayed anyway), ``measured`` is False for EV_NO_ACTION,
+    ``data_rule`` comes from :func:`tsmr.formats.uefi.data_rule`, ``summary``
+    and ``details`` from :func:`tsmr.formats.uefi.describe`.  ``decode=False``
+    skips the last two (a million-event log then costs about one Event
+    construction per record).
+    """
+    source = _ARCH_SOURCES.get(arch)
+    if source is None:
+        raise InputError(f"tcg2: unknown architecture {arch!r} (known: {', '.join(_ARCH_SOURCES)})")
+    out: list[Event] = []
+    with _gc_paused():
+        _fill_events(log, source, arch, decode, out)
+    return out
+
+
+def _fill_events(log: TCG2Log, source: str, arch: str, decode: bool, out: list[Event]) -> None:
+    # Locals instead of globals and attribute lookups: this loop runs once per record.
+    names: dict[int, str] = {}
+    known = _KNOWN_ALGS
+    type_names = EVENT_TYPE_NAMES
+    rule_of = uefi.data_rule
+    describe = uefi.describe
+    uintn = log.spec_id.uintn_size
+    append = out.append
+    for seq, ev in enumerate(log.events):
+        index = ev.index
+        register = names.get(index)
+        if register is None:
+            register = names[index] = register_name(index, arch)
+        etype = ev.event_type
+        data = ev.data
+        digests = tuple([(known[a], d) for a, d in ev.digests if a in known])
+        if decode:
+            summary, details = describe(etype, data, uintn_size=uintn)
+        else:
+            summary, details = "", None
+        append(Event(source, seq, index, register, type_names.get(etype) or event_type_name(etype), digests, data,
+                     etype != EV_NO_ACTION, rule_of(etype, data), summary, details, ev.offset))
+
+
+# -- digest checks ----------------------------------------------------------------------------------
+#
+# How the digest of a record relates to its data.  Rule names (``"data"`` is tsmr.events.DATA):
+#   data             digest = H(event data)
+#   variable-data    H(UEFI_VARIABLE_DATA.VariableData): EDK2/OVMF/TDVF/GCE firmware for EV_EFI_VARIABLE_BOOT
+#   text             H(text after a boot loader prefix, no NUL): upstream GRUB "grub_cmd: ",
+#                    "kernel_cmdline: ", "module_cmdline: "; RHEL GRUB "grub_kernel_cmdline "
+#   text-nul         H(text after the prefix, up to and including its NUL): RHEL/Fedora/Alibaba GRUB
+#                    "grub_cmd " (the byte after the NUL is not hashed; often uninitialised memory)
+#   utf8-nul         H(UTF-8 of the UTF-16 description + NUL): systemd-stub's first event of each UKI
+#                    section pair (".linux", ".cmdline", ...); the second one hashes the section
+#   separator-error  H(LE32(1)): an error separator, whatever its data
+#
+# Observed on shared/fixtures (tests/unit/test_tcg2_events.py recomputes these numbers with
+# check_digests):
+#   * H(data) on every event of EV_SEPARATOR, EV_EFI_ACTION, EV_EFI_VARIABLE_DRIVER_CONFIG,
+#     EV_EFI_GPT_EVENT, EV_S_CRTM_VERSION (GCE), EV_NONHOST_INFO (GCE), EV_EVENT_TAG "AAEL" (Alibaba).
+#   * EV_EFI_VARIABLE_AUTHORITY: H(data) everywhere except 2 of 3 events of go-eventlog cos-85-amd-sev
+#     (an old shim: a bare DER vendor certificate + 6 trailing bytes; no slice of the data matches).
+#   * EV_EFI_VARIABLE_BOOT: H(VariableData) on every fixture (GCE, OVMF, TDVF, Alibaba, Hygon CSV),
+#     never H(data) as PFP says (other vendors' firmware does hash the whole structure, formats.md §1.8).
+#   * EV_IPL: never H(data).  GRUB strings follow "text" / "text-nul"; shim's "MokList*" and GRUB's
+#     file paths hash the variable or file; systemd-stub section names follow "utf8-nul".
+#   * EV_EVENT_TAG with the Linux initrd / load-options tags hashes the initrd / the command line.
+#   * Never H(data): EV_EFI_BOOT_SERVICES_APPLICATION (Authenticode), EV_EFI_PLATFORM_FIRMWARE_BLOB(2),
+#     EV_EFI_HANDOFF_TABLES(2), EV_PLATFORM_CONFIG_FLAGS ("ACPI DATA", fw_cfg names, td-shim td_hob /
+#     td_payload_info), EV_POST_CODE ("ACPI DATA" on Alibaba).
+
+_GRUB_RULES = ((b"grub_cmd: ", "text"), (b"kernel_cmdline: ", "text"), (b"module_cmdline: ", "text"),
+               (b"grub_kernel_cmdline ", "text"), (b"grub_cmd ", "text-nul"))
+_SEPARATOR_VALUES = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x01\x00\x00\x00")
+
+
+def digest_rules(event_type: int, data: bytes) -> tuple[str, ...]:
+    """Every rule by which this event's digest may follow from its data, most likely first; () if none."""
+    if event_type == EV_NO_ACTION:
+        return ()
+    if event_type == EV_EFI_VARIABLE_BOOT:
+        return ("variable-data", uefi.DATA)
+    if event_type == EV_SEPARATOR:
+        return (uefi.DATA, "separator-error") if data in _SEPARATOR_VALUES else ("separator-error",)
+    if event_type == EV_IPL:
+        for prefix, rule in _GRUB_RULES:
+            if data.startswith(prefix):
+                return (rule,)
+        # systemd-stub section names; sd-boot's UTF-16 command line on PCR 12 is H(data)
+        return ("utf8-nul", uefi.DATA) if uefi.looks_utf16(data) else ()
+    if uefi.data_rule(event_type, data) == uefi.DATA:
+        return (uefi.DATA,)
+    if event_type == EV_EVENT_TAG and len(data) >= 8 and _U32.unpack_from(data, 4)[0] == len(data) - 8 \
+            and _U32.unpack_from(data)[0] not in uefi.EVENT_TAG_NAMES:
+        return (uefi.DATA,)  # unknown tags: plausible per PFP; Linux's and systemd's hash files instead
+    if event_type in (EV_TABLE_OF_DEVICES, EV_COMPACT_HASH):
+        return (uefi.DATA,)  # plausible per PFP, not seen on real logs
+    return ()
+
+
+def measured_bytes(rule: str, data: bytes) -> bytes | None:
+    """The bytes whose hash is the digest under ``rule``, or None if the rule does not apply to ``data``."""
+    if rule == uefi.DATA:
+        return data
+    if rule == "separator-error":
+        return b"\x01\x00\x00\x00"
+    if rule == "variable-data":
+        if len(data) < 32:
+            return None
+        nlen, dlen = struct.unpack_from("<QQ", data, 16)
+        start = 32 + 2 * nlen
+        return data[start:start + dlen] if start + dlen <= len(data) else None
+    if rule in ("text", "text-nul"):
+        for prefix, _rule in _GRUB_RULES:
+            if data.startswith(prefix):
+                text = data[len(prefix):].split(b"\x00", 1)[0]
+                return text + b"\x00" if rule == "text-nul" else text
+        return None
+    if rule == "utf8-nul":
+        return uefi.utf16(data).encode("utf-8") + b"\x00"
+    return None
+
+
+def match_rule(event: TCG2Event) -> str | None:
+    """The first of :func:`digest_rules` that reproduces every digest of ``event`` tsmr can compute, else None."""
+    checkable = []
+    for alg_id, digest in event.digests:
+        alg = _KNOWN_ALGS.get(alg_id)
+        if alg is not None:
+            try:
+                alg.hash(b"")
+            except ValueError:  # e.g. sm3 where OpenSSL lacks it
+                continue
+            checkable.append((alg, digest))
+    if not checkable:
+        return None
+    for rule in digest_rules(event.event_type, event.data):
+        b = measured_bytes(rule, event.data)
+        if b is not None and all(alg.hash(b) == d for alg, d in checkable):
+            return rule
+    return None
+
+
+def check_digests(log: TCG2Log) -> dict[str, dict[str, int]]:
+    """Per event type name: how many measured events, and how many each rule (or none) reproduces.
+
+    ``{"EV_EFI_VARIABLE_BOOT": {"events": 3, "variable-data": 3}, "EV_IPL": {"events": 4, "text": 2,
+    "unmatched": 2}}``: "unmatched" counts events with a candidate rule that none reproduces,
+    "not-derivable" events without any candidate rule (PE images, firmware blobs).
+    EV_NO_ACTION events are not measured and not counted.
+    """
+    out: dict[str, dict[str, int]] = {}
+    for ev in log.events:
+        if ev.event_type == EV_NO_ACTION:
+            continue
+        counts = out.setdefault(ev.type_name, {"events": 0})
+        counts["events"] += 1
+        rule = match_rule(ev)
+        key = rule or ("unmatched" if digest_rules(ev.event_type, ev.data) else "not-derivable")
+        counts[key] = counts.get(key, 0) + 1
+    return out
+
+
 __all__ = [
+    "LEGACY_SPEC_ID",
+    "check_digests",
+    "digest_rules",
+    "encode_legacy",
+    "register_name",
+    "match_rule",
+    "measured_bytes",
+    "to_events",
     "EV_NO_ACTION",
     "EV_SEPARATOR",
     "EV_ACTION",
