@@ -145,16 +145,30 @@ def _cel_json_events(recs: Sequence[Any]) -> list[Event]:
         data = b""
         rule = None
         summary = r.content_type
+        measured = True
+        etype = r.content_type
         if r.content_type == "tsmr" and isinstance(content, dict) and isinstance(content.get("record"), str):
             data = content["record"].encode()
             summary = content["record"][:120]
             if not data.startswith(b"# .EXTEND "):
                 rule = DATA
+        elif r.content_type == "pcclient_std" and isinstance(content, dict) and type(content.get("event_type")) is int:
+            from .formats import tcg2, uefi
+
+            try:
+                data = bytes.fromhex(str(content.get("event_data", "")))
+            except ValueError:
+                raise ParseError("pcclient_std event_data is not hex", format="cel-json", field=f"record {n}") from None
+            code = content["event_type"]
+            etype = tcg2.event_type_name(code)
+            measured = code != tcg2.EV_NO_ACTION
+            rule = uefi.data_rule(code, data)
+            summary = uefi.describe(code, data)[0]
         else:
             data = json.dumps(content, separators=(",", ":"), sort_keys=True).encode() if content is not None else b""
         out.append(
-            Event("cel", n, r.index, _register(r.index_type, r.index), r.content_type, tuple(r.digests), data,
-                  True, rule, summary, {"content": content} if content is not None else None)
+            Event("cel", n, r.index, _register(r.index_type, r.index), etype, tuple(r.digests), data,
+                  measured, rule, summary, {"content": content} if content is not None else None)
         )
     return out
 

@@ -81,14 +81,14 @@ def resolve(names: Sequence[str]) -> list[Quirk]:
 def check(event: Event, alg: HashAlg, quirks: Sequence[str]) -> tuple[bool | None, str | None]:
     """Verify an event's digest against its data, trying the named quirks; (result, quirk used)."""
     base = event.check(alg)
-    if base is not False:
-        return base, None
+    if base is True:
+        return True, None
     d = event.digest(alg)
     for q in resolve(quirks):
         alt = q.check_data(event)
         if alt is not None and d == alg.hash(alt):
             return True, q.name
-    return False, None
+    return base, None
 
 
 def suggest(

@@ -137,7 +137,8 @@ def replay(
     for ev in events:
         reg = map_register(ev, arch)
         if not ev.measured:
-            loc = ev.details.get("startup_locality") if ev.details else None
+            # TCG PC Client PFP 10.4.5.3: an EV_NO_ACTION "StartupLocality\0" + locality byte on PCR 0.
+            loc = ev.data[16] if len(ev.data) == 17 and ev.data.startswith(b"StartupLocality\0") else None
             if loc is not None and reg == "pcr0" and "pcr0" not in (initial or {}):
                 # TCG PC Client PFP 10.4.5.3: PCR 0 starts at 0...0 || locality.
                 for alg in ev.algs or tuple(HashAlg):

@@ -135,3 +135,14 @@ def test_quirks() -> None:
     assert check(grub, S256, []) == (False, None)
     with pytest.raises(InputError, match="unknown quirk"):
         replay([grub], quirks=["no-such-quirk"])
+
+
+def test_variable_boot_quirk_on_a_real_log(fixtures) -> None:  # type: ignore[no-untyped-def]
+    from tsmr.eventlog import parse
+
+    log = parse((fixtures / "go-eventlog/eventlogs/tpm/rhel8-uefi.bin").read_bytes())
+    boots = [e for e in log.events if e.type == "EV_EFI_VARIABLE_BOOT"]
+    assert boots
+    for e in boots:
+        assert check(e, S256, []) == (None, None)  # PFP's rule is not what this firmware did
+        assert check(e, S256, ["efi-variable-boot-data-only"]) == (True, "efi-variable-boot-data-only")

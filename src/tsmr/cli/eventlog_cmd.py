@@ -56,25 +56,39 @@ def show_cmd(
     fmt: FormatOpt = None,
     arch: ArchOpt = None,
     register: RegisterOpt = "rtmr3",
+    quirk: Annotated[Optional[list[str]], typer.Option("--quirk", help="Named quirk for digest checks (repeatable).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """One row per event: index, register, type, digests and a decoded summary."""
+    """One row per event: index, register, type, digests, whether each digest is the hash of
+    the event's data (ok / BAD / - when the data does not determine it), and a decoded summary."""
+    from ..quirks import check
+
     log = _load(file, fmt, arch, register)
     rows: list[dict[str, Any]] = []
     with Progress(transient=True, disable=len(log.events) < PROGRESS_MIN or as_json, console=render.err) as prog:
         task = prog.add_task("decoding", total=len(log.events))
         for e in log.events:
-            rows.append(e.to_json())
+            row = e.to_json()
+            results = [check(e, a, quirk or ()) for a in e.algs] if e.measured else []
+            verdicts = [r for r, _ in results]
+            row["digest_matches_data"] = (
+                None if not verdicts or any(v is None for v in verdicts) else all(verdicts)
+            )
+            used = sorted({q for _, q in results if q})
+            if used:
+                row["quirks"] = used
+            rows.append(row)
             prog.advance(task)
     if as_json:
         render.print_json({"format": log.format, "arch": log.arch, "events": rows})
         return
     table = Table(title=f"{file}: {log.format}, {len(rows)} events", title_justify="left")
-    for col in ("#", "index", "register", "type", "digests", "summary"):
+    for col in ("#", "index", "register", "type", "digests", "data", "summary"):
         table.add_column(col, overflow="fold")
     for e, row in zip(log.events, rows):
         digests = " ".join(f"{a.kernel_name}:{_short(d)}" for a, d in e.digests)
-        table.add_row(str(e.seq), str(e.index), e.register if e.measured else f"({e.register})", e.type, digests, e.summary)
+        ok = {True: "ok", False: "[red]BAD[/]", None: "-"}[row["digest_matches_data"]]
+        table.add_row(str(e.seq), str(e.index), e.register if e.measured else f"({e.register})", e.type, digests, ok, e.summary)
     render.out.print(table)
 
 
