@@ -54,6 +54,7 @@ def test_random_tcg2_logs_round_trip_through_cel(events: list, algs: tuple) -> N
     want = replay(log.events).registers
     # tcg2.replay starts every index at zero; a TPM starts PCR 17-22 at all 0xFF
     ff = {(i, a): b"\xff" * a.digest_size for i in range(17, 23) for a in algs}
-    assert want == {f"pcr{i}": v for i, v in tcg2.replay(tcg2.parse(data), initial=ff).items()}
+    used = {i for i, _, _ in events}
+    assert want == {f"pcr{i}": v for i, v in tcg2.replay(tcg2.parse(data), initial=ff).items() if i in used}
     assert replay(parse(to_cel_json(log), "cel-json").events).registers == want
     assert replay(parse(to_tcg2(log), "tcg2", arch="tpm").events).registers == want
