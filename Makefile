@@ -11,7 +11,7 @@ APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config fuse3
 DEMO_STATE ?= $(CURDIR)/.state/demo
 PYTEST_ARGS ?=
 
-.PHONY: all demo test install install-test apt-deps bench clean help
+.PHONY: all demo test install install-test apt-deps bench clean help fuzz
 
 all: help
 
@@ -49,6 +49,12 @@ demo: install
 
 test: install-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Every fuzz target (tests/fuzz/targets.py) for FUZZ_SECONDS each, two at a time; crash inputs
+# are kept under .state/fuzz-artifacts.  `make test` runs the same targets for 2 s each.
+FUZZ_SECONDS ?= 60
+fuzz: install-test
+	$(PY) tests/fuzz/run.py --seconds $(FUZZ_SECONDS) --jobs 2 --artifacts .state/fuzz-artifacts
 
 bench: install-test
 	$(PY) bench/extend.py

@@ -17,8 +17,9 @@ whatever ``content_type`` says, and top-level members other than the ones above
 (systemd's ``mapped_pcr``, say) are kept in ``extra`` and written back.  What is
 checked is what replay depends on: the index, the hash names, and digests of the
 right length (members of a digest object other than ``hashAlg`` and ``digest``
-are ignored).  Known gaps: ``nv_index`` records and CEL-TLV / CEL-CBOR are not
-read here.
+are ignored).  ``nv_index`` records (systemd's NvPCRs) are read only when asked
+for (``parse_json(..., allow_nv_index=True)``) and are never written; CEL-TLV
+lives in :mod:`tsmr.formats.cel_tlv`; CEL-CBOR is not read.
 
 systemd writes no ``recnum``; a record without one gets its position in the
 input (0-based) instead.  Duplicate member names, NaN/Infinity and invalid UTF-8
@@ -78,8 +79,8 @@ def hash_alg_from_name(name: str) -> HashAlg | None:
 class CELRecord:
     """One CEL-JSON record (TCG Canonical Event Log Format v1.0, JSON encoding).
 
-    ``index_type`` is the index member's name (``pcr``, ``rtmr``, ``rem``) and
-    ``index`` its value.  ``digests`` are (HashAlg, digest) pairs in record order.
+    ``index_type`` is the index member's name (``pcr``, ``rtmr``, ``rem``; also
+    ``nv_index`` when read with ``allow_nv_index=True``) and ``index`` its value.  ``digests`` are (HashAlg, digest) pairs in record order.
     ``content`` is the decoded JSON value of ``content`` and ``extra`` holds the
     other top-level members; both are plain JSON values that callers must treat
     as read-only.  They take part in equality but not in the hash, so records
@@ -216,7 +217,7 @@ def _loads(raw: bytes, base: int, what: str, where: str | None) -> Any:
                          offset=base, field=where) from None
 
 
-def _record(obj: Any, position: int, offset: int | None) -> CELRecord:
+def _record(obj: Any, position: int, offset: int | None, allow_nv_index: bool = False) -> CELRecord:
     """Check one decoded JSON value and make it a CELRecord; ``position`` is its 0-based place."""
     where = f"records[{position}]"
 
@@ -240,7 +241,7 @@ def _record(obj: Any, position: int, offset: int | None) -> CELRecord:
     if len(keys) > 1:
         raise fail(f"more than one index member: {', '.join(keys)}", keys[1])
     index_type = keys[0]
-    if index_type in _UNSUPPORTED_INDEX_TYPES:
+    if index_type in _UNSUPPORTED_INDEX_TYPES and not allow_nv_index:
         raise fail(f"{index_type} records are not supported", index_type)
     index = obj[index_type]
     if type(index) is not int or not 0 <= index <= _U32_MAX:
@@ -284,7 +285,7 @@ def _record(obj: Any, position: int, offset: int | None) -> CELRecord:
     return CELRecord(recnum, index_type, index, tuple(digests), content_type, obj["content"], extra)
 
 
-def parse_json(data: bytes | bytearray | memoryview) -> tuple[CELRecord, ...]:
+def parse_json(data: bytes | bytearray | memoryview, *, allow_nv_index: bool = False) -> tuple[CELRecord, ...]:
     """Parse CEL-JSON: a JSON array of records, or an RFC 7464 JSON text sequence of records.
 
     The form is detected from the first byte after leading whitespace (0x1E:
@@ -292,6 +293,10 @@ def parse_json(data: bytes | bytearray | memoryview) -> tuple[CELRecord, ...]:
     empty log (a systemd log before its first measurement).  In a sequence every
     element must be one complete record: a record cut short (a writer still
     appending, or a crash) is a :class:`ParseError` naming its record number.
+
+    ``allow_nv_index=True`` also accepts records indexed by ``nv_index`` (an NV
+    index handle, as systemd logs its NvPCR extends); they have
+    ``index_type == "nv_index"`` and :func:`encode_json` does not write them.
     """
     if isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
@@ -302,17 +307,17 @@ def parse_json(data: bytes | bytearray | memoryview) -> tuple[CELRecord, ...]:
         return ()
     start = len(data) - len(body)
     if body[0] == 0x1E:
-        return _parse_seq(data, start)
+        return _parse_seq(data, start, allow_nv_index)
     if body[0] != ord("["):
         raise ParseError("expected a JSON array or an RFC 7464 JSON text sequence (0x1E)",
                          format=FORMAT, offset=start)
     value = _loads(data, 0, "the log", None)
     if not isinstance(value, list):  # pragma: no cover - a text starting with "[" decodes to a list
         raise ParseError("expected a JSON array", format=FORMAT, offset=start)
-    return tuple(_record(obj, i, None) for i, obj in enumerate(value))
+    return tuple(_record(obj, i, None, allow_nv_index) for i, obj in enumerate(value))
 
 
-def _parse_seq(data: bytes, start: int) -> tuple[CELRecord, ...]:
+def _parse_seq(data: bytes, start: int, allow_nv_index: bool = False) -> tuple[CELRecord, ...]:
     # 0x1E cannot occur inside a valid JSON text (control characters must be escaped in strings)
     # nor inside a UTF-8 multi-byte sequence, so splitting the bytes on it is exact.
     records: list[CELRecord] = []
@@ -324,7 +329,7 @@ def _parse_seq(data: bytes, start: int) -> tuple[CELRecord, ...]:
             continue  # RFC 7464 §2.1: empty elements between separators are skipped
         position = len(records)
         value = _loads(chunk, offset + 1, f"record {position}", f"records[{position}]")
-        records.append(_record(value, position, offset))
+        records.append(_record(value, position, offset, allow_nv_index))
     return tuple(records)
 
 
