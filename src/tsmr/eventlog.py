@@ -123,7 +123,12 @@ def parse(
     if fmt in ("ima-binary", "ima-ascii"):
         from .formats import ima
 
-        entries = ima.parse_binary(data) if fmt == "ima-binary" else ima.parse_ascii(data)
+        if fmt == "ima-binary":
+            # Per-bank lists (binary_runtime_measurements_sha256, ...) and big-endian hosts: guess the layout.
+            alg, big = ima.guess_binary_layout(data) or (HashAlg.SHA1, False)
+            entries = ima.parse_binary(data, alg=alg, big_endian=big)
+        else:
+            entries = ima.parse_ascii(data)
         return EventLog(fmt, tuple(ima.to_events(entries)), "tpm", raw=entries)
     events = runtime_log_events(data, register=register)
     return EventLog("tsmr", tuple(events), "tpm" if register.startswith("pcr") else "tdx")
