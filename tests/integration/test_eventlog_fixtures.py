@@ -98,3 +98,15 @@ def test_merged_logs_ccel_plus_runtime_log(fixtures: Path, tmp_path: Path) -> No
     only_runtime = replay(parse(runtime).events)
     assert result.registers["rtmr3"] == only_runtime.registers["rtmr3"]
     assert result.registers["rtmr1"] == replay(parse(ccel).events).registers["rtmr1"]
+
+
+def test_cli_reports_ima_template_hash_mismatches(fixtures: Path, tmp_path: Path) -> None:
+    good = (fixtures / "keylime/create-runtime-policy/ima-log-sha256").read_bytes()
+    r = subprocess.run([TSMR, "eventlog", "replay", str(fixtures / "keylime/create-runtime-policy/ima-log-sha256"), "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)["registers"]) == {"pcr10"}
+    bad = tmp_path / "ima"
+    bad.write_bytes(good.replace(b"/data", b"/dat2"))
+    r = subprocess.run([TSMR, "eventlog", "replay", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1 and "entry 1 (/dat2): template hash mismatch" in r.stdout

@@ -135,6 +135,20 @@ def replay_cmd(
     result = replay(events, arch=the_arch, quirks=quirk or ())
     out = result.to_json()
     failed = False
+    # IMA: every template hash must be the hash of its template data.
+    bad_ima: list[str] = []
+    for lg in logs:
+        if lg.format.startswith("ima"):
+            from ..formats import ima
+
+            try:
+                ima.replay(lg.raw, banks=(HashAlg.SHA1,), verify=True)
+            except ima.TemplateHashError as exc:
+                bad_ima.extend(str(m) for m in exc.mismatches)
+                bad_ima.append(f"{exc.count} IMA entr{'y' if exc.count == 1 else 'ies'} with a wrong template hash")
+    if bad_ima:
+        out["ima_template_hash_mismatches"] = bad_ima
+        failed = True
     if expect:
         want = _load_expected(expect)
         mismatches = explain(events, want, arch=the_arch, quirks=quirk or ())
@@ -152,6 +166,8 @@ def replay_cmd(
             render.warning(f"{reg}: some events carry no {', '.join(a.kernel_name for a in algs)} digest; that bank is not replayed")
         for g in result.gaps:
             render.line(f"gap: {g.register} {g.alg.kernel_name} at event {g.seq}: changed without being logged")
+        for line in bad_ima:
+            render.line(line)
         if expect:
             for m in out["expected"]["mismatches"]:  # type: ignore[index]
                 render.line(m["explanation"])
