@@ -70,14 +70,16 @@ def detect(data: bytes) -> str:
             return kind
     except ImportError:  # pragma: no cover - reader not available
         pass
-    try:
-        from .formats import cel
+    from .formats import cel_tlv
 
-        tlv = getattr(cel, "looks_like_tlv", None)
-        if tlv is not None and tlv(data):
+    if cel_tlv.looks_like_base64_cel(data):
+        return "cel-tlv"
+    if data[:1] == b"\x00" and len(data) >= 5:  # a CEL-TLV record starts with its recnum TLV (type 0)
+        try:
+            cel_tlv.parse_tlv(data[: 1 << 16] if len(data) <= 1 << 16 else data)
             return "cel-tlv"
-    except ImportError:  # pragma: no cover
-        pass
+        except ParseError:
+            pass
     if len(data) >= 32:
         pcr, etype = struct.unpack_from("<II", data, 0)
         (size,) = struct.unpack_from("<I", data, 28)
@@ -115,10 +117,11 @@ def parse(
         events = systemd.to_events(systemd.parse(data))
         return EventLog(fmt, tuple(events), "tdx" if any(e.register.startswith("rtmr") for e in events) else "tpm")
     if fmt == "cel-tlv":
-        from .formats import cel
+        from .formats import cel_tlv
 
-        recs = cel.parse_tlv(data)
-        events = cel.tlv_to_events(recs)
+        raw = cel_tlv.decode_base64(data) if cel_tlv.looks_like_base64_cel(data) else data
+        recs = cel_tlv.parse_tlv(raw)
+        events = cel_tlv.to_events(recs)
         return EventLog(fmt, tuple(events), "tdx" if any(e.register.startswith(("rtmr", "mrtd")) for e in events) else "tpm", raw=recs)
     if fmt in ("ima-binary", "ima-ascii"):
         from .formats import ima

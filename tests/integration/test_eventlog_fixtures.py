@@ -110,3 +110,25 @@ def test_cli_reports_ima_template_hash_mismatches(fixtures: Path, tmp_path: Path
     bad.write_bytes(good.replace(b"/data", b"/dat2"))
     r = subprocess.run([TSMR, "eventlog", "replay", str(bad)], capture_output=True, text=True)
     assert r.returncode == 1 and "entry 1 (/dat2): template hash mismatch" in r.stdout
+
+
+def test_cel_tlv_and_systemd_logs(fixtures: Path, tmp_path: Path) -> None:
+    from tsmr.formats import systemd
+
+    cel = parse((fixtures / "go-tpm-tools/cel/cel.b64").read_bytes())
+    assert (cel.format, len(cel.events)) == ("cel-tlv", 18)
+    want = json.loads((fixtures / "go-tpm-tools/cel/expected.json").read_text())["go-tpm-tools/cel/cel.b64"]
+    assert replay(cel.events).registers["rtmr3"][HashAlg.SHA384].hex() == want["computed_register_value_from_zero"]
+    # systemd's cc-measure.log shape (JSON-SEQ, no recnum): detected, and H(string) replays
+    data = systemd.encode([systemd.make_record("enter-initrd", rtmr=2, algs=(HashAlg.SHA384,)),
+                           systemd.make_record("leave-initrd", rtmr=2, algs=(HashAlg.SHA384,))])
+    path = tmp_path / "cc-measure.log"
+    path.write_bytes(data)
+    log = parse(data)
+    assert log.format == "systemd" and [e.register for e in log.events] == ["rtmr2", "rtmr2"]
+    v = bytes(48)
+    for s in (b"enter-initrd", b"leave-initrd"):
+        v = HashAlg.SHA384.extend(v, HashAlg.SHA384.hash(s))
+    r = subprocess.run([TSMR, "eventlog", "replay", str(path), "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["registers"]["rtmr2"]["sha384"] == v.hex()

@@ -276,11 +276,14 @@ def _as_bytes(data: object) -> bytes:
 
 
 def _is_padding(buf: bytes, pos: int, end: int) -> bool:
-    """True if ``buf[pos:end]`` is all 0x00 or all 0xFF (CCEL / firmware-area fill)."""
-    fill = buf[pos]
-    if fill != 0 and fill != 0xFF:
+    """True if ``buf[pos:end]`` is fill: 0x00 bytes, then 0xFF bytes (either may be absent).
+
+    A log area is erased to 0xFF (CCEL) or 0x00, and a zeroed log buffer may sit
+    in an area erased to 0xFF; no record consists of such bytes alone.
+    """
+    if buf[pos] not in (0, 0xFF):
         return False
-    return buf.count(b"\x00" if fill == 0 else b"\xff", pos, end) == end - pos
+    return not bytes(buf[pos:end]).rstrip(b"\xff").strip(b"\x00")
 
 
 def _parse_spec_id(d: bytes, base: int) -> SpecIdEvent:
