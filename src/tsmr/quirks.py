@@ -1,7 +1,7 @@
 """Named, opt-in workarounds for firmware that does not follow the specifications.
 
-A quirk changes what replay or digest verification assumes about a class of
-events.  None is ever applied unless the caller names it, and every quirk
+A quirk changes what digest verification assumes about a class of events
+(replay always extends the digests as recorded: that is what the register got).  None is ever applied unless the caller names it, and every quirk
 applied is listed in the result.  :func:`suggest` tries them (and a few
 common mistakes) on a mismatch, to say which one would explain it.
 
@@ -31,14 +31,8 @@ from .events import Event
 class Quirk:
     name: str
     description: str
-    # Replay: an alternative digest to extend for (event, bank, recorded digest), or None.
-    digest: Callable[[Event, HashAlg, bytes], bytes | None]
     # Verification: alternative data whose hash the digest may be, or None.
     check_data: Callable[[Event], bytes | None]
-
-
-def _no_digest(ev: Event, alg: HashAlg, d: bytes) -> bytes | None:
-    return None
 
 
 def _variable_data(ev: Event) -> bytes | None:
@@ -62,8 +56,8 @@ def _without_nul(ev: Event) -> bytes | None:
 QUIRKS: dict[str, Quirk] = {
     q.name: q
     for q in (
-        Quirk("efi-variable-boot-data-only", "EV_EFI_VARIABLE_BOOT digest is H(VariableData)", _no_digest, _variable_data),
-        Quirk("string-without-nul", "string events hashed without their trailing NUL", _no_digest, _without_nul),
+        Quirk("efi-variable-boot-data-only", "EV_EFI_VARIABLE_BOOT digest is H(VariableData)", _variable_data),
+        Quirk("string-without-nul", "string events hashed without their trailing NUL", _without_nul),
     )
 }
 

@@ -31,7 +31,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .algorithms import HashAlg
 from .errors import InputError
-from .events import Event
+from .events import DATA, Event
 from .registers import pcr_index, pcr_to_register
 
 Values = dict[str, dict[HashAlg, bytes]]
@@ -112,77 +112,103 @@ def replay(
     ``banks`` limits the banks replayed (default: every bank any event records).
     ``initial`` overrides starting values per register and bank; otherwise
     :func:`default_initial`, and a TPM log's StartupLocality event sets PCR 0.
+    A bank is reported only if every measured event of its register gives a
+    digest for it (recorded, or derived from the data where the format allows).
+    ``quirks`` are validated here; they change digest checks, not replay.
     """
     from . import quirks as quirk_mod
 
-    active = quirk_mod.resolve(quirks)
+    quirk_mod.resolve(quirks)
     if arch not in (None, "tpm", "tdx", "cca"):
         raise InputError(f"unknown architecture {arch!r}: use tpm, tdx or cca")
-    state: dict[str, dict[HashAlg, bytes]] = {}
+    # state[reg][alg] = [value, number of events folded]; a bank is complete when that
+    # number equals the register's event count.
+    state: dict[str, dict[HashAlg, list]] = {}  # type: ignore[type-arg]
     counts: dict[str, int] = {}
-    missing: dict[str, set[HashAlg]] = {}
     gaps: list[Gap] = []
-    applied: set[str] = set()
     start: Values = {r: dict(v) for r, v in (initial or {}).items()}
-    want = set(banks) if banks is not None else None
+    want = tuple(banks) if banks is not None else None
+    want_set = frozenset(want) if want is not None else None
+    hashers = {a: a.constructor for a in HashAlg}
+    mapped: dict[str, str] = {}
+    cc_arch = arch in ("tdx", "cca")
 
-    def bank_state(reg: str, alg: HashAlg) -> dict[HashAlg, bytes]:
+    def first_value(reg: str, alg: HashAlg) -> bytes:
+        return start.get(reg, {}).get(alg) or default_initial(reg, alg)
+
+    for ev in events:
+        reg = ev.register
+        if cc_arch:
+            m = mapped.get(reg)
+            if m is None:
+                m = mapped[reg] = map_register(ev, arch)
+            reg = m
+        if not ev.measured:
+            # TCG PC Client PFP 10.4.5.3: an EV_NO_ACTION "StartupLocality\0" + locality byte on PCR 0.
+            data = ev.data
+            if reg == "pcr0" and len(data) == 17 and data.startswith(b"StartupLocality\0") and "pcr0" not in (initial or {}):
+                for alg in ev.algs or tuple(HashAlg):
+                    start.setdefault("pcr0", {})[alg] = bytes(alg.digest_size - 1) + data[16:17]
+            continue
         regs = state.get(reg)
         if regs is None:
             regs = state[reg] = {}
-        if alg not in regs:
-            regs[alg] = start.get(reg, {}).get(alg) or default_initial(reg, alg)
-        return regs
-
-    for ev in events:
-        reg = map_register(ev, arch)
-        if not ev.measured:
-            # TCG PC Client PFP 10.4.5.3: an EV_NO_ACTION "StartupLocality\0" + locality byte on PCR 0.
-            loc = ev.data[16] if len(ev.data) == 17 and ev.data.startswith(b"StartupLocality\0") else None
-            if loc is not None and reg == "pcr0" and "pcr0" not in (initial or {}):
-                # TCG PC Client PFP 10.4.5.3: PCR 0 starts at 0...0 || locality.
-                for alg in ev.algs or tuple(HashAlg):
-                    start.setdefault("pcr0", {})[alg] = bytes(alg.digest_size - 1) + bytes([int(loc) & 0xFF])
-            continue
+        n = counts.get(reg, 0)
+        counts[reg] = n + 1
         if ev.source == "tsmr" and ev.type == "sync" and ev.details:
             for name, hexv in ev.details.get("declares", {}).items():
                 alg = HashAlg.from_name(name)
-                if want is not None and alg not in want:
+                if want_set is not None and alg not in want_set:
                     continue
                 declared = bytes.fromhex(hexv)
-                regs = state.get(reg)
-                cur = regs.get(alg) if regs else None
-                if cur is not None and not hmac.compare_digest(cur, declared):
-                    gaps.append(Gap(reg, alg, ev.seq, ev.source, cur, declared))
-                state.setdefault(reg, {})[alg] = declared
-        counts[reg] = counts.get(reg, 0) + 1
-        if want is not None:
-            targets = want  # every requested bank; events that cannot give one make it missing
-        else:
-            targets = set(ev.algs) | set(state.get(reg, {})) | set(missing.get(reg, ()))
-        for alg in targets:
-            d = ev.digest(alg)
-            if d is None:
-                missing.setdefault(reg, set()).add(alg)
+                cur = regs.get(alg)
+                if cur is not None and cur[1] == n and not hmac.compare_digest(cur[0], declared):
+                    gaps.append(Gap(reg, alg, ev.seq, ev.source, cur[0], declared))
+                regs[alg] = [declared, n]  # an anchor: the bank is known from here on
+        if ev.fill is not None:
+            for alg in want or (set(regs) | set(ev.algs)):
+                cur = regs.get(alg)
+                v, k = cur if cur is not None else (first_value(reg, alg), n)
+                regs[alg] = [hashers[alg](v + bytes([ev.fill]) * alg.digest_size).digest(), k + 1]
+            continue
+        for alg, d in ev.digests:
+            if want_set is not None and alg not in want_set:
                 continue
-            for q in active:
-                alt = q.digest(ev, alg, d)
-                if alt is not None:
-                    d = alt
-                    applied.add(q.name)
-            regs = bank_state(reg, alg)
-            regs[alg] = alg.extend(regs[alg], d)
+            cur = regs.get(alg)
+            if cur is None:
+                regs[alg] = [hashers[alg](first_value(reg, alg) + d).digest(), 1]
+            else:
+                cur[0] = hashers[alg](cur[0] + d).digest()
+                cur[1] += 1
+        if ev.data_rule == DATA:
+            # Banks the event does not record but its data determines (IMA, runtime logs, ...).
+            for alg in want or tuple(regs):
+                cur = regs.get(alg)
+                if cur is not None and cur[1] == n + 1:
+                    continue
+                d = hashers[alg](ev.data).digest()
+                if cur is None:
+                    regs[alg] = [hashers[alg](first_value(reg, alg) + d).digest(), n + 1]
+                elif cur[1] == n:
+                    cur[0] = hashers[alg](cur[0] + d).digest()
+                    cur[1] += 1
 
-    # Banks with a missing digest have no defined value: report them, don't guess.
-    for reg, algs in missing.items():
-        for alg in algs:
-            state.get(reg, {}).pop(alg, None)
+    registers: Values = {}
+    missing: dict[str, tuple[HashAlg, ...]] = {}
+    for reg, regs in state.items():
+        total = counts.get(reg, 0)
+        done = {a: v for a, (v, k) in regs.items() if k == total}
+        lacking = sorted(set(regs) - set(done) | (set(want) - set(done) if want is not None else set()))
+        if done:
+            registers[reg] = done
+        if lacking:
+            missing[reg] = tuple(lacking)
     return ReplayResult(
-        registers={r: v for r, v in state.items() if v},
+        registers=registers,
         counts=counts,
-        missing={r: tuple(sorted(a)) for r, a in missing.items()},
+        missing=missing,
         gaps=tuple(gaps),
-        quirks=tuple(sorted(applied)),
+        quirks=(),
         initial={r: dict(v) for r, v in start.items()},
     )
 
