@@ -19,6 +19,7 @@ help:
 	@echo "make demo    - create .venv, install tsmr, run the demo on the built-in emulator"
 	@echo "make test    - install Debian and Python test dependencies, run the whole suite"
 	@echo "make bench   - run the benchmarks in bench/ (prints ratios to baselines)"
+	@echo "make fuzz    - run every fuzz target for FUZZ_SECONDS (default 60) each"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,8 @@ bench: install-test
 	$(PY) bench/extend.py
 	$(PY) bench/append.py
 	$(PY) bench/replay_runtime.py
+	$(PY) bench/replay.py
+	$(PY) bench/replay_ima.py
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .hypothesis build src/*.egg-info
