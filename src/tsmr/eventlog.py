@@ -140,6 +140,28 @@ def parse(
     return EventLog("tsmr", tuple(events), "tpm" if register.startswith("pcr") else "tdx")
 
 
+def show(log: EventLog, *, quirks: Sequence[str] = ()) -> dict[str, Any]:
+    """What ``tsmr eventlog show --json`` prints: every event, decoded, with its digest check.
+
+    ``digest_matches_data`` is True when every recorded digest is the hash of the
+    event's data (under the named quirks), False when one is not, and None when
+    the data does not determine the digest (a PE image, a firmware volume ...).
+    """
+    from .quirks import check
+
+    rows = []
+    for e in log.events:
+        row = e.to_json()
+        results = [check(e, a, quirks) for a in e.algs] if e.measured else []
+        verdicts = [r for r, _ in results]
+        row["digest_matches_data"] = None if not verdicts or any(v is None for v in verdicts) else all(verdicts)
+        used = sorted({q for _, q in results if q})
+        if used:
+            row["quirks"] = used
+        rows.append(row)
+    return {"format": log.format, "arch": log.arch, "events": rows}
+
+
 def _cel_arch(recs: Sequence[Any]) -> str:
     types = {r.index_type for r in recs}
     return "tdx" if "rtmr" in types else "cca" if "rem" in types else "tpm"
@@ -209,4 +231,4 @@ def runtime_log_events(data: bytes, *, register: str = "rtmr3") -> list[Event]:
     return out
 
 
-__all__ = ["EventLog", "FORMATS", "detect", "parse", "runtime_log_events"]
+__all__ = ["EventLog", "FORMATS", "detect", "parse", "show", "runtime_log_events"]

@@ -1,8 +1,6 @@
-"""tsmr.formats.uefi decoders, tcg2.to_events, digest rules, and golden outputs of every real log.
+"""tsmr.formats.uefi decoders, tcg2.to_events and digest rules on every real log.
 
-Golden files (tests/golden/tcg2/*.json) are tsmr's own output ``[e.to_json() for e in
-to_events(...)]`` for each fixture; regenerate them with ``TSMR_REGEN_GOLDEN=1 pytest
-tests/unit/test_tcg2_events.py`` after a deliberate change, and review the diff.
+Golden outputs of every log are in tests/integration/test_show_golden.py.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from tsmr.events import DATA
 from tsmr.formats import ccel, tcg2, uefi
 from tsmr.formats.tcg2 import TCG2Event
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tcg2"
 
 # -- byte builders (layouts from TCG PC Client PFP §10 and UEFI 2.10) ------------------------------
 
@@ -664,28 +661,3 @@ def test_cross_check_with_trustee_decoding(fixtures: Path) -> None:
         pytest.skip("trustee fixtures not present")
 
 
-# -- golden outputs -------------------------------------------------------------------------------------
-
-
-def golden_name(rel: str) -> str:
-    return rel.replace("/", "__") + ".json"
-
-
-@pytest.mark.parametrize("rel,arch", ALL_LOGS)
-def test_golden(fixtures: Path, rel: str, arch: str, capsys: pytest.CaptureFixture[str]) -> None:
-    got = [e.to_json() for e in _events(fixtures, rel, arch)]
-    got = json.loads(json.dumps(got))  # tuples -> lists, as the file holds them
-    path = GOLDEN / golden_name(rel)
-    if os.environ.get("TSMR_REGEN_GOLDEN") == "1":
-        old = json.loads(path.read_text()) if path.is_file() else None
-        if old != got:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(got, indent=1, ensure_ascii=False) + "\n")
-            with capsys.disabled():  # say which files changed even when pytest captures output
-                print(f"\ngolden {'updated' if old is not None else 'created'}: {path}")
-        return
-    assert path.is_file(), f"no golden file {path}; run with TSMR_REGEN_GOLDEN=1 to create it"
-    expected = json.loads(path.read_text())
-    assert len(got) == len(expected), f"{rel}: {len(got)} events, golden has {len(expected)}"
-    for g, x in zip(got, expected):
-        assert g == x, f"{rel} event {x.get('seq')} differs from {path.name}"

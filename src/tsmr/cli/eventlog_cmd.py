@@ -61,26 +61,15 @@ def show_cmd(
 ) -> None:
     """One row per event: index, register, type, digests, whether each digest is the hash of
     the event's data (ok / BAD / - when the data does not determine it), and a decoded summary."""
-    from ..quirks import check
+    from ..eventlog import show
 
     log = _load(file, fmt, arch, register)
-    rows: list[dict[str, Any]] = []
     with Progress(transient=True, disable=len(log.events) < PROGRESS_MIN or as_json, console=render.err) as prog:
-        task = prog.add_task("decoding", total=len(log.events))
-        for e in log.events:
-            row = e.to_json()
-            results = [check(e, a, quirk or ()) for a in e.algs] if e.measured else []
-            verdicts = [r for r, _ in results]
-            row["digest_matches_data"] = (
-                None if not verdicts or any(v is None for v in verdicts) else all(verdicts)
-            )
-            used = sorted({q for _, q in results if q})
-            if used:
-                row["quirks"] = used
-            rows.append(row)
-            prog.advance(task)
+        prog.add_task("decoding", total=None)
+        shown = show(log, quirks=quirk or ())
+    rows = shown["events"]
     if as_json:
-        render.print_json({"format": log.format, "arch": log.arch, "events": rows})
+        render.print_json(shown)
         return
     table = Table(title=f"{file}: {log.format}, {len(rows)} events", title_justify="left")
     for col in ("#", "index", "register", "type", "digests", "data", "summary"):
