@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from fixture_logs import CCEL_LOGS, TPM_LOGS
 from tsmr import HashAlg
 from tsmr.formats import tcg2
 
@@ -38,27 +39,6 @@ TPM2_EVENTLOG = shutil.which("tpm2_eventlog")
 pytestmark = pytest.mark.skipif(TPM2_EVENTLOG is None,
                                 reason="tpm2_eventlog not installed (Debian package tpm2-tools)")
 
-TPM_LOGS = [
-    "go-eventlog/eventlogs/tpm/cos-85-amd-sev.bin",
-    "go-eventlog/eventlogs/tpm/debian-10.bin",
-    "go-eventlog/eventlogs/tpm/rhel8-uefi.bin",
-    "go-eventlog/eventlogs/tpm/ubuntu-2104-no-secure-boot.bin",
-    "go-eventlog/legacydata/short_no_action_eventlog",
-    "go-tpm-tools/eventlogs/ubuntu-2404-amd-sevsnp.bin",
-]
-CCEL_LOGS = [
-    "go-eventlog/eventlogs/ccel/CCEL_unpadded.data.bin",
-    "go-eventlog/eventlogs/ccel/cos-113-intel-tdx.bin",
-    "go-eventlog/eventlogs/ccel/cos-113-intel-tdx-dupe-separator.bin",
-    "go-tdx-guest/ccel/ccel_data.dat",
-    "trustee/eventlog/CCEL_AAEL_alibabacloud",
-    "trustee/eventlog/CCEL_data",
-    "trustee/eventlog/CCEL_data_csv",
-    "trustee/eventlog/CCEL_data_gcp",
-    "trustee/eventlog/CCEL_data_grub",
-    "trustee/eventlog/CCEL_data_grub_gke",
-    "trustee/eventlog/CCEL_data_ovmf",
-]
 BAD_CCEL_HEADER = "bad pcrIndex for EV_NO_ACTION event"
 KNOWN_FAILURES = {
     "go-eventlog/legacydata/short_no_action_eventlog": "invalid eventDataSize in specid event",

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fixture_logs import CCEL_LOGS, TPM_LOGS
 from tsmr import HashAlg, InputError, ParseError
 from tsmr.events import DATA
 from tsmr.formats import ccel, tcg2, uefi
@@ -516,27 +517,6 @@ def test_to_events_ccel_names() -> None:
 
 # -- real logs ------------------------------------------------------------------------------------------
 
-TPM_LOGS = [
-    "go-eventlog/eventlogs/tpm/cos-85-amd-sev.bin",
-    "go-eventlog/eventlogs/tpm/debian-10.bin",
-    "go-eventlog/eventlogs/tpm/rhel8-uefi.bin",
-    "go-eventlog/eventlogs/tpm/ubuntu-2104-no-secure-boot.bin",
-    "go-eventlog/legacydata/short_no_action_eventlog",
-    "go-tpm-tools/eventlogs/ubuntu-2404-amd-sevsnp.bin",
-]
-CCEL_LOGS = [
-    "go-eventlog/eventlogs/ccel/CCEL_unpadded.data.bin",
-    "go-eventlog/eventlogs/ccel/cos-113-intel-tdx.bin",
-    "go-eventlog/eventlogs/ccel/cos-113-intel-tdx-dupe-separator.bin",
-    "go-tdx-guest/ccel/ccel_data.dat",
-    "trustee/eventlog/CCEL_AAEL_alibabacloud",
-    "trustee/eventlog/CCEL_data",
-    "trustee/eventlog/CCEL_data_csv",
-    "trustee/eventlog/CCEL_data_gcp",
-    "trustee/eventlog/CCEL_data_grub",
-    "trustee/eventlog/CCEL_data_grub_gke",
-    "trustee/eventlog/CCEL_data_ovmf",
-]
 ALL_LOGS = [(rel, "tpm") for rel in TPM_LOGS] + [(rel, "tdx") for rel in CCEL_LOGS]
 
 # Events whose type has data rule "data" (PFP) but whose digest is not H(data): old shims measured
