@@ -25,8 +25,8 @@ from .errors import (
 )
 from .registers import Bank, Flag, Register, RegisterSet
 from .backends.detect import EmulatedBackendWarning, open_backend as open
-from . import eventlog
-from .replay import explain, replay
+from . import eventlog, replay  # tsmr.replay(events) calls tsmr.replay.replay
+from .replay import explain
 
 __version__ = "0.1.0"
 
