@@ -104,8 +104,7 @@ def parse(
         log = tcg2.parse(data)
         algs = tuple(log.algorithms)
         if arch is None:
-            # A CC event log (TDX CCEL, Hygon CSV) declares one bank, SHA-384 or SM3; a TPM log more.
-            arch = "tdx" if fmt == "ccel" or (len(algs) == 1 and algs[0] in (HashAlg.SHA384, HashAlg.SM3_256)) else "tpm"
+            arch = "tdx" if fmt == "ccel" else _tcg2_arch(algs)
         fmt = "ccel" if arch == "tdx" and fmt == "tcg2" else fmt
         events = tcg2.to_events(log, arch=arch, decode=decode)
         return EventLog(fmt, tuple(events), arch, algs, raw=log)
@@ -160,6 +159,19 @@ def show(log: EventLog, *, quirks: Sequence[str] = ()) -> dict[str, Any]:
             row["quirks"] = used
         rows.append(row)
     return {"format": log.format, "arch": log.arch, "events": rows}
+
+
+def _tcg2_arch(algs: Sequence[HashAlg]) -> str:
+    # A CC event log (TDX CCEL, Hygon CSV) declares one bank, SHA-384 or SM3; a TPM log more.
+    return "tdx" if len(algs) == 1 and algs[0] in (HashAlg.SHA384, HashAlg.SM3_256) else "tpm"
+
+
+def tcg2_arch(data: bytes) -> str:
+    """``tdx`` for a CC event log, ``tpm`` for a TPM log, from the Spec ID event alone."""
+    from .formats import tcg2
+
+    spec, _, _ = tcg2._parse_header(data)
+    return _tcg2_arch(spec.hash_algs)
 
 
 def _cel_arch(recs: Sequence[Any]) -> str:

@@ -7,10 +7,10 @@ knowing where they came from.  An event says
 * where it went: ``register`` (the unified name: ``pcr10``, ``mrtd``,
   ``rtmr2``, ``rem1``) and ``index`` (as the source recorded it: pcrIndex, CC MR
   index, CEL index, IMA PCR);
-* what was extended: ``digests``, one per bank the log records; for formats
-  whose digest is a plain hash of the event data (``data_rule == "data"``:
-  IMA template data, EV_ACTION strings, tsmr runtime records ...) a missing
-  bank can be derived from the data;
+* what was extended: ``digests``, one per bank the log records; where the
+  digest is a plain hash of the event data (``data_rule == "data"``) and the
+  format's writer extends every bank so (IMA, tsmr, CEL, systemd; not firmware
+  logs), a bank the log does not record is derived from the data;
 * what it was: ``type`` (``EV_SEPARATOR``, ``ima-ng``, ``tsmr``), the raw
   ``data``, a one-line ``summary`` and decoded ``details`` (JSON values).
 
@@ -26,6 +26,11 @@ from typing import Any, Mapping
 from .algorithms import HashAlg
 
 DATA = "data"  # the digest is H(data) in every bank
+# Formats whose writer extends every bank with H(data) for a "data" event, so that a bank the
+# log does not record can be derived: IMA (the kernel hashes the template data per bank),
+# tsmr runtime logs, CEL content (COS, tsmr), systemd, AAEL.  Not firmware logs (tcg2, ccel):
+# there a missing digest means the log does not say what the bank was extended with.
+DERIVABLE_SOURCES = frozenset({"ima", "tsmr", "cel", "systemd", "aael"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +56,7 @@ class Event:
         for a, d in self.digests:
             if a == alg:
                 return d
-        if self.data_rule == DATA:
+        if self.data_rule == DATA and self.source in DERIVABLE_SOURCES:
             return alg.hash(self.data)
         return None
 
@@ -86,4 +91,4 @@ class Event:
         return obj
 
 
-__all__ = ["Event", "DATA"]
+__all__ = ["Event", "DATA", "DERIVABLE_SOURCES"]

@@ -33,7 +33,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .algorithms import HashAlg
 from .errors import InputError
-from .events import DATA, Event
+from .events import DATA, DERIVABLE_SOURCES, Event
 from .registers import pcr_index, pcr_to_register
 
 Values = dict[str, dict[HashAlg, bytes]]
@@ -182,8 +182,8 @@ def replay(
             else:
                 cur[0] = hashers[alg](cur[0] + d).digest()
                 cur[1] += 1
-        if ev.data_rule == DATA:
-            # Banks the event does not record but its data determines (IMA, runtime logs, ...).
+        if ev.data_rule == DATA and ev.source in DERIVABLE_SOURCES:
+            # Banks the event does not record but its data determines (IMA, runtime logs).
             for alg in want or tuple(regs):
                 cur = regs.get(alg)
                 if cur is not None and cur[1] == n + 1:
@@ -212,6 +212,25 @@ def replay(
         gaps=tuple(gaps),
         quirks=(),
         initial={r: dict(v) for r, v in start.items()},
+    )
+
+
+def replay_tcg2_bytes(data: bytes, *, arch: str = "tpm") -> ReplayResult:
+    """:func:`replay` of a TCG2 or CCEL log straight from its bytes: the same result, several
+    times faster on large logs, since no event objects are built (see tcg2.replay_bytes)."""
+    from .formats import tcg2
+
+    if arch not in ("tpm", "tdx", "cca"):
+        raise InputError(f"unknown architecture {arch!r}: use tpm, tdx or cca")
+    initial = {}
+    if arch == "tpm":
+        initial = {(i, a): b"\xff" * a.digest_size for i in range(17, 23) for a in HashAlg}
+    values, missing = tcg2.replay_bytes(data, initial=initial)
+    name = {i: tcg2.register_name(i, arch) for i in set(values) | set(missing)}
+    return ReplayResult(
+        registers={name[i]: v for i, v in values.items() if v},
+        counts={},
+        missing={name[i]: m for i, m in missing.items()},
     )
 
 
@@ -300,4 +319,4 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["replay", "ReplayResult", "Gap", "Mismatch", "compare", "explain", "default_initial", "map_register"]
+__all__ = ["replay", "replay_tcg2_bytes", "ReplayResult", "Gap", "Mismatch", "compare", "explain", "default_initial", "map_register"]

@@ -68,9 +68,11 @@ def test_missing_bank_is_not_guessed() -> None:
     events = [ev(0, "pcr4", b"a", algs=(S1, S256), rule=None), ev(1, "pcr4", b"b", algs=(S256,), rule=None)]
     r = replay(events)
     assert S1 not in r.registers["pcr4"] and r.missing == {"pcr4": (S1,)}
-    # a data-derived format (IMA) fills the missing bank from the data
-    r = replay([ev(0, "pcr10", b"a", algs=(S1,)), ev(1, "pcr10", b"b", algs=(S1,))], banks=[S256])
+    # a data-derived format (IMA) fills the missing bank from the data; a firmware log does not
+    r = replay([ev(0, "pcr10", b"a", algs=(S1,), source="ima"), ev(1, "pcr10", b"b", algs=(S1,), source="ima")], banks=[S256])
     assert r.registers["pcr10"][S256] == chain(S256, bytes(32), [b"a", b"b"])
+    r = replay([ev(0, "pcr10", b"a", algs=(S1,)), ev(1, "pcr10", b"b", algs=(S1,))], banks=[S256])
+    assert "pcr10" not in r.registers and r.missing == {"pcr10": (S256,)}
 
 
 def test_violation_fill() -> None:

@@ -118,10 +118,21 @@ def replay_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Replay logs into register values; with --expect, exit 1 and explain any mismatch."""
-    logs = [_load(f, fmt, arch, register, decode=False) for f in files]
-    the_arch = arch or next((lg.arch for lg in logs if lg.arch != "tpm"), "tpm")
-    events: list[Event] = [e for lg in logs for e in lg.events]
-    result = replay(events, arch=the_arch, quirks=quirk or ())
+    from ..eventlog import detect, tcg2_arch
+    from ..replay import replay_tcg2_bytes
+
+    raw = _read(files[0]) if len(files) == 1 and not expect else b""
+    if raw and (fmt or detect(raw)) in ("tcg2", "tcg2-sha1", "ccel"):
+        # One firmware log, nothing to explain: replay straight from the bytes (no event objects).
+        the_arch = arch or ("tdx" if fmt == "ccel" else tcg2_arch(raw))
+        result = replay_tcg2_bytes(raw, arch=the_arch)
+        logs: list[EventLog] = []
+        events: list[Event] = []
+    else:
+        logs = [_load(f, fmt, arch, register, decode=False) for f in files]
+        the_arch = arch or next((lg.arch for lg in logs if lg.arch != "tpm"), "tpm")
+        events = [e for lg in logs for e in lg.events]
+        result = replay(events, arch=the_arch, quirks=quirk or ())
     out = result.to_json()
     failed = False
     # IMA: every template hash must be the hash of its template data.

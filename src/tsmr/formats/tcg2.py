@@ -772,6 +772,111 @@ def replay(
     return out
 
 
+def replay_bytes(
+    data: bytes | bytearray | memoryview, *, initial: Mapping[tuple[int, HashAlg], bytes] | None = None
+) -> tuple[dict[int, dict[HashAlg, bytes]], dict[int, tuple[HashAlg, ...]]]:
+    """``replay(parse(data))`` in one pass over the bytes, building no event objects.
+
+    Same semantics as :func:`replay`, plus the TPM's StartupLocality rule: an
+    EV_NO_ACTION "StartupLocality" event on PCR 0 sets PCR 0's initial value in
+    every bank (unless ``initial`` gives one).  Also returns, per index, the
+    banks that some measured events record and others lack (not replayed).  Logs this
+    fast path does not cover (SHA-1-only logs, records whose digests are not in
+    the Spec ID's order) go through :func:`parse` and :func:`replay`.
+    """
+    buf = _as_bytes(data)
+    spec, header, pos = _parse_header(buf)
+    start: dict[tuple[int, int], bytes] = {(i, int(a)): bytes(v) for (i, a), v in (initial or {}).items()}
+    if header is None:
+        log = parse(buf)
+        return _with_locality(log, initial)
+    algs = spec.hash_algs
+    n = len(spec.algorithms)
+    ids = tuple(a for a, _ in spec.algorithms)
+    known = [(k, int(a) in {int(x) for x in algs}) for k, a in enumerate(ids)]
+    hashers = {int(a): a.constructor for a in algs}
+    layout = _digest_layout(spec)
+    lsize = layout.size
+    unpack_layout = layout.unpack_from
+    unpack_head = _PCR_EVENT2_HEAD.unpack_from
+    hsize = _PCR_EVENT2_HEAD.size
+    end = len(buf)
+    n2 = 2 * n
+    # state[index][alg_id] = [value, events folded]; measured[index] = events on the index
+    state: dict[int, dict[int, list]] = {}  # type: ignore[type-arg]
+    measured: dict[int, int] = {}
+    while pos < end:
+        if end - pos < hsize:
+            if _is_padding(buf, pos, end):
+                break
+            return _slow(buf, initial)
+        index, etype, count = unpack_head(buf, pos)
+        if (index == etype == 0 or index == etype == _U32_MAX) and _is_padding(buf, pos, end):
+            break
+        if count != n or end - pos - hsize < lsize:
+            return _slow(buf, initial)
+        v = unpack_layout(buf, pos + hsize)
+        if v[0:n2:2] != ids:
+            return _slow(buf, initial)
+        size = v[n2]
+        body = pos + hsize + lsize
+        if size > end - body or size > MAX_EVENT_SIZE:
+            return _slow(buf, initial)  # the full parser names the error
+        pos = body + size
+        if etype == EV_NO_ACTION:
+            if index == 0 and size == 17 and buf[body:body + 16] == b"StartupLocality\0":
+                for a in algs:
+                    start.setdefault((0, int(a)), bytes(a.digest_size - 1) + buf[body + 16:body + 17])
+            continue
+        regs = state.get(index)
+        if regs is None:
+            regs = state[index] = {}
+            measured[index] = 0
+        measured[index] += 1
+        for k, ok in known:
+            if not ok:
+                continue
+            a = ids[k]
+            d = v[2 * k + 1]
+            cur = regs.get(a)
+            if cur is None:
+                regs[a] = [hashers[a]((start.get((index, a)) or bytes(len(d))) + d).digest(), 1]
+            else:
+                cur[0] = hashers[a](cur[0] + d).digest()
+                cur[1] += 1
+    out: dict[int, dict[HashAlg, bytes]] = {}
+    missing: dict[int, tuple[HashAlg, ...]] = {}
+    for index, regs in state.items():
+        out[index] = {_KNOWN_ALGS[a]: val for a, (val, k) in regs.items() if k == measured[index]}
+        lacking = tuple(sorted(_KNOWN_ALGS[a] for a, (_, k) in regs.items() if k != measured[index]))
+        if lacking:
+            missing[index] = lacking
+    return out, missing
+
+
+def _slow(buf: bytes, initial: Mapping[tuple[int, HashAlg], bytes] | None) -> tuple[
+        dict[int, dict[HashAlg, bytes]], dict[int, tuple[HashAlg, ...]]]:
+    return _with_locality(parse(buf), initial)
+
+
+def _with_locality(log: TCG2Log, initial: Mapping[tuple[int, HashAlg], bytes] | None) -> tuple[
+        dict[int, dict[HashAlg, bytes]], dict[int, tuple[HashAlg, ...]]]:
+    start = dict(initial or {})
+    loc = startup_locality(e for e in log.events if e.index == 0)
+    if loc is not None:
+        for a in log.spec_id.hash_algs:
+            start.setdefault((0, a), bytes(a.digest_size - 1) + bytes([loc]))
+    values = replay(log, initial=start)
+    measured_idx = {e.index for e in log.events if e.event_type != EV_NO_ACTION}
+    values = {i: v for i, v in values.items() if i in measured_idx}
+    seen: dict[int, set[HashAlg]] = {}
+    for e in log.events:
+        if e.event_type != EV_NO_ACTION:
+            seen.setdefault(e.index, set()).update(_KNOWN_ALGS[a] for a, _ in e.digests if a in _KNOWN_ALGS)
+    missing = {i: tuple(sorted(a for a in seen.get(i, ()) if a not in values.get(i, {}))) for i in measured_idx}
+    return values, {i: m for i, m in missing.items() if m}
+
+
 # -- unified events -------------------------------------------------------------------------------
 
 _KNOWN_ALGS: dict[int, HashAlg] = {int(a): a for a in HashAlg}
