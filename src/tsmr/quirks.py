@@ -15,6 +15,13 @@ Quirks
 ``string-without-nul``
     Boot loaders (GRUB among them) log a NUL-terminated string as the event
     data of EV_IPL / EV_ACTION events but hash the string without its NUL.
+``duplicate-separators``
+    Accept more than one EV_SEPARATOR in a TPM PCR 0-7 (normally a finding:
+    events after a second separator may have been measured after firmware
+    handed over, which is how some log-forgery attacks look).
+``no-exit-boot-services``
+    Accept a log that loaded boot applications but has no "Exit Boot Services"
+    EV_EFI_ACTION (normally a finding: the log may be cut short).
 """
 
 from __future__ import annotations
@@ -53,9 +60,15 @@ def _without_nul(ev: Event) -> bytes | None:
     return None
 
 
+def _never(ev: Event) -> bytes | None:
+    return None
+
+
 QUIRKS: dict[str, Quirk] = {
     q.name: q
     for q in (
+        Quirk("duplicate-separators", "more than one EV_SEPARATOR in a PCR 0-7 is accepted", _never),
+        Quirk("no-exit-boot-services", "a log without Exit Boot Services events is accepted", _never),
         Quirk("efi-variable-boot-data-only", "EV_EFI_VARIABLE_BOOT digest is H(VariableData)", _variable_data),
         Quirk("string-without-nul", "string events hashed without their trailing NUL", _without_nul),
     )
@@ -83,6 +96,45 @@ def check(event: Event, alg: HashAlg, quirks: Sequence[str]) -> tuple[bool | Non
         if alt is not None and d == alg.hash(alt):
             return True, q.name
     return base, None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something about a log that a verifier should know, with a stable id."""
+
+    id: str
+    message: str
+
+
+def findings(events: Sequence[Event], quirks: Sequence[str] = ()) -> tuple[list[Finding], list[str]]:
+    """Structural anomalies of a firmware log; a named quirk accepts (and is reported as applied)."""
+    accepted = {q.name for q in resolve(quirks)}
+    out: list[Finding] = []
+    applied: set[str] = set()
+    separators: dict[str, int] = {}
+    apps = ebs = 0
+    for e in events:
+        if e.source != "tcg2":
+            continue
+        if e.type == "EV_SEPARATOR":
+            separators[e.register] = separators.get(e.register, 0) + 1
+        elif e.type == "EV_EFI_BOOT_SERVICES_APPLICATION":
+            apps += 1
+        elif e.type == "EV_EFI_ACTION" and e.data.startswith(b"Exit Boot Services"):
+            ebs += 1
+    for reg, n in sorted(separators.items()):
+        if n > 1 and reg in {f"pcr{i}" for i in range(8)}:
+            if "duplicate-separators" in accepted:
+                applied.add("duplicate-separators")
+            else:
+                out.append(Finding(f"log.{reg}.duplicate-separator", f"{reg} has {n} EV_SEPARATOR events; a TPM log has one per PCR 0-7"))
+    if apps and not ebs:
+        if "no-exit-boot-services" in accepted:
+            applied.add("no-exit-boot-services")
+        else:
+            out.append(Finding("log.exit-boot-services-missing",
+                               f"{apps} boot application(s) were loaded but the log has no Exit Boot Services event"))
+    return out, sorted(applied)
 
 
 def suggest(
@@ -121,4 +173,4 @@ def suggest(
     return None
 
 
-__all__ = ["Quirk", "QUIRKS", "resolve", "check", "suggest"]
+__all__ = ["Quirk", "QUIRKS", "Finding", "resolve", "check", "findings", "suggest"]

@@ -132,3 +132,22 @@ def test_cel_tlv_and_systemd_logs(fixtures: Path, tmp_path: Path) -> None:
     r = subprocess.run([TSMR, "eventlog", "replay", str(path), "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["registers"]["rtmr2"]["sha384"] == v.hex()
+
+
+def test_findings_and_quirks_that_accept_them(fixtures: Path) -> None:
+    from tsmr.formats import tcg2
+    from tsmr.quirks import findings
+
+    old = parse((fixtures / "go-eventlog/eventlogs/tpm/debian-10.bin").read_bytes())
+    found, applied = findings(old.events)
+    assert [f.id for f in found] == ["log.exit-boot-services-missing"] and applied == []
+    assert findings(old.events, ["no-exit-boot-services"]) == ([], ["no-exit-boot-services"])
+    assert findings(parse((fixtures / "go-eventlog/eventlogs/tpm/rhel8-uefi.bin").read_bytes()).events) == ([], [])
+    sep = (int(HashAlg.SHA256), HashAlg.SHA256.hash(bytes(4)))
+    twice = tcg2.encode_log([tcg2.TCG2Event(7, tcg2.EV_SEPARATOR, (sep,), bytes(4))] * 2, [HashAlg.SHA256])
+    found, _ = findings(parse(twice).events)
+    assert [f.id for f in found] == ["log.pcr7.duplicate-separator"]
+    assert findings(parse(twice).events, ["duplicate-separators"]) == ([], ["duplicate-separators"])
+    r = subprocess.run([TSMR, "eventlog", "replay", str(fixtures / "go-eventlog/eventlogs/tpm/debian-10.bin"), "--json"],
+                       capture_output=True, text=True)
+    assert json.loads(r.stdout)["findings"][0]["id"] == "log.exit-boot-services-missing"

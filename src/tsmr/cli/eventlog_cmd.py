@@ -115,15 +115,22 @@ def replay_cmd(
     arch: ArchOpt = None,
     register: RegisterOpt = "rtmr3",
     quirk: Annotated[Optional[list[str]], typer.Option("--quirk", help="Apply a named quirk (repeatable); see tsmr.quirks.")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="One large TCG2/CCEL log: replay from the bytes, skipping findings.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Replay logs into register values; with --expect, exit 1 and explain any mismatch."""
+    """Replay logs into register values; with --expect, exit 1 and explain any mismatch.
+
+    Structural findings (a second separator in a PCR, no Exit Boot Services
+    event) are reported; a named --quirk accepts one.
+    """
     from ..eventlog import detect, tcg2_arch
     from ..replay import replay_tcg2_bytes
 
-    raw = _read(files[0]) if len(files) == 1 and not expect else b""
-    if raw and (fmt or detect(raw)) in ("tcg2", "tcg2-sha1", "ccel"):
-        # One firmware log, nothing to explain: replay straight from the bytes (no event objects).
+    raw = _read(files[0]) if fast else b""
+    if fast:
+        if len(files) != 1 or expect or (fmt or detect(raw)) not in ("tcg2", "tcg2-sha1", "ccel"):
+            raise InputError("--fast replays one TCG2 or CCEL log, without --expect")
+        # Straight from the bytes: no event objects, hence no findings or explanations.
         the_arch = arch or ("tdx" if fmt == "ccel" else tcg2_arch(raw))
         result = replay_tcg2_bytes(raw, arch=the_arch)
         logs: list[EventLog] = []
@@ -135,6 +142,13 @@ def replay_cmd(
         result = replay(events, arch=the_arch, quirks=quirk or ())
     out = result.to_json()
     failed = False
+    from ..quirks import findings
+
+    found, applied = findings(events, quirk or ())
+    if found:
+        out["findings"] = [{"id": f.id, "message": f.message} for f in found]
+    if applied:
+        out["quirks"] = applied
     # IMA: every template hash must be the hash of its template data.
     bad_ima: list[str] = []
     for lg in logs:
@@ -166,6 +180,8 @@ def replay_cmd(
             render.warning(f"{reg}: some events carry no {', '.join(a.kernel_name for a in algs)} digest; that bank is not replayed")
         for g in result.gaps:
             render.line(f"gap: {g.register} {g.alg.kernel_name} at event {g.seq}: changed without being logged")
+        for f in found:
+            render.warning(f"{f.message} ({f.id})")
         for line in bad_ima:
             render.line(line)
         if expect:
