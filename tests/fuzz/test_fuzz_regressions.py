@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import pytest
 
-from tsmr.errors import InputError, ParseError
+from tsmr.errors import ParseError
 from tsmr.formats import tcg2
 
 # A Spec ID header (one bank: sha256), then one TCG_PCR_EVENT2 of sixteen zero bytes (pcrIndex 0,

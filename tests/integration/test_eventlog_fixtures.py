@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from tsmr import HashAlg
 from tsmr.eventlog import parse

@@ -11,7 +11,6 @@ import pytest
 
 from conftest import emulator_mount
 from swtpm import Swtpm
-from tsmr import HashAlg
 from tsmr.backends.emulated import EmulatedRegisterSet
 from tsmr.backends.sysfs import SysfsRegisterSet
 from tsmr.registers import BaseRegisterSet

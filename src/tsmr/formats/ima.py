@@ -511,6 +511,7 @@ def _parse_binary(buf: bytes, lay: _Layout, base: int, final: bool, out: list[IM
     alg, big, u32 = lay.alg, lay.big, lay.u32.unpack_from
     add, new = out.append, _new_entry
     run = None
+    name = ""  # the template of the current run (set by the general path before a run starts)
     maxd = MAX_TEMPLATE_DATA_LEN
     while pos < end:
         if run is not None:
@@ -977,6 +978,7 @@ class IMAReplayer(_Stream):
         p4 = lay.u32.pack(pcr_sel) if 0 <= pcr_sel <= MAX_PCR else b""
         maxd = MAX_TEMPLATE_DATA_LEN
         fast = None
+        name = ""  # the template of the current run (set by the general path before a run starts)
         self._need = 0
         while pos < end:
             if fast is not None and not self.padded:

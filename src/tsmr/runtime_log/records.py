@@ -16,7 +16,6 @@ leading or trailing spaces, over-long lines.  Nothing is ever altered.
 from __future__ import annotations
 
 import enum
-import json
 import math
 import re
 from dataclasses import dataclass

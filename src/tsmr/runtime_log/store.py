@@ -45,7 +45,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from ..algorithms import HashAlg
 from ..errors import BackendError, InputError, ParseError, ReplayError
