@@ -11,13 +11,14 @@ APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config fuse3
 DEMO_STATE ?= $(CURDIR)/.state/demo
 PYTEST_ARGS ?=
 
-.PHONY: all demo test install install-test apt-deps bench clean help fuzz
+.PHONY: all demo test test-kernel install install-test apt-deps bench clean help fuzz
 
 all: help
 
 help:
 	@echo "make demo    - create .venv, install tsmr, run the demo on the built-in emulator"
 	@echo "make test    - install Debian and Python test dependencies, run the whole suite"
+	@echo "make test-kernel - Linux's own tsm-mr in qemu against tsmr (builds a Debian sid guest once)"
 	@echo "make bench   - run the benchmarks in bench/ (prints ratios to baselines)"
 	@echo "make fuzz    - run every fuzz target for FUZZ_SECONDS (default 60) each"
 
@@ -49,7 +50,20 @@ demo: install
 	TSMR_STATE_DIR=$(DEMO_STATE)/state TSMR_LOG_DIR=$(DEMO_STATE)/logs $(PY) examples/demo.py
 
 test: install-test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --ignore=tests/kernel $(PYTEST_ARGS)
+
+# The kernel tier: Linux's own tsm-mr (tsm_mr_sample) in qemu against tsmr's sysfs backend.
+# Builds a Debian sid guest once into $(KERNEL_CACHE); later runs only boot it.
+KERNEL_CACHE ?= /var/cache/tsmr-kernel
+KERNEL_APT := debootstrap qemu-system-x86 binutils xz-utils
+test-kernel: install-test
+	@missing=$$(for p in $(KERNEL_APT); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	TSMR_KERNEL_CACHE=$(KERNEL_CACHE) $(PY) tests/kernel/run.py --report .state/kernel-report.json
+	TSMR_KERNEL_REPORT=.state/kernel-report.json $(PY) -m pytest -q tests/kernel
 
 # Every fuzz target (tests/fuzz/targets.py) for FUZZ_SECONDS each, two at a time; crash inputs
 # are kept under .state/fuzz-artifacts.  `make test` runs the same targets for 2 s each.

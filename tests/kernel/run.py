@@ -1,0 +1,235 @@
+"""The kernel tier: tsmr's sysfs backend against Linux's own tsm-mr, in qemu.
+
+Stages (each timed, each cached under one directory, ``$TSMR_KERNEL_CACHE`` or
+/var/cache/tsmr-kernel, so that a second run only boots):
+
+1. rootfs   a Debian sid system made with debootstrap: the current kernel
+            (CONFIG_TSM_MEASUREMENTS=y), its headers, gcc, make, python3, busybox;
+2. module   samples/tsm-mr/tsm_mr_sample.c taken from the matching linux-source
+            package and built as a module against those headers, inside the rootfs;
+3. initrd   busybox, the 9p modules and an init script;
+4. boot     qemu-system-x86_64 -accel tcg -cpu max with the rootfs, this source tree
+            and an output directory shared over virtio-9p (all read-only but the
+            output); the guest loads tsm_mr_sample, runs tests/kernel/guest.py and
+            powers off.
+
+    python tests/kernel/run.py [--report OUT.json]
+
+Exits non-zero, with the guest's console, if anything fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import io
+import json
+import lzma
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("TSMR_KERNEL_CACHE", "/var/cache/tsmr-kernel"))
+MIRROR = os.environ.get("TSMR_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+PACKAGES = "linux-image-amd64,linux-headers-amd64,gcc,make,python3,kmod,busybox-static,xz-utils"
+BOOT_TIMEOUT = int(os.environ.get("TSMR_KERNEL_BOOT_TIMEOUT", "600"))
+
+
+def stage(name: str):  # type: ignore[no-untyped-def]
+    def wrap(fn):  # type: ignore[no-untyped-def]
+        def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+            t = time.monotonic()
+            print(f"[kernel tier] {name} ...", flush=True)
+            result = fn(*args, **kwargs)
+            print(f"[kernel tier] {name}: {time.monotonic() - t:.1f} s", flush=True)
+            return result
+        return run
+    return wrap
+
+
+def sh(*cmd: str, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    proc = subprocess.run(cmd, text=True, capture_output=True, **kw)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@stage("rootfs (debootstrap sid)")
+def rootfs() -> Path:
+    root = CACHE / "sid"
+    if (root / ".complete").exists():
+        return root
+    for tool in ("debootstrap", "qemu-system-x86_64"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing (Debian packages debootstrap, qemu-system-x86; make test-kernel installs them)")
+    if root.exists():
+        shutil.rmtree(root)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sh("debootstrap", "--variant=minbase", f"--include={PACKAGES}", "sid", str(root), MIRROR)
+    (root / ".complete").write_text("ok\n")
+    return root
+
+
+def kernel_version(root: Path) -> str:
+    versions = sorted(os.listdir(root / "lib" / "modules"))
+    if not versions:
+        raise SystemExit("no kernel in the rootfs")
+    return versions[-1]
+
+
+@stage("module (tsm_mr_sample from linux-source)")
+def module(root: Path, version: str) -> Path:
+    build = root / "build" / "tsm-mr"
+    ko = build / "tsm_mr_sample.ko"
+    stamp = build / ".version"
+    if ko.exists() and stamp.exists() and stamp.read_text() == version:
+        return ko
+    build.mkdir(parents=True, exist_ok=True)
+    series = ".".join(version.split(".")[:2])  # 7.2.13+deb14-amd64 -> 7.2
+    with tempfile.TemporaryDirectory(dir=root / "tmp") as tmp:
+        rel = "/" + str(Path(tmp).relative_to(root))
+        sh("chroot", str(root), "sh", "-c", f"cd {rel} && apt-get download linux-source-{series}")
+        deb = next(Path(tmp).glob("linux-source-*.deb"))
+        src = _extract_sample(deb)
+    (build / "tsm_mr_sample.c").write_bytes(src)
+    (build / "Makefile").write_text("obj-m += tsm_mr_sample.o\n")
+    # objtool reads /proc; the headers are the running rootfs kernel's
+    sh("mount", "-t", "proc", "proc", str(root / "proc"))
+    try:
+        sh("chroot", str(root), "make", "-C", f"/usr/src/linux-headers-{version}", "M=/build/tsm-mr", "modules")
+    finally:
+        subprocess.run(["umount", str(root / "proc")])
+    stamp.write_text(version)
+    return ko
+
+
+def _extract_sample(deb: Path) -> bytes:
+    """samples/tsm-mr/tsm_mr_sample.c from linux-source's .deb (ar -> data.tar.xz -> linux-source.tar.xz)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sh("ar", "x", str(deb), cwd=tmp)
+        data = next(Path(tmp).glob("data.tar.*"))
+        with tarfile.open(data) as outer:
+            member = next(m for m in outer.getmembers() if m.name.endswith(".tar.xz") and "linux-source" in m.name)
+            inner_f = outer.extractfile(member)
+            assert inner_f is not None
+            with tarfile.open(fileobj=inner_f, mode="r|xz") as inner:
+                for m in inner:
+                    if m.name.endswith("samples/tsm-mr/tsm_mr_sample.c"):
+                        f = inner.extractfile(m)
+                        assert f is not None
+                        return f.read()
+    raise SystemExit("samples/tsm-mr/tsm_mr_sample.c not found in linux-source")
+
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /r
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+for m in netfs 9pnet 9pnet_virtio 9p; do insmod /lib/$m.ko || echo "insmod $m failed"; done
+mount -t 9p -o trans=virtio,version=9p2000.L,ro root /r || echo "mount root failed"
+mount -t tmpfs tmpfs /r/tmp
+mkdir -p /r/tmp/src /r/tmp/out
+mount -t 9p -o trans=virtio,version=9p2000.L,ro src /r/tmp/src
+mount -t 9p -o trans=virtio,version=9p2000.L out /r/tmp/out
+mount -t proc proc /r/proc; mount -t sysfs sysfs /r/sys; mount -t devtmpfs devtmpfs /r/dev
+insmod /r/build/tsm-mr/tsm_mr_sample.ko && echo "TSMR: module loaded"
+ls /r/sys/class/misc/tsm_mr_sample/measurements/
+chroot /r /usr/bin/python3 /tmp/src/tests/kernel/guest.py /tmp/out/report.json
+echo "TSMR: guest done rc=$?"
+sync
+poweroff -f
+"""
+
+
+@stage("initrd (busybox + 9p modules)")
+def initrd(root: Path, version: str, out: Path) -> Path:
+    mods = root / "lib" / "modules" / version / "kernel"
+    files: dict[str, bytes] = {
+        "bin/busybox": (root / "usr" / "bin" / "busybox").read_bytes(),
+        "init": INIT.encode(),
+    }
+    for name, rel in (("netfs", "fs/netfs/netfs"), ("9pnet", "net/9p/9pnet"),
+                      ("9pnet_virtio", "net/9p/9pnet_virtio"), ("9p", "fs/9p/9p")):
+        path = mods / f"{rel}.ko.xz"
+        files[f"lib/{name}.ko"] = lzma.decompress(path.read_bytes()) if path.exists() else (mods / f"{rel}.ko").read_bytes()
+    path = out / "initrd.cpio.gz"
+    with gzip.open(path, "wb") as gz:
+        gz.write(_newc(files))
+    return path
+
+
+def _newc(files: dict[str, bytes]) -> bytes:
+    """A cpio 'newc' archive (what the kernel unpacks as an initramfs)."""
+    buf = io.BytesIO()
+    ino = 1
+
+    def entry(name: str, mode: int, data: bytes) -> None:
+        nonlocal ino
+        nb = name.encode() + b"\0"
+        head = "070701" + "".join(f"{v:08x}" for v in (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nb), 0))
+        buf.write(head.encode() + nb)
+        buf.write(b"\0" * ((4 - (110 + len(nb)) % 4) % 4))
+        buf.write(data)
+        buf.write(b"\0" * ((4 - len(data) % 4) % 4))
+        ino += 1
+
+    dirs = sorted({str(Path(n).parent) for n in files if str(Path(n).parent) != "."})
+    for d in dirs:
+        entry(d, 0o040755, b"")
+    for name, data in files.items():
+        entry(name, 0o100755, data)
+    entry("TRAILER!!!", 0, b"")
+    return buf.getvalue()
+
+
+@stage("boot (qemu, tcg)")
+def boot(root: Path, version: str, rd: Path, out: Path) -> str:
+    kernel = root / "boot" / f"vmlinuz-{version}"
+    cmd = [
+        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2",
+        "-kernel", str(kernel), "-initrd", str(rd),
+        "-append", "console=ttyS0 panic=-1 quiet",
+        "-nographic", "-no-reboot", "-nic", "none",
+        "-virtfs", f"local,path={root},mount_tag=root,security_model=none,readonly=on",
+        "-virtfs", f"local,path={ROOT},mount_tag=src,security_model=none,readonly=on",
+        "-virtfs", f"local,path={out},mount_tag=out,security_model=none",
+    ]
+    try:
+        proc = subprocess.run(cmd, text=True, capture_output=True, timeout=BOOT_TIMEOUT, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        console = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        raise SystemExit(f"the guest did not finish within {BOOT_TIMEOUT} s; console:\n{console[-6000:]}")
+    return proc.stdout + proc.stderr
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Run the kernel tier.")
+    ap.add_argument("--report", default=str(ROOT / ".state" / "kernel-report.json"))
+    args = ap.parse_args()
+    t0 = time.monotonic()
+    root = rootfs()
+    version = kernel_version(root)
+    module(root, version)
+    out = Path(tempfile.mkdtemp(prefix="tsmr-kernel-"))
+    os.chmod(out, 0o777)
+    rd = initrd(root, version, out)
+    console = boot(root, version, rd, out)
+    report_path = out / "report.json"
+    if not report_path.exists():
+        raise SystemExit(f"the guest wrote no report; console:\n{console[-6000:]}")
+    report = json.loads(report_path.read_text())
+    report["console_tail"] = console[-4000:]
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.report).write_text(json.dumps(report, indent=1))
+    print(f"[kernel tier] report: {args.report} ({time.monotonic() - t0:.1f} s in all)")
+
+
+if __name__ == "__main__":
+    main()

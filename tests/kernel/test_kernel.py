@@ -1,0 +1,88 @@
+"""Assertions on the kernel tier's report (tests/kernel/run.py writes it; make test-kernel runs both).
+
+The guest ran one sequence of operations on Linux's own tsm_mr_sample module through
+tsmr's sysfs backend, the same sequence on the emulator's ``sample`` profile, and the
+runtime log on rtmr1:sha384.  Here the same sequence also runs on the host against the
+emulator mounted through FUSE: all three must agree, value for value and errno for errno.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+REPORT = Path(os.environ.get("TSMR_KERNEL_REPORT", ROOT / ".state" / "kernel-report.json"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))
+
+SAMPLE_INITIAL_REPORT_DIGEST = (
+    "106d079f9954b62443dc0595906460dba92ce1398aeeb6430e27ac5704322307"
+    "cdd16d1512d7cbae214c99ff484f7bb5d8bb267d1f4f4d5cd75f4f77fe3d63cf"
+)
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:  # type: ignore[type-arg]
+    if not REPORT.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"no kernel report at {REPORT}: run tests/kernel/run.py first (make test-kernel does)")
+        pytest.skip(f"no kernel report at {REPORT} (make test-kernel builds the guest and writes it)")
+    data = json.loads(REPORT.read_text())
+    assert "exception" not in data, data["exception"] + "\n--- console ---\n" + data.get("console_tail", "")
+    return data
+
+
+def _ops(seq: list) -> dict:  # type: ignore[type-arg]
+    return {s["op"]: s["result"] for s in seq}
+
+
+def test_module_loaded_and_discovered(report: dict) -> None:  # type: ignore[type-arg]
+    assert "TSMR: module loaded" in report["console_tail"], report["console_tail"]
+    found = _ops(report["kernel"])["discover"]
+    assert ["rtmr1", "sha384", 48, ["readable", "writable", "live"]] in found
+    assert ["rtmr0", "sha256", 32, ["readable", "live"]] in found
+    assert ["config_mr", "raw", 64, ["readable", "nohash"]] in found
+    assert ["rtmr_crypto_agile", "sha256", 32, ["readable", "writable", "live"]] in found
+    assert _ops(report["kernel"])["read-all"]["report_digest"]["sha512"] == SAMPLE_INITIAL_REPORT_DIGEST
+
+
+def test_kernel_and_emulator_library_agree(report: dict) -> None:  # type: ignore[type-arg]
+    kernel, emu = _ops(report["kernel"]), _ops(report["emulator"])
+    for op, result in emu.items():
+        assert kernel[op] == result, f"{op}: kernel {kernel[op]} != emulator {result}"
+
+
+def test_kernel_errnos(report: dict) -> None:  # type: ignore[type-arg]
+    k = _ops(report["kernel"])
+    assert k["raw short write"] == {"errno": "EINVAL"}
+    assert k["raw write at offset"] == {"errno": "EINVAL"}
+    assert k["raw write past end"] == {"errno": "EFBIG"}
+    assert k["raw oversized write"] == {"written": 48}
+    assert k["raw write read-only"] == {"open_errno": "EACCES"}
+    assert k["extend read-only rtmr0"]["error"] == "InputError"
+
+
+def test_kernel_and_fuse_mounted_emulator_agree(report: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    from conftest import emulator_mount
+    from guest import sequence
+    from tsmr.backends.emulated import EmulatedRegisterSet
+    from tsmr.backends.sysfs import SysfsRegisterSet
+
+    EmulatedRegisterSet("sample", tmp_path).close()
+    with emulator_mount("sample", tmp_path) as mnt, SysfsRegisterSet(mnt) as rs:
+        fuse = _ops(sequence(rs, str(mnt)))
+    kernel = _ops(report["kernel"])
+    assert fuse.keys() == kernel.keys()
+    for op in kernel:
+        assert fuse[op] == kernel[op], f"{op}: FUSE {fuse[op]} != kernel {kernel[op]}"
+
+
+def test_runtime_log_on_the_real_rtmr1(report: dict) -> None:  # type: ignore[type-arg]
+    log = report["runtime_log"]
+    assert log["ok"] and log["findings"] == []
+    assert log["lines"][0].startswith("SYNC sha384/") and log["lines"][-1].startswith("# .EXTEND sha384/")
