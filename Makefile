@@ -55,15 +55,15 @@ test: install-test
 # The kernel tier: Linux's own tsm-mr (tsm_mr_sample) in qemu against tsmr's sysfs backend.
 # Builds a Debian sid guest once into $(KERNEL_CACHE); later runs only boot it.
 KERNEL_CACHE ?= /var/cache/tsmr-kernel
-KERNEL_APT := debootstrap qemu-system-x86 binutils xz-utils
+KERNEL_APT := debootstrap qemu-system-x86 ovmf swtpm binutils xz-utils
 test-kernel: install-test
 	@missing=$$(for p in $(KERNEL_APT); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	TSMR_KERNEL_CACHE=$(KERNEL_CACHE) $(PY) tests/kernel/run.py --report .state/kernel-report.json
-	TSMR_KERNEL_REPORT=.state/kernel-report.json $(PY) -m pytest -q tests/kernel
+	TSMR_KERNEL_CACHE=$(KERNEL_CACHE) $(PY) tests/kernel/run.py --report .state/kernel-report.json --tpm-out .state/kernel-vtpm
+	TSMR_KERNEL_REPORT=.state/kernel-report.json TSMR_KERNEL_VTPM=.state/kernel-vtpm $(PY) -m pytest -q tests/kernel
 
 # Every fuzz target (tests/fuzz/targets.py) for FUZZ_SECONDS each, two at a time; crash inputs
 # are kept under .state/fuzz-artifacts.  `make test` runs the same targets for 2 s each.

@@ -265,7 +265,10 @@ def explain(
     """Replay, compare with ``expected``, and explain each mismatch in one sentence."""
     from . import quirks as quirk_mod
 
-    result = replay(events, initial=initial, arch=arch, quirks=quirks)
+    # Replay exactly the banks asked about, so that formats whose banks derive from the data
+    # (IMA lists record one bank) give every one of them.
+    want_banks = sorted({alg for banks in expected.values() for alg in banks})
+    result = replay(events, banks=want_banks, initial=initial, arch=arch, quirks=quirks)
     out: list[Mismatch] = []
     for m in compare(result, expected):
         name = f"{m.register} {m.alg.kernel_name}"

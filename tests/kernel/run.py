@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("TSMR_KERNEL_CACHE", "/var/cache/tsmr-kernel"))
 MIRROR = os.environ.get("TSMR_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-PACKAGES = "linux-image-amd64,linux-headers-amd64,gcc,make,python3,kmod,busybox-static,xz-utils"
+PACKAGES = "linux-image-amd64,linux-headers-amd64,gcc,make,python3,kmod,busybox-static,xz-utils,python3-tpm2-pytss"
 BOOT_TIMEOUT = int(os.environ.get("TSMR_KERNEL_BOOT_TIMEOUT", "600"))
 
 
@@ -139,9 +139,18 @@ mkdir -p /r/tmp/src /r/tmp/out
 mount -t 9p -o trans=virtio,version=9p2000.L,ro src /r/tmp/src
 mount -t 9p -o trans=virtio,version=9p2000.L out /r/tmp/out
 mount -t proc proc /r/proc; mount -t sysfs sysfs /r/sys; mount -t devtmpfs devtmpfs /r/dev
-insmod /r/build/tsm-mr/tsm_mr_sample.ko && echo "TSMR: module loaded"
-ls /r/sys/class/misc/tsm_mr_sample/measurements/
-chroot /r /usr/bin/python3 /tmp/src/tests/kernel/guest.py /tmp/out/report.json
+case "$(cat /proc/cmdline)" in
+*tsmr.guest=tpm*)
+    mount -t securityfs securityfs /r/sys/kernel/security
+    ls /r/dev/tpm*
+    chroot /r /usr/bin/python3 /tmp/src/tests/kernel/guest_tpm.py /tmp/out
+    ;;
+*)
+    insmod /r/build/tsm-mr/tsm_mr_sample.ko && echo "TSMR: module loaded"
+    ls /r/sys/class/misc/tsm_mr_sample/measurements/
+    chroot /r /usr/bin/python3 /tmp/src/tests/kernel/guest.py /tmp/out/report.json
+    ;;
+esac
 echo "TSMR: guest done rc=$?"
 sync
 poweroff -f
@@ -189,13 +198,13 @@ def _newc(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-@stage("boot (qemu, tcg)")
-def boot(root: Path, version: str, rd: Path, out: Path) -> str:
+def boot(root: Path, version: str, rd: Path, out: Path, *, extra: list[str] | None = None, append: str = "") -> str:
     kernel = root / "boot" / f"vmlinuz-{version}"
     cmd = [
         "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2",
         "-kernel", str(kernel), "-initrd", str(rd),
-        "-append", "console=ttyS0 panic=-1 quiet",
+        "-append", f"console=ttyS0 panic=-1 quiet {append}".strip(),
+        *(extra or []),
         "-nographic", "-no-reboot", "-nic", "none",
         "-virtfs", f"local,path={root},mount_tag=root,security_model=none,readonly=on",
         "-virtfs", f"local,path={ROOT},mount_tag=src,security_model=none,readonly=on",
@@ -212,6 +221,8 @@ def boot(root: Path, version: str, rd: Path, out: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description="Run the kernel tier.")
     ap.add_argument("--report", default=str(ROOT / ".state" / "kernel-report.json"))
+    ap.add_argument("--tpm-out", default=str(ROOT / ".state" / "kernel-vtpm"), help="where the vTPM guest's logs and PCRs go")
+    ap.add_argument("--no-tpm", action="store_true", help="skip the vTPM boot")
     args = ap.parse_args()
     t0 = time.monotonic()
     root = rootfs()
@@ -220,7 +231,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="tsmr-kernel-"))
     os.chmod(out, 0o777)
     rd = initrd(root, version, out)
-    console = boot(root, version, rd, out)
+    console = stage("boot (qemu, tcg)")(boot)(root, version, rd, out)
     report_path = out / "report.json"
     if not report_path.exists():
         raise SystemExit(f"the guest wrote no report; console:\n{console[-6000:]}")
@@ -229,6 +240,62 @@ def main() -> None:
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text(json.dumps(report, indent=1))
     print(f"[kernel tier] report: {args.report} ({time.monotonic() - t0:.1f} s in all)")
+    if not args.no_tpm:
+        shutil.rmtree(args.tpm_out, ignore_errors=True)
+        for firmware in ("seabios", "ovmf"):
+            tpm_dir = Path(args.tpm_out) / firmware
+            stage(f"boot with a vTPM ({firmware}, swtpm, ima_policy=tcb)")(vtpm)(root, version, rd, tpm_dir, firmware)
+            print(f"[kernel tier] vTPM guest outputs: {tpm_dir} ({time.monotonic() - t0:.1f} s in all)")
+
+
+OVMF = "/usr/share/ovmf/OVMF.fd"
+
+
+def vtpm(root: Path, version: str, rd: Path, dest: Path, firmware: str) -> None:
+    if shutil.which("swtpm") is None:
+        raise SystemExit("swtpm is missing (Debian package swtpm; make test installs it)")
+    out = Path(tempfile.mkdtemp(prefix="tsmr-vtpm-out-"))
+    os.chmod(out, 0o777)
+    state = Path(tempfile.mkdtemp(prefix="tsmr-vtpm-state-"))
+    sock = state / "swtpm.sock"
+    # No --flags startup-clear: the firmware sends TPM2_Startup, as on a real machine.
+    tpm = subprocess.Popen(["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
+                            "--ctrl", f"type=unixio,path={sock}", "--terminate"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if tpm.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"swtpm did not start: {tpm.stderr.read() if tpm.stderr else ''}")
+            time.sleep(0.05)
+        bios: list[str] = []
+        if firmware == "ovmf":
+            if not os.path.exists(OVMF):
+                raise SystemExit(f"{OVMF} is missing (Debian package ovmf; make test-kernel installs it)")
+            bios = ["-bios", OVMF]
+        console = boot(root, version, rd, out, append="tsmr.guest=tpm ima_policy=tcb", extra=[
+            *bios,
+            "-chardev", f"socket,id=chrtpm,path={sock}",
+            "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+            "-device", "tpm-tis,tpmdev=tpm0",
+        ])
+    finally:
+        if tpm.poll() is None:
+            tpm.terminate()
+            try:
+                tpm.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                tpm.kill()
+        shutil.rmtree(state, ignore_errors=True)
+    report = out / "report.json"
+    if not report.exists():
+        raise SystemExit(f"the vTPM guest wrote no report; console:\n{console[-6000:]}")
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(out, dest)
+    data = json.loads(report.read_text())
+    data["console_tail"] = console[-4000:]
+    (dest / "report.json").write_text(json.dumps(data, indent=1))
 
 
 if __name__ == "__main__":
