@@ -90,7 +90,15 @@ class ReplayError(TsmrError):
 
 
 class EvidenceError(TsmrError):
-    """Evidence (a quote, report or token) is malformed or does not verify."""
+    """Evidence (a quote, report or token) does not verify.
+
+    ``check`` names the failed check with a stable dotted id (``tdx.quote.signature``,
+    ``snp.report_data``, ``tpm.nonce``) so that callers and tests can tell checks apart.
+    """
+
+    def __init__(self, message: str, *, check: str = "") -> None:
+        self.check = check
+        super().__init__(f"{message} [{check}]" if check else message)
 
 
 class SignatureError(EvidenceError):
