@@ -35,6 +35,7 @@ import os
 import socket
 import struct
 import threading
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..algorithms import HashAlg
@@ -46,6 +47,16 @@ DEFAULT_TCTI = "device:/dev/tpmrm0"
 # PC Client PTP, PCR attributes: extendable only from localities 2-4.
 _LOCALITY_RESTRICTED = frozenset(range(17, 23))
 _MAX_PCR_HANDLES = 32  # ESYS_TR.PCR0 .. ESYS_TR.PCR31
+
+
+@dataclass(frozen=True)
+class TpmQuote:
+    """A TPM2_Quote: TPMS_ATTEST, TPMT_SIGNATURE, the AK's TPM2B_PUBLIC and the PCR values it covers."""
+
+    attest: bytes
+    signature: bytes
+    ak_public: bytes
+    pcrs: dict[str, dict[HashAlg, bytes]]
 
 
 def _pytss() -> Any:
@@ -264,6 +275,57 @@ class TpmRegisterSet(BaseRegisterSet):
             raise _tss_error(exc, "marshalling the extend of", reg.name) from exc
         handle = self._t.ESYS_TR.PCR0 + self._index(reg)
         self._call("extend of", reg.name, "pcr_extend", handle, values)
+
+    # -- quotes ------------------------------------------------------------
+    def quote(self, nonce: bytes, pcrs: Sequence[int] | None = None, algs: Sequence[HashAlg] | None = None) -> "TpmQuote":
+        """TPM2_Quote over ``pcrs`` (default: all) in every allocated bank (or ``algs``), with ``nonce``.
+
+        The attestation key is a restricted ECC P-256 signing key created as a
+        primary object in the endorsement hierarchy from the standard template, so
+        the same TPM gives the same key every time (and nothing needs storing); it
+        is flushed afterwards.  The PCR values are read before and after the quote
+        and the quote is retried (up to 3 times) if they moved in between, so the
+        values returned are the ones the quote covers.
+        """
+        if len(nonce) > 64:
+            from ..errors import InputError
+
+            raise InputError(f"a TPM quote nonce is at most 64 bytes, got {len(nonce)}")
+        regs = self.registers()
+        wanted = sorted(pcrs) if pcrs is not None else [self._index(r) for r in regs]
+        banks = list(algs) if algs is not None else sorted(self._select_size)
+        parts = [struct.pack(">I", len(banks))]
+        for alg in banks:
+            size = self._select_size[alg]
+            bitmap = bytearray(size)
+            for p in wanted:
+                bitmap[p // 8] |= 1 << (p % 8)
+            parts.append(struct.pack(">HB", int(alg), size) + bytes(bitmap))
+        selection = self._t.TPML_PCR_SELECTION.unmarshal(b"".join(parts))[0]
+        t = self._t
+        attrs = (t.TPMA_OBJECT.FIXEDTPM | t.TPMA_OBJECT.FIXEDPARENT | t.TPMA_OBJECT.SENSITIVEDATAORIGIN
+                 | t.TPMA_OBJECT.USERWITHAUTH | t.TPMA_OBJECT.RESTRICTED | t.TPMA_OBJECT.SIGN_ENCRYPT)
+        template = t.TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=attrs)
+        handle, ak_public, *_ = self._call("creating the attestation key", None, "create_primary",
+                                           t.TPM2B_SENSITIVE_CREATE(), template, t.ESYS_TR.ENDORSEMENT)
+        try:
+            for _ in range(3):
+                before = {f"pcr{p}": self.read(f"pcr{p}", banks) for p in wanted}
+                quoted, signature = self._call("quoting", None, "quote", handle, selection, t.TPM2B_DATA(nonce),
+                                               t.TPMT_SIG_SCHEME(scheme=t.TPM2_ALG.NULL))
+                after = {f"pcr{p}": self.read(f"pcr{p}", banks) for p in wanted}
+                if before == after:
+                    break
+            else:
+                raise BackendError("tpm: the PCRs kept changing while quoting", backend="tpm")
+        finally:
+            self._call("flushing the attestation key", None, "flush_context", handle)
+        return TpmQuote(
+            attest=bytes(quoted.marshal()[2:]),  # TPM2B_ATTEST: drop the size
+            signature=bytes(signature.marshal()),
+            ak_public=bytes(ak_public.marshal()),
+            pcrs={r: {a: v for a, v in vals.items() if a is not None} for r, vals in after.items()},
+        )
 
     def close(self) -> None:
         with self._lock:
