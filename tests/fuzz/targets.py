@@ -6,9 +6,8 @@ exceptions the parser documents (:class:`tsmr.errors.ParseError`, plus
 escaping is a finding.  Where a codec promises more (``encode(parse(x)) == x``,
 chunked replay == whole replay) the target asserts that too.
 
-Parsers being written by others (``ccel``, ``ima``, legacy TCG) are looked up
-lazily: :meth:`Target.unavailable` names what is missing, and the runner skips
-the target.  Nothing here imports atheris, so tests can import this module.
+Parsers are looked up lazily: :meth:`Target.unavailable` names what is missing
+(an optional module that is not there), and the runner skips the target.  Nothing here imports atheris, so tests can import this module.
 
 Seeds come from the shared fixtures (``TSMR_FIXTURES``, default
 ``/work/shared/fixtures``) plus small synthetic inputs; they are written to a
