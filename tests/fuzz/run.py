@@ -52,7 +52,7 @@ def run_target(name: str, seconds: float, workdir: Path, artifacts: Path, seed: 
     result: dict = {"target": name, "doc": target.doc}
     try:
         reason = target.unavailable()
-    except Exception as e:  # a half-written module of someone else: report, do not crash the run
+    except Exception as e:  # a module that fails to import: report it, do not crash the run
         reason = f"import failed: {type(e).__name__}: {e}"
     if reason:
         result.update(status="skipped", reason=reason)
