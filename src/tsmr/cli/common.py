@@ -50,7 +50,8 @@ def handle_errors(fn: F) -> F:
                     return fn(*args, **kwargs)
                 finally:
                     for w in caught:
-                        render.warning(str(w.message))
+                        if issubclass(w.category, EmulatedBackendWarning):
+                            render.warning(str(w.message))
         except InputError as exc:
             _fail(exc, EXIT_USAGE, as_json)
         except BackendError as exc:
