@@ -20,6 +20,7 @@ from . import render
 from .common import BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, open_backend_cli as _open
 from .eventlog_cmd import eventlog_app
 from .log_cmd import log_app
+from .quote_cmd import quote_app
 
 app = typer.Typer(
     name="tsmr",
@@ -36,6 +37,7 @@ emulate_app = typer.Typer(
 app.add_typer(emulate_app, name="emulate")
 app.add_typer(log_app, name="log")
 app.add_typer(eventlog_app, name="eventlog")
+app.add_typer(quote_app, name="quote")
 
 def _parse_bank(text: str | None) -> HashAlg | None:
     if text is None or text.lower() in ("raw", "none"):
