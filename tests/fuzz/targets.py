@@ -450,6 +450,38 @@ def _runtime_seeds() -> list[bytes]:
     return _files("trustee/aael/AAEL_data_*") + [sync + b"\n" + ev + b"\n# comment\n" + ext + b"\n\n" + ev + b"\n"]
 
 
+# -- evidence -------------------------------------------------------------------------------------------
+
+
+def _evidence_runner(module: str, *functions: str) -> Callable[[bytes], None]:
+    """Feed the bytes to each parser of an evidence module: only ParseError may escape."""
+    def run(data: bytes) -> None:
+        ParseError, _ = _errors()
+        mod = _module(module)
+        for name in functions:
+            try:
+                getattr(mod, name)(data)
+            except ParseError:
+                pass
+    return run
+
+
+def _cca_verify_run(data: bytes) -> None:
+    """A token that parses goes on to verification: only ParseError or EvidenceError may escape."""
+    from tsmr.errors import EvidenceError
+
+    ParseError, _ = _errors()
+    cca = _module("tsmr.evidence.cca")
+    try:
+        token = cca.parse_token(data)
+    except ParseError:
+        return
+    try:
+        cca.verify_token(data, cpak=token.rak, challenge=None)
+    except (ParseError, EvidenceError):
+        pass
+
+
 # -- the registry ---------------------------------------------------------------------------------------
 
 def _imports(*modules: str) -> Callable[[], None]:
@@ -482,6 +514,19 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            _ima_unavailable("parse_ascii"), _imports("tsmr.formats.ima")),
     Target("runtime_log", "tsmr.runtime_log.replay.replay (+ chunked == whole)", _runtime_run, _runtime_seeds,
            load=_imports("tsmr.runtime_log.replay", "tsmr.runtime_log.records")),
+    Target("tdx_quote", "tsmr.evidence.tdx.parse_quote / parse_tdreport",
+           _evidence_runner("tsmr.evidence.tdx", "parse_quote", "parse_tdreport"),
+           lambda: _files("go-tdx-guest/*.dat", "go-tdx-guest/ccel/cos-113-tdx-quote.dat", "trustee/verifier-tdx/*.dat"),
+           load=_imports("tsmr.evidence.tdx")),
+    Target("snp_report", "tsmr.evidence.snp.parse_report / parse_cert_table",
+           _evidence_runner("tsmr.evidence.snp", "parse_report", "parse_cert_table"),
+           lambda: _files("go-sev-guest/attestation.bin"), load=_imports("tsmr.evidence.snp")),
+    Target("tpm_attest", "tsmr.evidence.tpm.parse_attest / parse_signature / parse_public",
+           _evidence_runner("tsmr.evidence.tpm", "parse_attest", "parse_signature", "parse_public"),
+           lambda: _files("keylime/tpm2-quote/quote.out", "keylime/tpm2-quote/quotesig.out", "keylime/tpm2-quote/ak.pub"),
+           load=_imports("tsmr.evidence.tpm")),
+    Target("cca_token", "tsmr.evidence.cca.parse_token (+ verify_token)", _cca_verify_run,
+           lambda: _files("ccatoken/*.cbor", "trustee/verifier-cca/*.cbor"), load=_imports("tsmr.evidence.cca")),
 )}
 
 
