@@ -21,6 +21,7 @@ from .common import BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, 
 from .eventlog_cmd import eventlog_app
 from .log_cmd import log_app
 from .quote_cmd import quote_app
+from .bundle_cmd import attest_cmd, verify_cmd
 
 app = typer.Typer(
     name="tsmr",
@@ -38,6 +39,8 @@ app.add_typer(emulate_app, name="emulate")
 app.add_typer(log_app, name="log")
 app.add_typer(eventlog_app, name="eventlog")
 app.add_typer(quote_app, name="quote")
+app.command("attest")(handle_errors(attest_cmd))
+app.command("verify")(handle_errors(verify_cmd))
 
 def _parse_bank(text: str | None) -> HashAlg | None:
     if text is None or text.lower() in ("raw", "none"):

@@ -1,0 +1,210 @@
+"""Evidence bundles: the evidence, the nonce and the logs that explain it, in one JSON document.
+
+A bundle (``"tsmr-bundle"``, version 1) carries
+
+* ``nonce``: hex, what the relying party asked the evidence to be bound to;
+* ``evidence``: ``{"kind": "tdx" | "snp" | "cca" | "tpm", ...}`` with the raw
+  evidence in base64 (``data``; for a TPM quote ``attest``, ``signature``,
+  ``ak_public`` and the quoted ``pcrs``);
+* ``logs``: a list of ``{"format": <tsmr.eventlog format or null>, "data":
+  <base64>, "register": <for a runtime log>, "name": <where it came from>}``,
+  replayed in order onto one register set (firmware first).
+
+:func:`verify_bundle` verifies the evidence (raising the verifier's
+:class:`~tsmr.errors.EvidenceError` on failure), then replays every log and
+compares each register the logs touch with the signed value: one row per
+register and bank, ``matched`` or ``mismatched`` with the explanation.
+The JSON Schema of the document is :data:`SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Mapping
+
+from ..algorithms import HashAlg
+from ..errors import EvidenceError, InputError, ParseError
+from ..eventlog import parse as parse_log
+from ..replay import explain, replay
+
+FORMAT = "tsmr-bundle"
+VERSION = 1
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "tsmr evidence bundle",
+    "type": "object",
+    "required": ["format", "version", "nonce", "evidence"],
+    "properties": {
+        "format": {"const": FORMAT},
+        "version": {"const": VERSION},
+        "nonce": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
+        "evidence": {
+            "type": "object",
+            "required": ["kind"],
+            "properties": {
+                "kind": {"enum": ["tdx", "snp", "cca", "tpm"]},
+                "data": {"type": "string", "contentEncoding": "base64"},
+                "attest": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
+                "signature": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
+                "ak_public": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
+                "pcrs": {"type": "object", "additionalProperties": {"type": "object",
+                         "additionalProperties": {"type": "string", "pattern": "^([0-9a-f]{2})*$"}}},
+            },
+        },
+        "logs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "format": {"type": ["string", "null"]},
+                    "data": {"type": "string", "contentEncoding": "base64"},
+                    "register": {"type": "string"},
+                    "name": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+MAX_BUNDLE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Row:
+    register: str
+    bank: str
+    signed: str | None
+    replayed: str | None
+    status: str  # matched / mismatched / not-signed
+    explanation: str = ""
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    kind: str
+    claims: Any
+    rows: tuple[Row, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status == "matched" for r in self.rows)
+
+
+def make_bundle(*, nonce: bytes, evidence: Mapping[str, Any], logs: list[Mapping[str, Any]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    """A bundle document; log ``data`` given as bytes is encoded here."""
+    out_logs = []
+    for log in logs:
+        entry = dict(log)
+        if isinstance(entry.get("data"), (bytes, bytearray)):
+            entry["data"] = base64.b64encode(bytes(entry["data"])).decode()
+        out_logs.append(entry)
+    ev = dict(evidence)
+    if isinstance(ev.get("data"), (bytes, bytearray)):
+        ev["data"] = base64.b64encode(bytes(ev["data"])).decode()
+    return {"format": FORMAT, "version": VERSION, "nonce": nonce.hex(), "evidence": ev, "logs": out_logs}
+
+
+def _b64(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise ParseError("expected a base64 string", format=FORMAT, field=where)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ParseError("not base64", format=FORMAT, field=where) from None
+
+
+def _hex(value: Any, where: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except (TypeError, ValueError):
+        raise ParseError("not hex", format=FORMAT, field=where) from None
+
+
+def verify_bundle(
+    doc: Mapping[str, Any],
+    *,
+    now: datetime,
+    trust: Mapping[str, Any] | None = None,
+) -> BundleResult:
+    """Verify the evidence of a bundle, then replay its logs against the signed registers.
+
+    ``trust`` passes the verifier's anchors and collateral: ``tdx``: ``trust_root``,
+    ``collateral``; ``snp``: ``vcek``, ``ask``, ``ark``; ``cca``: ``cpak``.
+    Evidence failures raise; register mismatches are rows of the result.
+    """
+    trust = dict(trust or {})
+    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise ParseError(f"not a {FORMAT} version {VERSION} document", format=FORMAT, field="format")
+    nonce = _hex(doc.get("nonce", ""), "nonce")
+    ev = doc.get("evidence")
+    if not isinstance(ev, Mapping):
+        raise ParseError("evidence must be an object", format=FORMAT, field="evidence")
+    kind = ev.get("kind")
+    signed: dict[str, dict[HashAlg, bytes]] = {}
+    if kind == "tdx":
+        from . import tdx
+
+        report_data = nonce.ljust(64, b"\0") if nonce else None
+        claims: Any = tdx.verify_quote(_b64(ev.get("data"), "evidence.data"), now=now, report_data=report_data,
+                                       **{k: v for k, v in trust.items() if k in ("trust_root", "collateral")})
+        signed = {name: {HashAlg.SHA384: value} for name, value in claims.registers.items()}
+    elif kind == "snp":
+        from . import snp
+
+        claims = snp.verify_report(_b64(ev.get("data"), "evidence.data"), report_data=nonce.ljust(64, b"\0") if nonce else None,
+                                   now=now, **{k: v for k, v in trust.items() if k in ("vcek", "ask", "ark", "trusted_arks")})
+    elif kind == "cca":
+        from . import cca
+
+        if "cpak" not in trust:
+            raise InputError("a CCA bundle needs the platform key (trust['cpak'])")
+        claims = cca.verify_token(_b64(ev.get("data"), "evidence.data"), cpak=trust["cpak"], challenge=nonce or None)
+        alg = {"sha-256": HashAlg.SHA256, "sha-512": HashAlg.SHA512, "sha-384": HashAlg.SHA384}.get(str(claims.hash_algorithm))
+        if alg is not None:
+            signed = {name: {alg: value} for name, value in claims.registers.items() if len(value) == alg.digest_size}
+    elif kind == "tpm":
+        from . import tpm
+
+        pcrs_doc = ev.get("pcrs") or {}
+        pcrs = {HashAlg.from_name(a): {int(i): _hex(v, f"evidence.pcrs.{a}.{i}") for i, v in vals.items()}
+                for a, vals in pcrs_doc.items()}
+        claims = tpm.verify_quote(_hex(ev.get("attest"), "evidence.attest"), _hex(ev.get("signature"), "evidence.signature"),
+                                  _hex(ev.get("ak_public"), "evidence.ak_public"), nonce=nonce, pcrs=pcrs or None)
+        if not claims.pcr_digest_checked:
+            raise EvidenceError("the bundle carries no PCR values for the quote", check="bundle.pcrs")
+        for alg, vals in pcrs.items():
+            for i, v in vals.items():
+                signed.setdefault(f"pcr{i}", {})[alg] = v
+    else:
+        raise ParseError(f"unknown evidence kind {kind!r}", format=FORMAT, field="evidence.kind")
+
+    events = []
+    arch = "tdx" if kind == "tdx" else "cca" if kind == "cca" else "tpm"
+    for n, log in enumerate(doc.get("logs") or []):
+        if not isinstance(log, Mapping):
+            raise ParseError("a log must be an object", format=FORMAT, field=f"logs[{n}]")
+        parsed = parse_log(_b64(log.get("data"), f"logs[{n}].data"), log.get("format"),
+                           register=str(log.get("register") or "rtmr3"))
+        events.extend(parsed.events)
+    result = replay(events, arch=arch)
+    expected = {reg: banks for reg, banks in signed.items() if reg in result.registers}
+    explanations = {(m.register, m.alg): m.explanation for m in explain(events, expected, arch=arch)} if expected else {}
+    rows = []
+    for reg in sorted(result.registers, key=lambda r: (r.rstrip("0123456789"), int(r[len(r.rstrip("0123456789")):] or -1))):
+        for alg, value in sorted(result.registers[reg].items()):
+            want = signed.get(reg, {}).get(alg)
+            if want is None:
+                rows.append(Row(reg, alg.kernel_name, None, value.hex(), "not-signed",
+                                "the evidence does not carry this register"))
+                continue
+            text = explanations.get((reg, alg), "")
+            rows.append(Row(reg, alg.kernel_name, want.hex(), value.hex(), "mismatched" if text else "matched", text))
+    return BundleResult(str(kind), claims, tuple(rows))
+
+
+__all__ = ["SCHEMA", "FORMAT", "VERSION", "make_bundle", "verify_bundle", "BundleResult", "Row"]
