@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from tsmr import HashAlg  # noqa: E402
 from tsmr.backends.emulated import EmulatedRegisterSet  # noqa: E402
 from tsmr.backends.sysfs import SysfsRegisterSet  # noqa: E402
-from tsmr.errors import BackendError, TsmrError  # noqa: E402
+from tsmr.errors import TsmrError  # noqa: E402
 from tsmr.runtime_log.store import RuntimeLog  # noqa: E402
 
 SAMPLE = "/sys/class/misc/tsm_mr_sample/measurements"

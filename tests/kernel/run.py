@@ -21,7 +21,6 @@ Exits non-zero, with the guest's console, if anything fails.
 from __future__ import annotations
 
 import argparse
-import glob
 import gzip
 import io
 import json
@@ -29,7 +28,6 @@ import lzma
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..errors import EvidenceError, InputError
 from . import render
-from .common import EXIT_VERIFY, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, open_backend_cli
+from .common import EXIT_VERIFY, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, open_backend_cli
 
 TPM_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
 IMA_LOG = "/sys/kernel/security/ima/binary_runtime_measurements"
