@@ -369,7 +369,7 @@ def _load_certs(pem: bytes, check: str) -> list[Any]:
     x509 = _x509()[0]
     try:
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CollateralError(f"certificate chain does not decode: {exc}", check=check) from exc
     return list(certs)
 
@@ -382,6 +382,14 @@ def _aware(now: datetime) -> datetime:
     return now
 
 
+def _cert_name(cert: Any) -> str:
+    """A certificate's subject for messages; a malformed name (parsed lazily) must not raise."""
+    try:
+        return str(cert.subject.rfc4514_string())
+    except ValueError:
+        return "a certificate with a malformed subject"
+
+
 def _verify_chain(chain: list[Any], root: Any, now: datetime, *, check: str) -> None:
     """Verify leaf -> ... -> root: issuer signatures, validity at ``now``, and that the chain
     ends in (or directly under) ``root``.  A root shipped in the chain is never trusted by
@@ -392,23 +400,29 @@ def _verify_chain(chain: list[Any], root: Any, now: datetime, *, check: str) -> 
     root_der = root.public_bytes(serialization.Encoding.DER)
     certs = list(chain)
     last = certs[-1]
-    if last.subject == last.issuer:
+    try:
+        self_signed = last.subject == last.issuer
+    except ValueError as exc:  # cryptography parses names lazily: a malformed one fails here
+        raise CollateralError(f"a certificate of the chain has a malformed name: {exc}", check=check) from exc
+    if self_signed:
         if not hmac.compare_digest(last.public_bytes(serialization.Encoding.DER), root_der):
             raise CollateralError("chain's root is not the trusted root", check=check)
         certs = certs[:-1]
     certs.append(root)
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     for child, parent in pairwise(certs):
         try:
             child.verify_directly_issued_by(parent)
-        except (InvalidSignature, ValueError, TypeError) as exc:
+        except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
             raise CollateralError(
-                f"{child.subject.rfc4514_string()} is not signed by {parent.subject.rfc4514_string()}",
+                f"{_cert_name(child)} is not signed by {_cert_name(parent)}",
                 check=check,
             ) from exc
     for c in certs:
         if not (c.not_valid_before_utc <= now <= c.not_valid_after_utc):
             raise CollateralError(
-                f"{c.subject.rfc4514_string()} is not valid at {now.isoformat()} "
+                f"{_cert_name(c)} is not valid at {now.isoformat()} "
                 f"({c.not_valid_before_utc.isoformat()} .. {c.not_valid_after_utc.isoformat()})",
                 check=check + ".validity",
             )
