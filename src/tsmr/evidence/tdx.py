@@ -339,11 +339,16 @@ def _x509():
     return x509, InvalidSignature, hashes, serialization, ec, encode_dss_signature
 
 
+INTEL_ROOT_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
+
+
 def intel_root():
-    """The shipped Intel SGX Root CA certificate (SHA-256 44:A0:19:6B:…:74:D3)."""
+    """The shipped Intel SGX Root CA certificate (DER), checked against its SHA-256 fingerprint."""
     x509 = _x509()[0]
-    pem = resources.files("tsmr.evidence").joinpath("intel_root.pem").read_bytes()
-    return x509.load_pem_x509_certificate(pem)
+    der = resources.files("tsmr.evidence").joinpath("intel_sgx_root_ca.der").read_bytes()
+    if hashlib.sha256(der).hexdigest() != INTEL_ROOT_SHA256:
+        raise CollateralError("the shipped Intel SGX Root CA does not have its known fingerprint", check="tdx.pck_chain")
+    return x509.load_der_x509_certificate(der)
 
 
 def _verify_p256(pub: Any, sig_rs: bytes, msg: bytes, *, check: str, what: str) -> None:
