@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from typing import Callable
+from typing import Callable, Iterable
 
 from .errors import InputError
 
@@ -144,10 +144,18 @@ def extend(alg: HashAlg, value: bytes, digest: bytes) -> bytes:
     return alg.extend(value, digest)
 
 
+def find_digest(digests: "Iterable[tuple[HashAlg | int, bytes]]", alg: "HashAlg | int") -> bytes | None:
+    """The digest for ``alg`` in a record's (algorithm, digest) pairs, or None."""
+    for a, d in digests:
+        if a == alg:
+            return d
+    return None
+
+
 def extend_chain(alg: HashAlg, value: bytes, digests: "list[bytes]") -> bytes:
     for d in digests:
         value = alg.extend(value, d)
     return value
 
 
-__all__ = ["HashAlg", "extend", "extend_chain"]
+__all__ = ["HashAlg", "extend", "extend_chain", "find_digest"]

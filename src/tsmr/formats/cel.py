@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from ..algorithms import HashAlg
+from ..algorithms import HashAlg, find_digest
 from ..errors import InputError, ParseError
 
 FORMAT = "cel-json"
@@ -96,10 +96,8 @@ class CELRecord:
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def digest(self, alg: HashAlg) -> bytes | None:
-        for a, d in self.digests:
-            if a == alg:
-                return d
-        return None
+        """This record's digest for ``alg``, or None if it has none."""
+        return find_digest(self.digests, alg)
 
 
 # -- writer -------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..algorithms import HashAlg
+from ..algorithms import HashAlg, find_digest
 from ..errors import InputError, ParseError
 from ..events import DATA, Event
 from ..registers import ccmr_to_register
@@ -178,10 +178,8 @@ class CELTLVRecord:
     offset: int = field(default=0, compare=False)
 
     def digest(self, alg: HashAlg | int) -> bytes | None:
-        for a, d in self.digests:
-            if a == alg:
-                return d
-        return None
+        """This record's digest for ``alg``, or None if it has none."""
+        return find_digest(self.digests, alg)
 
     @property
     def content_tlv(self) -> bytes:

@@ -52,7 +52,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping, Sequence
 
-from ..algorithms import HashAlg
+from ..algorithms import HashAlg, find_digest
 from ..errors import InputError, ParseError, ReplayError
 from ..events import Event
 from ..registers import ccmr_to_register
@@ -206,11 +206,8 @@ class TCG2Event:
     offset: int = field(default=0, compare=False)
 
     def digest(self, alg: HashAlg | int) -> bytes | None:
-        """This event's digest for ``alg``, or None if the record has none."""
-        for a, d in self.digests:
-            if a == alg:
-                return d
-        return None
+        """This record's digest for ``alg``, or None if it has none."""
+        return find_digest(self.digests, alg)
 
     @property
     def type_name(self) -> str:
