@@ -421,42 +421,7 @@ def test_verify_mutated_raises_only_tsmr_errors(v4, pos, val):
 # go-tdx-guest sample TCB info matches no level of the real quote's platform).
 
 
-def _tlv(tag: int, val: bytes) -> bytes:
-    n = len(val)
-    ln = (
-        bytes([n])
-        if n < 0x80
-        else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes((n.bit_length() + 7) // 8, "big")
-    )
-    return bytes([tag]) + ln + val
-
-
-def _oid(dotted: str) -> bytes:
-    parts = [int(p) for p in dotted.split(".")]
-    out = bytearray([parts[0] * 40 + parts[1]])
-    for p in parts[2:]:
-        chunk = [p & 0x7F]
-        p >>= 7
-        while p:
-            chunk.append(0x80 | (p & 0x7F))
-            p >>= 7
-        out += bytes(reversed(chunk))
-    return _tlv(0x06, bytes(out))
-
-
-def _sgx_extension(fmspc: bytes, pcesvn: int, comps: tuple[int, ...]) -> bytes:
-    base = "1.2.840.113741.1.13.1"
-    pair = lambda oid, v: _tlv(0x30, _oid(oid) + v)
-    tcb = b"".join(pair(f"{base}.2.{i + 1}", _tlv(0x02, bytes([c]))) for i, c in enumerate(comps))
-    tcb += pair(f"{base}.2.17", _tlv(0x02, pcesvn.to_bytes(2, "big")))
-    tcb += pair(f"{base}.2.18", _tlv(0x04, bytes(comps)))
-    return _tlv(
-        0x30,
-        pair(f"{base}.1", _tlv(0x04, bytes(16)))
-        + pair(f"{base}.2", _tlv(0x30, tcb))
-        + pair(f"{base}.3", _tlv(0x04, b"\0\0"))
-        + pair(f"{base}.4", _tlv(0x04, fmspc)),
-    )
+from tsmr.evidence.emulated import sgx_extension as _sgx_extension  # noqa: E402
 
 
 @pytest.fixture(scope="module")

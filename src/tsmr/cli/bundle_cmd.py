@@ -27,7 +27,7 @@ def attest_cmd(
     state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Collect evidence and its logs on the current backend into one bundle (TPM today)."""
+    """Collect evidence and its logs on the current backend into one bundle (TPM, emulated TDX)."""
     from ..backends.tpm import TpmRegisterSet
     from ..evidence.bundle import make_bundle
     from ..runtime_log.store import default_log_dir
@@ -36,12 +36,27 @@ def attest_cmd(
         value = bytes.fromhex(nonce)
     except ValueError:
         raise InputError("--nonce is not hexadecimal") from None
+    from ..backends.emulated import EmulatedRegisterSet
+
     logs: list[dict[str, Any]] = []
+    evidence: dict[str, Any]
     with open_backend_cli(backend, state_dir) as rs:
-        if not isinstance(rs, TpmRegisterSet):
-            raise InputError(f"attest supports the tpm backend; {rs.kind}:{rs.provider} evidence is not available yet")
-        q = rs.quote(value)
         provider = rs.provider
+        if isinstance(rs, EmulatedRegisterSet) and rs.profile_name == "tdx":
+            from ..evidence.emulated import emulated_tdx_quote
+
+            quote, root = emulated_tdx_quote(rs, value)
+            evidence = {"kind": "tdx", "data": quote}
+            render.warning(f"an emulated quote, signed under a test root: verify with --trust-root {root}")
+        elif isinstance(rs, TpmRegisterSet):
+            q = rs.quote(value)
+            evidence = {
+                "kind": "tpm", "attest": q.attest.hex(), "signature": q.signature.hex(), "ak_public": q.ak_public.hex(),
+                "pcrs": {a.kernel_name: {reg[3:]: banks[a].hex() for reg, banks in q.pcrs.items() if a in banks}
+                         for a in sorted({a for banks in q.pcrs.values() for a in banks})},
+            }
+        else:
+            raise InputError(f"attest supports the tpm and emulated:tdx backends; {rs.kind}:{rs.provider} is not available yet")
     for path, fmt, name in ((TPM_LOG, "tcg2", "firmware"), (IMA_LOG, "ima-binary", "ima")):
         try:
             logs.append({"format": None, "data": Path(path).read_bytes(), "name": name})
@@ -50,18 +65,14 @@ def attest_cmd(
     base = Path(log_dir) if log_dir else default_log_dir()
     for path in sorted((base / provider).glob("*.log")) if (base / provider).is_dir() else []:
         logs.append({"format": "tsmr", "data": path.read_bytes(), "register": path.stem, "name": str(path)})
-    doc = make_bundle(nonce=value, evidence={
-        "kind": "tpm", "attest": q.attest.hex(), "signature": q.signature.hex(), "ak_public": q.ak_public.hex(),
-        "pcrs": {a.kernel_name: {reg[3:]: banks[a].hex() for reg, banks in q.pcrs.items() if a in banks}
-                 for a in sorted({a for banks in q.pcrs.values() for a in banks})},
-    }, logs=logs)
+    doc = make_bundle(nonce=value, evidence=evidence, logs=logs)
     tmp = f"{output}.tmp{os.getpid()}"
     Path(tmp).write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, output)
     if as_json:
         render.print_json({"output": output, "logs": [lg.get("name") for lg in logs]})
     else:
-        render.line(f"wrote {output}: a TPM quote and {len(logs)} log(s)")
+        render.line(f"wrote {output}: {evidence['kind']} evidence and {len(logs)} log(s)")
 
 
 def verify_cmd(

@@ -97,11 +97,27 @@ def get_cmd(
     state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Get evidence from the current backend (TPM quotes today; configfs-tsm reports to come)."""
+    """Get evidence from the current backend: a TPM quote, or an emulated TD's TDX quote
+    (signed under the emulator's test root: verify it with --trust-root; configfs-tsm reports to come)."""
+    from ..backends.emulated import EmulatedRegisterSet
     from ..backends.tpm import TpmRegisterSet
 
     value = _hex(nonce, "--nonce") or b""
     with open_backend_cli(backend, state_dir) as rs:
+        if isinstance(rs, EmulatedRegisterSet) and rs.profile_name == "tdx":
+            from ..evidence.emulated import emulated_tdx_quote
+
+            quote, root = emulated_tdx_quote(rs, value)
+            if output:
+                Path(output).write_bytes(quote)
+            elif os.isatty(1):
+                raise InputError("a TDX quote is binary: give -o FILE or redirect standard output")
+            else:
+                os.write(1, quote)
+            render.warning(f"an emulated quote, signed under a test root: verify it with --trust-root {root}")
+            if as_json and output:
+                render.print_json({"kind": "tdx", "output": output, "trust_root": str(root), "emulated": True})
+            return
         if not isinstance(rs, TpmRegisterSet):
             raise InputError(f"quote get supports the tpm backend; {rs.kind}:{rs.provider} evidence is not available yet")
         sel = [int(p) for p in pcrs.split(",")] if pcrs else None

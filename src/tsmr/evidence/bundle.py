@@ -80,7 +80,7 @@ class Row:
     bank: str
     signed: str | None
     replayed: str | None
-    status: str  # matched / mismatched / not-signed
+    status: str  # matched / mismatched / not-signed / gap
     explanation: str = ""
 
 
@@ -204,6 +204,9 @@ def verify_bundle(
                 continue
             text = explanations.get((reg, alg), "")
             rows.append(Row(reg, alg.kernel_name, want.hex(), value.hex(), "mismatched" if text else "matched", text))
+    for g in result.gaps:  # unlogged measurements: the register matches, but not everything in it is known
+        rows.append(Row(g.register, g.alg.kernel_name, None, g.declared.hex(), "gap",
+                        f"changed without being logged before record {g.seq} of its {g.source} log"))
     return BundleResult(str(kind), claims, tuple(rows))
 
 
