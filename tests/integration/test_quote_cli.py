@@ -73,5 +73,5 @@ def test_quote_get_on_swtpm_then_verify(tmp_path: Path) -> None:
 
 
 def test_quote_get_refuses_unsupported_backends(state_dir: Path) -> None:
-    r = tsmr("quote", "get", "--nonce", "00", "--backend", "emulated:tdx")
+    r = tsmr("quote", "get", "--nonce", "00", "--backend", "emulated:cca")
     assert r.returncode == 2 and "not available yet" in r.stderr

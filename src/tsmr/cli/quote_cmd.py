@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Optional
