@@ -77,6 +77,7 @@ bench: install-test
 	$(PY) bench/replay_runtime.py
 	$(PY) bench/replay.py
 	$(PY) bench/replay_ima.py
+	$(PY) bench/verify.py
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .hypothesis build src/*.egg-info
