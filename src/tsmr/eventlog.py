@@ -79,7 +79,7 @@ def detect(data: bytes) -> str:
         return "cel-tlv"
     if data[:1] == b"\x00" and len(data) >= 5:  # a CEL-TLV record starts with its recnum TLV (type 0)
         try:
-            cel_tlv.parse_tlv(data[: 1 << 16] if len(data) <= 1 << 16 else data)
+            cel_tlv.parse_tlv(data)
             return "cel-tlv"
         except ParseError:
             pass

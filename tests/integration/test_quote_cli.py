@@ -45,11 +45,12 @@ def test_snp_cca_and_tpm_evidence(fixtures: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     r = tsmr("quote", "verify", str(f / "ccatoken/cca_token_good.cbor"), "--cpak", str(f / "ccatoken/keys/testAltIAK.pub.jwk.json"))
     assert r.returncode == 1 and "cca.platform.signature" in r.stdout
-    expected = json.loads((f / "keylime/tpm2-quote/expected.json").read_text())
-    nonce = json.dumps(expected)  # find the nonce value wherever the file keeps it
-    r = tsmr("quote", "verify", str(f / "keylime/tpm2-quote/quote.out"), "--signature", str(f / "keylime/tpm2-quote/quotesig.out"),
-             "--ak", str(f / "keylime/tpm2-quote/akpub.pem"), "--nonce", "db1db298db6d60e6385b7231743e9c3056a18003")
-    assert r.returncode == 0 and "db1db298db6d60e6385b7231743e9c3056a18003" in nonce, r.stdout + r.stderr
+    nonce = json.loads((f / "keylime/tpm2-quote/expected.json").read_text())["extraData_nonce_hex"]
+    tpm_args = ["--signature", str(f / "keylime/tpm2-quote/quotesig.out"), "--ak", str(f / "keylime/tpm2-quote/akpub.pem")]
+    r = tsmr("quote", "verify", str(f / "keylime/tpm2-quote/quote.out"), *tpm_args, "--nonce", nonce)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = tsmr("quote", "verify", str(f / "keylime/tpm2-quote/quote.out"), *tpm_args, "--nonce", "00" * 20)
+    assert r.returncode == 1 and "tpm.nonce" in r.stdout
     r = tsmr("quote", "show", str(f / "go-sev-guest/attestation.bin"))
     assert json.loads(r.stdout)["evidence"]["version"] == 2
 

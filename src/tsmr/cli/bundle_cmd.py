@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -13,7 +11,8 @@ from rich.table import Table
 
 from ..errors import EvidenceError, InputError
 from . import render
-from .common import EXIT_VERIFY, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, open_backend_cli
+from .common import EXIT_VERIFY, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, open_backend_cli, verification_time, write_output
+from .quote_cmd import load_trust
 
 TPM_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
 IMA_LOG = "/sys/kernel/security/ima/binary_runtime_measurements"
@@ -66,9 +65,7 @@ def attest_cmd(
     for path in sorted((base / provider).glob("*.log")) if (base / provider).is_dir() else []:
         logs.append({"format": "tsmr", "data": path.read_bytes(), "register": path.stem, "name": str(path)})
     doc = make_bundle(nonce=value, evidence=evidence, logs=logs)
-    tmp = f"{output}.tmp{os.getpid()}"
-    Path(tmp).write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, output)
+    write_output(output, (json.dumps(doc, indent=1) + "\n").encode())
     if as_json:
         render.print_json({"output": output, "logs": [lg.get("name") for lg in logs]})
     else:
@@ -98,33 +95,8 @@ def verify_cmd(
         raise InputError(f"cannot read {bundle}: {exc.strerror}") from None
     except ValueError as exc:
         raise InputError(f"{bundle} is not JSON: {exc}") from None
-    trust: dict[str, Any] = {}
-    if trust_root:
-        from cryptography import x509
-
-        trust["trust_root"] = x509.load_pem_x509_certificate(Path(trust_root).read_bytes())
-    if collateral:
-        from ..evidence import tdx
-
-        trust["collateral"] = tdx.Collateral.from_json(json.loads(Path(collateral).read_text()))
-    for name, value in (("vcek", vcek), ("ask", ask), ("ark", ark)):
-        if value:
-            trust[name] = Path(value).read_bytes()
-    if ask and not ark:
-        from ..evidence import snp
-
-        trust["ask"], trust["ark"] = snp.split_chain(Path(ask).read_bytes())
-    if cpak:
-        raw = Path(cpak).read_bytes()
-        if raw.lstrip()[:1] == b"{":
-            trust["cpak"] = json.loads(raw)
-        else:
-            from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-            trust["cpak"] = load_pem_public_key(raw)
-    when = datetime.fromisoformat(at) if at else datetime.now(timezone.utc)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak)
+    when = verification_time(at)
     try:
         result = verify_bundle(doc, now=when, trust=trust)
     except EvidenceError as exc:

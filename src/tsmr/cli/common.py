@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import warnings
+from datetime import datetime, timezone
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
@@ -69,6 +72,29 @@ def _fail(exc: Exception, code: int, as_json: bool) -> None:
     if as_json:
         render.print_json({"error": str(exc), "type": type(exc).__name__, "exit_code": code})
     raise typer.Exit(code)
+
+
+def write_output(output: str | None, data: bytes) -> None:
+    """Write ``data`` to ``output`` atomically (temporary file, then rename), or to standard output."""
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    tmp = f"{output}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, output)
+
+
+def verification_time(at: str | None) -> datetime:
+    """``--at`` as an aware datetime (a naive one is UTC), or now."""
+    if not at:
+        return datetime.now(timezone.utc)
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError:
+        raise InputError(f"--at {at!r} is not an ISO 8601 time") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
 def open_backend_cli(backend: str | None, state_dir: str | None = None) -> BaseRegisterSet:

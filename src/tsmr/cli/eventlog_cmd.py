@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,7 +17,7 @@ from ..eventlog import FORMATS, EventLog, parse
 from ..events import Event
 from ..replay import explain, replay
 from . import render
-from .common import EXIT_VERIFY, JsonOpt, handle_errors
+from .common import EXIT_VERIFY, JsonOpt, handle_errors, write_output
 
 eventlog_app = typer.Typer(
     help="Read measurement logs of any format (TCG2, CCEL, CEL, IMA, systemd, tsmr/AAEL): show, replay, convert.",
@@ -215,14 +214,9 @@ def convert_cmd(
             raise InputError("a TCG2 log is binary: give -o FILE or redirect standard output")
     else:
         raise InputError(f"unknown output format {to!r}: use cel-json, cel-jsonseq or tcg2")
+    write_output(output, data)
     if output is None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
         return
-    tmp = f"{output}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, output)
     if as_json:
         render.print_json({"input": file, "format": log.format, "output": output, "to": to, "events": len(log.events)})
     else:

@@ -16,7 +16,7 @@ from ..runtime_log.records import check_record, parse_values
 from ..runtime_log.replay import ReplayReport, Replayer
 from ..runtime_log.store import RuntimeLog
 from . import render
-from .common import EXIT_VERIFY, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, open_backend_cli
+from .common import EXIT_VERIFY, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, open_backend_cli, write_output
 
 log_app = typer.Typer(
     help="Keep a verifiable runtime event log for a register: one record per line, each extended into the register.",
@@ -230,14 +230,9 @@ def export_cmd(
         result = to_cel_json(data, algs=algs, index_type=itype, index=cel_index, seq=fmt == "cel-jsonseq")
     for w in result.warnings:
         render.warning(w)
+    write_output(output, result.data)
     if output is None:
-        sys.stdout.buffer.write(result.data)
-        sys.stdout.flush()
         return
-    tmp = f"{output}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(result.data)
-    os.replace(tmp, output)
     if as_json:
         render.print_json({"register": register, "format": fmt, "output": output, "records": result.records, "warnings": list(result.warnings)})
     else:

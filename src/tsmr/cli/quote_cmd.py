@@ -6,7 +6,7 @@ import dataclasses
 import enum
 import json
 import os
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -14,7 +14,7 @@ import typer
 
 from ..errors import EvidenceError, InputError
 from . import render
-from .common import EXIT_VERIFY, BackendOpt, JsonOpt, StateDirOpt, handle_errors, open_backend_cli
+from .common import EXIT_VERIFY, BackendOpt, JsonOpt, StateDirOpt, handle_errors, open_backend_cli, verification_time
 
 quote_app = typer.Typer(help="Get, show and verify evidence: TDX quotes, SEV-SNP reports, Arm CCA tokens, TPM quotes.",
                         no_args_is_help=True)
@@ -77,6 +77,47 @@ def _hex(text: str | None, what: str) -> bytes | None:
         return bytes.fromhex(text.strip().removeprefix("0x"))
     except ValueError:
         raise InputError(f"{what} is not hexadecimal") from None
+
+
+def load_trust(*, trust_root: str | None = None, collateral: str | None = None, vcek: str | None = None,
+               ask: str | None = None, ark: str | None = None, cpak: str | None = None) -> dict[str, Any]:
+    """Trust anchors and collateral from the command line, keyed as the verifiers take them."""
+    trust: dict[str, Any] = {}
+    if trust_root:
+        from cryptography import x509
+
+        try:
+            trust["trust_root"] = x509.load_pem_x509_certificate(_read(trust_root, "--trust-root"))
+        except ValueError as exc:
+            raise InputError(f"--trust-root {trust_root}: not a PEM certificate ({exc})") from None
+    if collateral:
+        from ..evidence import tdx
+
+        try:
+            trust["collateral"] = tdx.Collateral.from_json(json.loads(_read(collateral, "--collateral")))
+        except ValueError as exc:
+            raise InputError(f"--collateral {collateral}: {exc}") from None
+    if vcek:
+        trust["vcek"] = _read(vcek, "--vcek")
+    if ask:
+        if ark:
+            trust["ask"], trust["ark"] = _read(ask, "--ask"), _read(ark, "--ark")
+        else:  # the KDS cert_chain: ASK then ARK
+            from ..evidence import snp
+
+            trust["ask"], trust["ark"] = snp.split_chain(_read(ask, "--ask"))
+    if cpak:
+        raw = _read(cpak, "--cpak")
+        if raw.lstrip()[:1] == b"{":
+            trust["cpak"] = json.loads(raw)
+        else:
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+            try:
+                trust["cpak"] = load_pem_public_key(raw)
+            except ValueError as exc:
+                raise InputError(f"--cpak {cpak}: not a PEM public key or JWK ({exc})") from None
+    return trust
 
 
 def _tpm_parts(data: bytes, signature: str | None, ak: str | None) -> tuple[bytes, bytes, bytes, dict | None]:  # type: ignore[type-arg]
@@ -193,43 +234,27 @@ def verify_cmd(
     data = _read(file, "the evidence")
     k = kind or detect_kind(data)
     expected = _hex(nonce, "--nonce")
-    when = datetime.fromisoformat(at) if at else datetime.now(timezone.utc)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+    when = verification_time(at)
+    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak)
     try:
         if k == "tdx":
             from ..evidence import tdx
 
-            kwargs: dict[str, Any] = {"now": when, "report_data": expected}
-            if trust_root:
-                from cryptography import x509
-
-                kwargs["trust_root"] = x509.load_pem_x509_certificate(_read(trust_root, "--trust-root"))
-            if collateral:
-                kwargs["collateral"] = tdx.Collateral.from_json(json.loads(_read(collateral, "--collateral")))
-            claims: Any = tdx.verify_quote(data, **kwargs)
+            claims: Any = tdx.verify_quote(data, now=when, report_data=expected,
+                                           **{n: trust[n] for n in ("trust_root", "collateral") if n in trust})
         elif k == "snp":
             from ..evidence import snp
 
-            ask_data = _read(ask, "--ask")
-            ark_data = _read(ark, "--ark") if ark else None
-            if ark_data is None:
-                ask_cert, ark_cert = snp.split_chain(ask_data)
-            else:
-                ask_cert, ark_cert = ask_data, ark_data
-            claims = snp.verify_report(data, vcek=_read(vcek, "--vcek"), ask=ask_cert, ark=ark_cert,
+            if "ask" not in trust:
+                raise InputError("--ask (the ASK, or the KDS chain with ASK and ARK) is needed for a SEV-SNP report")
+            claims = snp.verify_report(data, vcek=_read(vcek, "--vcek"), ask=trust["ask"], ark=trust["ark"],
                                        report_data=expected, now=when)
         elif k == "cca":
             from ..evidence import cca
 
-            raw = _read(cpak, "--cpak")
-            if raw.lstrip()[:1] == b"{":
-                key: Any = json.loads(raw)
-            else:
-                from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-                key = load_pem_public_key(raw)
-            claims = cca.verify_token(data, cpak=key, challenge=expected)
+            if "cpak" not in trust:
+                raise InputError("--cpak (the platform attestation key) is needed for a CCA token")
+            claims = cca.verify_token(data, cpak=trust["cpak"], challenge=expected)
         elif k == "tpm":
             from ..evidence import tpm
 
