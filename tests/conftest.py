@@ -51,13 +51,14 @@ def fuse_usable() -> str | None:
 
 
 @contextlib.contextmanager
-def emulator_mount(profile: str, state_dir: Path, *, extra: list[str] | None = None) -> Iterator[Path]:
-    """Serve an emulator profile through FUSE with `tsmr emulate mount` in a child process."""
+def emulator_mount(profile: str, state_dir: Path, *, extra: list[str] | None = None,
+                   command: str = "mount") -> Iterator[Path]:
+    """Serve an emulator profile through FUSE with `tsmr emulate mount` (or `configfs`) in a child process."""
     reason = fuse_usable()
     if reason:
         pytest.skip(f"FUSE unavailable: {reason}")
     mnt = Path(tempfile.mkdtemp(prefix=f"tsmr-mnt-{profile}-"))
-    cmd = [sys.executable, "-m", "tsmr.cli.main", "emulate", "mount", str(mnt), "--profile", profile,
+    cmd = [sys.executable, "-m", "tsmr.cli.main", "emulate", command, str(mnt), "--profile", profile,
            "--state-dir", str(state_dir), *(extra or [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -67,9 +68,9 @@ def emulator_mount(profile: str, state_dir: Path, *, extra: list[str] | None = N
                 out, err = proc.communicate()
                 if "not permitted" in err or "EPERM" in err:
                     pytest.skip(f"FUSE mount not permitted here: {err.strip()}")
-                raise RuntimeError(f"tsmr emulate mount exited {proc.returncode}: {err.strip()}")
+                raise RuntimeError(f"tsmr emulate {command} exited {proc.returncode}: {err.strip()}")
             if time.monotonic() > deadline:
-                raise RuntimeError("tsmr emulate mount did not mount within 15 s")
+                raise RuntimeError(f"tsmr emulate {command} did not mount within 15 s")
             time.sleep(0.02)
         yield mnt
     finally:

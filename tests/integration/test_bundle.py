@@ -80,3 +80,80 @@ def test_attest_and_verify_on_swtpm(tmp_path: Path) -> None:
     r = run("verify", str(out), "--json")
     assert r.returncode == 1
     assert {x["status"] for x in json.loads(r.stdout)["registers"]} == {"mismatched"}
+
+
+def _snp_chain():  # type: ignore[no-untyped-def]
+    """A P-384 ARK -> ASK -> VCEK chain made here (the verifier accepts EC issuers as well as AMD's RSA-PSS)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    keys = {n: ec.generate_private_key(ec.SECP384R1()) for n in ("ark", "ask", "vcek")}
+    name = lambda cn: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # noqa: E731
+    start = dt.datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+    def cert(subject: str, issuer: str) -> x509.Certificate:
+        return (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+                .public_key(keys[subject].public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(start).not_valid_after(start + dt.timedelta(days=3650))
+                .sign(keys[issuer], hashes.SHA384()))
+
+    return keys, {n: cert(n, i) for n, i in (("ark", "ark"), ("ask", "ark"), ("vcek", "ask"))}
+
+
+def _signed_snp_report(fixtures: Path, key, report_data: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    """The fixture report with new REPORT_DATA, re-signed with ``key`` (SNP ABI layout: R, S little-endian)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    raw = bytearray((fixtures / "go-sev-guest/attestation.bin").read_bytes())
+    raw[0x50:0x90] = report_data
+    r, s = decode_dss_signature(key.sign(bytes(raw[:0x2A0]), ec.ECDSA(hashes.SHA384())))
+    raw[0x2A0:0x4A0] = bytes(0x200)
+    raw[0x2A0:0x2A0 + 72] = r.to_bytes(72, "little")
+    raw[0x2E8:0x2E8 + 72] = s.to_bytes(72, "little")
+    return bytes(raw)
+
+
+def test_snp_bundle_with_certificate_table_and_svsm_manifest(fixtures: Path) -> None:
+    """An SVSM-style request: REPORT_DATA = SHA-512(nonce || manifest), certificates from the auxblob."""
+    import struct
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tsmr.errors import InputError
+    from tsmr.evidence import snp
+
+    keys, certs = _snp_chain()
+    der = {n: c.public_bytes(Encoding.DER) for n, c in certs.items()}
+    entries = [(snp.GUID_VCEK, der["vcek"]), (snp.GUID_ASK, der["ask"]), (snp.GUID_ARK, der["ark"])]
+    head, table, blobs = 24 * (len(entries) + 1), b"", b""
+    for guid, data in entries:
+        table += struct.pack("<16sII", guid.bytes, head + len(blobs), len(data))
+        blobs += data
+    auxblob = table + bytes(24) + blobs
+    nonce, manifest = b"\x42" * 32, b"an EK TPMT_PUBLIC would be here"
+    report = _signed_snp_report(fixtures, keys["vcek"], snp.svsm_report_data(nonce, manifest))
+    doc = make_bundle(nonce=nonce, evidence={"kind": "snp", "data": report, "auxblob": auxblob,
+                                             "manifestblob": manifest, "service_provider": "svsm"})
+    json.dumps(doc)  # the bundle is plain JSON
+    result = verify_bundle(doc, now=WHEN, trust={"ark": der["ark"]})
+    assert result.kind == "snp" and result.claims.report_data == snp.svsm_report_data(nonce, manifest)
+    with pytest.raises(InputError, match="ark"):
+        verify_bundle(doc, now=WHEN)  # the table's own ARK is not an anchor
+    other_keys, other = _snp_chain()
+    with pytest.raises(EvidenceError) as ei:
+        verify_bundle(doc, now=WHEN, trust={"ark": other["ark"].public_bytes(Encoding.DER)})
+    assert ei.value.check == "snp.chain.ark"
+    bad = dict(doc, evidence=dict(doc["evidence"], manifestblob=base64.b64encode(manifest + b"!").decode()))
+    with pytest.raises(EvidenceError) as ei:
+        verify_bundle(bad, now=WHEN, trust={"ark": der["ark"]})
+    assert ei.value.check == "snp.report_data"
+    stale = dict(doc, nonce="43" * 32)
+    with pytest.raises(EvidenceError) as ei:
+        verify_bundle(stale, now=WHEN, trust={"ark": der["ark"]})
+    assert ei.value.check == "snp.report_data"

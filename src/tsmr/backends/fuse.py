@@ -59,11 +59,11 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence, TypeVar
 
 from ..errors import BackendError, InputError
 
-__all__ = ["Attribute", "AttributeProvider", "FuseServer", "mount", "serve", "unmount"]
+__all__ = ["Attribute", "AttributeProvider", "FuseConnection", "FuseServer", "mount", "open_mount", "serve", "start", "unmount"]
 
 log = logging.getLogger("tsmr.fuse")
 
@@ -165,12 +165,15 @@ class _Node:
         self.attr_out = _ATTR_OUT.pack(_TTL, 0, 0, *fields)
 
 
-class FuseServer:
-    """A mounted FUSE connection serving one provider; made by :func:`mount`."""
+class FuseConnection:
+    """A mounted FUSE connection: the request loop and its lifecycle; subclasses fill ``_handlers``.
 
-    def __init__(self, provider: AttributeProvider, attrs: Sequence[Attribute], mountpoint: str, fd: int,
-                 *, privileged: bool) -> None:
-        self.provider = provider
+    A handler is called as ``handler(nodeid, uid, gid, length, unique)`` with the
+    request in ``self._buf``; it returns the reply payload, ``None`` for no reply,
+    or raises ``OSError`` for an error reply.
+    """
+
+    def __init__(self, mountpoint: str, fd: int, *, privileged: bool) -> None:
         self.mountpoint = mountpoint
         self._fd = fd
         self._privileged = privileged  # unmount with umount2() rather than fusermount3
@@ -184,34 +187,11 @@ class FuseServer:
         self._unmounter: subprocess.Popen[bytes] | None = None
         self._serving: int | None = None  # ident of the thread in serve_forever
         self._done = threading.Event()
-        now = int(time.time())
-        # Files belong to whoever mounted: root for mount(2); a fusermount3 mount
-        # without allow_other is reachable by that user only anyway.
-        self._owner = owner = (os.getuid(), os.getgid())
-        self._nodes: dict[int, _Node] = {_ROOT: _Node(_ROOT, None, now, owner)}
-        self._by_name: dict[bytes, int] = {}
-        for i, a in enumerate(attrs):
-            nodeid = i + 2
-            self._nodes[nodeid] = _Node(nodeid, a, now, owner)
-            self._by_name[a.name.encode()] = nodeid
-        # Directory records precomputed; a READDIR offset is the index of the next record.
-        names = [(b".", _ROOT, 4), (b"..", _ROOT, 4)] + [(a.name.encode(), i + 2, 8) for i, a in enumerate(attrs)]
-        self._dirents = []
-        for i, (name, ino, dtype) in enumerate(names):
-            rec = _DIRENT.pack(ino, i + 1, len(name), dtype) + name
-            self._dirents.append(rec + b"\0" * (-len(rec) % 8))
-        self._handlers: dict[int, Callable[[int, int, int, int, int], bytes | None]] = {
-            LOOKUP: self._lookup, GETATTR: self._getattr, SETATTR: self._setattr, OPEN: self._open,
-            READ: self._read, WRITE: self._write, STATFS: self._statfs, OPENDIR: self._opendir,
-            READDIR: self._readdir, ACCESS: self._access, GETXATTR: _refuse(errno.ENODATA),
-            LISTXATTR: self._listxattr,
-        }
-        for ops, handler in (((FLUSH, RELEASE, RELEASEDIR, FSYNC, FSYNCDIR), lambda *_: b""),
-                             # No reply: nodes are static, and one thread has nothing in flight to interrupt.
-                             ((FORGET, BATCH_FORGET, INTERRUPT), lambda *_: None),
-                             ((MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME, RENAME2), _refuse(errno.EPERM)),
-                             ((CREATE,), _refuse(errno.EACCES))):
-            self._handlers.update(dict.fromkeys(ops, handler))
+        self._handlers: dict[int, Callable[[int, int, int, int, int], bytes | None]] = {}
+
+    def _describe(self, nodeid: int) -> str:
+        """A node's name for log messages."""
+        return str(nodeid)
 
     # -- lifecycle ----------------------------------------------------------
     def fileno(self) -> int:
@@ -284,9 +264,7 @@ class FuseServer:
                     self._send(_OUT_HDR.pack(16, -code, unique))
                     continue
                 except Exception:
-                    node = self._nodes.get(nodeid)
-                    log.exception("fuse: opcode %d on %r failed; answering EIO", opcode,
-                                  node.attr.name if node and node.attr else "/")
+                    log.exception("fuse: opcode %d on %s failed; answering EIO", opcode, self._describe(nodeid))
                     self._send(_OUT_HDR.pack(16, -errno.EIO, unique))
                     continue
                 if out is not None:
@@ -343,7 +321,7 @@ class FuseServer:
             except subprocess.TimeoutExpired:
                 pass
 
-    def __enter__(self) -> "FuseServer":
+    def __enter__(self) -> "FuseConnection":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -361,6 +339,46 @@ class FuseServer:
                 log.error("fuse: the kernel refused a %d-byte reply: %s", len(data), e)
                 if len(data) > _OUT_HDR.size:
                     self._send(_OUT_HDR.pack(16, -errno.EIO, _OUT_HDR.unpack_from(data)[2]))
+
+class FuseServer(FuseConnection):
+    """A mounted FUSE connection serving one provider's flat attribute directory; made by :func:`mount`."""
+
+    def __init__(self, provider: AttributeProvider, attrs: Sequence[Attribute], mountpoint: str, fd: int,
+                 *, privileged: bool) -> None:
+        super().__init__(mountpoint, fd, privileged=privileged)
+        self.provider = provider
+        now = int(time.time())
+        # Files belong to whoever mounted: root for mount(2); a fusermount3 mount
+        # without allow_other is reachable by that user only anyway.
+        self._owner = owner = (os.getuid(), os.getgid())
+        self._nodes: dict[int, _Node] = {_ROOT: _Node(_ROOT, None, now, owner)}
+        self._by_name: dict[bytes, int] = {}
+        for i, a in enumerate(attrs):
+            nodeid = i + 2
+            self._nodes[nodeid] = _Node(nodeid, a, now, owner)
+            self._by_name[a.name.encode()] = nodeid
+        # Directory records precomputed; a READDIR offset is the index of the next record.
+        names = [(b".", _ROOT, 4), (b"..", _ROOT, 4)] + [(a.name.encode(), i + 2, 8) for i, a in enumerate(attrs)]
+        self._dirents = []
+        for i, (name, ino, dtype) in enumerate(names):
+            rec = _DIRENT.pack(ino, i + 1, len(name), dtype) + name
+            self._dirents.append(rec + b"\0" * (-len(rec) % 8))
+        self._handlers = {
+            LOOKUP: self._lookup, GETATTR: self._getattr, SETATTR: self._setattr, OPEN: self._open,
+            READ: self._read, WRITE: self._write, STATFS: self._statfs, OPENDIR: self._opendir,
+            READDIR: self._readdir, ACCESS: self._access, GETXATTR: _refuse(errno.ENODATA),
+            LISTXATTR: self._listxattr,
+        }
+        for ops, handler in (((FLUSH, RELEASE, RELEASEDIR, FSYNC, FSYNCDIR), lambda *_: b""),
+                             # No reply: nodes are static, and one thread has nothing in flight to interrupt.
+                             ((FORGET, BATCH_FORGET, INTERRUPT), lambda *_: None),
+                             ((MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME, RENAME2), _refuse(errno.EPERM)),
+                             ((CREATE,), _refuse(errno.EACCES))):
+            self._handlers.update(dict.fromkeys(ops, handler))
+
+    def _describe(self, nodeid: int) -> str:
+        node = self._nodes.get(nodeid)
+        return repr(node.attr.name) if node and node.attr else "/"
 
     # -- request handlers: (nodeid, uid, gid, length, unique) -> payload ----
     def _node(self, nodeid: int) -> _Node:
@@ -537,14 +555,11 @@ def _mount_fusermount(mountpoint: str, fsname: str) -> int:
         theirs.close()
 
 
-def mount(provider: AttributeProvider, mountpoint: str | os.PathLike[str], *, fsname: str = "tsmr") -> FuseServer:
-    """Mount ``provider`` on ``mountpoint`` and complete FUSE_INIT.
+def open_mount(mountpoint: str | os.PathLike[str], fsname: str) -> tuple[str, int, bool]:
+    """Mount an empty FUSE file system on ``mountpoint``: (resolved path, /dev/fuse fd, privileged).
 
-    The mount is usable when this returns, but only answered once
-    :meth:`FuseServer.serve_forever` runs: do not touch it from the serving
-    thread before that.
+    The caller must answer FUSE_INIT on the fd (see :meth:`FuseConnection._handshake`).
     """
-    attrs = _check_attributes(provider.attributes())
     if not fsname or any(c in fsname for c in ", \t\n"):
         raise InputError(f"fuse: unusable file system name {fsname!r}")
     path = os.path.realpath(os.fspath(mountpoint))
@@ -578,7 +593,21 @@ def mount(provider: AttributeProvider, mountpoint: str | os.PathLike[str], *, fs
         except BackendError as e:
             raise BackendError(f"fuse: not permitted to mount {path} (mount(2) needs CAP_SYS_ADMIN and "
                                f"fusermount3 failed: {e})", backend="fuse", errno=errno.EPERM) from e
-    server = FuseServer(provider, attrs, path, fd, privileged=privileged)
+    return path, fd, privileged
+
+
+C = TypeVar("C", bound=FuseConnection)
+
+
+def start(factory: Callable[[str, int, bool], C], mountpoint: str | os.PathLike[str], fsname: str) -> C:
+    """Mount, build the connection with ``factory(path, fd, privileged)`` and complete FUSE_INIT."""
+    path, fd, privileged = open_mount(mountpoint, fsname)
+    try:
+        server = factory(path, fd, privileged)
+    except BaseException:
+        os.close(fd)
+        _detach(path, privileged, wait=True)
+        raise
     try:
         server._handshake()
         # From now on an empty queue is EAGAIN, so that the loop can also wait for stop().
@@ -589,14 +618,29 @@ def mount(provider: AttributeProvider, mountpoint: str | os.PathLike[str], *, fs
     return server
 
 
-def serve(provider: AttributeProvider, mountpoint: str | os.PathLike[str], *, fsname: str = "tsmr",
-          ready: Callable[[], None] | None = None) -> None:
+def mount(provider: AttributeProvider, mountpoint: str | os.PathLike[str], *, fsname: str = "tsmr") -> FuseServer:
+    """Mount ``provider`` on ``mountpoint`` and complete FUSE_INIT.
+
+    The mount is usable when this returns, but only answered once
+    :meth:`FuseServer.serve_forever` runs: do not touch it from the serving
+    thread before that.
+    """
+    attrs = _check_attributes(provider.attributes())
+    return start(lambda path, fd, privileged: FuseServer(provider, attrs, path, fd, privileged=privileged),
+                 mountpoint, fsname)
+
+
+def serve(provider: AttributeProvider | None, mountpoint: str | os.PathLike[str], *, fsname: str = "tsmr",
+          ready: Callable[[], None] | None = None,
+          mounter: Callable[[str | os.PathLike[str], str], FuseConnection] | None = None) -> None:
     """Mount, call ``ready()`` once usable, and serve until unmounted, SIGTERM or SIGINT.
 
     ``ready`` runs in the serving thread before requests are answered, so it
     must not access the mount itself.  The mount is always removed on return.
+    ``mounter(mountpoint, fsname)`` serves something other than a flat attribute
+    directory (``provider`` is then unused).
     """
-    holder: list[FuseServer] = []
+    holder: list[FuseConnection] = []
     requested: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
@@ -609,7 +653,12 @@ def serve(provider: AttributeProvider, mountpoint: str | os.PathLike[str], *, fs
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        server = mount(provider, mountpoint, fsname=fsname)
+        if mounter is not None:
+            server: FuseConnection = mounter(mountpoint, fsname)
+        elif provider is not None:
+            server = mount(provider, mountpoint, fsname=fsname)
+        else:
+            raise InputError("fuse: nothing to serve")
         holder.append(server)
         try:
             if requested:

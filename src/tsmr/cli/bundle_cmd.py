@@ -11,23 +11,36 @@ from rich.table import Table
 
 from ..errors import EvidenceError, InputError
 from . import render
-from .common import EXIT_VERIFY, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, open_backend_cli, verification_time, write_output
-from .quote_cmd import load_trust
+from .common import EXIT_VERIFY, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, verification_time, write_output
+from .quote_cmd import ConfigfsOpt, GuidOpt, ManifestVerOpt, PrivlevelOpt, ServiceOpt, load_trust
 
 TPM_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
 IMA_LOG = "/sys/kernel/security/ima/binary_runtime_measurements"
 
 
+CCEL_LOG = "/sys/firmware/acpi/tables/data/CCEL"
+
+
 def attest_cmd(
     nonce: Annotated[str, typer.Option("--nonce", help="The relying party's nonce, hex.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Where to write the bundle (JSON).")],
+    configfs: ConfigfsOpt = None,
+    privlevel: PrivlevelOpt = None,
+    service_provider: ServiceOpt = None,
+    service_guid: GuidOpt = None,
+    manifest_version: ManifestVerOpt = None,
     backend: BackendOpt = None,
     log_dir: LogDirOpt = None,
     state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Collect evidence and its logs on the current backend into one bundle (TPM, emulated TDX)."""
-    from ..backends.tpm import TpmRegisterSet
+    """Collect evidence over a nonce and the logs that explain it into one bundle.
+
+    Evidence comes from configfs-tsm (TDX, SEV-SNP, CCA), the TPM, or the
+    emulator; the logs are the firmware log (TPM or CCEL), IMA's, and this
+    provider's runtime logs, whichever exist and are readable.
+    """
+    from ..evidence.acquire import acquire
     from ..evidence.bundle import make_bundle
     from ..runtime_log.store import default_log_dir
 
@@ -35,41 +48,34 @@ def attest_cmd(
         value = bytes.fromhex(nonce)
     except ValueError:
         raise InputError("--nonce is not hexadecimal") from None
-    from ..backends.emulated import EmulatedRegisterSet
-
+    got = acquire(value, backend=backend, state_dir=state_dir, configfs=configfs, privlevel=privlevel,
+                  service_provider=service_provider, service_guid=service_guid,
+                  service_manifest_version=manifest_version)
+    if got.trust_anchor:
+        flag = "--cpak" if got.kind == "cca" else "--trust-root"
+        render.warning(f"emulated evidence, signed with a test key: verify with {flag} {got.trust_anchor}")
     logs: list[dict[str, Any]] = []
-    evidence: dict[str, Any]
-    with open_backend_cli(backend, state_dir) as rs:
-        provider = rs.provider
-        if isinstance(rs, EmulatedRegisterSet) and rs.profile_name == "tdx":
-            from ..evidence.emulated import emulated_tdx_quote
-
-            quote, root = emulated_tdx_quote(rs, value)
-            evidence = {"kind": "tdx", "data": quote}
-            render.warning(f"an emulated quote, signed under a test root: verify with --trust-root {root}")
-        elif isinstance(rs, TpmRegisterSet):
-            q = rs.quote(value)
-            evidence = {
-                "kind": "tpm", "attest": q.attest.hex(), "signature": q.signature.hex(), "ak_public": q.ak_public.hex(),
-                "pcrs": {a.kernel_name: {reg[3:]: banks[a].hex() for reg, banks in q.pcrs.items() if a in banks}
-                         for a in sorted({a for banks in q.pcrs.values() for a in banks})},
-            }
-        else:
-            raise InputError(f"attest supports the tpm and emulated:tdx backends; {rs.kind}:{rs.provider} is not available yet")
-    for path, fmt, name in ((TPM_LOG, "tcg2", "firmware"), (IMA_LOG, "ima-binary", "ima")):
-        try:
-            logs.append({"format": None, "data": Path(path).read_bytes(), "name": name})
-        except OSError:
-            pass  # not on this machine (or not readable): the bundle says what it has
+    if got.source != "emulated":  # the emulator has no firmware: the host's logs would not belong to it
+        firmware = TPM_LOG if got.kind == "tpm" else CCEL_LOG if got.kind == "tdx" else None
+        for path, name in ((firmware, "firmware"), (IMA_LOG, "ima")):
+            if path is None:
+                continue
+            try:
+                logs.append({"format": None, "data": Path(path).read_bytes(), "name": name})
+            except OSError:
+                pass  # not on this machine (or not readable): the bundle says what it has
     base = Path(log_dir) if log_dir else default_log_dir()
-    for path in sorted((base / provider).glob("*.log")) if (base / provider).is_dir() else []:
-        logs.append({"format": "tsmr", "data": path.read_bytes(), "register": path.stem, "name": str(path)})
-    doc = make_bundle(nonce=value, evidence=evidence, logs=logs)
+    provider = got.provider
+    if provider and (base / provider).is_dir():
+        for path in sorted((base / provider).glob("*.log")):
+            logs.append({"format": "tsmr", "data": path.read_bytes(), "register": path.stem, "name": str(path)})
+    doc = make_bundle(nonce=value, evidence=got.evidence, logs=logs)
     write_output(output, (json.dumps(doc, indent=1) + "\n").encode())
     if as_json:
-        render.print_json({"output": output, "logs": [lg.get("name") for lg in logs]})
+        render.print_json({"output": output, "kind": got.kind, "source": got.source,
+                           "logs": [lg.get("name") for lg in logs], "trust_anchor": got.trust_anchor})
     else:
-        render.line(f"wrote {output}: {evidence['kind']} evidence and {len(logs)} log(s)")
+        render.line(f"wrote {output}: {got.kind} evidence ({got.source}) and {len(logs)} log(s)")
 
 
 def verify_cmd(

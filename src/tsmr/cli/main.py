@@ -271,10 +271,49 @@ def emulate_mount(
         fuse.serve(rs, directory, fsname=f"tsmr-{profile}", ready=ready)
 
 
+@emulate_app.command("configfs")
+@handle_errors
+def emulate_configfs(
+    directory: Annotated[str, typer.Argument(help="Mount point (an existing empty directory).")],
+    profile: ProfileOpt = "tdx",
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+    backend: BackendOpt = None,
+) -> None:
+    """Serve the profile's attestation provider as a configfs-tsm tree (DIR/report/...) through FUSE.
+
+    The tdx profile answers as 'tdx_guest' (TDX quotes), the cca profile as
+    'arm_cca_guest' (CCA tokens), over the live emulated registers and signed
+    with the emulator's test keys. Programs written for /sys/kernel/config/tsm
+    work unchanged; for tsmr set TSMR_CONFIGFS_TSM=DIR. Stop with Ctrl-C or
+    'tsmr emulate umount DIR'.
+    """
+    from ..backends import configfs_emulated
+    from ..backends.emulated import EmulatedRegisterSet
+
+    if backend:
+        raise InputError("emulate configfs serves the built-in emulator only; use --profile")
+    if not os.path.isdir(directory):
+        raise InputError(f"mount point {directory} is not a directory")
+    with EmulatedRegisterSet(profile, state_dir) as rs:
+        source = configfs_emulated.source_for(rs)
+        anchor = configfs_emulated.trust_anchor(rs)
+
+        def ready() -> None:
+            if as_json:
+                render.print_json({"mounted": os.path.abspath(directory), "profile": profile, "provider": source.name,
+                                   "trust_anchor": anchor, "pid": os.getpid()})
+            else:
+                render.err.print(f"tsmr: serving configfs-tsm ({source.name}) of emulated:{profile} at {directory}; "
+                                 f"its evidence verifies only against the test key {anchor}")
+
+        configfs_emulated.serve(source, directory, fsname=f"tsmr-configfs-{profile}", ready=ready)
+
+
 @emulate_app.command("umount")
 @handle_errors
 def emulate_umount(directory: Annotated[str, typer.Argument(help="Mount point.")], as_json: JsonOpt = False, backend: BackendOpt = None) -> None:
-    """Unmount an emulator mounted with 'tsmr emulate mount'."""
+    """Unmount an emulator mounted with 'tsmr emulate mount' or 'tsmr emulate configfs'."""
     from ..backends import fuse
 
     fuse.unmount(directory)

@@ -12,9 +12,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..errors import EvidenceError, InputError
+from ..errors import EvidenceError, InputError, ParseError
 from . import render
-from .common import EXIT_VERIFY, BackendOpt, JsonOpt, StateDirOpt, handle_errors, open_backend_cli, verification_time
+from .common import EXIT_VERIFY, BackendOpt, JsonOpt, StateDirOpt, handle_errors, verification_time, write_output
 
 quote_app = typer.Typer(help="Get, show and verify evidence: TDX quotes, SEV-SNP reports, Arm CCA tokens, TPM quotes.",
                         no_args_is_help=True)
@@ -79,8 +79,86 @@ def _hex(text: str | None, what: str) -> bytes | None:
         raise InputError(f"{what} is not hexadecimal") from None
 
 
+# Intel PCS responses in a directory, by role: (words in the file name, whether it is an issuer chain).
+_PCS_ROLES = {
+    "tcb_info_response": (("tcbinfo", "tcb_info"), False),
+    "tcb_info_issuer_chain": (("tcbinfo", "tcb_info"), True),
+    "pck_crl": (("pckcrl", "pck_crl"), False),
+    "pck_crl_issuer_chain": (("pckcrl", "pck_crl"), True),
+    "qe_identity_response": (("qeidentity", "qe_identity", "enclaveidentity"), False),
+    "qe_identity_issuer_chain": (("qeidentity", "qe_identity", "enclaveidentity"), True),
+    "root_ca_crl": (("rootcrl", "root_ca_crl", "rootcacrl"), False),
+}
+
+
+def collateral_dir(path: str) -> dict[str, bytes]:
+    """Intel PCS responses from a directory, keyed as ``tdx.Collateral.from_pcs`` takes them.
+
+    Files are recognised by name (case and ``-``/``_`` ignored): ``tcb_info`` /
+    ``tcbInfo``, ``pck_crl`` / ``pckcrl``, ``qe_identity`` / ``qeIdentity`` /
+    ``enclaveIdentity``, ``root_ca_crl`` / ``rootcrl``, each with an
+    ``..._issuer_chain`` (``.pem``) beside it.
+    """
+    found: dict[str, list[Path]] = {}
+    for entry in sorted(Path(path).iterdir()):
+        if not entry.is_file():
+            continue
+        name = entry.name.lower().replace("-", "_")
+        flat = name.replace("_", "")
+        chain = "chain" in name
+        for role, (words, is_chain) in _PCS_ROLES.items():
+            if is_chain == chain and any(w.replace("_", "") in flat for w in words):
+                found.setdefault(role, []).append(entry)
+    for role, paths in found.items():
+        if len(paths) > 1:
+            raise InputError(f"--collateral {path}: more than one {role} ({', '.join(p.name for p in paths)})")
+    needed = ("tcb_info_response", "tcb_info_issuer_chain", "pck_crl", "pck_crl_issuer_chain")
+    missing = [r for r in needed if r not in found]
+    if missing:
+        raise InputError(f"--collateral {path}: no {', '.join(missing)} file (see 'tsmr quote verify --help')")
+    return {role: paths[0].read_bytes() for role, paths in found.items()}
+
+
+def certificates(path: str) -> dict[str, Any]:
+    """SEV-SNP certificates from a directory (vcek/vlek, ask, ark files, or a KDS cert_chain) or a certificate table.
+
+    An ARK from a directory is the caller's choice and is trusted; an ARK inside
+    a certificate table (the guest's ``auxblob``) is not: give ``--ark`` for it.
+    """
+    from ..evidence import snp
+
+    out: dict[str, Any] = {}
+    p = Path(path)
+    if p.is_dir():
+        for entry in sorted(p.iterdir()):
+            name = entry.name.lower()
+            if not entry.is_file():
+                continue
+            if "cert_chain" in name or "ask_ark" in name:
+                out["ask"], out["ark"] = snp.split_chain(entry.read_bytes())
+            for role in ("vcek", "vlek", "ask", "ark"):
+                if name.startswith(role) and "ask_ark" not in name:
+                    out["vcek" if role == "vlek" else role] = entry.read_bytes()
+        if not out:
+            raise InputError(f"--certs {path}: no vcek/vlek, ask, ark or cert_chain file there")
+        return out
+    raw = _read(path, "--certs")
+    try:
+        table = {e.name: e.data for e in snp.parse_cert_table(raw)}
+    except ParseError as exc:
+        raise InputError(f"--certs {path}: neither a directory nor an SEV-SNP certificate table ({exc})") from None
+    if "vcek" in table or "vlek" in table:
+        out["vcek"] = table.get("vcek") or table["vlek"]
+    if "ask" in table:
+        out["ask"] = table["ask"]
+    if "ark" in table:
+        out["table_ark"] = table["ark"]
+    return out
+
+
 def load_trust(*, trust_root: str | None = None, collateral: str | None = None, vcek: str | None = None,
-               ask: str | None = None, ark: str | None = None, cpak: str | None = None) -> dict[str, Any]:
+               ask: str | None = None, ark: str | None = None, cpak: str | None = None,
+               certs: str | None = None) -> dict[str, Any]:
     """Trust anchors and collateral from the command line, keyed as the verifiers take them."""
     trust: dict[str, Any] = {}
     if trust_root:
@@ -94,18 +172,26 @@ def load_trust(*, trust_root: str | None = None, collateral: str | None = None, 
         from ..evidence import tdx
 
         try:
-            trust["collateral"] = tdx.Collateral.from_json(json.loads(_read(collateral, "--collateral")))
+            if os.path.isdir(collateral):
+                trust["collateral"] = tdx.Collateral.from_pcs(**collateral_dir(collateral))
+            else:
+                trust["collateral"] = tdx.Collateral.from_json(json.loads(_read(collateral, "--collateral")))
         except ValueError as exc:
             raise InputError(f"--collateral {collateral}: {exc}") from None
+    if certs:
+        for name, value in certificates(certs).items():
+            trust.setdefault(name, value)
     if vcek:
         trust["vcek"] = _read(vcek, "--vcek")
     if ask:
         if ark:
-            trust["ask"], trust["ark"] = _read(ask, "--ask"), _read(ark, "--ark")
+            trust["ask"] = _read(ask, "--ask")
         else:  # the KDS cert_chain: ASK then ARK
             from ..evidence import snp
 
             trust["ask"], trust["ark"] = snp.split_chain(_read(ask, "--ask"))
+    if ark:
+        trust["ark"] = _read(ark, "--ark")
     if cpak:
         raw = _read(cpak, "--cpak")
         if raw.lstrip()[:1] == b"{":
@@ -129,57 +215,83 @@ def _tpm_parts(data: bytes, signature: str | None, ak: str | None) -> tuple[byte
     return data, _read(signature, "--signature"), _read(ak, "--ak"), None
 
 
+ConfigfsOpt = Annotated[Optional[str], typer.Option(
+    "--configfs", help="configfs-tsm root (default: $TSMR_CONFIGFS_TSM, else /sys/kernel/config/tsm when present).")]
+PrivlevelOpt = Annotated[Optional[int], typer.Option("--privlevel", help="SEV-SNP: VMPL to request (0-3).")]
+ServiceOpt = Annotated[Optional[str], typer.Option("--service-provider", help="SVSM: service provider, e.g. svsm.")]
+GuidOpt = Annotated[Optional[str], typer.Option("--service-guid", help="SVSM: service GUID (e.g. the vTPM's).")]
+ManifestVerOpt = Annotated[Optional[int], typer.Option("--manifest-version", help="SVSM: service manifest version.")]
+
+
+def tpm_document(ev: dict[str, Any], nonce: bytes) -> dict[str, Any]:
+    """The JSON file 'quote get' writes for a TPM quote."""
+    return {"type": "tpm-quote", "nonce": nonce.hex(), **{k: ev[k] for k in ("attest", "signature", "ak_public", "pcrs")}}
+
+
 @quote_app.command("get")
 @handle_errors
 def get_cmd(
-    nonce: Annotated[str, typer.Option("--nonce", help="Caller nonce in hex (TPM: at most 64 bytes).")],
+    nonce: Annotated[str, typer.Option("--nonce", help="Caller nonce in hex (at most 64 bytes; zero-padded to the report data).")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the evidence here (default: standard output).")] = None,
-    pcrs: Annotated[Optional[str], typer.Option("--pcrs", help="PCRs to quote, e.g. 0,7,16 (default: all).")] = None,
+    aux: Annotated[Optional[str], typer.Option("--aux", help="Also write the auxblob (SEV-SNP certificate table) here.")] = None,
+    manifest: Annotated[Optional[str], typer.Option("--manifest", help="Also write the manifestblob (SVSM manifest) here.")] = None,
+    pcrs: Annotated[Optional[str], typer.Option("--pcrs", help="TPM: PCRs to quote, e.g. 0,7,16 (default: all).")] = None,
+    configfs: ConfigfsOpt = None,
+    privlevel: PrivlevelOpt = None,
+    service_provider: ServiceOpt = None,
+    service_guid: GuidOpt = None,
+    manifest_version: ManifestVerOpt = None,
     backend: BackendOpt = None,
     state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Get evidence from the current backend: a TPM quote, or an emulated TD's TDX quote
-    (signed under the emulator's test root: verify it with --trust-root; configfs-tsm reports to come)."""
-    from ..backends.emulated import EmulatedRegisterSet
-    from ..backends.tpm import TpmRegisterSet
+    """Get evidence over a nonce: a configfs-tsm report (TDX quote, SEV-SNP report, CCA token) or a TPM quote.
+
+    The emulator (tdx and cca profiles) answers like a configfs-tsm provider,
+    signing under test keys: verify its evidence with --trust-root (TDX) or
+    --cpak (CCA) pointing at the key it names.
+    """
+    from ..evidence.acquire import acquire
 
     value = _hex(nonce, "--nonce") or b""
-    with open_backend_cli(backend, state_dir) as rs:
-        if isinstance(rs, EmulatedRegisterSet) and rs.profile_name == "tdx":
-            from ..evidence.emulated import emulated_tdx_quote
-
-            quote, root = emulated_tdx_quote(rs, value)
-            if output:
-                Path(output).write_bytes(quote)
-            elif os.isatty(1):
-                raise InputError("a TDX quote is binary: give -o FILE or redirect standard output")
-            else:
-                os.write(1, quote)
-            render.warning(f"an emulated quote, signed under a test root: verify it with --trust-root {root}")
-            if as_json and output:
-                render.print_json({"kind": "tdx", "output": output, "trust_root": str(root), "emulated": True})
-            return
-        if not isinstance(rs, TpmRegisterSet):
-            raise InputError(f"quote get supports the tpm backend; {rs.kind}:{rs.provider} evidence is not available yet")
+    try:
         sel = [int(p) for p in pcrs.split(",")] if pcrs else None
-        q = rs.quote(value, sel)
-    doc = {
-        "type": "tpm-quote",
-        "nonce": value.hex(),
-        "attest": q.attest.hex(),
-        "signature": q.signature.hex(),
-        "ak_public": q.ak_public.hex(),
-        "pcrs": {a.kernel_name: {reg[3:]: v.hex() for reg, banks in q.pcrs.items() for b, v in banks.items() if b == a}
-                 for a in sorted({a for banks in q.pcrs.values() for a in banks})},
-    }
-    text = json.dumps(doc, indent=2) + "\n"
-    if output:
-        Path(output).write_text(text)
-        if not as_json:
-            render.line(f"wrote a TPM quote over {len(q.pcrs)} PCR(s) to {output}")
+    except ValueError:
+        raise InputError(f"--pcrs {pcrs!r} is not a comma-separated list of PCR numbers") from None
+    got = acquire(value, backend=backend, state_dir=state_dir, configfs=configfs, pcrs=sel, privlevel=privlevel,
+                  service_provider=service_provider, service_guid=service_guid,
+                  service_manifest_version=manifest_version)
+    ev = got.evidence
+    if got.kind == "tpm":
+        text = json.dumps(tpm_document(ev, value), indent=2) + "\n"
+        if output:
+            write_output(output, text.encode())
+        else:
+            render.line(text.rstrip("\n"))
+        summary: dict[str, Any] = {"kind": "tpm", "output": output, "pcrs": sum(len(v) for v in ev["pcrs"].values())}
     else:
-        render.line(text.rstrip("\n"))
+        if output:
+            write_output(output, ev["data"])
+        elif os.isatty(1):
+            raise InputError(f"{got.kind} evidence is binary: give -o FILE or redirect standard output")
+        else:
+            os.write(1, ev["data"])
+        for path, key in ((aux, "auxblob"), (manifest, "manifestblob")):
+            if path:
+                if key not in ev:
+                    raise InputError(f"the provider returned no {key}")
+                write_output(path, ev[key])
+        summary = {"kind": got.kind, "output": output, "provider": ev.get("provider"), "bytes": len(ev["data"]),
+                   "auxblob": len(ev.get("auxblob", b"")), "manifestblob": len(ev.get("manifestblob", b""))}
+    summary.update(source=got.source, emulated=got.trust_anchor is not None)
+    if got.trust_anchor:
+        flag = "--cpak" if got.kind == "cca" else "--trust-root"
+        summary["trust_anchor"] = got.trust_anchor
+        render.warning(f"emulated evidence, signed with a test key: verify it with {flag} {got.trust_anchor}")
+    if as_json and output:
+        render.print_json(summary)
+    elif output:
+        render.err.print(f"wrote {got.kind} evidence ({got.source}) to {output}")
 
 
 @quote_app.command("show")
@@ -228,14 +340,24 @@ def verify_cmd(
     ask: Annotated[Optional[str], typer.Option("--ask", help="SNP: ASK certificate (or the KDS cert_chain with ASK and ARK).")] = None,
     ark: Annotated[Optional[str], typer.Option("--ark", help="SNP: the trusted ARK certificate.")] = None,
     cpak: Annotated[Optional[str], typer.Option("--cpak", help="CCA: platform attestation key, PEM or JWK JSON.")] = None,
+    certs: Annotated[Optional[str], typer.Option("--certs", help="SNP: a directory of vcek/ask/ark (or cert_chain) files, or the report's certificate table (auxblob).")] = None,
+    manifest: Annotated[Optional[str], typer.Option("--manifest", help="SNP via SVSM: the manifestblob; REPORT_DATA must be SHA-512(nonce || manifest).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify evidence offline; exit 1 naming the failed check."""
+    """Verify evidence offline; exit 1 naming the failed check.
+
+    TDX collateral (--collateral) is a PCCS-style JSON document or a directory
+    of Intel PCS responses named tcb_info, tcb_info_issuer_chain.pem, pck_crl,
+    pck_crl_issuer_chain.pem, qe_identity, qe_identity_issuer_chain.pem and
+    root_ca_crl (Intel's and PCCS's spellings such as tcbInfo.json and pckcrl
+    are recognised too).
+    """
     data = _read(file, "the evidence")
     k = kind or detect_kind(data)
     expected = _hex(nonce, "--nonce")
     when = verification_time(at)
-    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak)
+    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
+                       certs=certs)
     try:
         if k == "tdx":
             from ..evidence import tdx
@@ -245,16 +367,30 @@ def verify_cmd(
         elif k == "snp":
             from ..evidence import snp
 
-            if "ask" not in trust:
-                raise InputError("--ask (the ASK, or the KDS chain with ASK and ARK) is needed for a SEV-SNP report")
-            claims = snp.verify_report(data, vcek=_read(vcek, "--vcek"), ask=trust["ask"], ark=trust["ark"],
-                                       report_data=expected, now=when)
+            anchors = {n: trust[n] for n in ("vcek", "ask", "ark") if n in trust}
+            if "table_ark" in trust:  # the guest's ARK: checked against --ark, never trusted by itself
+                if "ark" not in trust:
+                    raise InputError("the certificate table's ARK is not trusted by itself: give --ark")
+                anchors["trusted_arks"], anchors["ark"] = [trust["ark"]], trust["table_ark"]
+            missing = [n for n in ("vcek", "ask", "ark") if n not in anchors]
+            if missing:
+                raise InputError(f"an SEV-SNP report needs {', '.join('--' + n for n in missing)} (or --certs)")
+            binding = expected
+            if manifest:
+                if expected is None:
+                    raise InputError("--manifest needs --nonce: REPORT_DATA is SHA-512(nonce || manifest)")
+                binding = snp.svsm_report_data(expected, _read(manifest, "--manifest"))
+            elif expected is not None:
+                binding = expected.ljust(64, b"\0")
+            claims = snp.verify_report(data, report_data=binding, now=when, **anchors)
         elif k == "cca":
             from ..evidence import cca
 
             if "cpak" not in trust:
                 raise InputError("--cpak (the platform attestation key) is needed for a CCA token")
-            claims = cca.verify_token(data, cpak=trust["cpak"], challenge=expected)
+            # configfs-tsm zero-pads a shorter challenge into the 64-byte realm challenge.
+            claims = cca.verify_token(data, cpak=trust["cpak"],
+                                      challenge=expected.ljust(64, b"\0") if expected is not None else None)
         elif k == "tpm":
             from ..evidence import tpm
 

@@ -53,6 +53,12 @@ SCHEMA: dict[str, Any] = {
                 "ak_public": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
                 "pcrs": {"type": "object", "additionalProperties": {"type": "object",
                          "additionalProperties": {"type": "string", "pattern": "^([0-9a-f]{2})*$"}}},
+                "auxblob": {"type": "string", "contentEncoding": "base64"},
+                "manifestblob": {"type": "string", "contentEncoding": "base64"},
+                "provider": {"type": "string"},
+                "service_provider": {"type": "string"},
+                "service_guid": {"type": "string"},
+                "privlevel": {"type": "integer", "minimum": 0, "maximum": 3},
             },
         },
         "logs": {
@@ -104,8 +110,9 @@ def make_bundle(*, nonce: bytes, evidence: Mapping[str, Any], logs: list[Mapping
             entry["data"] = base64.b64encode(bytes(entry["data"])).decode()
         out_logs.append(entry)
     ev = dict(evidence)
-    if isinstance(ev.get("data"), (bytes, bytearray)):
-        ev["data"] = base64.b64encode(bytes(ev["data"])).decode()
+    for key in ("data", "auxblob", "manifestblob"):
+        if isinstance(ev.get(key), (bytes, bytearray)):
+            ev[key] = base64.b64encode(bytes(ev[key])).decode()
     return {"format": FORMAT, "version": VERSION, "nonce": nonce.hex(), "evidence": ev, "logs": out_logs}
 
 
@@ -156,14 +163,37 @@ def verify_bundle(
     elif kind == "snp":
         from . import snp
 
-        claims = snp.verify_report(_b64(ev.get("data"), "evidence.data"), report_data=nonce.ljust(64, b"\0") if nonce else None,
-                                   now=now, **{k: v for k, v in trust.items() if k in ("vcek", "ask", "ark", "trusted_arks")})
+        anchors = {k: v for k, v in trust.items() if k in ("vcek", "ask", "ark", "trusted_arks")}
+        if ev.get("auxblob") is not None:
+            # The guest's certificate table supplies what the caller did not; its ARK
+            # came from the guest too, so only a caller-given ARK is trusted.
+            table = {e.name: e.data for e in snp.parse_cert_table(_b64(ev["auxblob"], "evidence.auxblob"))}
+            for name in ("vcek", "ask"):
+                if name not in anchors and name in table:
+                    anchors[name] = table[name]
+            if "vcek" not in anchors and "vlek" in table:
+                anchors["vcek"] = table["vlek"]
+            if "ark" in anchors and "trusted_arks" not in anchors:
+                anchors["trusted_arks"] = [anchors["ark"]]
+                if "ark" in table:
+                    anchors["ark"] = table["ark"]
+        missing = [n for n in ("vcek", "ask", "ark") if n not in anchors]
+        if missing:
+            raise InputError(f"an SEV-SNP bundle needs the {', '.join(missing)} certificate(s) (the trusted ARK is "
+                             "never taken from the guest's certificate table)")
+        if ev.get("manifestblob") is not None:  # an SVSM service: REPORT_DATA = SHA-512(nonce || manifest)
+            binding = snp.svsm_report_data(nonce, _b64(ev["manifestblob"], "evidence.manifestblob"))
+        else:
+            binding = nonce.ljust(64, b"\0") if nonce else None
+        claims = snp.verify_report(_b64(ev.get("data"), "evidence.data"), report_data=binding, now=now, **anchors)
     elif kind == "cca":
         from . import cca
 
         if "cpak" not in trust:
             raise InputError("a CCA bundle needs the platform key (trust['cpak'])")
-        claims = cca.verify_token(_b64(ev.get("data"), "evidence.data"), cpak=trust["cpak"], challenge=nonce or None)
+        # The realm challenge is 64 bytes; configfs-tsm zero-pads a shorter inblob.
+        claims = cca.verify_token(_b64(ev.get("data"), "evidence.data"), cpak=trust["cpak"],
+                                  challenge=nonce.ljust(64, b"\0") if nonce else None)
         alg = {"sha-256": HashAlg.SHA256, "sha-512": HashAlg.SHA512, "sha-384": HashAlg.SHA384}.get(str(claims.hash_algorithm))
         if alg is not None:
             signed = {name: {alg: value} for name, value in claims.registers.items() if len(value) == alg.digest_size}

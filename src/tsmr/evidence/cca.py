@@ -254,7 +254,9 @@ def _rak(encoded: bytes) -> ec.EllipticCurvePublicKey:
         if encoded[:1] == b"\x04" and len(encoded) in (65, 97, 133):
             return ec_point_public_key(encoded)
         return cose_key_public_key(encoded)
-    except ParseError as exc:
+    # TypeError: a COSE_Key whose crv is an array or a map is unhashable where
+    # cose_key_public_key looks it up; parse_token must still raise ParseError.
+    except (ParseError, TypeError) as exc:
         raise ParseError(f"bad realm public key: {exc}", format=FORMAT, field="realm.public_key") from exc
 
 

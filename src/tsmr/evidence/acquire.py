@@ -1,0 +1,133 @@
+"""Getting evidence for a nonce on the current machine: configfs-tsm, the TPM, or the emulator.
+
+Which source answers:
+
+1. A backend named explicitly (``--backend`` / ``TSMR_BACKEND``): ``tpm:...``
+   quotes with the TPM; ``emulated:tdx`` / ``emulated:cca`` report through the
+   emulator's configfs-tsm provider (in process, or through a mounted
+   emulated tree when a configfs root is given); ``sysfs:...`` reports
+   through configfs-tsm.
+2. Otherwise configfs-tsm when a root is given (``TSMR_CONFIGFS_TSM``) or
+   ``/sys/kernel/config/tsm/report`` exists: a TDX, SEV-SNP or CCA guest.
+3. Otherwise the detected backend: the TPM, or the emulator (with a warning).
+
+The evidence comes back in the bundle's form (``{"kind": ..., ...}`` with
+bytes), with the register provider whose runtime logs belong to it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..backends.configfs import DEFAULT_ROOT, ConfigfsTsm, Report, report_data
+from ..errors import InputError
+
+__all__ = ["Acquired", "acquire"]
+
+
+@dataclass
+class Acquired:
+    """Evidence and where it came from."""
+
+    evidence: dict[str, Any]
+    source: str  # "configfs", "emulated", "tpm"
+    provider: str | None = None  # register provider (runtime-log directory name), when known
+    trust_anchor: str | None = None  # the emulator's test anchor, to be trusted explicitly
+    report: Report | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return str(self.evidence["kind"])
+
+
+def _configfs_evidence(report: Report) -> dict[str, Any]:
+    kind = report.kind
+    if kind is None:
+        raise InputError(f"configfs-tsm provider {report.provider!r} makes evidence tsmr does not know "
+                         "(known: tdx_guest, sev_guest, arm_cca_guest)")
+    ev: dict[str, Any] = {"kind": kind, "data": report.outblob, "provider": report.provider}
+    if report.auxblob:
+        ev["auxblob"] = report.auxblob
+    if report.manifestblob:
+        ev["manifestblob"] = report.manifestblob
+    if report.service_provider:
+        ev["service_provider"] = report.service_provider
+        if report.service_guid:
+            ev["service_guid"] = report.service_guid
+    if report.privlevel is not None:
+        ev["privlevel"] = report.privlevel
+    return ev
+
+
+def _request(tsm: Any, nonce: bytes, privlevel: int | None, service_provider: str | None,
+             service_guid: str | None, manifest_version: int | None) -> Report:
+    # An SVSM signs SHA-512(nonce || manifest): the nonce goes in as it is.  Every
+    # other provider signs the 64-byte inblob itself: the nonce, zero-padded.
+    inblob = nonce if service_provider else report_data(nonce)
+    if not inblob:
+        raise InputError("the nonce must not be empty")
+    return tsm.report(inblob, privlevel=privlevel, service_provider=service_provider, service_guid=service_guid,
+                      service_manifest_version=manifest_version)
+
+
+def acquire(
+    nonce: bytes,
+    *,
+    backend: str | None = None,
+    state_dir: str | None = None,
+    configfs: str | None = None,
+    pcrs: Sequence[int] | None = None,
+    privlevel: int | None = None,
+    service_provider: str | None = None,
+    service_guid: str | None = None,
+    service_manifest_version: int | None = None,
+) -> Acquired:
+    """Evidence over ``nonce`` from the source chosen as the module says."""
+    from ..backends.detect import open_backend
+
+    spec = backend or os.environ.get("TSMR_BACKEND") or None
+    root = configfs or os.environ.get("TSMR_CONFIGFS_TSM") or None
+    opts = (privlevel, service_provider, service_guid, service_manifest_version)
+    if spec is None and (root is not None or os.path.isdir(os.path.join(DEFAULT_ROOT, "report"))):
+        provider = None
+        from ..backends.sysfs import find_measurement_dirs
+
+        dirs = find_measurement_dirs()
+        if dirs:
+            with open_backend(f"sysfs:{dirs[0]}", state_dir=state_dir) as rs:
+                provider = rs.provider
+        report = _request(ConfigfsTsm(root), nonce, *opts)
+        return Acquired(_configfs_evidence(report), "configfs", provider, report=report)
+
+    with open_backend(spec, state_dir=state_dir) as rs:
+        from ..backends.emulated import EmulatedRegisterSet
+        from ..backends.tpm import TpmRegisterSet
+
+        if isinstance(rs, TpmRegisterSet):
+            if any(o is not None for o in opts):
+                raise InputError("privlevel and service options are for configfs-tsm reports, not TPM quotes")
+            if len(nonce) > 64:
+                raise InputError(f"a TPM quote's qualifying data is at most 64 bytes, got {len(nonce)}")
+            q = rs.quote(nonce, list(pcrs) if pcrs else None)
+            banks = sorted({a for b in q.pcrs.values() for a in b})
+            ev = {"kind": "tpm", "attest": q.attest.hex(), "signature": q.signature.hex(),
+                  "ak_public": q.ak_public.hex(),
+                  "pcrs": {a.kernel_name: {reg[3:]: b[a].hex() for reg, b in q.pcrs.items() if a in b} for a in banks}}
+            return Acquired(ev, "tpm", rs.provider)
+        if pcrs:
+            raise InputError("--pcrs selects TPM PCRs; this backend is not a TPM")
+        if isinstance(rs, EmulatedRegisterSet) and root is None:
+            from ..backends.configfs_emulated import EmulatedTsm, source_for, trust_anchor
+
+            report = _request(EmulatedTsm(source_for(rs)), nonce, *opts)
+            return Acquired(_configfs_evidence(report), "emulated", rs.provider, trust_anchor(rs), report=report)
+        anchor = None
+        if isinstance(rs, EmulatedRegisterSet):
+            from ..backends.configfs_emulated import trust_anchor
+
+            anchor = trust_anchor(rs)
+        report = _request(ConfigfsTsm(root), nonce, *opts)
+        return Acquired(_configfs_evidence(report), "configfs", rs.provider, anchor, report=report)
