@@ -76,6 +76,27 @@ def sequence(rs, directory: str | None) -> list[dict[str, object]]:  # type: ign
     return out
 
 
+def configfs_tsm() -> dict[str, object]:
+    """Linux's configfs-tsm with no attestation provider (qemu is no TEE): what a client meets."""
+    from tsmr.backends.configfs import ConfigfsTsm
+
+    root = "/sys/kernel/config/tsm"
+    out: dict[str, object] = {"root": sorted(os.listdir(root)) if os.path.isdir(root) else None}
+    try:
+        os.mkdir(os.path.join(root, "report", "raw"))
+        out["mkdir"] = "ok"
+        os.rmdir(os.path.join(root, "report", "raw"))
+    except OSError as exc:
+        out["mkdir"] = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    try:
+        ConfigfsTsm(root).report(b"\0" * 64)
+        out["client"] = "ok"
+    except TsmrError as exc:
+        out["client"] = {"error": type(exc).__name__, "errno": getattr(exc, "errno", None), "message": str(exc)}
+    out["left_over"] = sorted(os.listdir(os.path.join(root, "report"))) if os.path.isdir(root) else None
+    return out
+
+
 def main() -> None:
     report: dict[str, object] = {"uname": os.uname().release}
     try:
@@ -91,6 +112,7 @@ def main() -> None:
                 verdict = log.verify()
                 report["runtime_log"] = {"ok": verdict.ok, "findings": verdict.explain("rtmr1"),
                                          "lines": log.read().decode().splitlines()}
+        report["configfs_tsm"] = configfs_tsm()
     except Exception:  # the host test prints this
         report["exception"] = traceback.format_exc()
     with open(sys.argv[1], "w") as fh:

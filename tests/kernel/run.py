@@ -145,6 +145,8 @@ case "$(cat /proc/cmdline)" in
     ;;
 *)
     insmod /r/build/tsm-mr/tsm_mr_sample.ko && echo "TSMR: module loaded"
+    insmod /lib/configfs.ko; insmod /lib/tsm_report.ko && echo "TSMR: tsm_report loaded"
+    mount -t configfs configfs /r/sys/kernel/config || echo "mount configfs failed"
     ls /r/sys/class/misc/tsm_mr_sample/measurements/
     chroot /r /usr/bin/python3 /tmp/src/tests/kernel/guest.py /tmp/out/report.json
     ;;
@@ -163,7 +165,8 @@ def initrd(root: Path, version: str, out: Path) -> Path:
         "init": INIT.encode(),
     }
     for name, rel in (("netfs", "fs/netfs/netfs"), ("9pnet", "net/9p/9pnet"),
-                      ("9pnet_virtio", "net/9p/9pnet_virtio"), ("9p", "fs/9p/9p")):
+                      ("9pnet_virtio", "net/9p/9pnet_virtio"), ("9p", "fs/9p/9p"),
+                      ("configfs", "fs/configfs/configfs"), ("tsm_report", "drivers/virt/coco/guest/tsm_report")):
         path = mods / f"{rel}.ko.xz"
         files[f"lib/{name}.ko"] = lzma.decompress(path.read_bytes()) if path.exists() else (mods / f"{rel}.ko").read_bytes()
     path = out / "initrd.cpio.gz"

@@ -8,6 +8,7 @@ emulator mounted through FUSE: all three must agree, value for value and errno f
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -86,3 +87,16 @@ def test_runtime_log_on_the_real_rtmr1(report: dict) -> None:  # type: ignore[ty
     log = report["runtime_log"]
     assert log["ok"] and log["findings"] == []
     assert log["lines"][0].startswith("SYNC sha384/") and log["lines"][-1].startswith("# .EXTEND sha384/")
+
+
+def test_configfs_tsm_without_a_provider(report: dict) -> None:  # type: ignore[type-arg]
+    """The real configfs-tsm (tsm_report) in a guest that is no TEE: the tree is there, reports are refused
+    with ENXIO, and the client says why and leaves nothing behind."""
+    got = report.get("configfs_tsm")
+    assert got is not None, report.get("exception")
+    assert got["root"] == ["report"]  # the same top level the emulated tree serves
+    assert got["mkdir"] == "ENXIO"
+    client = got["client"]
+    assert client["error"] == "BackendError" and client["errno"] == errno.ENXIO
+    assert "no attestation provider" in client["message"]
+    assert got["left_over"] == []
