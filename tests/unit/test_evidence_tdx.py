@@ -315,11 +315,12 @@ def test_v5_tcb_info_and_module_identity(v5):
     with pytest.raises(CollateralError) as ei:
         tdx._signed_json(body, sig, chain, tdx.intel_root(), V5_TIME, "tdx.tcb_info")
     assert ei.value.check == "tdx.tcb_info.signature.validity"
-    # Within the signing certificate's validity the signature itself is good.
-    info = tdx._signed_json(
-        body, sig, chain, tdx.intel_root(), dt.datetime(2025, 5, 1, tzinfo=UTC), "tdx.tcb_info"
-    )
-    assert info["fmspc"] == "90c06f000000"
+    # Within the signing certificate's validity the signature itself is good (so the check that
+    # fails is the next one: this TCB info was issued in 2026, after that certificate expired).
+    with pytest.raises(CollateralError) as ei:
+        tdx._signed_json(body, sig, chain, tdx.intel_root(), dt.datetime(2025, 5, 1, tzinfo=UTC), "tdx.tcb_info")
+    assert ei.value.check == "tdx.tcb_info.not-yet-valid"
+    assert json.loads(body)["fmspc"] == "90c06f000000"
 
 
 def test_signed_region_tamper_every_byte(v4):
@@ -437,7 +438,7 @@ def synthetic(v4, collateral):
     def name(cn):
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
-    def cert(subject, key, issuer, ikey, serial, ca, ext=None):
+    def cert(subject, key, issuer, ikey, serial, ca, ext=None, until=dt.datetime(2030, 1, 1, tzinfo=UTC)):
         b = (
             x509.CertificateBuilder()
             .subject_name(name(subject))
@@ -445,7 +446,7 @@ def synthetic(v4, collateral):
             .public_key(key.public_key())
             .serial_number(serial)
             .not_valid_before(dt.datetime(2020, 1, 1, tzinfo=UTC))
-            .not_valid_after(dt.datetime(2030, 1, 1, tzinfo=UTC))
+            .not_valid_after(until)
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         )
         if ext is not None:
@@ -465,16 +466,21 @@ def synthetic(v4, collateral):
     root = cert("Test Root", rk, "Test Root", rk, 1, True)
     inter = cert("Test PCK CA", ik, "Test Root", rk, 2, True)
     fmspc = bytes.fromhex("50806f000000")
-    pck = cert(
-        "Test PCK",
-        pk,
-        "Test PCK CA",
-        ik,
-        77,
-        False,
-        _sgx_extension(fmspc, 11, (5, 5, 2, 2, 3, 1, 0, 3) + (0,) * 8),
-    )
+    def pck_cert(serial):
+        return cert(
+            "Test PCK",
+            pk,
+            "Test PCK CA",
+            ik,
+            serial,
+            False,
+            _sgx_extension(fmspc, 11, (5, 5, 2, 2, 3, 1, 0, 3) + (0,) * 8),
+        )
+
     tcbsign = cert("Test TCB Signing", tk, "Test Root", rk, 3, False)
+    # The same signing key in a certificate that expires before the collateral's nextUpdate.
+    tcbsign_short = cert("Test TCB Signing", tk, "Test Root", rk, 4, False, until=dt.datetime(2023, 9, 1, tzinfo=UTC))
+    inter_short = cert("Test PCK CA", ik, "Test Root", rk, 5, True, until=dt.datetime(2023, 9, 1, tzinfo=UTC))
 
     real = tdx.parse_quote(v4)
     body = bytearray(real.signed_data)
@@ -484,18 +490,22 @@ def synthetic(v4, collateral):
     )[1:]
     auth = bytes(range(32))
     qe = real.qe_report.raw[:320] + hashlib.sha256(att + auth).digest() + bytes(32)
-    chain = pem(pck, inter, root)
-    inner = (
-        qe
-        + rs(pk, qe)
-        + len(auth).to_bytes(2, "little")
-        + auth
-        + (5).to_bytes(2, "little")
-        + len(chain).to_bytes(4, "little")
-        + chain
-    )
-    sigdata = rs(ak, bytes(body)) + att + (6).to_bytes(2, "little") + len(inner).to_bytes(4, "little") + inner
-    quote = bytes(body) + len(sigdata).to_bytes(4, "little") + sigdata
+
+    def build_quote(pck_serial=77):
+        chain = pem(pck_cert(pck_serial), inter, root)
+        inner = (
+            qe
+            + rs(pk, qe)
+            + len(auth).to_bytes(2, "little")
+            + auth
+            + (5).to_bytes(2, "little")
+            + len(chain).to_bytes(4, "little")
+            + chain
+        )
+        sigdata = rs(ak, bytes(body)) + att + (6).to_bytes(2, "little") + len(inner).to_bytes(4, "little") + inner
+        return bytes(body) + len(sigdata).to_bytes(4, "little") + sigdata
+
+    quote = build_quote()
 
     def crl(revoked=()):
         b = (
@@ -513,7 +523,7 @@ def synthetic(v4, collateral):
             )
         return b.sign(ik, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
-    def make(status="UpToDate", revoked=(), info_id="TDX"):
+    def make(status="UpToDate", revoked=(), info_id="TDX", short_signer=False, short_crl_issuer=False):
         info = json.loads(collateral.tcb_info)
         info["id"] = info_id
         info["nextUpdate"] = "2024-01-01T00:00:00Z"
@@ -522,17 +532,19 @@ def synthetic(v4, collateral):
         ident = json.loads(collateral.qe_identity)
         ident["nextUpdate"] = "2024-01-01T00:00:00Z"
         qid = json.dumps(ident, separators=(",", ":")).encode()
+        signer = pem(tcbsign_short if short_signer else tcbsign, root)
         return tdx.Collateral(
             pck_crl=crl(revoked),
-            pck_crl_issuer_chain=pem(inter, root),
+            pck_crl_issuer_chain=pem(inter_short if short_crl_issuer else inter, root),
             tcb_info=tcb,
             tcb_info_signature=rs(tk, tcb),
-            tcb_info_issuer_chain=pem(tcbsign, root),
+            tcb_info_issuer_chain=signer,
             qe_identity=qid,
             qe_identity_signature=rs(tk, qid),
-            qe_identity_issuer_chain=pem(tcbsign, root),
+            qe_identity_issuer_chain=signer,
         )
 
+    make.quote = build_quote  # the same quote with a PCK certificate of another serial number
     return quote, root, make
 
 
@@ -602,3 +614,232 @@ def test_v5_signed_region_tamper_every_byte(v5):
             assert exc.check == "tdx.quote.signature", i
             continue
         pytest.fail(f"flipping byte {i} of the v5 quote was not detected")
+
+
+# ------------------------------------------------------------------ cached verification
+# Repeated verifications reuse what depends only on exact input bytes and the trust anchor
+# (decoded chains, issuer and collateral signatures, parsed collateral, CRL contents).  These
+# tests check that a remembered success never stands in for a check that depends on the time,
+# on different bytes or on another anchor, and that failures are never remembered.
+
+
+def _outcome(fn) -> str:
+    try:
+        fn()
+    except EvidenceError as exc:
+        return exc.check
+    return "verified"
+
+
+@pytest.mark.parametrize(
+    "when,check",
+    [
+        (dt.datetime(2010, 1, 1, tzinfo=UTC), "tdx.pck_chain.validity"),
+        (V4_TIME, "tdx.tcb_status"),
+        # QE identity nextUpdate 2023-07-08T07:24:59Z, PCK CRL nextUpdate 07:27:52 the same day.
+        (dt.datetime(2023, 7, 8, 7, 26, tzinfo=UTC), "tdx.qe_identity.expired"),
+        (dt.datetime(2023, 7, 8, 7, 28, tzinfo=UTC), "tdx.crl.expired"),
+        (dt.datetime(2023, 7, 20, tzinfo=UTC), "tdx.tcb_info.expired"),
+        (dt.datetime(2053, 7, 1, tzinfo=UTC), "tdx.pck_chain.validity"),
+    ],
+)
+def test_cached_outcome_equals_cold_outcome(v4, collateral, when, check):
+    """The same quote and collateral at various times: after a success at a valid time is
+    cached, every time-dependent check still decides, with the name a cold run gives."""
+
+    def verify():
+        return tdx.verify_quote(v4, now=when, collateral=collateral)
+
+    tdx.clear_caches()
+    assert _outcome(verify) == check  # nothing remembered
+    assert _outcome(lambda: tdx.verify_quote(v4, now=V4_TIME, collateral=collateral)) == "tdx.tcb_status"
+    assert _outcome(verify) == check  # everything remembered from the run at V4_TIME
+    assert _outcome(verify) == check
+
+
+def test_cache_rechecks_time_after_success(synthetic):
+    quote, root, make = synthetic
+    col = make()
+    assert tdx.verify_quote(quote, now=V4_TIME, trust_root=root, collateral=col).tcb_status == "UpToDate"
+    for when, check in (
+        (dt.datetime(2024, 2, 1, tzinfo=UTC), "tdx.tcb_info.expired"),  # collateral nextUpdate 2024-01-01
+        (dt.datetime(2031, 1, 1, tzinfo=UTC), "tdx.pck_chain.validity"),  # certificates end 2030
+        (dt.datetime(2019, 6, 1, tzinfo=UTC), "tdx.pck_chain.validity"),  # and start 2020
+    ):
+        with pytest.raises(CollateralError) as ei:
+            tdx.verify_quote(quote, now=when, trust_root=root, collateral=col)
+        assert ei.value.check == check, when
+    # A collateral signing certificate that expires (2023-09-01) while the collateral is current.
+    short = make(short_signer=True)
+    tdx.verify_quote(quote, now=V4_TIME, trust_root=root, collateral=short)
+    with pytest.raises(CollateralError) as ei:
+        tdx.verify_quote(quote, now=dt.datetime(2023, 10, 1, tzinfo=UTC), trust_root=root, collateral=short)
+    assert ei.value.check == "tdx.tcb_info.signature.validity"
+    # And the cached success is still a success at a valid time.
+    tdx.verify_quote(quote, now=V4_TIME, trust_root=root, collateral=short)
+    # The same for the CRL's issuer chain (its CA certificate re-issued with a shorter validity).
+    short = make(short_crl_issuer=True)
+    tdx.verify_quote(quote, now=V4_TIME, trust_root=root, collateral=short)
+    with pytest.raises(CollateralError) as ei:
+        tdx.verify_quote(quote, now=dt.datetime(2023, 10, 1, tzinfo=UTC), trust_root=root, collateral=short)
+    assert ei.value.check == "tdx.crl.validity"
+
+
+def test_cache_tampered_collateral_after_success(v4, synthetic, collateral):
+    with pytest.raises(CollateralError) as ei:  # the Intel collateral is remembered under the Intel root
+        tdx.verify_quote(v4, now=V4_TIME, collateral=collateral)
+    assert ei.value.check == "tdx.tcb_status"
+    quote, root, make = synthetic
+    col = make()
+    tdx.verify_quote(quote, now=V4_TIME, trust_root=root, collateral=col)
+    rep = dataclasses.replace
+    cases = [
+        (rep(col, tcb_info=col.tcb_info.replace(b'"tcbType":0', b'"tcbType":1')), "tdx.tcb_info.signature"),
+        (rep(col, tcb_info_signature=_flip(col.tcb_info_signature, 40)), "tdx.tcb_info.signature"),
+        # An issuer chain that does not end in the trust anchor.
+        (rep(col, tcb_info_issuer_chain=collateral.tcb_info_issuer_chain), "tdx.tcb_info.signature"),
+        (rep(col, qe_identity=col.qe_identity.replace(b'"isvprodid":2', b'"isvprodid":3')), "tdx.qe_identity.signature"),
+        (rep(col, qe_identity_signature=_flip(col.qe_identity_signature, 3)), "tdx.qe_identity.signature"),
+        (rep(col, qe_identity_issuer_chain=collateral.qe_identity_issuer_chain), "tdx.qe_identity.signature"),
+        (rep(col, pck_crl=_flip(col.pck_crl, len(col.pck_crl) - 10)), "tdx.crl"),
+        (rep(col, pck_crl_issuer_chain=collateral.pck_crl_issuer_chain), "tdx.crl"),
+        (make(revoked=(77,)), "tdx.crl"),
+        # Intel's root CRL, remembered as good under the Intel root, is not signed by this root.
+        (rep(col, root_ca_crl=collateral.root_ca_crl), "tdx.crl.root"),
+    ]
+    for bad, check in cases:
+        assert bad != col
+        for _ in range(2):  # and a failure is not remembered as a success
+            with pytest.raises(EvidenceError) as ei:
+                tdx.verify_quote(quote, now=V4_TIME, trust_root=root, collateral=bad)
+            assert ei.value.check == check, check
+    assert tdx.verify_quote(quote, now=V4_TIME, trust_root=root, collateral=col).tcb_status == "UpToDate"
+
+
+def test_cache_every_byte_of_signed_collateral(v4, collateral):
+    """After the collateral is remembered, flipping any byte of the signed TCB info or QE identity
+    (or of their signatures) fails its signature check, and no failure is remembered."""
+    with pytest.raises(CollateralError) as ei:
+        tdx.verify_quote(v4, now=V4_TIME, collateral=collateral)
+    assert ei.value.check == "tdx.tcb_status"
+    remembered = len(tdx._DOCS)
+    for fld, check in (
+        ("tcb_info", "tdx.tcb_info.signature"),
+        ("tcb_info_signature", "tdx.tcb_info.signature"),
+        ("qe_identity", "tdx.qe_identity.signature"),
+        ("qe_identity_signature", "tdx.qe_identity.signature"),
+    ):
+        data = getattr(collateral, fld)
+        for i in range(len(data)):
+            with pytest.raises(SignatureError) as ei:
+                tdx.verify_quote(v4, now=V4_TIME, collateral=dataclasses.replace(collateral, **{fld: _flip(data, i)}))
+            assert ei.value.check == check, (fld, i)
+    assert len(tdx._DOCS) == remembered
+
+
+def test_cache_other_trust_root_after_success(v4, collateral, synthetic):
+    from cryptography.hazmat.primitives import serialization
+
+    tdx.verify_quote(v4, now=V4_TIME)  # the PCK chain is remembered under the Intel root
+    other = _self_signed_root()
+    for anchor in (other, other.public_bytes(serialization.Encoding.PEM)):
+        with pytest.raises(CollateralError) as ei:
+            tdx.verify_quote(v4, now=V4_TIME, trust_root=anchor)
+        assert ei.value.check == "tdx.pck_chain"
+    # Collateral remembered under the Intel root does not verify under another one.
+    with pytest.raises(CollateralError) as ei:
+        tdx.verify_quote(v4, now=V4_TIME, collateral=collateral)
+    assert ei.value.check == "tdx.tcb_status"
+    with pytest.raises(CollateralError) as ei:
+        tdx._signed_json(
+            collateral.tcb_info, collateral.tcb_info_signature, collateral.tcb_info_issuer_chain,
+            other, V4_TIME, "tdx.tcb_info",
+        )
+    assert ei.value.check == "tdx.tcb_info.signature"
+    pck_chain = tdx._chain(tdx.parse_quote(v4).pck_chain_pem, tdx._root_info(None), V4_TIME, check="tdx.pck_chain")
+    with pytest.raises(CollateralError) as ei:
+        tdx._check_crl(
+            collateral.pck_crl, collateral.pck_crl_issuer_chain, pck_chain, 0, tdx._root_info(other), V4_TIME, "tdx.crl"
+        )
+    assert ei.value.check == "tdx.crl"
+    # And the other way round: a quote and collateral remembered under a test root.
+    quote, root, make = synthetic
+    col = make()
+    tdx.verify_quote(quote, now=V4_TIME, trust_root=root, collateral=col)
+    with pytest.raises(CollateralError) as ei:
+        tdx.verify_quote(quote, now=V4_TIME, collateral=col)
+    assert ei.value.check == "tdx.pck_chain"
+    with pytest.raises(CollateralError) as ei:
+        tdx._signed_json(col.tcb_info, col.tcb_info_signature, col.tcb_info_issuer_chain, None, V4_TIME, "tdx.tcb_info")
+    assert ei.value.check == "tdx.tcb_info.signature"
+
+
+def test_cache_keys_are_the_current_bytes(synthetic):
+    """Collateral held in a bytearray that changes after a cached success is checked again."""
+    quote, root, make = synthetic
+    col = make()
+    tcb = bytearray(col.tcb_info)
+    mutable = dataclasses.replace(col, tcb_info=tcb)
+    tdx.verify_quote(quote, now=V4_TIME, trust_root=root, collateral=mutable)
+    i = tcb.index(b'"tcbType":0') + len(b'"tcbType":')
+    tcb[i : i + 1] = b"1"
+    with pytest.raises(SignatureError) as ei:
+        tdx.verify_quote(quote, now=V4_TIME, trust_root=root, collateral=mutable)
+    assert ei.value.check == "tdx.tcb_info.signature"
+
+
+def test_cached_collateral_is_read_only(collateral):
+    info = tdx._signed_json(
+        collateral.tcb_info, collateral.tcb_info_signature, collateral.tcb_info_issuer_chain,
+        None, V4_TIME, "tdx.tcb_info",
+    )
+    assert info["fmspc"] == "50806f000000"
+    with pytest.raises(TypeError):
+        info["fmspc"] = "90c06f000000"
+    with pytest.raises(TypeError):
+        info["tcbLevels"][0]["tcbStatus"] = "UpToDate"
+
+
+def test_cache_is_bounded():
+    cache = tdx._LRU(2)
+    for k in range(3):
+        cache.put(k, str(k))
+    assert len(cache) == 2 and cache.get(0) is None and cache.get(2) == "2"
+    cache.get(1)
+    cache.put(3, "3")  # evicts the least recently used (2), not the just-read 1
+    assert cache.get(1) == "1" and cache.get(2) is None
+    for c in (tdx._ROOTS, tdx._CHAINS, tdx._DOCS, tdx._CRLS):
+        assert 0 < c.maxsize <= 256
+
+
+def test_cache_keeps_per_quote_crl_checks(v4, collateral, synthetic):
+    """A remembered CRL is still looked up for each quote's own certificates and issuer."""
+    quote, root, make = synthetic
+    col = make(revoked=(78,))
+    tdx.verify_quote(quote, now=V4_TIME, trust_root=root, collateral=col)  # serial 77: not revoked
+    with pytest.raises(CollateralError) as ei:
+        tdx.verify_quote(make.quote(78), now=V4_TIME, trust_root=root, collateral=col)
+    assert ei.value.check == "tdx.crl" and "4e is revoked" in str(ei.value)  # 78 = 0x4e
+    tdx.verify_quote(quote, now=V4_TIME, trust_root=root, collateral=col)
+    # The Intel PCK CRL, remembered for the Intel PCK certificate, is not the test PCK's issuer's.
+    with pytest.raises(CollateralError) as ei:
+        tdx.verify_quote(v4, now=V4_TIME, collateral=collateral)
+    assert ei.value.check == "tdx.tcb_status"
+    test_pck = tdx._chain(tdx.parse_quote(quote).pck_chain_pem, tdx._root_info(root), V4_TIME, check="tdx.pck_chain")
+    with pytest.raises(CollateralError) as ei:
+        tdx._check_crl(
+            collateral.pck_crl, collateral.pck_crl_issuer_chain, test_pck, 0, tdx._root_info(None), V4_TIME, "tdx.crl"
+        )
+    assert ei.value.check == "tdx.crl" and "issuer" in str(ei.value)
+
+
+def test_collateral_issued_after_the_verification_time_is_refused(v4, collateral):
+    """Collateral says nothing about a time before it was issued (TCB info issueDate 2023-06-18)."""
+    when = dt.datetime(2023, 6, 10, tzinfo=dt.timezone.utc)
+    with pytest.raises(EvidenceError) as ei:
+        tdx.verify_quote(v4, now=when, collateral=collateral)
+    assert ei.value.check == "tdx.tcb_info.not-yet-valid" and "2023-06-18" in str(ei.value)
+    # The same quote and collateral later on reach the TCB level check (cache or not).
+    with pytest.raises(EvidenceError) as ei:
+        tdx.verify_quote(v4, now=dt.datetime(2023, 7, 1, tzinfo=dt.timezone.utc), collateral=collateral)
+    assert ei.value.check == "tdx.tcb_status"

@@ -8,14 +8,21 @@ Collateral follows the *Intel PCS API v4* (TCB info v3, enclave identity v2, PCK
 
 Everything here is pure: bytes/dicts in, objects out.  The only I/O is loading the shipped
 Intel SGX Root CA through :mod:`importlib.resources`; the verification time is a parameter.
+Work that depends only on exact input bytes and the trust anchor (decoded PCK chains, issuer
+and collateral signatures, parsed collateral, CRL contents) is remembered in small bounded
+caches, so that verifying many quotes with the same collateral does it once; checks that depend
+on the time or on the quote run on every call (:func:`clear_caches` empties the caches).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -328,8 +335,9 @@ def parse_tdreport(data: bytes) -> TDReport:
 # --------------------------------------------------------------------------- verification
 
 
+@functools.cache
 def _x509():
-    # Imported lazily so parsing works without the optional crypto dependency.
+    # Imported lazily so parsing works without the optional crypto dependency (once per process).
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization
@@ -342,13 +350,18 @@ def _x509():
 INTEL_ROOT_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 
 
-def intel_root():
-    """The shipped Intel SGX Root CA certificate (DER), checked against its SHA-256 fingerprint."""
+@functools.lru_cache(maxsize=1)
+def _shipped_root() -> Any:
     x509 = _x509()[0]
     der = resources.files("tsmr.evidence").joinpath("intel_sgx_root_ca.der").read_bytes()
     if hashlib.sha256(der).hexdigest() != INTEL_ROOT_SHA256:
         raise CollateralError("the shipped Intel SGX Root CA does not have its known fingerprint", check="tdx.pck_chain")
     return x509.load_der_x509_certificate(der)
+
+
+def intel_root():
+    """The shipped Intel SGX Root CA certificate (DER), checked against its SHA-256 fingerprint."""
+    return _shipped_root()
 
 
 def _verify_p256(pub: Any, sig_rs: bytes, msg: bytes, *, check: str, what: str) -> None:
@@ -362,10 +375,16 @@ def _verify_p256(pub: Any, sig_rs: bytes, msg: bytes, *, check: str, what: str) 
         raise SignatureError(f"{what} does not verify", check=check) from exc
 
 
-def _raw_p256_key(xy: bytes, check: str) -> Any:
+@functools.lru_cache(maxsize=256)
+def _p256_point(xy: bytes) -> Any:
+    """Public key object of an uncompressed P-256 point x || y (keyed by the exact 64 bytes)."""
     ec = _x509()[4]
+    return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + xy)
+
+
+def _raw_p256_key(xy: bytes, check: str) -> Any:
     try:
-        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + xy)
+        return _p256_point(bytes(xy))
     except ValueError as exc:
         raise SignatureError("attestation key is not a P-256 point", check=check) from exc
 
@@ -395,14 +414,167 @@ def _cert_name(cert: Any) -> str:
         return "a certificate with a malformed subject"
 
 
-def _verify_chain(chain: list[Any], root: Any, now: datetime, *, check: str) -> None:
-    """Verify leaf -> ... -> root: issuer signatures, validity at ``now``, and that the chain
-    ends in (or directly under) ``root``.  A root shipped in the chain is never trusted by
-    itself; it must equal the trust anchor byte for byte."""
+# --------------------------------------------------------------------------- caches
+#
+# A verifier sees the same PCK chains and collateral over and over.  What follows from those
+# bytes and the trust anchor alone (decoded certificates, issuer signatures, collateral
+# signatures, parsed JSON, CRL contents) is remembered, keyed by the exact input bytes and the
+# SHA-256 of the anchor's DER.  Only successes are stored: a failing input is checked again in
+# full on every call.  Checks whose outcome depends on the verification time (certificate
+# validity, nextUpdate) or on the quote (its signatures, the CRL look-ups of its certificates,
+# TCB level and QE identity matching) run on every call, cached or not.
+
+
+class _LRU:
+    """A small thread-safe map that keeps its ``maxsize`` most recently used entries."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+_ROOTS = _LRU(16)  # ("pem" | "der", exact bytes) -> _Root
+_CHAINS = _LRU(256)  # (chain PEM, anchor SHA-256) -> _Chain
+_DOCS = _LRU(128)  # (check, signed body, signature, chain PEM, anchor SHA-256) -> _SignedDoc
+_CRLS = _LRU(16)  # (check, CRL, issuer chain PEM, anchor SHA-256) -> _CRL
+
+
+def clear_caches() -> None:
+    """Forget every remembered trust anchor, chain, collateral item and attestation key."""
+    for cache in (_ROOTS, _CHAINS, _DOCS, _CRLS):
+        cache.clear()
+    _p256_point.cache_clear()
+
+
+def _exact(b: Any) -> bytes:
+    """Input bytes as an immutable ``bytes`` key (a ``bytearray`` could change after being cached)."""
+    return b if type(b) is bytes else bytes(b)
+
+
+class _Root:
+    """A trust anchor: its certificate, DER, the SHA-256 of that DER and its PEM."""
+
+    __slots__ = ("cert", "der", "fp", "pem")
+
+    def __init__(self, cert: Any) -> None:
+        serialization = _x509()[3]
+        self.cert = cert
+        self.der = cert.public_bytes(serialization.Encoding.DER)
+        self.fp = hashlib.sha256(self.der).digest()
+        self.pem = cert.public_bytes(serialization.Encoding.PEM)
+
+
+@functools.lru_cache(maxsize=1)
+def _intel_root_info() -> _Root:
+    return _Root(intel_root())
+
+
+def _root_info(trust_root: Any) -> _Root:
+    """The trust anchor for ``trust_root`` (None: the shipped Intel root; PEM; or a certificate)."""
+    if isinstance(trust_root, _Root):
+        return trust_root
+    if trust_root is None:
+        return _intel_root_info()
+    if isinstance(trust_root, (bytes, bytearray, str)):
+        pem = _as_bytes(trust_root)
+        key: tuple[str, bytes] = ("pem", pem)
+        hit = _ROOTS.get(key)
+        if hit is None:
+            certs = _load_certs(pem, "tdx.pck_chain")
+            if len(certs) != 1:
+                raise CollateralError("trust_root must be exactly one certificate", check="tdx.pck_chain")
+            hit = _Root(certs[0])
+            _ROOTS.put(key, hit)
+        return hit
+    der = trust_root.public_bytes(_x509()[3].Encoding.DER)
+    key = ("der", der)
+    hit = _ROOTS.get(key)
+    if hit is None:
+        hit = _Root(trust_root)
+        _ROOTS.put(key, hit)
+    return hit
+
+
+def _name_der(name: Any) -> bytes | None:
+    try:
+        return bytes(name.public_bytes())
+    except ValueError:
+        return None
+
+
+class _Chain:
+    """A decoded certificate chain whose issuer signatures verify up to a trust anchor.
+
+    Nothing in it depends on the time: :meth:`check_time` checks every certificate's validity
+    window at each use."""
+
+    __slots__ = ("_ext", "_issuer_der", "_key", "certs", "linked", "windows")
+
+    def __init__(self, certs: list[Any], linked: list[Any]) -> None:
+        self.certs = tuple(certs)  # as decoded, leaf first
+        self.linked = tuple(linked)  # leaf .. last certificate below the anchor, then the anchor
+        self.windows = tuple((c.not_valid_before_utc, c.not_valid_after_utc) for c in self.linked)
+        self._key: Any = None
+        self._ext: PCKExtensions | None = None
+        self._issuer_der: dict[int, bytes | None] = {}
+
+    def check_time(self, now: datetime, check: str) -> None:
+        for c, (nb, na) in zip(self.linked, self.windows):
+            if not (nb <= now <= na):
+                raise CollateralError(
+                    f"{_cert_name(c)} is not valid at {now.isoformat()} "
+                    f"({nb.isoformat()} .. {na.isoformat()})",
+                    check=check + ".validity",
+                )
+
+    def leaf_key(self) -> Any:
+        if self._key is None:
+            self._key = self.certs[0].public_key()
+        return self._key
+
+    def extensions(self) -> PCKExtensions:
+        if self._ext is None:
+            self._ext = pck_extensions(self.certs[0])
+        return self._ext
+
+    def issuer_der(self, i: int) -> bytes | None:
+        if i not in self._issuer_der:
+            self._issuer_der[i] = _name_der(self.certs[i].issuer)
+        return self._issuer_der[i]
+
+
+def _link_chain(chain: list[Any], root: _Root, *, check: str) -> list[Any]:
+    """Check the issuer signatures leaf -> ... -> root and return the chain ending in the anchor.
+
+    A root shipped in the chain is never trusted by itself; it must equal the trust anchor byte
+    for byte.  Validity dates are not looked at here (see :meth:`_Chain.check_time`)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     _, InvalidSignature, _, serialization, _, _ = _x509()
     if not chain:
         raise CollateralError("empty certificate chain", check=check)
-    root_der = root.public_bytes(serialization.Encoding.DER)
     certs = list(chain)
     last = certs[-1]
     try:
@@ -410,12 +582,10 @@ def _verify_chain(chain: list[Any], root: Any, now: datetime, *, check: str) -> 
     except ValueError as exc:  # cryptography parses names lazily: a malformed one fails here
         raise CollateralError(f"a certificate of the chain has a malformed name: {exc}", check=check) from exc
     if self_signed:
-        if not hmac.compare_digest(last.public_bytes(serialization.Encoding.DER), root_der):
+        if not hmac.compare_digest(last.public_bytes(serialization.Encoding.DER), root.der):
             raise CollateralError("chain's root is not the trusted root", check=check)
         certs = certs[:-1]
-    certs.append(root)
-    from cryptography.exceptions import UnsupportedAlgorithm
-
+    certs.append(root.cert)
     for child, parent in pairwise(certs):
         try:
             child.verify_directly_issued_by(parent)
@@ -424,13 +594,23 @@ def _verify_chain(chain: list[Any], root: Any, now: datetime, *, check: str) -> 
                 f"{_cert_name(child)} is not signed by {_cert_name(parent)}",
                 check=check,
             ) from exc
-    for c in certs:
-        if not (c.not_valid_before_utc <= now <= c.not_valid_after_utc):
-            raise CollateralError(
-                f"{_cert_name(c)} is not valid at {now.isoformat()} "
-                f"({c.not_valid_before_utc.isoformat()} .. {c.not_valid_after_utc.isoformat()})",
-                check=check + ".validity",
-            )
+    return certs
+
+
+def _chain(pem: bytes, root: _Root, now: datetime, *, check: str) -> _Chain:
+    """Decode ``pem``, verify it up to ``root`` (issuer signatures, then validity at ``now``).
+
+    The signature part is remembered per (exact PEM bytes, anchor); validity is checked on
+    every call, so the order and names of failures are those of a full verification."""
+    pem = _exact(pem)
+    key = (pem, root.fp)
+    hit = _CHAINS.get(key)
+    if hit is None:
+        certs = _load_certs(pem, check)
+        hit = _Chain(certs, _link_chain(certs, root, check=check))
+        _CHAINS.put(key, hit)
+    hit.check_time(now, check)
+    return hit
 
 
 # --- minimal DER reader for the SGX extension (PCK Certificate and CRL Profile §1.3.5) ---
@@ -727,42 +907,120 @@ def _load_crl(b: bytes, check: str) -> Any:
         raise CollateralError(f"CRL does not decode: {exc}", check=check) from exc
 
 
-def _check_crl(crl_b: bytes, chain_pem: bytes, cert: Any, root: Any, now: datetime, check: str) -> None:
-    crl = _load_crl(crl_b, check)
-    issuer_chain = _load_certs(chain_pem, check)
-    _verify_chain(issuer_chain, root, now, check=check)
-    issuer = issuer_chain[0]
-    try:
-        ok = crl.is_signature_valid(issuer.public_key())
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise CollateralError("CRL is not signed by its issuer", check=check)
-    if crl.issuer != cert.issuer:
+class _CRL:
+    """A CRL whose signature verified under its issuer chain: what the per-call checks need."""
+
+    __slots__ = ("chain", "issuer", "issuer_der", "last_update", "next_update", "revoked")
+
+    def __init__(self, chain: _Chain, crl: Any, check: str) -> None:
+        self.chain = chain
+        self.issuer = crl.issuer
+        self.issuer_der = _name_der(self.issuer)
+        self.last_update = crl.last_update_utc
+        self.next_update = crl.next_update_utc
+        try:
+            self.revoked = frozenset(r.serial_number for r in crl)
+        except ValueError as exc:
+            raise CollateralError(f"CRL entries do not decode: {exc}", check=check) from exc
+
+
+def _check_crl(
+    crl_b: bytes, chain_pem: bytes, subject: _Chain, index: int, root: _Root, now: datetime, check: str
+) -> None:
+    """Check certificate ``index`` of ``subject`` against a CRL signed under ``chain_pem``.
+
+    The CRL's decoding and signature (and its issuer chain's signatures) are remembered per exact
+    bytes and anchor; the issuer chain's validity, the CRL's nextUpdate, the issuer match and the
+    revocation look-up of the certificate run on every call."""
+    crl_b, chain_pem = _exact(crl_b), _exact(chain_pem)
+    key = (check, crl_b, chain_pem, root.fp)
+    entry = _CRLS.get(key)
+    if entry is None:
+        crl = _load_crl(crl_b, check)
+        issuer_chain = _chain(chain_pem, root, now, check=check)
+        try:
+            ok = crl.is_signature_valid(issuer_chain.leaf_key())
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CollateralError("CRL is not signed by its issuer", check=check)
+        entry = _CRL(issuer_chain, crl, check)
+        _CRLS.put(key, entry)
+    else:
+        entry.chain.check_time(now, check)
+    cert = subject.certs[index]
+    # Equal DER encodings are equal names; otherwise compare as names (as cryptography defines it).
+    cert_issuer = subject.issuer_der(index)
+    if (cert_issuer is None or cert_issuer != entry.issuer_der) and entry.issuer != cert.issuer:
         raise CollateralError("CRL issuer is not the certificate's issuer", check=check)
-    nxt = crl.next_update_utc
+    if now < entry.last_update:  # a CRL from after the verification time says nothing about then
+        raise CollateralError(f"CRL was issued at {entry.last_update.isoformat()}, after the verification time",
+                              check=check + ".not-yet-valid")
+    nxt = entry.next_update
     if nxt is not None and now > nxt:
         raise CollateralError(f"CRL expired at {nxt.isoformat()}", check=check + ".expired")
-    if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+    if cert.serial_number in entry.revoked:
         raise CollateralError(f"certificate {cert.serial_number:x} is revoked", check=check)
 
 
-def _signed_json(body: bytes, sig: bytes, chain_pem: bytes, root: Any, now: datetime, check: str) -> dict:
-    chain = _load_certs(chain_pem, check + ".signature")
-    _verify_chain(chain, root, now, check=check + ".signature")
-    _verify_p256(chain[0].public_key(), sig, body, check=check + ".signature", what=check)
-    try:
-        obj = json.loads(body)
-    except ValueError as exc:
-        raise CollateralError(f"{check} is not JSON", check=check) from exc
-    if not isinstance(obj, dict):
-        raise CollateralError(f"{check} is not a JSON object", check=check)
-    if now > _parse_time(obj.get("nextUpdate", ""), check + ".expired"):
-        raise CollateralError(f"{check} expired at {obj.get('nextUpdate')}", check=check + ".expired")
-    return obj
+def _freeze(v: Any) -> Any:
+    """A read-only copy of parsed JSON (objects become mappings, arrays tuples): it is shared."""
+    if isinstance(v, dict):
+        return MappingProxyType({k: _freeze(x) for k, x in v.items()})
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    return v
 
 
-def _match_tdx_module(tcb_info: dict, body: TDReportBody) -> str | None:
+class _SignedDoc:
+    """A collateral JSON object whose signature verified under its issuer chain."""
+
+    __slots__ = ("chain", "issued", "issued_text", "next_update", "next_update_text", "obj")
+
+    def __init__(self, chain: _Chain, obj: Any, next_update: datetime, next_update_text: Any,
+                 issued: datetime | None = None, issued_text: Any = None) -> None:
+        self.chain = chain
+        self.obj = obj
+        self.next_update = next_update
+        self.next_update_text = next_update_text
+        self.issued = issued
+        self.issued_text = issued_text
+
+
+def _signed_json(body: bytes, sig: bytes, chain_pem: bytes, root: Any, now: datetime, check: str) -> Mapping:
+    """Verify a signed PCS object (TCB info, QE identity) at ``now`` and return it (read-only).
+
+    Signature, chain signatures and parsing are remembered per exact bytes and anchor; the
+    chain's validity and the object's nextUpdate are checked on every call."""
+    anchor = _root_info(root)
+    body, sig, chain_pem = _exact(body), _exact(sig), _exact(chain_pem)
+    key = (check, body, sig, chain_pem, anchor.fp)
+    doc = _DOCS.get(key)
+    if doc is None:
+        chain = _chain(chain_pem, anchor, now, check=check + ".signature")
+        _verify_p256(chain.leaf_key(), sig, body, check=check + ".signature", what=check)
+        try:
+            obj = json.loads(body)
+        except ValueError as exc:
+            raise CollateralError(f"{check} is not JSON", check=check) from exc
+        if not isinstance(obj, dict):
+            raise CollateralError(f"{check} is not a JSON object", check=check)
+        text = obj.get("nextUpdate", "")
+        issued_text = obj.get("issueDate")
+        issued = _parse_time(issued_text, check + ".not-yet-valid") if issued_text is not None else None
+        doc = _SignedDoc(chain, _freeze(obj), _parse_time(text, check + ".expired"), text, issued, issued_text)
+        _DOCS.put(key, doc)
+    else:
+        doc.chain.check_time(now, check + ".signature")
+    if doc.issued is not None and now < doc.issued:
+        raise CollateralError(f"{check} was issued at {doc.issued_text}, after the verification time",
+                              check=check + ".not-yet-valid")
+    if now > doc.next_update:
+        raise CollateralError(f"{check} expired at {doc.next_update_text}", check=check + ".expired")
+    return doc.obj
+
+
+def _match_tdx_module(tcb_info: Mapping, body: TDReportBody) -> str | None:
     """TDX module identity status (TCB info v3 ``tdxModuleIdentities``), or None if not applicable.
 
     TEE_TCB_SVN[1] is the TDX module major version; when it is non-zero the module is identified
@@ -793,7 +1051,7 @@ def _match_tdx_module(tcb_info: dict, body: TDReportBody) -> str | None:
 
 
 def _match_tcb_level(
-    tcb_info: dict, ext: PCKExtensions, body: TDReportBody
+    tcb_info: Mapping, ext: PCKExtensions, body: TDReportBody
 ) -> tuple[str, tuple[str, ...], str | None]:
     """First TCB level the platform meets (Intel PCS TDX TCB info v3, TCB level matching):
     SGX components and PCESVN from the PCK certificate, TDX components from TEE_TCB_SVN.
@@ -823,7 +1081,7 @@ def _match_tcb_level(
     raise CollateralError("platform TCB matches no TCB level (TCB not supported)", check="tdx.tcb_status")
 
 
-def _check_qe_identity(ident: dict, qe: EnclaveReportBody) -> str:
+def _check_qe_identity(ident: Mapping, qe: EnclaveReportBody) -> str:
     c = "tdx.qe_identity"
     try:
         mrsigner = bytes.fromhex(ident["mrsigner"])
@@ -851,17 +1109,6 @@ def _check_qe_identity(ident: dict, qe: EnclaveReportBody) -> str:
     raise CollateralError("QE ISVSVN matches no QE identity TCB level", check=c + ".tcb_status")
 
 
-def _trust_root(trust_root: Any) -> Any:
-    if trust_root is None:
-        return intel_root()
-    if isinstance(trust_root, (bytes, bytearray, str)):
-        certs = _load_certs(_as_bytes(trust_root), "tdx.pck_chain")
-        if len(certs) != 1:
-            raise CollateralError("trust_root must be exactly one certificate", check="tdx.pck_chain")
-        return certs[0]
-    return trust_root
-
-
 def verify_quote(
     quote: bytes,
     *,
@@ -878,11 +1125,14 @@ def verify_quote(
     ``now`` is the verification time (naive means UTC); ``report_data`` (up to 64 bytes,
     zero-padded) must equal REPORTDATA when given; ``collateral`` enables the CRL, TCB info,
     TCB status and QE identity checks.
+
+    Reusing the same ``collateral`` (or one built from the same bytes) and PCK chain is cheap:
+    their signatures are verified once per trust anchor, while validity dates, nextUpdate, the
+    quote's own signatures and the quote-specific CRL, TCB and QE identity checks run every time.
     """
-    _, _, _, serialization, _, _ = _x509()
     q = parse_quote(quote)
     now = _aware(now)
-    root = _trust_root(trust_root)
+    root = _root_info(trust_root)
     done: list[str] = []
 
     # 1. The attestation key signs header || body.
@@ -896,14 +1146,12 @@ def verify_quote(
     done.append("tdx.quote.signature")
 
     # 2. PCK chain to the trusted root; the quote's root is only accepted if it equals ours.
-    chain = _load_certs(q.pck_chain_pem, "tdx.pck_chain")
-    _verify_chain(chain, root, now, check="tdx.pck_chain")
-    pck = chain[0]
+    chain = _chain(q.pck_chain_pem, root, now, check="tdx.pck_chain")
     done.append("tdx.pck_chain")
 
     # 3. The PCK key signs the QE report ...
     _verify_p256(
-        pck.public_key(),
+        chain.leaf_key(),
         q.qe_report_signature,
         q.qe_report.raw,
         check="tdx.qe_report.signature",
@@ -925,7 +1173,7 @@ def verify_quote(
             raise EvidenceError("REPORTDATA does not match the expected value", check="tdx.report_data")
         done.append("tdx.report_data")
 
-    ext = pck_extensions(pck)
+    ext = chain.extensions()
     status = qe_status = module_status = None
     advisories: tuple[str, ...] = ()
     if collateral is not None:
@@ -947,16 +1195,9 @@ def verify_quote(
             raise CollateralError("TCB info has a malformed FMSPC", check="tdx.tcb_info.fmspc") from exc
         if not hmac.compare_digest(info_fmspc, ext.fmspc):
             raise CollateralError("TCB info is for another FMSPC", check="tdx.tcb_info.fmspc")
-        _check_crl(collateral.pck_crl, collateral.pck_crl_issuer_chain, pck, root, now, "tdx.crl")
-        if collateral.root_ca_crl is not None and len(chain) >= 2:
-            _check_crl(
-                collateral.root_ca_crl,
-                root.public_bytes(serialization.Encoding.PEM),
-                chain[1],
-                root,
-                now,
-                "tdx.crl.root",
-            )
+        _check_crl(collateral.pck_crl, collateral.pck_crl_issuer_chain, chain, 0, root, now, "tdx.crl")
+        if collateral.root_ca_crl is not None and len(chain.certs) >= 2:
+            _check_crl(collateral.root_ca_crl, root.pem, chain, 1, root, now, "tdx.crl.root")
         done.append("tdx.crl")
         if collateral.qe_identity is not None:
             if collateral.qe_identity_signature is None or collateral.qe_identity_issuer_chain is None:
@@ -1016,6 +1257,7 @@ __all__ = [
     "TDReportBody",
     "TDXClaims",
     "TDXQuote",
+    "clear_caches",
     "intel_root",
     "parse_quote",
     "parse_tdreport",
