@@ -14,6 +14,9 @@ A bundle (``"tsmr-bundle"``, version 1) carries
 :class:`~tsmr.errors.EvidenceError` on failure), then replays every log and
 compares each register the logs touch with the signed value: one row per
 register and bank, ``matched`` or ``mismatched`` with the explanation.
+The two steps are also available on their own, for callers (appraisal) that
+record each failure instead of stopping at the first: :func:`check_document`,
+:func:`verify_evidence`, :func:`log_events` and :func:`replay_logs`.
 The JSON Schema of the document is :data:`SCHEMA`.
 """
 
@@ -23,11 +26,12 @@ import base64
 import binascii
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..algorithms import HashAlg
 from ..errors import EvidenceError, InputError, ParseError
 from ..eventlog import parse as parse_log
+from ..events import Event
 from ..replay import explain, replay
 
 FORMAT = "tsmr-bundle"
@@ -78,6 +82,10 @@ SCHEMA: dict[str, Any] = {
 }
 
 MAX_BUNDLE_BYTES = 64 << 20
+
+
+class TrustAnchorMissing(InputError):
+    """The verifier was not given the trust anchors this kind of evidence needs (its configuration, not the evidence)."""
 
 
 @dataclass(frozen=True)
@@ -132,25 +140,57 @@ def _hex(value: Any, where: str) -> bytes:
         raise ParseError("not hex", format=FORMAT, field=where) from None
 
 
-def verify_bundle(
+@dataclass(frozen=True)
+class VerifiedEvidence:
+    """What :func:`verify_evidence` established: the kind, the verifier's claims, the signed registers."""
+
+    kind: str
+    claims: Any
+    signed: dict[str, dict[HashAlg, bytes]]  # register -> bank -> value, as the evidence signs them
+    nonce: bytes  # the bundle's nonce, which the evidence was checked to be bound to
+
+
+@dataclass(frozen=True)
+class LogReplay:
+    """What :func:`replay_logs` found: one row per register and bank (and per gap), and the events replayed."""
+
+    rows: tuple[Row, ...]
+    events: tuple[Event, ...]
+    arch: str
+
+
+def check_document(doc: Mapping[str, Any]) -> bytes:
+    """The bundle's nonce, after checking the outer structure (format, version, nonce, evidence object).
+
+    Raises :class:`~tsmr.errors.ParseError` naming the field at fault.
+    """
+    if not isinstance(doc, Mapping) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise ParseError(f"not a {FORMAT} version {VERSION} document", format=FORMAT, field="format")
+    nonce = _hex(doc.get("nonce", ""), "nonce")
+    if not isinstance(doc.get("evidence"), Mapping):
+        raise ParseError("evidence must be an object", format=FORMAT, field="evidence")
+    return nonce
+
+
+def verify_evidence(
     doc: Mapping[str, Any],
     *,
     now: datetime,
     trust: Mapping[str, Any] | None = None,
-) -> BundleResult:
-    """Verify the evidence of a bundle, then replay its logs against the signed registers.
+) -> VerifiedEvidence:
+    """Verify the evidence of a bundle, bound to the bundle's nonce; the logs are not looked at.
 
     ``trust`` passes the verifier's anchors and collateral: ``tdx``: ``trust_root``,
     ``collateral``; ``snp``: ``vcek``, ``ask``, ``ark``; ``cca``: ``cpak``.
-    Evidence failures raise; register mismatches are rows of the result.
+    Raises the verifier's :class:`~tsmr.errors.EvidenceError` when the evidence
+    does not verify, :class:`~tsmr.errors.ParseError` when the bundle or the
+    evidence cannot be read, and :class:`TrustAnchorMissing` (an
+    :class:`~tsmr.errors.InputError`) when ``trust`` lacks what this kind of
+    evidence needs.
     """
     trust = dict(trust or {})
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise ParseError(f"not a {FORMAT} version {VERSION} document", format=FORMAT, field="format")
-    nonce = _hex(doc.get("nonce", ""), "nonce")
-    ev = doc.get("evidence")
-    if not isinstance(ev, Mapping):
-        raise ParseError("evidence must be an object", format=FORMAT, field="evidence")
+    nonce = check_document(doc)
+    ev = doc["evidence"]
     kind = ev.get("kind")
     signed: dict[str, dict[HashAlg, bytes]] = {}
     if kind == "tdx":
@@ -179,7 +219,7 @@ def verify_bundle(
                     anchors["ark"] = table["ark"]
         missing = [n for n in ("vcek", "ask", "ark") if n not in anchors]
         if missing:
-            raise InputError(f"an SEV-SNP bundle needs the {', '.join(missing)} certificate(s) (the trusted ARK is "
+            raise TrustAnchorMissing(f"an SEV-SNP bundle needs the {', '.join(missing)} certificate(s) (the trusted ARK is "
                              "never taken from the guest's certificate table)")
         if ev.get("manifestblob") is not None:  # an SVSM service: REPORT_DATA = SHA-512(nonce || manifest)
             binding = snp.svsm_report_data(nonce, _b64(ev["manifestblob"], "evidence.manifestblob"))
@@ -190,7 +230,7 @@ def verify_bundle(
         from . import cca
 
         if "cpak" not in trust:
-            raise InputError("a CCA bundle needs the platform key (trust['cpak'])")
+            raise TrustAnchorMissing("a CCA bundle needs the platform key (trust['cpak'])")
         # The realm challenge is 64 bytes; configfs-tsm zero-pads a shorter inblob.
         claims = cca.verify_token(_b64(ev.get("data"), "evidence.data"), cpak=trust["cpak"],
                                   challenge=nonce.ljust(64, b"\0") if nonce else None)
@@ -200,9 +240,7 @@ def verify_bundle(
     elif kind == "tpm":
         from . import tpm
 
-        pcrs_doc = ev.get("pcrs") or {}
-        pcrs = {HashAlg.from_name(a): {int(i): _hex(v, f"evidence.pcrs.{a}.{i}") for i, v in vals.items()}
-                for a, vals in pcrs_doc.items()}
+        pcrs = _tpm_pcrs(ev.get("pcrs") or {})
         claims = tpm.verify_quote(_hex(ev.get("attest"), "evidence.attest"), _hex(ev.get("signature"), "evidence.signature"),
                                   _hex(ev.get("ak_public"), "evidence.ak_public"), nonce=nonce, pcrs=pcrs or None)
         if not claims.pcr_digest_checked:
@@ -212,18 +250,68 @@ def verify_bundle(
                 signed.setdefault(f"pcr{i}", {})[alg] = v
     else:
         raise ParseError(f"unknown evidence kind {kind!r}", format=FORMAT, field="evidence.kind")
+    return VerifiedEvidence(str(kind), claims, signed, nonce)
 
-    events = []
-    arch = "tdx" if kind == "tdx" else "cca" if kind == "cca" else "tpm"
-    for n, log in enumerate(doc.get("logs") or []):
-        if not isinstance(log, Mapping):
-            raise ParseError("a log must be an object", format=FORMAT, field=f"logs[{n}]")
-        parsed = parse_log(_b64(log.get("data"), f"logs[{n}].data"), log.get("format"),
-                           register=str(log.get("register") or "rtmr3"))
-        events.extend(parsed.events)
-    result = replay(events, arch=arch)
+
+def _tpm_pcrs(pcrs_doc: Any) -> dict[HashAlg, dict[int, bytes]]:
+    if not isinstance(pcrs_doc, Mapping):
+        raise ParseError("pcrs must be an object", format=FORMAT, field="evidence.pcrs")
+    out: dict[HashAlg, dict[int, bytes]] = {}
+    for a, vals in pcrs_doc.items():
+        try:
+            alg = HashAlg.from_name(str(a))
+        except InputError:
+            raise ParseError(f"unknown bank {a!r}", format=FORMAT, field=f"evidence.pcrs.{a}") from None
+        if not isinstance(vals, Mapping):
+            raise ParseError("a bank's PCR values must be an object", format=FORMAT, field=f"evidence.pcrs.{a}")
+        bank: dict[int, bytes] = {}
+        for i, v in vals.items():
+            if not (isinstance(i, str) and i.isdigit() and int(i) < 32):
+                raise ParseError(f"{i!r} is not a PCR number", format=FORMAT, field=f"evidence.pcrs.{a}")
+            bank[int(i)] = _hex(v, f"evidence.pcrs.{a}.{i}")
+        out[alg] = bank
+    return out
+
+
+def arch_of(kind: str) -> str:
+    """The register architecture logs of this evidence kind replay onto (TPM PCRs map onto RTMRs/REMs)."""
+    return "tdx" if kind == "tdx" else "cca" if kind == "cca" else "tpm"
+
+
+def log_events(log: Any, n: int = 0) -> list[Event]:
+    """The unified events of the bundle's log number ``n`` (ParseError or InputError if it cannot be read)."""
+    if not isinstance(log, Mapping):
+        raise ParseError("a log must be an object", format=FORMAT, field=f"logs[{n}]")
+    parsed = parse_log(_b64(log.get("data"), f"logs[{n}].data"), log.get("format"),
+                       register=str(log.get("register") or "rtmr3"))
+    return list(parsed.events)
+
+
+def replay_logs(
+    doc: Mapping[str, Any],
+    kind: str,
+    signed: Mapping[str, Mapping[HashAlg, bytes]],
+    *,
+    events: Sequence[Event] | None = None,
+    quirks: Sequence[str] = (),
+) -> LogReplay:
+    """Replay every log of a bundle (or the ``events`` given) and compare each register with its signed value.
+
+    One row per register and bank the logs touch: ``matched``, ``mismatched``
+    (with the explanation) or ``not-signed``; and one ``gap`` row per unlogged
+    measurement a sync record reveals.  ``quirks`` are the named quirks the
+    explanation may assume.
+    """
+    if events is None:
+        events = []
+        for n, log in enumerate(doc.get("logs") or []):
+            events.extend(log_events(log, n))
+    events = list(events)
+    arch = arch_of(kind)
+    result = replay(events, arch=arch, quirks=quirks)
     expected = {reg: banks for reg, banks in signed.items() if reg in result.registers}
-    explanations = {(m.register, m.alg): m.explanation for m in explain(events, expected, arch=arch)} if expected else {}
+    explanations = ({(m.register, m.alg): m.explanation for m in explain(events, expected, arch=arch, quirks=quirks)}
+                    if expected else {})
     rows = []
     for reg in sorted(result.registers, key=lambda r: (r.rstrip("0123456789"), int(r[len(r.rstrip("0123456789")):] or -1))):
         for alg, value in sorted(result.registers[reg].items()):
@@ -237,7 +325,25 @@ def verify_bundle(
     for g in result.gaps:  # unlogged measurements: the register matches, but not everything in it is known
         rows.append(Row(g.register, g.alg.kernel_name, None, g.declared.hex(), "gap",
                         f"changed without being logged before record {g.seq} of its {g.source} log"))
-    return BundleResult(str(kind), claims, tuple(rows))
+    return LogReplay(tuple(rows), tuple(events), arch)
 
 
-__all__ = ["SCHEMA", "FORMAT", "VERSION", "make_bundle", "verify_bundle", "BundleResult", "Row"]
+def verify_bundle(
+    doc: Mapping[str, Any],
+    *,
+    now: datetime,
+    trust: Mapping[str, Any] | None = None,
+) -> BundleResult:
+    """Verify the evidence of a bundle, then replay its logs against the signed registers.
+
+    ``trust`` passes the verifier's anchors and collateral: ``tdx``: ``trust_root``,
+    ``collateral``; ``snp``: ``vcek``, ``ask``, ``ark``; ``cca``: ``cpak``.
+    Evidence failures raise; register mismatches are rows of the result.
+    (:func:`verify_evidence` and :func:`replay_logs` are the two steps.)
+    """
+    verified = verify_evidence(doc, now=now, trust=trust)
+    return BundleResult(verified.kind, verified.claims, replay_logs(doc, verified.kind, verified.signed).rows)
+
+
+__all__ = ["SCHEMA", "FORMAT", "VERSION", "make_bundle", "verify_bundle", "BundleResult", "Row", "check_document",
+           "verify_evidence", "VerifiedEvidence", "TrustAnchorMissing", "log_events", "replay_logs", "LogReplay", "arch_of"]

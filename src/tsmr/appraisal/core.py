@@ -1,0 +1,426 @@
+"""Appraisal: an evidence bundle in, a :class:`~tsmr.appraisal.model.Result` of findings out.
+
+Theory of operation
+-------------------
+:func:`appraise` runs every step it can and records what each finds as a
+:class:`Finding` with a stable dotted id, a severity and the AR4SI
+trustworthiness claim it affects.  Bad evidence is never an exception: an
+exception means the appraisal could not be evaluated as asked (an invalid
+policy or reference-values argument, trust anchors the verifier lacks, a
+programming error).  The steps, in order:
+
+1. **Bundle structure** (:mod:`tsmr.evidence.bundle`): format, version,
+   nonce, evidence object, log list.
+2. **Evidence**: the quote, report or token verified with the given trust
+   anchors, bound to the bundle's nonce.  Nothing after step 3 runs when it
+   fails: unverified registers and logs prove nothing.
+3. **Freshness**: the bundle's nonce against the one the verifier issued,
+   whether that was already used, and when it expired.
+4. **Replay**: every log replayed (firmware first) and compared with the
+   signed registers; named quirks from the reference values may explain
+   firmware oddities, and the ones applied are listed in ``Result.quirks``.
+5. **Reference values** (:mod:`tsmr.appraisal.refvals`): signed registers,
+   evidence claims and required runtime events.
+6. **Appraisers** (:mod:`tsmr.appraisal.appraisers`): per-domain plugins judge
+   the runtime-log events of their domains.
+7. **Policy** (:mod:`tsmr.appraisal.policy`): a Rego policy sees the facts and
+   the findings so far and may deny.
+
+The status is the worst severity (info: ``affirming``, warning: ``warning``,
+error: ``contraindicated``); findings are listed worst first.
+
+Finding catalogue
+-----------------
+=================================  ========  ==================  =====================================
+id                                 severity  claim               when
+=================================  ========  ==================  =====================================
+``bundle.malformed``               error     instance-identity   the bundle document is not readable
+                                                                 (context: ``field``)
+``evidence.malformed``             error     hardware            the evidence bytes do not parse
+``evidence.<check>``               error     hardware, or        a verifier check failed; ``<check>`` is
+                                             instance-identity   the check (``tdx.quote.signature``,
+                                             for the binding     ``tdx.report_data``, ``tpm.nonce``...)
+``freshness.not-checked``          warning   instance-identity   no expected nonce was given
+``freshness.nonce-mismatch``       error     instance-identity   the bundle is not over the issued nonce
+``freshness.nonce-reused``         error     instance-identity   the nonce was already used
+``freshness.nonce-expired``        error     instance-identity   the nonce expired before ``now``
+``log.malformed``                  error     executables         a log of the bundle cannot be read
+``log.<anomaly>``                  warning   executables         a firmware-log anomaly no accepted
+                                                                 quirk excuses (:func:`tsmr.quirks.findings`)
+``replay.mismatch``                error     executables         a register does not replay to its
+                                                                 signed value (register, bank, signed,
+                                                                 replayed, explanation)
+``replay.gap``                     warning   executables         a register was extended without a log
+                                                                 record (a sync record declares it)
+``replay.not-signed``              info      executables         a log covers a register the evidence
+                                                                 does not sign
+``refvals.register-mismatch``      error     executables         a signed register is not a reference value
+``refvals.claim-mismatch``         error     configuration or    an evidence claim is not a reference
+                                             executables         value (launch measurements: executables)
+``refvals.event-missing``          error     executables         a required runtime event is absent
+``appraiser.missing``              error     configuration       the reference values configure an
+                                                                 appraiser that is not installed
+``appraiser.<name>.<what>``        (theirs)  (theirs)            an appraiser's finding
+``appraiser.<name>.failed``        error     executables         the appraiser raised an exception
+``policy.deny``                    error     configuration       ``allow`` is false, or a ``deny`` entry
+                                   (or the entry's)              (context ``rule``)
+=================================  ========  ==================  =====================================
+
+A gap is a warning, not an error: the sync record anchors the log, the
+register still matches its signed value, and every record after the gap is
+known; what is unknown is the content of the unlogged extension.  A policy
+that wants gaps refused denies on ``replay.gap``.
+
+Trustworthiness vector
+----------------------
+Each AR4SI claim (``TRUST_CLAIMS``) takes the tier value of the worst finding
+that names it: 2 (affirming) for info or none, 32 (warning), 96
+(contraindicated).  When the evidence could not be verified nothing else was
+appraised, so the claims no finding names are 0 ("no claim") instead of 2.
+The claims findings name: evidence signatures, certificate chains, collateral
+and TCB status affect ``hardware``; the nonce binding and freshness
+``instance-identity``; replay, log anomalies, register reference values,
+launch measurements and runtime events ``executables``; other claims
+(attributes, configuration ids, host data), policy denials and appraiser
+configuration ``configuration``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+from ..algorithms import HashAlg
+from ..errors import EvidenceError, InputError, ParseError
+from .appraisers import covers, load_appraisers
+from .facts import claims_json, content_json, group_by_domain, runtime_events, signed_json
+from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, Finding, Result
+from .policy import DEFAULT_POLICY, compile_policy, evaluate
+from .refvals import ReferenceValues
+
+__all__ = ["appraise", "Finding", "Result", "ReferenceValues", "load_appraisers", "DEFAULT_POLICY"]
+
+_SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+_LAUNCH_CLAIMS = frozenset({"mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam", "measurement", "rim",
+                            "rem0", "rem1", "rem2", "rem3", "mrservicetd"})
+_HARDWARE_CLAIMS = frozenset({"tcb_status", "tee_tcb_svn", "qe_tcb_status", "tdx_module_tcb_status", "advisory_ids",
+                              "reported_tcb", "fmspc", "chip_id", "implementation_id", "platform_sw_components"})
+
+
+def _aware(t: datetime) -> datetime:
+    # Databases (SQLite) hand back naive datetimes: they are UTC here, as everywhere in tsmr.
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+
+
+def _reg_key(name: str) -> tuple[str, int]:
+    head = name.rstrip("0123456789")
+    tail = name[len(head):]
+    return head, int(tail) if tail else -1
+
+
+def _same(actual: Any, allowed: Any) -> bool:
+    """Claim equality as JSON values; hex strings compare without regard to case."""
+    if isinstance(actual, str) and isinstance(allowed, str):
+        return actual.lower() == allowed.lower()
+    if isinstance(actual, bool) or isinstance(allowed, bool):
+        return actual is allowed
+    return bool(actual == allowed)
+
+
+class _Run:
+    """The findings of one appraisal so far, in the order the steps make them."""
+
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+
+    def add(self, id: str, severity: str, message: str, claim: str, **context: Any) -> None:
+        self.findings.append(Finding(id, severity, message, claim, context))
+
+
+def _evidence_claim(check: str) -> str:
+    return "instance-identity" if any(w in check for w in ("report_data", "nonce", "challenge")) else "hardware"
+
+
+def appraise(
+    bundle: Mapping[str, Any],
+    *,
+    policy: str | None = None,
+    reference_values: ReferenceValues | Mapping[str, Any] | None = None,
+    nonce: bytes | None = None,
+    now: datetime,
+    trust: Mapping[str, Any] | None = None,
+    nonce_expires_at: datetime | None = None,
+    nonce_used: bool = False,
+    appraisers: Sequence[Any] | None = None,
+    policy_id: str | None = None,
+    refvals_id: str | None = None,
+) -> Result:
+    """Appraise an evidence bundle (see the module docstring for the steps and findings).
+
+    ``nonce`` is the nonce the verifier issued (None: freshness is not checked),
+    ``nonce_expires_at`` and ``nonce_used`` what the verifier knows of it;
+    ``now`` is the verification time; ``trust`` the anchors and collateral
+    (as :func:`tsmr.evidence.bundle.verify_evidence` takes them); ``policy``
+    Rego source (default :data:`DEFAULT_POLICY`); ``appraisers`` replaces
+    the discovered plugins (:func:`load_appraisers`).
+
+    Raises :class:`~tsmr.errors.PolicyError` for a policy that does not
+    compile or evaluate, :class:`~tsmr.errors.InputError` for invalid reference
+    values or appraiser configuration, and
+    :class:`~tsmr.evidence.bundle.TrustAnchorMissing` when ``trust`` lacks what
+    the evidence needs; bad evidence and bundles are findings.
+    """
+    from .. import quirks as quirk_mod
+    from ..evidence.bundle import FORMAT, TrustAnchorMissing, check_document, log_events, replay_logs, verify_evidence
+
+    now = _aware(now)
+    refvals = ReferenceValues.coerce(reference_values) if reference_values is not None else None
+    source = DEFAULT_POLICY if policy is None else policy
+    compile_policy(source)  # a bad policy is the caller's error: say so before any work
+    if isinstance(nonce, str):
+        try:
+            nonce = bytes.fromhex(nonce)
+        except ValueError:
+            raise InputError("the expected nonce is not hex") from None
+    apps = list(appraisers) if appraisers is not None else load_appraisers()
+    by_name = {a.name: a for a in apps}
+    if refvals is not None:
+        for name, cfg in refvals.appraisers.items():
+            checker = getattr(by_name.get(name), "check_config", None)
+            if checker is not None:
+                checker(cfg)
+
+    run = _Run()
+    # 1. bundle structure
+    bundle_nonce: bytes | None = None
+    logs: list[Any] = []
+    try:
+        bundle_nonce = check_document(bundle)
+    except ParseError as exc:
+        run.add("bundle.malformed", "error", str(exc), "instance-identity", field=exc.field or "")
+    if bundle_nonce is not None:
+        raw_logs = bundle.get("logs")
+        if raw_logs is not None and not isinstance(raw_logs, list):
+            run.add("bundle.malformed", "error", f"{FORMAT}: logs must be an array (field logs)", "instance-identity",
+                    field="logs")
+            bundle_nonce = None
+        else:
+            logs = list(raw_logs or [])
+
+    # 2. evidence
+    verified = None
+    if bundle_nonce is not None:
+        try:
+            verified = verify_evidence(bundle, now=now, trust=trust)
+        except TrustAnchorMissing:
+            raise
+        except EvidenceError as exc:
+            check = exc.check or "failed"
+            run.add(f"evidence.{check}", "error", str(exc), _evidence_claim(check), check=check)
+        except ParseError as exc:
+            if exc.format == FORMAT:
+                run.add("bundle.malformed", "error", str(exc), "instance-identity", field=exc.field or "")
+            else:
+                run.add("evidence.malformed", "error", str(exc), "hardware", format=exc.format, field=exc.field,
+                        offset=exc.offset)
+        except InputError as exc:
+            run.add("evidence.malformed", "error", str(exc), "hardware")
+
+    # 3. freshness
+    if nonce is None:
+        run.add("freshness.not-checked", "warning", "no expected nonce was given, so the evidence may be a replay",
+                "instance-identity")
+    elif bundle_nonce is not None and not hmac.compare_digest(nonce, bundle_nonce):
+        run.add("freshness.nonce-mismatch", "error", "the bundle is over another nonce than the one issued",
+                "instance-identity", expected=nonce.hex(), bundle=bundle_nonce.hex())
+    if nonce_used:
+        run.add("freshness.nonce-reused", "error", "the nonce was already used by another appraisal", "instance-identity")
+    if nonce_expires_at is not None and now > _aware(nonce_expires_at):
+        run.add("freshness.nonce-expired", "error",
+                f"the nonce expired at {_aware(nonce_expires_at).isoformat()}, before {now.isoformat()}",
+                "instance-identity", expires_at=_aware(nonce_expires_at).isoformat(), now=now.isoformat())
+
+    rows: list[dict[str, Any]] = []
+    events_json: list[dict[str, Any]] = []
+    claims: dict[str, Any] = {}
+    applied: list[str] = []
+    if verified is not None:
+        claims = claims_json(verified.claims)
+        accepted = refvals.quirks if refvals is not None else ()
+        # 4. replay
+        events = []
+        for n, log in enumerate(logs):
+            try:
+                events.extend(log_events(log, n))
+            except ParseError as exc:
+                fid = "bundle.malformed" if exc.format == FORMAT else "log.malformed"
+                run.add(fid, "error", str(exc), "instance-identity" if fid == "bundle.malformed" else "executables",
+                        log=n, name=_log_name(log), field=exc.field or "", offset=exc.offset)
+            except InputError as exc:
+                run.add("log.malformed", "error", str(exc), "executables", log=n, name=_log_name(log))
+        replayed = replay_logs(bundle, verified.kind, verified.signed, events=events, quirks=accepted)
+        anomalies, applied = quirk_mod.findings(events, accepted)
+        for a in anomalies:
+            parts = a.id.split(".")
+            if len(parts) == 3:  # log.<register>.<anomaly>: the register goes to the context
+                run.add(f"log.{parts[2]}", "warning", a.message, "executables", register=parts[1])
+            else:
+                run.add(a.id, "warning", a.message, "executables")
+        for r in replayed.rows:
+            row = {"register": r.register, "bank": r.bank, "signed": r.signed, "replayed": r.replayed,
+                   "status": r.status, "explanation": r.explanation, "reference": None}
+            rows.append(row)
+            ctx = {"register": r.register, "bank": r.bank, "signed": r.signed, "replayed": r.replayed,
+                   "explanation": r.explanation}
+            if r.status == "mismatched":
+                run.add("replay.mismatch", "error", r.explanation or f"{r.register} {r.bank} does not replay to its signed value",
+                        "executables", **ctx)
+            elif r.status == "gap":
+                run.add("replay.gap", "warning", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
+            elif r.status == "not-signed":
+                run.add("replay.not-signed", "info", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
+        logged = {(r["register"], r["bank"]) for r in rows}
+        for reg, banks in verified.signed.items():
+            for alg, value in banks.items():
+                if (reg, alg.kernel_name) not in logged:
+                    rows.append({"register": reg, "bank": alg.kernel_name, "signed": value.hex(), "replayed": None,
+                                 "status": "signed-only", "explanation": "no log covers this register", "reference": None})
+        rows.sort(key=lambda r: (_reg_key(r["register"]), r["bank"], r["status"] == "gap"))
+        events_json = runtime_events(replayed.events, arch=replayed.arch)
+
+        # 5. reference values
+        if refvals is not None:
+            _check_refvals(run, refvals, verified.signed, claims, events_json, rows)
+
+        # 6. appraisers
+        _run_appraisers(run, apps, by_name, refvals, events_json)
+
+    # 7. policy
+    policy_input = {
+        "kind": verified.kind if verified is not None else None,
+        "nonce": bundle_nonce.hex() if bundle_nonce is not None else "",
+        "claims": claims,
+        "registers": signed_json(verified.signed) if verified is not None else {},
+        "events": {d: [dict(e, json=content_json(e["content"])) for e in evs]
+                   for d, evs in group_by_domain(events_json).items()},
+        "findings": [f.id for f in run.findings],
+        "errors": [f.id for f in run.findings if f.severity == "error"],
+        "warnings": [f.id for f in run.findings if f.severity == "warning"],
+    }
+    decision = evaluate(source, policy_input, {"reference_values": refvals.to_json()} if refvals is not None else None)
+    run.findings.extend(decision.findings)
+
+    findings = sorted(run.findings, key=lambda f: -_SEVERITY_RANK.get(f.severity, 2))
+    status = _status(findings)
+    if policy_id is None:
+        policy_id = "tsmr-default" if policy is None else "sha256:" + hashlib.sha256(policy.encode()).hexdigest()[:16]
+    return Result(
+        status=status,
+        kind=verified.kind if verified is not None else _kind_of(bundle),
+        nonce=bundle_nonce.hex() if bundle_nonce is not None else "",
+        findings=findings,
+        trustworthiness=_vector(findings, verified is not None),
+        registers=rows,
+        events=group_by_domain(events_json),
+        claims=claims,
+        quirks=list(applied),
+        policy_id=policy_id,
+        refvals_id=refvals_id if refvals_id is not None else (refvals.id if refvals is not None else None),
+    )
+
+
+def _kind_of(bundle: Any) -> str | None:
+    ev = bundle.get("evidence") if isinstance(bundle, Mapping) else None
+    kind = ev.get("kind") if isinstance(ev, Mapping) else None
+    return kind if kind in ("tdx", "snp", "cca", "tpm") else None
+
+
+def _log_name(log: Any) -> str | None:
+    name = log.get("name") if isinstance(log, Mapping) else None
+    return str(name) if name is not None else None
+
+
+def _status(findings: Sequence[Finding]) -> str:
+    worst = max((_SEVERITY_RANK.get(f.severity, 2) for f in findings), default=0)
+    return STATUS_ORDER[worst] if worst < len(STATUS_ORDER) else "contraindicated"
+
+
+def _vector(findings: Sequence[Finding], evaluated: bool) -> dict[str, int]:
+    base = TIER["affirming"] if evaluated else TIER["none"]
+    vec = {c: base for c in TRUST_CLAIMS}
+    for f in findings:
+        claim = f.claim if f.claim in vec else "configuration"
+        vec[claim] = max(vec[claim], TIER[SEVERITY_STATUS.get(f.severity, "contraindicated")])
+    return vec
+
+
+def _check_refvals(run: _Run, refvals: ReferenceValues, signed: Mapping[str, Mapping[HashAlg, bytes]],
+                   claims: Mapping[str, Any], events: Sequence[Mapping[str, Any]], rows: list[dict[str, Any]]) -> None:
+    row_of = {(r["register"], r["bank"]): r for r in rows if r["status"] != "gap"}
+    for reg, banks in refvals.registers.items():
+        for bank, allowed in banks.items():
+            value = signed.get(reg, {}).get(HashAlg.from_name(bank))
+            got = value.hex() if value is not None else None
+            ok = got is not None and any(hmac.compare_digest(got, a) for a in allowed)
+            row = row_of.get((reg, bank))
+            if row is not None:
+                row["reference"] = "matched" if ok else "mismatched"
+            if ok:
+                continue
+            what = "the evidence does not sign it" if got is None else "its signed value is not a reference value"
+            run.add("refvals.register-mismatch", "error", f"{reg} {bank}: {what}", "executables",
+                    register=reg, bank=bank, signed=got, allowed=list(allowed))
+    for name, allowed in refvals.claims.items():
+        claim = "executables" if name in _LAUNCH_CLAIMS else "hardware" if name in _HARDWARE_CLAIMS else "configuration"
+        if name not in claims:
+            run.add("refvals.claim-mismatch", "error", f"the evidence has no claim {name!r}", claim,
+                    claim_name=name, value=None, allowed=list(allowed))
+        elif not any(_same(claims[name], a) for a in allowed):
+            run.add("refvals.claim-mismatch", "error", f"claim {name} = {_short(claims[name])} is not a reference value",
+                    claim, claim_name=name, value=claims[name], allowed=list(allowed))
+    for ref in refvals.events:
+        if not any(ref.matches(e) for e in events):
+            shown = f" {ref.content}" if ref.content is not None else ""
+            run.add("refvals.event-missing", "error", f"no runtime event '{ref.domain} {ref.operation}{shown}'",
+                    "executables", **ref.to_json())
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:39] + "\u2026"
+
+
+def _run_appraisers(run: _Run, apps: Sequence[Any], by_name: Mapping[str, Any], refvals: ReferenceValues | None,
+                    events: Sequence[Mapping[str, Any]]) -> None:
+    configured = dict(refvals.appraisers) if refvals is not None else {}
+    for name in configured:
+        if name not in by_name:
+            run.add("appraiser.missing", "error", f"the reference values configure appraiser {name!r}, which is not "
+                    f"installed (installed: {', '.join(sorted(by_name)) or 'none'})", "configuration", appraiser=name)
+    for app in apps:
+        mine = [dict(e) for e in events if covers(app, str(e["domain"]))]
+        if not mine and app.name not in configured:
+            continue
+        prefix = f"appraiser.{app.name}."
+        try:
+            found = list(app.appraise(mine, dict(configured.get(app.name, {}))))
+        except InputError:
+            raise  # its configuration: the caller's to fix
+        except Exception as exc:  # a plugin's bug makes its judgement unknown, not the whole appraisal impossible
+            run.add(f"{prefix}failed", "error", f"appraiser {app.name} failed: {type(exc).__name__}: {exc}",
+                    "executables", appraiser=app.name)
+            continue
+        for f in found:
+            if isinstance(f, Mapping):
+                f = Finding(str(f.get("id", "finding")), str(f.get("severity", "error")), str(f.get("message", "")),
+                            str(f.get("claim", "executables")), dict(f.get("context") or {}))
+            if not isinstance(f, Finding):
+                run.add(f"{prefix}failed", "error", f"appraiser {app.name} returned {type(f).__name__}, not a Finding",
+                        "executables", appraiser=app.name)
+                continue
+            fid = f.id if f.id.startswith(prefix) else prefix + f.id
+            severity = f.severity if f.severity in _SEVERITY_RANK else "error"
+            claim = f.claim if f.claim in TRUST_CLAIMS else "executables"
+            run.findings.append(Finding(fid, severity, f.message, claim, dict(f.context)))

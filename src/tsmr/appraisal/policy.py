@@ -1,0 +1,242 @@
+"""Appraisal policies in Rego, evaluated with ``regopy`` (rego-cpp).
+
+A policy is one Rego module declaring ``package tsmr``.  It is evaluated after
+every other appraisal step, over this input document::
+
+    {
+      "kind":     "tdx" | "snp" | "cca" | "tpm" | null,
+      "nonce":    "<hex>",                          # the bundle's
+      "claims":   {"mrtd": "<hex>", "td_attributes": "<hex>", ...},   # Result.claims
+      "registers": {"rtmr0": {"sha384": "<hex>"}, "pcr7": {...}},     # signed values
+      "events":   {"<domain>": [{"register", "seq", "domain", "operation",
+                                  "content", "line", "json"}, ...]},  # runtime-log events
+      "findings": ["evidence.tdx.quote.signature", "replay.mismatch", ...],
+      "errors":   [...ids of error findings...],
+      "warnings": [...ids of warning findings...]
+    }
+
+``json`` is the event's content decoded when it is a JSON object or array
+(null otherwise): compare structured content through it rather than as text
+(rego-cpp compares strings that contain escaped characters inconsistently).
+The reference values, when given, are the base document
+``data.reference_values`` (their JSON form).
+
+The policy may define
+
+``allow``
+    a boolean; ``false`` gives a ``policy.deny`` finding.  Undefined: no decision.
+``deny``
+    a set or array of strings (messages) or objects ``{"id": ..., "msg": ...}``
+    (optional ``"severity"``: ``"error"`` (default) or ``"warning"``, and
+    ``"claim"``: an AR4SI claim, default ``configuration``); each entry gives a
+    ``policy.deny`` finding with its message (the entry's id is in the
+    finding's context as ``rule``).
+
+A policy that does not compile, or whose evaluation fails (a conflict between
+rule values, a built-in error), raises :class:`~tsmr.errors.PolicyError`:
+the appraisal could not be evaluated.  An undefined result is no decision.
+
+:data:`DEFAULT_POLICY` allows when no finding so far is an error (without
+regopy installed, it alone is evaluated, natively; any other policy needs regopy).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..errors import PolicyError
+from .model import TRUST_CLAIMS, Finding
+
+__all__ = ["DEFAULT_POLICY", "Decision", "check_policy", "compile_policy", "evaluate"]
+
+DEFAULT_POLICY = """\
+# tsmr's default appraisal policy: allow when nothing so far is an error.
+package tsmr
+
+import rego.v1
+
+default allow := false
+
+allow if count(input.errors) == 0
+"""
+
+_PACKAGE = re.compile(r"^\s*package\s+tsmr\s*(#.*)?$", re.MULTILINE)
+_ERRORMSG = re.compile(r"\(errormsg \d+:([^\n]*)\)")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a policy said: ``allow`` (None when undefined) and its deny entries as findings."""
+
+    allow: bool | None
+    findings: tuple[Finding, ...]
+
+
+def _interpreter() -> Any:
+    try:
+        from regopy import Interpreter, LogLevel
+    except ImportError:
+        raise PolicyError("Rego policies need the regopy package (pip install 'tsmr[verifier]')") from None
+    rego = Interpreter()
+    rego.log_level = LogLevel.NONE  # rego-cpp would otherwise print compile errors on standard output
+    return rego
+
+
+def _messages(text: str) -> str:
+    found = _ERRORMSG.findall(text)
+    return "; ".join(dict.fromkeys(m.strip() for m in found)) if found else text.strip()[:500]
+
+
+def _have_regopy() -> bool:
+    try:
+        import regopy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _default_decision(input: Mapping[str, Any]) -> Decision:
+    """:data:`DEFAULT_POLICY`'s decision without Rego, for installations without regopy."""
+    if input.get("errors"):
+        return _decision({"allow": False})
+    return Decision(True, ())
+
+
+def compile_policy(source: str) -> Any:
+    """A regopy interpreter holding the policy (None for the default policy without regopy); PolicyError if it
+    does not compile."""
+    if not _have_regopy():
+        if source == DEFAULT_POLICY:
+            return None  # evaluated natively (see evaluate)
+        raise PolicyError("Rego policies need the regopy package (pip install 'tsmr[verifier]')")
+    from regopy import RegoError
+
+    if not isinstance(source, str) or not source.strip():
+        raise PolicyError("the policy is empty")
+    if not _PACKAGE.search(source):
+        raise PolicyError("a tsmr policy is a Rego module declaring 'package tsmr'")
+    rego = _interpreter()
+    try:
+        rego.add_module("policy.rego", source)
+    except RegoError as exc:
+        raise PolicyError(f"the policy does not compile: {_messages(str(exc))}") from None
+    return rego
+
+
+def _query(rego: Any) -> Any:
+    """``data.tsmr`` as a Python value, or None when undefined.
+
+    The regopy ``Output`` class decodes the result itself and fails on some
+    strings, so the raw result is read through regopy's C bindings here.
+    """
+    from regopy import RegoError
+    from regopy import rego_shared as rs
+
+    try:
+        impl = rs.rego_query(rego._impl, "data.tsmr")
+    except RegoError as exc:
+        raise PolicyError(f"the policy could not be evaluated: {_messages(str(exc))}") from None
+    try:
+        if not rs.rego_output_ok(impl):
+            node = rs.rego_output_node(impl)
+            msgs = []
+            _collect_errors(rs, node, msgs)
+            raise PolicyError(f"the policy could not be evaluated: {'; '.join(dict.fromkeys(msgs)) or 'error'}")
+        text = rs.rego_output_string(impl)
+    finally:
+        rs.rego_free_output(impl)
+    if text.strip() == "undefined":
+        return None
+    if text.lstrip().startswith("(error"):
+        raise PolicyError(f"the policy could not be evaluated: {_messages(text)}")
+    try:
+        doc = json.loads(text, strict=False)
+    except ValueError:
+        raise PolicyError(f"the policy's result could not be read: {text[:200]}") from None
+    exprs = doc.get("expressions") if isinstance(doc, dict) else None
+    if not exprs:
+        return None
+    return exprs[0]
+
+
+def _collect_errors(rs: Any, node: Any, out: list[str], depth: int = 0) -> None:
+    from regopy import NodeKind
+
+    if depth > 8:
+        return
+    if rs.rego_node_type(node) == NodeKind.ErrorMessage:
+        out.append(rs.rego_node_value(node))
+        return
+    for i in range(rs.rego_node_size(node)):
+        _collect_errors(rs, rs.rego_node_get(node, i), out, depth + 1)
+
+
+def check_policy(source: str) -> None:
+    """Raise :class:`PolicyError` unless ``source`` compiles and evaluates as a tsmr policy."""
+    rego = compile_policy(source)
+    if rego is not None:
+        rego.set_input_term(json.dumps(_EMPTY_INPUT))
+        _decision(_query(rego))
+
+
+_EMPTY_INPUT: dict[str, Any] = {"kind": None, "nonce": "", "claims": {}, "registers": {}, "events": {},
+                                "findings": [], "errors": [], "warnings": []}
+
+
+def evaluate(source: str, input: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> Decision:
+    """Evaluate a policy over ``input`` (see the module docstring) and return its decision."""
+    rego = compile_policy(source)
+    if rego is None:
+        return _default_decision(input)
+    from regopy import RegoError
+
+    try:
+        if data:
+            # JSON text, like the input: rego-cpp then keeps strings with escapes consistent
+            # with the policy's own string literals.
+            rego.add_data_json(json.dumps(data, ensure_ascii=False))
+        rego.set_input_term(json.dumps(input, ensure_ascii=False))
+    except RegoError as exc:
+        raise PolicyError(f"the policy input was refused: {_messages(str(exc))}") from None
+    return _decision(_query(rego))
+
+
+def _decision(value: Any) -> Decision:
+    if value is None or not isinstance(value, dict):
+        return Decision(None, ())
+    allow = value.get("allow")
+    if allow is not None and not isinstance(allow, bool):
+        raise PolicyError(f"the policy's allow must be a boolean, not {type(allow).__name__}")
+    findings: list[Finding] = []
+    if allow is False:
+        findings.append(Finding("policy.deny", "error", "the policy does not allow this evidence", "configuration",
+                                {"rule": "allow"}))
+    deny = value.get("deny")
+    if deny is not None:
+        if not isinstance(deny, list):
+            raise PolicyError("the policy's deny must be a set or an array")
+        for entry in deny:
+            findings.append(_deny_finding(entry))
+    return Decision(allow, tuple(findings))
+
+
+def _deny_finding(entry: Any) -> Finding:
+    if isinstance(entry, str):
+        return Finding("policy.deny", "error", entry or "denied by the policy", "configuration", {"rule": "deny"})
+    if isinstance(entry, dict):
+        msg = entry.get("msg", entry.get("message"))
+        rule = entry.get("id")
+        severity = entry.get("severity", "error")
+        if severity not in ("error", "warning"):
+            raise PolicyError(f"a deny entry's severity must be 'error' or 'warning', not {severity!r}")
+        claim = entry.get("claim", "configuration")
+        if claim not in TRUST_CLAIMS:
+            raise PolicyError(f"a deny entry's claim must be one of {', '.join(TRUST_CLAIMS)}, not {claim!r}")
+        text = str(msg) if msg is not None else f"denied by the policy ({rule})" if rule else "denied by the policy"
+        context = {"rule": str(rule) if rule is not None else "deny"}
+        context.update({k: v for k, v in entry.items() if k not in ("id", "msg", "message", "severity", "claim")})
+        return Finding("policy.deny", severity, text, claim, context)
+    raise PolicyError(f"a deny entry must be a string or an object with id/msg, not {json.dumps(entry)[:100]}")

@@ -1,0 +1,205 @@
+"""``tsmr appraise`` (a bundle against a policy and reference values) and ``tsmr refvals learn``.
+
+:func:`register` adds both to the ``tsmr`` application; :data:`refvals_app`
+is the ``refvals`` sub-application, to which other reference-value commands
+can be added.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import InputError
+from . import render
+from .common import EXIT_VERIFY, JsonOpt, handle_errors, verification_time, write_output
+from .quote_cmd import load_trust
+
+__all__ = ["register", "refvals_app", "appraise_cmd", "learn_cmd"]
+
+refvals_app = typer.Typer(help="Reference values: what a known-good platform and workload measure.",
+                          no_args_is_help=True)
+
+TrustRootOpt = Annotated[Optional[str], typer.Option("--trust-root", help="TDX: root CA (PEM) instead of the shipped Intel root.")]
+CollateralOpt = Annotated[Optional[str], typer.Option("--collateral", help="TDX: PCCS-style collateral JSON, or a directory of PCS responses.")]
+VcekOpt = Annotated[Optional[str], typer.Option("--vcek", help="SNP: VCEK or VLEK certificate.")]
+AskOpt = Annotated[Optional[str], typer.Option("--ask", help="SNP: ASK (or the KDS ASK+ARK chain) certificate.")]
+ArkOpt = Annotated[Optional[str], typer.Option("--ark", help="SNP: the trusted ARK certificate.")]
+CpakOpt = Annotated[Optional[str], typer.Option("--cpak", help="CCA: platform attestation key, PEM or JWK JSON.")]
+AtOpt = Annotated[Optional[str], typer.Option("--at", help="Verification time, ISO 8601 (default: now).")]
+
+_STYLE = {"affirming": "green", "warning": "yellow", "contraindicated": "red", "none": "dim"}
+_SEVERITY_STYLE = {"error": "red", "warning": "yellow", "info": "dim"}
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``appraise`` and the ``refvals`` group (with ``learn``) to the ``tsmr`` application."""
+    app.command("appraise")(handle_errors(appraise_cmd))
+    app.add_typer(refvals_app, name="refvals")
+
+
+def _read_text(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{what} {path} is not UTF-8 text") from None
+
+
+def read_bundle(path: str) -> Any:
+    from ..evidence.bundle import MAX_BUNDLE_BYTES
+
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_BUNDLE_BYTES:
+            raise InputError(f"{path} is over {MAX_BUNDLE_BYTES} bytes")
+        return json.loads(p.read_bytes())
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InputError(f"{path} is not JSON: {exc}") from None
+
+
+def appraise_cmd(
+    bundle: Annotated[str, typer.Argument(help="A bundle written by 'tsmr attest' (or any tsmr-bundle document).")],
+    policy: Annotated[Optional[str], typer.Option("--policy", help="Rego policy file (package tsmr); default: allow when no finding is an error.")] = None,
+    refvals: Annotated[Optional[str], typer.Option("--refvals", help="Reference values (JSON, e.g. from 'tsmr refvals learn').")] = None,
+    nonce: Annotated[Optional[str], typer.Option("--nonce", help="The nonce you issued, hex (without it freshness is not checked).")] = None,
+    at: AtOpt = None,
+    trust_root: TrustRootOpt = None,
+    collateral: CollateralOpt = None,
+    vcek: VcekOpt = None,
+    ask: AskOpt = None,
+    ark: ArkOpt = None,
+    cpak: CpakOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Appraise a bundle: evidence, freshness, log replay, reference values, appraisers and a Rego policy.
+
+    Prints the registers, the runtime events by domain and every finding with
+    its id; exit 0 when the result is affirming, 1 when it is not, 2 for
+    unusable input (including a policy that does not compile).
+    """
+    from ..appraisal import appraise
+
+    doc = read_bundle(bundle)
+    source = _read_text(policy, "--policy") if policy else None
+    rv = None
+    if refvals:
+        from ..appraisal import ReferenceValues
+
+        rv = ReferenceValues.from_json(_read_text(refvals, "--refvals"))
+    expected = None
+    if nonce is not None:
+        try:
+            expected = bytes.fromhex(nonce.strip().removeprefix("0x"))
+        except ValueError:
+            raise InputError("--nonce is not hexadecimal") from None
+    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak)
+    result = appraise(doc, policy=source, reference_values=rv, nonce=expected, now=verification_time(at), trust=trust,
+                      policy_id=Path(policy).name if policy else None)
+    if as_json:
+        render.print_json(result.to_dict())
+    else:
+        _report(bundle, result)
+    if result.status != "affirming":
+        raise typer.Exit(EXIT_VERIFY)
+
+
+def _report(name: str, result: Any) -> None:
+    out = render.out
+    style = _STYLE.get(result.status, "bold")
+    out.print(f"{escape(name)}: {result.kind or 'unreadable'} evidence, status [bold {style}]{result.status.upper()}[/]",
+              soft_wrap=True)
+    if result.registers:
+        table = Table(title="registers", title_justify="left")
+        for col in ("register", "bank", "replay", "reference", "signed value", "explanation"):
+            table.add_column(col, overflow="fold")
+        for r in result.registers:
+            status = r["status"]
+            shown = f"[red]{status}[/]" if status == "mismatched" else f"[yellow]{status}[/]" if status == "gap" else status
+            ref = r.get("reference")
+            ref_shown = "-" if ref is None else f"[red]{ref}[/]" if ref == "mismatched" else ref
+            table.add_row(escape(r["register"]), r["bank"], shown, ref_shown, r["signed"] or "-", escape(r["explanation"]))
+        out.print(table)
+    if result.events:
+        table = Table(title="runtime events by domain", title_justify="left")
+        for col in ("domain", "register", "record", "operation", "content"):
+            table.add_column(col, overflow="fold")
+        for domain in sorted(result.events):
+            for n, e in enumerate(result.events[domain]):
+                table.add_row(escape(domain) if n == 0 else "", escape(e["register"]), str(e["seq"]), escape(e["operation"]),
+                              escape(e["content"]))
+        out.print(table)
+    if result.findings:
+        table = Table(title="findings", title_justify="left")
+        for col in ("severity", "id", "claim", "explanation"):
+            table.add_column(col, overflow="fold")
+        for f in result.findings:
+            sev = _SEVERITY_STYLE.get(f.severity, "")
+            text = f.message.splitlines()[0] if f.message else ""
+            table.add_row(f"[{sev}]{f.severity}[/]" if sev else escape(f.severity), escape(f.id), f.claim, escape(text))
+        out.print(table)
+    else:
+        out.print("no findings")
+    vector = ", ".join(f"{k}={v}" for k, v in result.trustworthiness.items())
+    out.print(f"trustworthiness: {vector}", soft_wrap=True)
+    if result.quirks:
+        out.print(f"quirks applied: {', '.join(result.quirks)}", soft_wrap=True)
+    ids = " ".join(x for x in (f"policy {result.policy_id}" if result.policy_id else "",
+                                f"reference values {result.refvals_id}" if result.refvals_id else "") if x)
+    if ids:
+        out.print(escape(ids), soft_wrap=True)
+
+
+@refvals_app.command("learn")
+@handle_errors
+def learn_cmd(
+    bundle: Annotated[str, typer.Argument(help="A bundle from a known-good machine.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the reference values (JSON); '-' for standard output.")],
+    id: Annotated[Optional[str], typer.Option("--id", help="The reference values' id (default: derived from their content).")] = None,
+    at: AtOpt = None,
+    trust_root: TrustRootOpt = None,
+    collateral: CollateralOpt = None,
+    vcek: VcekOpt = None,
+    ask: AskOpt = None,
+    ark: ArkOpt = None,
+    cpak: CpakOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Learn reference values from a known-good bundle: signed registers, identity claims and runtime events.
+
+    The bundle's evidence must verify (exit 1 otherwise) and its logs must
+    replay to the signed registers (exit 2 otherwise).
+    """
+    from ..appraisal import learn
+    from ..errors import EvidenceError
+
+    doc = read_bundle(bundle)
+    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak)
+    try:
+        rv = learn(doc, now=verification_time(at), trust=trust, id=id)
+    except EvidenceError as exc:
+        if as_json:
+            render.print_json({"learned": False, "check": exc.check, "error": str(exc)})
+        else:
+            render.error(f"the bundle's evidence does not verify: {exc}")
+        raise typer.Exit(EXIT_VERIFY)
+    text = rv.dumps()
+    if output == "-":
+        write_output(None, text.encode())
+        return
+    write_output(output, text.encode())
+    summary = {"output": output, "id": rv.id, "registers": sum(len(b) for b in rv.registers.values()),
+               "claims": len(rv.claims), "events": len(rv.events)}
+    if as_json:
+        render.print_json(summary)
+    else:
+        render.err.print(f"wrote {output}: reference values {rv.id} ({summary['registers']} register bank(s), "
+                         f"{summary['claims']} claim(s), {summary['events']} event(s))")
