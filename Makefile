@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TSMR := $(VENV)/bin/tsmr
 # Debian packages the test suite needs: swtpm for TPM tests, libtss2-dev and
-# pkg-config to build tpm2-pytss, fuse3 for unprivileged FUSE mounts.
-APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config fuse3
+# pkg-config to build tpm2-pytss, fuse3 for unprivileged FUSE mounts, postgresql
+# for the verifier service's tests (the tests start their own throwaway cluster).
+APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config fuse3 postgresql
 DEMO_STATE ?= $(CURDIR)/.state/demo
 PYTEST_ARGS ?=
 
@@ -27,11 +28,11 @@ $(VENV)/bin/python:
 	$(PIP) install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -q -e .
+	$(PIP) install -q -e '.[verifier]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python apt-deps
-	$(PIP) install -q -e '.[tpm,test]'
+	$(PIP) install -q -e '.[tpm,verifier,postgresql,test]'
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed

@@ -1,21 +1,27 @@
-"""The tsmr demo: an application keeps a verifiable log of what it measured into RTMR3,
-and a relying party verifies a quote over the registers together with that log.
+"""The tsmr demo: a workload in an (emulated) TDX guest records what it does through the guest
+agent; a relying party challenges it, the agent produces evidence, the verifier appraises it and
+answers with a signed result; then one log record is tampered with and the verifier says so.
 
-Run by `make demo` with TSMR_STATE_DIR and TSMR_LOG_DIR pointing at fresh
-directories, on the built-in emulator of an Intel TDX guest.  Each step prints
-the command a user would type, then runs it.
+Run by `make demo` with TSMR_STATE_DIR and TSMR_LOG_DIR pointing at fresh directories, on the
+built-in emulator of an Intel TDX guest.  Each step prints the command a user would type, then
+runs it.  Everything it starts is stopped before it returns.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 TSMR = [os.path.join(os.path.dirname(sys.executable), "tsmr")]
-B = ["--backend", "emulated:tdx"]
 
 
 def run(*args: str, expect: int = 0, say: str = "") -> str:
@@ -25,6 +31,8 @@ def run(*args: str, expect: int = 0, say: str = "") -> str:
     proc = subprocess.run(TSMR + list(args), text=True, capture_output=True)
     sys.stdout.write(proc.stdout)
     sys.stdout.write(proc.stderr)
+    if "Traceback (most recent call last)" in proc.stderr:
+        raise SystemExit("demo step failed: the command crashed")
     if proc.returncode != expect:
         raise SystemExit(f"demo step failed: exit code {proc.returncode}, expected {expect}")
     if expect:
@@ -32,44 +40,112 @@ def run(*args: str, expect: int = 0, say: str = "") -> str:
     return proc.stdout
 
 
+def start(say: str, *args: str, ready) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+    print(f"\n# {say}")
+    print(f"$ tsmr {shlex.join(args)} &", flush=True)
+    proc = subprocess.Popen(TSMR + list(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not ready():
+        if proc.poll() is not None:
+            raise SystemExit(f"tsmr {args[0]} exited {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"tsmr {args[0]} did not become ready within 30 s")
+        time.sleep(0.05)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def main() -> None:
+    state = Path(os.environ["TSMR_STATE_DIR"])
+    logs = Path(os.environ["TSMR_LOG_DIR"])
+    work = state.parent
     print("tsmr demo on an emulated Intel TDX guest (nothing here is hardware-backed)")
     run("emulate", "init", "--profile", "tdx", say="a fresh emulated TD: every RTMR starts at zero")
-    run("registers", *B)
 
-    events = ['example.com/app deploy {"image":"alpine","digest":"sha256:4f1c"}', 'example.com/app config {"replicas":3}']
-    run("log", "append", "rtmr3", *events, *B,
-        say="the application records two events: each line is hashed and extended into RTMR3, durably logged")
-    value = bytes.fromhex(run("read", "rtmr3", "--bank", "sha384", *B).strip())
+    root = state / "emulator" / "tdx" / "qe" / "root.pem"
+    sock = work / "agent.sock"
+    config = work / "agent.json"
+    config.write_text(json.dumps({
+        "backend": "emulated:tdx", "registers": ["rtmr2", "rtmr3"],
+        "rules": [{"uid": os.getuid(), "domains": ["example.com/*"], "read": True, "evidence": True}],
+    }, indent=1))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    agent = verifier = None
+    try:
+        agent = start("the guest agent: the only writer of RTMR2/RTMR3 and their logs; programs talk to it "
+                      f"over a Unix socket (rules in {config.name}: this uid may record example.com/* events)",
+                      "agent", "--socket", str(sock), "--config", str(config), ready=sock.exists)
+        # The emulator's quotes chain to a test root made in the state directory: the verifier trusts
+        # it because it is told to, never by default.
+        verifier = start("the verifier (SQLite), trusting the emulator's test root explicitly",
+                         "serve", "--port", str(port), "--database", f"sqlite:///{work / 'verifier.db'}",
+                         "--key", str(work / "ear-key.pem"), "--trust-root", str(root),
+                         ready=lambda: healthy(url))
 
-    # Independent check with hashlib: SYNC record, then each event, per spec/runtime-log.md section 3.
-    state = bytes(48)
-    for line in ["SYNC sha384/" + "00" * 48, *events]:
-        state = hashlib.sha384(state + hashlib.sha384(line.encode()).digest()).digest()
-    assert state == value, "RTMR3 does not equal the hashlib replay of the log"
-    print("# checked: RTMR3 equals a hashlib replay of the three logged lines")
+        events = ['example.com/app deploy {"digest":"sha256:4f1c","image":"alpine"}',
+                  'example.com/app config {"replicas":3}']
+        run("record", "--agent", str(sock), "rtmr3", *events,
+            say="the workload records two events: each line is hashed, extended into RTMR3 and logged")
+        run("record", "--agent", str(sock), "rtmr3", "github.com/confidential-containers PullImage x",
+            expect=2, say="a domain this uid was not granted is refused, and nothing is extended")
+        value = bytes.fromhex(run("read", "rtmr3", "--bank", "sha384", "--backend", "emulated:tdx").strip())
+        expected = bytes(48)
+        for line in ["SYNC sha384/" + "00" * 48, *events]:
+            expected = hashlib.sha384(expected + hashlib.sha384(line.encode()).digest()).digest()
+        assert expected == value, "RTMR3 does not equal the hashlib replay of the log"
+        print("# checked: RTMR3 equals a hashlib replay of the three logged lines")
 
-    run("log", "show", "rtmr3", *B)
-    run("log", "verify", "rtmr3", *B, say="a verifier replays the log and compares it with the register")
+        run("challenge", "--verifier", url, say="the relying party asks the verifier for a single-use nonce")
+        ear = work / "result.jwt"
+        run("attest", "--agent", str(sock), "--verifier", url, "--ear", str(ear),
+            say="... the agent quotes the registers over a fresh nonce with its logs; the verifier checks the "
+                "quote, replays every log against it, applies its policy and signs the result (EAR)")
+        with urllib.request.urlopen(url + "/.well-known/jwks.json", timeout=5) as resp:
+            jwks = json.load(resp)
+        from tsmr.appraisal import ear as ear_mod
 
-    rogue = hashlib.sha384(b"something nobody logged").hexdigest()
-    run("extend", "rtmr3", "--no-log", "--digest", rogue, *B, say="someone extends RTMR3 behind the log's back")
-    run("log", "verify", "rtmr3", *B, expect=1, say="the log no longer explains the register")
-    run("log", "append", "rtmr3", "example.com/app restart", *B,
-        say="the next append notices and records the gap with a sync record before its event")
-    run("log", "verify", "rtmr3", *B, expect=1, say="the log verifies again, but the gap is reported")
-    run("log", "verify", "rtmr3", "--allow-gaps", "--json", *B, say="a relying party that accepts gaps sees the details")
+        claims = ear_mod.verify(ear.read_text().strip(), jwks)
+        status = {k: v.get("ear.status") for k, v in claims["submods"].items()}
+        print(f"# checked offline: the EAR verifies with the published JWKS; status {status}")
 
-    # End to end: the TD produces a quote over its registers, bundled with its log; a verifier checks both.
-    state = os.environ.get("TSMR_STATE_DIR", "")
-    bundle = os.path.join(os.path.dirname(state) or ".", "bundle.json")
-    nonce = hashlib.sha256(b"relying party challenge").hexdigest() * 2
-    run("attest", "--nonce", nonce, "-o", bundle, *B,
-        say="attestation: a TDX quote over the registers (report data = the nonce) and the runtime log, in one bundle")
-    run("verify", bundle, expect=1, say="a verifier does not trust the emulator's test root by default")
-    root = os.path.join(state, "emulator", "tdx", "qe", "root.pem")
-    run("verify", bundle, "--trust-root", root, expect=1,
-        say="trusting it explicitly: the quote verifies, RTMR3 matches its log, and the gap still fails the check")
+        log = logs / "emulated-tdx" / "rtmr3.log"
+        text = log.read_bytes()
+        tampered = text.replace(b'"replicas":3', b'"replicas":9', 1)
+        assert tampered != text
+        log.write_bytes(tampered)
+        print(f"\n# someone edits one record of {log.name} on disk: replicas 3 -> 9")
+        run("attest", "--agent", str(sock), "--verifier", url, expect=1,
+            say="the next attestation: the log no longer replays to the signed RTMR3, and the verifier says why")
+    finally:
+        for proc in (verifier, agent):
+            if proc is not None:
+                stop(proc)
+    print("\n# done: the agent and the verifier are stopped")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,69 @@ IMA_LOG = "/sys/kernel/security/ima/binary_runtime_measurements"
 CCEL_LOG = "/sys/firmware/acpi/tables/data/CCEL"
 
 
+VerifierOpt = Annotated[Optional[str], typer.Option(
+    "--verifier", help="A tsmr verifier's URL (e.g. http://127.0.0.1:8080): get a challenge there and send it the bundle.")]
+
+
+def _http_json(method: str, url: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
+    """One JSON request with the standard library; (status, decoded body). Network errors are BackendError."""
+    import urllib.error
+    import urllib.request
+
+    from ..errors import BackendError
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise BackendError(f"verifier {url}: {getattr(exc, 'reason', exc)}", backend="verifier") from None
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        raise BackendError(f"verifier {url}: answered {status} with a body that is not JSON",
+                           backend="verifier") from None
+
+
+def challenge_nonce(verifier: str) -> bytes:
+    """A fresh single-use nonce from the verifier."""
+    from ..errors import BackendError
+
+    status, body = _http_json("POST", verifier.rstrip("/") + "/challenge", {})
+    if status not in (200, 201) or not isinstance(body, dict) or "nonce" not in body:
+        raise BackendError(f"verifier {verifier}: /challenge answered {status}: {body}", backend="verifier")
+    try:
+        return bytes.fromhex(body["nonce"])
+    except (TypeError, ValueError):
+        raise BackendError(f"verifier {verifier}: the nonce is not hex", backend="verifier") from None
+
+
+def challenge_cmd(
+    verifier: Annotated[str, typer.Option("--verifier", help="The verifier's URL, e.g. http://127.0.0.1:8080.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask a verifier for a single-use nonce (what 'tsmr attest --verifier' does first)."""
+    from ..errors import BackendError
+
+    status, body = _http_json("POST", verifier.rstrip("/") + "/challenge", {})
+    if status not in (200, 201) or not isinstance(body, dict):
+        raise BackendError(f"verifier {verifier}: /challenge answered {status}: {body}", backend="verifier")
+    if as_json:
+        render.print_json(body)
+    else:
+        render.line(str(body.get("nonce")))
+
+
 def attest_cmd(
-    nonce: Annotated[str, typer.Option("--nonce", help="The relying party's nonce, hex.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the bundle (JSON).")],
+    nonce: Annotated[Optional[str], typer.Option("--nonce", help="The relying party's nonce, hex (with --verifier: fetched from it).")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Where to write the bundle (JSON).")] = None,
+    verifier: VerifierOpt = None,
+    ear: Annotated[Optional[str], typer.Option("--ear", help="With --verifier: write the signed result (EAR JWT) here.")] = None,
+    agent: Annotated[Optional[str], typer.Option("--agent", help="Have the tsmr agent at this socket produce the bundle (it owns the runtime logs).")] = None,
     configfs: ConfigfsOpt = None,
     privlevel: PrivlevelOpt = None,
     service_provider: ServiceOpt = None,
@@ -44,10 +104,27 @@ def attest_cmd(
     from ..evidence.bundle import make_bundle
     from ..runtime_log.store import default_log_dir
 
-    try:
-        value = bytes.fromhex(nonce)
-    except ValueError:
-        raise InputError("--nonce is not hexadecimal") from None
+    if output is None and verifier is None:
+        raise InputError("give -o FILE for the bundle, --verifier URL to have it appraised, or both")
+    if nonce is None and verifier is None:
+        raise InputError("--nonce is needed (or --verifier, which issues one)")
+    if nonce is not None:
+        try:
+            value = bytes.fromhex(nonce)
+        except ValueError:
+            raise InputError("--nonce is not hexadecimal") from None
+    else:
+        assert verifier is not None
+        value = challenge_nonce(verifier)
+    if agent is not None:
+        from ..agent.client import AgentClient
+
+        if backend or configfs or privlevel is not None or service_provider or service_guid:
+            raise InputError("with --agent the agent's configuration chooses the backend and options")
+        doc = AgentClient(agent).evidence(value)
+        _finish(doc, output, verifier, ear, as_json, summary={"output": output, "source": "agent",
+                                                               "kind": doc.get("evidence", {}).get("kind")})
+        return
     got = acquire(value, backend=backend, state_dir=state_dir, configfs=configfs, privlevel=privlevel,
                   service_provider=service_provider, service_guid=service_guid,
                   service_manifest_version=manifest_version)
@@ -70,12 +147,64 @@ def attest_cmd(
         for path in sorted((base / provider).glob("*.log")):
             logs.append({"format": "tsmr", "data": path.read_bytes(), "register": path.stem, "name": str(path)})
     doc = make_bundle(nonce=value, evidence=got.evidence, logs=logs)
-    write_output(output, (json.dumps(doc, indent=1) + "\n").encode())
+    _finish(doc, output, verifier, ear, as_json,
+            summary={"output": output, "kind": got.kind, "source": got.source,
+                     "logs": [lg.get("name") for lg in logs], "trust_anchor": got.trust_anchor})
+
+
+def _finish(doc: dict[str, Any], output: str | None, verifier: str | None, ear: str | None, as_json: bool,
+            *, summary: dict[str, Any]) -> None:
+    """Write the bundle and/or have the verifier appraise it."""
+    if output:
+        write_output(output, (json.dumps(doc, indent=1) + "\n").encode())
+    if verifier is None:
+        if as_json:
+            render.print_json(summary)
+        else:
+            render.line(f"wrote {output}: {summary.get('kind')} evidence ({summary.get('source')}) "
+                        f"and {len(doc.get('logs') or [])} log(s)")
+        return
+    from ..errors import BackendError
+
+    status, body = _http_json("POST", verifier.rstrip("/") + "/attest", {"bundle": doc})
+    if status >= 500 or not isinstance(body, dict):
+        raise BackendError(f"verifier {verifier}: /attest answered {status}: {body}", backend="verifier")
+    if status >= 400:
+        raise InputError(f"verifier {verifier} refused the bundle ({status}): {body.get('detail', body)}")
+    if ear and body.get("ear"):
+        write_output(ear, (body["ear"] + "\n").encode())
     if as_json:
-        render.print_json({"output": output, "kind": got.kind, "source": got.source,
-                           "logs": [lg.get("name") for lg in logs], "trust_anchor": got.trust_anchor})
+        render.print_json(body)
     else:
-        render.line(f"wrote {output}: {got.kind} evidence ({got.source}) and {len(logs)} log(s)")
+        render_appraisal(body, title=f"{verifier}: result {body.get('id', '?')}")
+    if body.get("status") != "affirming":
+        raise typer.Exit(EXIT_VERIFY)
+
+
+def render_appraisal(body: dict[str, Any], *, title: str) -> None:
+    """A verifier's answer for people: registers, events by domain, findings, status."""
+    result = body.get("result") or {}
+    regs = result.get("registers") or []
+    if regs:
+        table = Table(title=title, title_justify="left")
+        for col in ("register", "bank", "status", "explanation"):
+            table.add_column(col, overflow="fold")
+        for r in regs:
+            st = r.get("status", "?")
+            table.add_row(str(r.get("register")), str(r.get("bank")), st if st == "matched" else f"[red]{st}[/]",
+                          str(r.get("explanation") or ""))
+        render.out.print(table)
+    for domain, events in sorted((result.get("events") or {}).items()):
+        render.line(f"events of {domain}: {len(events)}")
+        for ev in events[:20]:
+            render.line(f"  {ev.get('register', '')} #{ev.get('seq', '?')} {ev.get('operation', '')} {ev.get('content') or ''}".rstrip())
+    findings = [f for f in (result.get("findings") or body.get("findings") or []) if isinstance(f, dict)]
+    for f in findings:
+        if f.get("severity") != "info":
+            render.line(f"finding {f.get('id')}: {f.get('message')}")
+    status = body.get("status", "?")
+    colour = {"affirming": "green", "warning": "yellow"}.get(status, "red")
+    render.out.print(f"status: [{colour}]{status}[/]" + (f"  (EAR: {len(body['ear'])} bytes, signed)" if body.get("ear") else ""))
 
 
 def verify_cmd(

@@ -21,7 +21,12 @@ from .common import BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, 
 from .eventlog_cmd import eventlog_app
 from .log_cmd import log_app
 from .quote_cmd import quote_app
-from .bundle_cmd import attest_cmd, verify_cmd
+from .agent_cmd import register as register_agent
+from .appraise_cmd import refvals_app
+from .appraise_cmd import register as register_appraise
+from .serve_cmd import add_refvals_commands
+from .serve_cmd import register as register_serve
+from .bundle_cmd import attest_cmd, challenge_cmd, verify_cmd
 
 app = typer.Typer(
     name="tsmr",
@@ -41,6 +46,11 @@ app.add_typer(eventlog_app, name="eventlog")
 app.add_typer(quote_app, name="quote")
 app.command("attest")(handle_errors(attest_cmd))
 app.command("verify")(handle_errors(verify_cmd))
+app.command("challenge")(handle_errors(challenge_cmd))
+register_agent(app)
+register_appraise(app)
+register_serve(app)
+add_refvals_commands(refvals_app)
 
 def _parse_bank(text: str | None) -> HashAlg | None:
     if text is None or text.lower() in ("raw", "none"):
@@ -215,12 +225,20 @@ def emulate_init(
             raise InputError(f"--set takes NAME=HEX, got {item!r}")
         values[name.strip()] = _parse_hex(hex_text, f"value of {name}")
     path = initialise(profile, state_dir=state_dir, options=options, values=values)
+    anchor = None
     with EmulatedRegisterSet(profile, state_dir) as rs:
         regs = [r.name for r in rs.registers()]
+        if profile in ("tdx", "cca"):
+            from ..backends.configfs_emulated import trust_anchor
+
+            anchor = trust_anchor(rs)  # made now, so that verifiers can be told to trust it up front
     if as_json:
-        render.print_json({"profile": profile, "state": str(path), "options": options, "registers": regs})
+        render.print_json({"profile": profile, "state": str(path), "options": options, "registers": regs,
+                           "trust_anchor": anchor})
     else:
         render.out.print(f"emulator profile {profile} initialised in {path} ({len(regs)} registers)")
+        if anchor:
+            render.out.print(f"its evidence is signed under the test key {anchor} (trust it explicitly, never by default)")
 
 
 @emulate_app.command("reset")
