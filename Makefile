@@ -79,6 +79,7 @@ bench: install-test
 	$(PY) bench/replay.py
 	$(PY) bench/replay_ima.py
 	$(PY) bench/verify.py
+	$(PY) bench/service.py
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .hypothesis build src/*.egg-info

@@ -9,7 +9,7 @@ import typer
 from cryptography import x509
 from typer.testing import CliRunner
 
-from agent_harness import NOBODY, AgentFactory, post, raw_request, run_as
+from .agent_harness import NOBODY, AgentFactory, post, raw_request, run_as
 from tsmr.agent.client import AgentClient, AgentRequestError, _UnixHTTPConnection
 from tsmr.algorithms import HashAlg
 from tsmr.cli import agent_cmd

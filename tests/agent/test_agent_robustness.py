@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from cryptography import x509
 
-from agent_harness import AgentFactory
+from .agent_harness import AgentFactory
 from tsmr.agent.client import AgentError
 from tsmr.evidence.bundle import verify_bundle
 

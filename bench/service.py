@@ -1,0 +1,356 @@
+"""Attestations per second through ``tsmr serve --workers 2`` on PostgreSQL, beside appraise() in process.
+
+    python bench/service.py [--seconds 30] [--kill-seconds 20] [--clients 4] [--workers 2]
+                            [--events 100] [--sqlite] [--baseline-seconds 5] [--json]
+
+Every attestation is a full round: ``POST /challenge``, an emulated TDX quote over the
+returned nonce (made by the client), then ``POST /attest`` with a bundle carrying the quote,
+the firmware log (the go-tdx-guest CCEL fixture, replayed into the emulator's RTMR0-2 first
+so that it matches) and a runtime log of ``--events`` records on RTMR3.  Every result is
+affirming when all goes well; anything else is counted as an error.
+
+Phase 1 measures throughput and latency.  Phase 2 runs the same load and, halfway through,
+SIGKILLs one uvicorn worker (uvicorn's supervisor starts a new one); afterwards every result
+id a client was given with a 201 is fetched back: a missing one is a lost result.
+
+The baseline is the same appraisal called in process (``tsmr.appraisal.appraise`` on the same
+kind of bundle, one thread, no HTTP, no database, no signing), so the ratio shows what the
+service around it costs (HTTP, JSON, pydantic, the nonce UPDATE, the result INSERT, the EAR
+signature) and what the second worker gains back.  Without PostgreSQL binaries
+(``/usr/lib/postgresql/*/bin``) the service runs on SQLite and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(os.environ.get("TSMR_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+CCEL = FIXTURES / "go-tdx-guest" / "ccel" / "ccel_data.dat"
+
+SERVE = """
+import typer
+from tsmr.cli import serve_cmd
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+serve_cmd.register(app)
+app()
+"""
+
+
+# -- the guest --------------------------------------------------------------------------------------
+
+def prepare_guest(state: Path, events: int) -> dict[str, Any]:
+    """An emulated TDX guest whose RTMR0-2 match the CCEL fixture and RTMR3 a runtime log of ``events`` records."""
+    from tsmr.algorithms import HashAlg
+    from tsmr.backends.emulated import EmulatedRegisterSet
+    from tsmr.eventlog import parse
+    from tsmr.evidence.acquire import acquire
+    from tsmr.runtime_log.store import RuntimeLog
+
+    ccel = CCEL.read_bytes() if CCEL.exists() else None
+    with EmulatedRegisterSet("tdx", str(state)) as rs:
+        if ccel is not None:
+            for e in parse(ccel, "ccel").events:
+                if e.measured:
+                    rs.extend(e.register, {HashAlg.SHA384: dict(e.digests)[HashAlg.SHA384]})
+        with RuntimeLog(rs, "rtmr3", log_dir=state / "logs") as log:
+            log.append_many([f"example.com/bench step-{i} image=sha256:{i:064x}" for i in range(events)])
+            runtime = log.read()
+    got = acquire(bytes(32), backend="emulated:tdx", state_dir=str(state))
+    return {"state": str(state), "ccel": ccel, "runtime": runtime, "trust_root": got.trust_anchor}
+
+
+def make_bundle_for(guest: dict[str, Any], nonce: bytes) -> dict[str, Any]:
+    from tsmr.evidence.acquire import acquire
+    from tsmr.evidence.bundle import make_bundle
+
+    got = acquire(nonce, backend="emulated:tdx", state_dir=guest["state"])
+    logs: list[dict[str, Any]] = []
+    if guest["ccel"] is not None:
+        logs.append({"format": "ccel", "data": guest["ccel"], "name": "CCEL"})
+    logs.append({"format": "tsmr", "register": "rtmr3", "data": guest["runtime"], "name": "rtmr3"})
+    return make_bundle(nonce=nonce, evidence=got.evidence, logs=logs)
+
+
+# -- the service ------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_service(work: Path, database: str, trust_root: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    import httpx
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TSMR_")}
+    log = open(work / "serve.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "--port", str(port), "--database", database,
+                             "--state-dir", str(work / "verifier"), "--trust-root", trust_root,
+                             "--workers", str(workers), "--json-logs", "--log-level", "warning"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tsmr serve exited: {(work / 'serve.log').read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200 and (
+                    workers == 1 or len(worker_pids(proc.pid)) >= workers):
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop_service(proc)
+    raise RuntimeError("tsmr serve did not become healthy")
+
+
+def stop_service(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the session this script started for the service
+            proc.wait(timeout=10)
+
+
+def worker_pids(parent: int) -> list[int]:
+    """uvicorn's worker processes: the children of the serve process started by multiprocessing."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == parent and b"spawn_main" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                out.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return sorted(out)
+
+
+# -- the clients ------------------------------------------------------------------------------------
+
+def client(url: str, guest: dict[str, Any], seconds: float, index: int, out: Any) -> None:
+    import httpx
+
+    stats: dict[str, Any] = {"attest": [], "challenge": [], "cycle": [], "ok": [], "errors": {}}
+
+    def error(kind: str) -> None:
+        stats["errors"][kind] = stats["errors"].get(kind, 0) + 1
+
+    deadline = time.monotonic() + seconds
+    with httpx.Client(base_url=url, timeout=60) as c:
+        while time.monotonic() < deadline:
+            try:
+                t0 = time.perf_counter()
+                r = c.post("/challenge")
+                t1 = time.perf_counter()
+                if r.status_code != 201:
+                    error(f"challenge {r.status_code}")
+                    continue
+                body = json.dumps({"bundle": make_bundle_for(guest, bytes.fromhex(r.json()["nonce"]))})
+                t2 = time.perf_counter()
+                r = c.post("/attest", content=body, headers={"content-type": "application/json"})
+                t3 = time.perf_counter()
+            except httpx.HTTPError as exc:
+                error(type(exc).__name__)
+                time.sleep(0.05)
+                continue
+            if r.status_code != 201:
+                error(f"attest {r.status_code}")
+                continue
+            doc = r.json()
+            if doc["status"] != "affirming":
+                error(f"status {doc['status']}")
+            stats["ok"].append((doc["id"], doc["status"]))
+            stats["challenge"].append(t1 - t0)
+            stats["attest"].append(t3 - t2)
+            stats["cycle"].append((t1 - t0) + (t3 - t2))  # the client's quote making left out
+    out.put((index, stats))
+
+
+def run_load(url: str, guest: dict[str, Any], seconds: float, clients: int,
+             during: Any = None) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=client, args=(url, guest, seconds, i, q)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for p in procs:
+        p.start()
+    extra = during() if during is not None else None
+    results = [q.get(timeout=seconds + 120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    elapsed = time.perf_counter() - t0
+    merged: dict[str, Any] = {"attest": [], "challenge": [], "cycle": [], "ok": [], "errors": {}}
+    for _, s in results:
+        for k in ("attest", "challenge", "cycle", "ok"):
+            merged[k] += s[k]
+        for k, v in s["errors"].items():
+            merged["errors"][k] = merged["errors"].get(k, 0) + v
+    return {"elapsed": elapsed, "stats": merged, "during": extra}
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary(run: dict[str, Any], seconds: float) -> dict[str, Any]:
+    s = run["stats"]
+    return {"attestations": len(s["ok"]), "per_second": len(s["ok"]) / seconds,
+            "attest_p50_ms": pct(s["attest"], 0.5) * 1000, "attest_p99_ms": pct(s["attest"], 0.99) * 1000,
+            "challenge_p50_ms": pct(s["challenge"], 0.5) * 1000, "cycle_p50_ms": pct(s["cycle"], 0.5) * 1000,
+            "cycle_p99_ms": pct(s["cycle"], 0.99) * 1000, "errors": dict(s["errors"])}
+
+
+# -- the baseline -----------------------------------------------------------------------------------
+
+def baseline(guest: dict[str, Any], seconds: float) -> dict[str, Any]:
+    from cryptography import x509
+
+    from tsmr.appraisal import appraise
+
+    trust = {"trust_root": x509.load_pem_x509_certificate(Path(guest["trust_root"]).read_bytes())}
+    bundles = [make_bundle_for(guest, os.urandom(32)) for _ in range(20)]
+    times: list[float] = []
+    statuses = set()
+    deadline = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < deadline:
+        b = bundles[i % len(bundles)]
+        t0 = time.perf_counter()
+        r = appraise(b, nonce=bytes.fromhex(b["nonce"]), now=datetime.now(timezone.utc), trust=trust)
+        times.append(time.perf_counter() - t0)
+        statuses.add(r.status)
+        i += 1
+    return {"appraisals": len(times), "per_second": len(times) / sum(times), "p50_ms": pct(times, 0.5) * 1000,
+            "p99_ms": pct(times, 0.99) * 1000, "statuses": sorted(statuses)}
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=30.0, help="phase 1 (throughput) duration")
+    ap.add_argument("--kill-seconds", type=float, default=20.0, help="phase 2 (worker killed halfway) duration; 0 skips it")
+    ap.add_argument("--clients", type=int, default=4, help="client processes")
+    ap.add_argument("--workers", type=int, default=2, help="tsmr serve --workers")
+    ap.add_argument("--events", type=int, default=100, help="runtime-log records per bundle")
+    ap.add_argument("--baseline-seconds", type=float, default=5.0)
+    ap.add_argument("--sqlite", action="store_true", help="use SQLite even when PostgreSQL is available")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    sys.path.insert(0, str(ROOT / "tests" / "service"))
+    from pg import PostgresCluster, available  # the test suite's throwaway-cluster harness
+
+    work = Path(tempfile.mkdtemp(prefix="tsmr-bench-service-"))
+    notes: list[str] = []
+    cluster = None
+    try:
+        guest = prepare_guest(work / "guest", args.events)
+        if guest["ccel"] is None:
+            notes.append(f"no CCEL fixture at {CCEL}: bundles carry the runtime log only")
+        reason = "--sqlite given" if args.sqlite else available()
+        if reason is None:
+            cluster = PostgresCluster().start()
+            database = cluster.create_database("bench")
+            backend = "postgresql"
+        else:
+            database = f"sqlite:///{work / 'verifier.db'}"
+            backend = "sqlite"
+            notes.append(f"SQLite instead of PostgreSQL: {reason}")
+        size = len(json.dumps({"bundle": make_bundle_for(guest, bytes(32))}))
+        base = baseline(guest, args.baseline_seconds)
+
+        proc, url = start_service(work, database, guest["trust_root"], args.workers)
+        try:
+            phase1 = summary(run_load(url, guest, args.seconds, args.clients), args.seconds)
+            phase2: dict[str, Any] | None = None
+            if args.kill_seconds > 0:
+                def kill_one() -> dict[str, Any]:
+                    time.sleep(args.kill_seconds / 2)
+                    before = worker_pids(proc.pid)
+                    victim = before[0]
+                    os.kill(victim, signal.SIGKILL)  # a worker of the service this script started
+                    t_kill = time.monotonic()
+                    back = None
+                    while time.monotonic() - t_kill < 30:
+                        now = worker_pids(proc.pid)
+                        if len(now) >= args.workers and victim not in now:
+                            back = time.monotonic() - t_kill
+                            break
+                        time.sleep(0.1)
+                    return {"killed": victim, "restarted_after_s": back, "workers_after": worker_pids(proc.pid)}
+
+                run2 = run_load(url, guest, args.kill_seconds, args.clients, during=kill_one)
+                phase2 = summary(run2, args.kill_seconds)
+                phase2.update(run2["during"] or {})
+                import httpx
+
+                lost, mismatched = [], 0
+                with httpx.Client(base_url=url, timeout=60) as c:
+                    for rid, status in run2["stats"]["ok"]:
+                        r = c.get(f"/results/{rid}")
+                        if r.status_code != 200:
+                            lost.append(rid)
+                        elif r.json()["status"] != status:
+                            mismatched += 1
+                phase2.update({"told_stored": len(run2["stats"]["ok"]), "lost": len(lost), "status_changed": mismatched})
+        finally:
+            stop_service(proc)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    report = {"database": backend, "workers": args.workers, "clients": args.clients, "events": args.events,
+              "bundle_bytes": size, "cpus": os.cpu_count(), "phase1": phase1, "phase2": phase2, "baseline": base,
+              "ratio_throughput": phase1["per_second"] / base["per_second"],
+              "ratio_latency_p50": phase1["attest_p50_ms"] / base["p50_ms"], "notes": notes}
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return
+    print(f"tsmr serve --workers {args.workers} on {backend}, {args.clients} client processes, {os.cpu_count()} CPUs; "
+          f"bundle {size / 1024:.0f} KiB (TDX quote, CCEL, {args.events}-record runtime log)")
+    for n in notes:
+        print(f"note: {n}")
+    p = phase1
+    print(f"phase 1 ({args.seconds:g} s): {p['attestations']} attestations, {p['per_second']:.1f}/s; "
+          f"POST /attest p50 {p['attest_p50_ms']:.1f} ms p99 {p['attest_p99_ms']:.1f} ms; "
+          f"POST /challenge p50 {p['challenge_p50_ms']:.1f} ms; errors {p['errors'] or 0}")
+    if phase2 is not None:
+        q = phase2
+        print(f"phase 2 ({args.kill_seconds:g} s, worker {q['killed']} killed halfway, replaced after "
+              f"{q['restarted_after_s'] if q['restarted_after_s'] is None else round(q['restarted_after_s'], 1)} s): "
+              f"{q['attestations']} attestations, {q['per_second']:.1f}/s, errors {q['errors'] or 0}; "
+              f"{q['told_stored']} told stored, {q['lost']} lost, {q['status_changed']} changed")
+    print(f"baseline: appraise() in process, 1 thread: {base['per_second']:.1f}/s, p50 {base['p50_ms']:.1f} ms, "
+          f"p99 {base['p99_ms']:.1f} ms ({', '.join(base['statuses'])})")
+    print(f"ratio service/in-process: throughput {report['ratio_throughput']:.2f}, "
+          f"latency p50 {report['ratio_latency_p50']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

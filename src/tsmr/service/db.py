@@ -1,0 +1,399 @@
+"""The verifier's storage: challenges, results, policies and reference values (SQLAlchemy 2).
+
+Theory of operation
+-------------------
+Everything a replica knows lives in the database, so any number of
+``tsmr serve`` processes on one database behave as one verifier:
+
+* a challenge is a row; attesting consumes it with one conditional UPDATE
+  (``used_at IS NULL AND expires_at > now``) whose row count says whether this
+  request won, so a nonce is accepted exactly once whichever replica sees it;
+* results are stored before the client is told their id;
+* policies and reference values are versioned: a PUT adds version n+1 (two
+  concurrent PUTs race on the unique (name, version) key and the loser
+  retries), a DELETE marks every version deleted without forgetting it, so a
+  ``name@version`` in an old result never means two different documents.
+
+SQLite (the default, ``<state dir>/verifier.db``) runs in WAL mode with a busy
+timeout, and write transactions start with ``BEGIN IMMEDIATE`` so that two
+processes never both read and then fail to upgrade to a write lock.
+PostgreSQL is used through psycopg 3 (``postgresql+psycopg://``).
+
+Migrations (Alembic, shipped in ``migrations/``) run through :func:`upgrade`,
+serialised by ``pg_advisory_xact_lock`` on PostgreSQL and by a lock file next
+to the database on SQLite, so replicas may start together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from sqlalchemy import (JSON, DateTime, Engine, Index, Integer, String, Text, TypeDecorator, UniqueConstraint,
+                        create_engine, event, func, select, text, update)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from ..errors import InputError
+
+__all__ = ["Base", "Challenge", "StoredResult", "Policy", "RefValues", "Store", "default_url", "default_state_dir",
+           "make_engine", "upgrade", "MIGRATIONS_DIR", "Consumed"]
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Any 64-bit constant: the key of the advisory lock migrations hold on PostgreSQL.
+_PG_MIGRATION_LOCK = 0x74736D72_6D696772  # "tsmrmigr"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps stored as naive UTC (portable across SQLite and PostgreSQL), read back aware."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Challenge(Base):
+    __tablename__ = "challenges"
+
+    nonce: Mapped[str] = mapped_column(String(128), primary_key=True)  # hex
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class StoredResult(Base):
+    __tablename__ = "results"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # UUID, text form
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
+    nonce: Mapped[str] = mapped_column(String(128), nullable=False, index=True)
+    status: Mapped[str] = mapped_column(String(32), nullable=False)
+    kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    policy_id: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    refvals_id: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    ear: Mapped[str] = mapped_column(Text, nullable=False)
+    result: Mapped[Any] = mapped_column(JSON, nullable=False)
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_policies_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    rego: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class RefValues(Base):
+    __tablename__ = "reference_values"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_reference_values_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    document: Mapped[Any] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+Index("ix_policies_name", Policy.name)
+Index("ix_reference_values_name", RefValues.name)
+
+Kind = Literal["policy", "refvals"]
+_MODELS: dict[str, type[Policy] | type[RefValues]] = {"policy": Policy, "refvals": RefValues}
+
+
+# -- engines --------------------------------------------------------------------------------------
+
+def default_state_dir() -> Path:
+    env = os.environ.get("TSMR_STATE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "tsmr"
+
+
+def default_url(state_dir: str | os.PathLike[str] | None = None) -> str:
+    base = Path(state_dir) if state_dir is not None else default_state_dir()
+    return f"sqlite:///{base / 'verifier.db'}"
+
+
+def normalise_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` mean psycopg 3 here (the only PostgreSQL driver tsmr needs)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden, for logs and messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL we cannot parse is not worth showing
+        return "<database url>"
+
+
+def make_engine(url: str | None = None, *, state_dir: str | os.PathLike[str] | None = None,
+                pool_size: int = 5) -> Engine:
+    """An engine for ``url`` (default: the SQLite file in the state directory)."""
+    url = normalise_url(url or default_url(state_dir))
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises several kinds for bad URLs
+        raise InputError(f"not a database URL: {redact_url(url)} ({type(exc).__name__})") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        path = parsed.database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        _sqlite_setup(engine)
+        return engine
+    if backend == "postgresql":
+        return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2)
+    raise InputError(f"unsupported database {backend!r}: use sqlite:///PATH or postgresql+psycopg://...")
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # no implicit BEGIN from the driver: _begin emits ours
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("PRAGMA busy_timeout = 30000")
+            if engine.url.database not in (None, "", ":memory:"):
+                cur.execute("PRAGMA journal_mode = WAL")
+                cur.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def alembic_config(connection: Any = None) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("path_separator", "os")
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run the migrations up to ``revision``; safe when several processes do it at once."""
+    from alembic import command
+
+    if is_postgres(engine):
+        with engine.begin() as conn:
+            # Held until this transaction ends: the second process waits, then finds nothing to do.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            command.upgrade(alembic_config(conn), revision)
+        return
+    lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    db = engine.url.database
+    if engine.dialect.name == "sqlite" and db and db != ":memory:" and not db.startswith("file:"):
+        lock = _file_lock(Path(db + ".migrate-lock"))
+    with lock:
+        with engine.connect() as raw:
+            conn = raw.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                command.upgrade(alembic_config(conn), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Consumed:
+    """What happened to a nonce presented for attestation."""
+
+    outcome: str  # "fresh", "unknown", "expired", "reused"
+    challenge: Challenge | None = None
+
+
+class Store:
+    """Every query the service and the CLI make, over one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self._issued = 0
+
+    @classmethod
+    def open(cls, url: str | None = None, *, state_dir: str | os.PathLike[str] | None = None,
+             migrate: bool = True) -> "Store":
+        store = cls(make_engine(url, state_dir=state_dir))
+        if migrate:
+            upgrade(store.engine)
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A session whose transaction takes SQLite's write lock up front (no effect on PostgreSQL)."""
+        with self.sessions() as s:
+            s.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+            yield s
+            s.commit()
+
+    # -- challenges -------------------------------------------------------------------------------
+    def issue_challenge(self, *, ttl: timedelta, now: datetime | None = None, nbytes: int = 32) -> Challenge:
+        now = now or utcnow()
+        row = Challenge(nonce=os.urandom(nbytes).hex(), created_at=now, expires_at=now + ttl)
+        with self._write() as s:
+            s.add(row)
+        self._issued += 1
+        if self._issued % 256 == 1 or random.random() < 1 / 256:
+            self.purge_challenges(now=now)
+        return row
+
+    def purge_challenges(self, *, now: datetime | None = None, keep: timedelta = timedelta(hours=1)) -> int:
+        """Forget challenges that expired more than ``keep`` ago (a replay of one is then refused as unknown)."""
+        from sqlalchemy import delete
+
+        now = now or utcnow()
+        with self._write() as s:
+            res = s.execute(delete(Challenge).where(Challenge.expires_at < now - keep))
+        return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+    def consume(self, nonce: str, *, now: datetime | None = None) -> Consumed:
+        """Mark the challenge used if it is fresh; the row count of one UPDATE decides who wins."""
+        now = now or utcnow()
+        with self._write() as s:
+            res = s.execute(update(Challenge)
+                            .where(Challenge.nonce == nonce, Challenge.used_at.is_(None), Challenge.expires_at > now)
+                            .values(used_at=now)
+                            .execution_options(synchronize_session=False))
+            won = res.rowcount == 1  # type: ignore[attr-defined]
+            row = s.get(Challenge, nonce)
+        if won:
+            return Consumed("fresh", row)
+        if row is None:
+            return Consumed("unknown")
+        if row.used_at is not None:
+            return Consumed("reused", row)
+        return Consumed("expired", row)
+
+    # -- results ----------------------------------------------------------------------------------
+    def save_result(self, *, status: str, kind: str | None, nonce: str, ear: str, result: Any,
+                    policy_id: str | None = None, refvals_id: str | None = None,
+                    now: datetime | None = None, id: str | None = None) -> StoredResult:
+        row = StoredResult(id=id or str(uuid.uuid4()), created_at=now or utcnow(), nonce=nonce, status=status,
+                           kind=kind, ear=ear, result=result, policy_id=policy_id, refvals_id=refvals_id)
+        with self._write() as s:
+            s.add(row)
+        return row
+
+    def get_result(self, id: str) -> StoredResult | None:
+        with self.sessions() as s:
+            return s.get(StoredResult, id)
+
+    # -- versioned documents ----------------------------------------------------------------------
+    def put(self, kind: Kind, name: str, content: Any, *, now: datetime | None = None) -> Policy | RefValues:
+        """Store ``content`` as the next version of ``name`` (a policy's Rego text, or a refvals document)."""
+        model = _MODELS[kind]
+        for _ in range(20):
+            try:
+                with self._write() as s:
+                    top = s.execute(select(func.max(model.version)).where(model.name == name)).scalar()
+                    fields = {"rego": content} if kind == "policy" else {"document": content}
+                    row = model(name=name, version=(top or 0) + 1, created_at=now or utcnow(), **fields)
+                    s.add(row)
+                return row
+            except IntegrityError:
+                continue  # another writer took that version number: take the next one
+        raise InputError(f"could not store a new version of {kind} {name!r}: too much contention")
+
+    def get(self, kind: Kind, name: str, version: int | None = None) -> Policy | RefValues | None:
+        """The latest live version of ``name`` (or the given version, if it is not deleted)."""
+        model = _MODELS[kind]
+        with self.sessions() as s:
+            q = select(model).where(model.name == name, model.deleted_at.is_(None))
+            if version is not None:
+                q = q.where(model.version == version)
+            return s.execute(q.order_by(model.version.desc()).limit(1)).scalar_one_or_none()
+
+    def versions(self, kind: Kind, name: str) -> list[Policy | RefValues]:
+        model = _MODELS[kind]
+        with self.sessions() as s:
+            return list(s.execute(select(model).where(model.name == name, model.deleted_at.is_(None))
+                                  .order_by(model.version)).scalars())
+
+    def names(self, kind: Kind) -> list[tuple[str, int, datetime]]:
+        """(name, latest live version, its creation time) for every name with a live version."""
+        model = _MODELS[kind]
+        with self.sessions() as s:
+            latest = (select(model.name, func.max(model.version).label("v"))
+                      .where(model.deleted_at.is_(None)).group_by(model.name).subquery())
+            rows = s.execute(select(model.name, model.version, model.created_at)
+                             .join(latest, (model.name == latest.c.name) & (model.version == latest.c.v))
+                             .order_by(model.name)).all()
+            return [(r[0], r[1], r[2]) for r in rows]
+
+    def delete(self, kind: Kind, name: str, *, now: datetime | None = None) -> int:
+        """Mark every live version of ``name`` deleted; the number of versions affected."""
+        model = _MODELS[kind]
+        with self._write() as s:
+            res = s.execute(update(model).where(model.name == name, model.deleted_at.is_(None))
+                            .values(deleted_at=now or utcnow()).execution_options(synchronize_session=False))
+        return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+    def ping(self) -> str | None:
+        """The schema revision; raises if the database does not answer."""
+        return current_revision(self.engine)

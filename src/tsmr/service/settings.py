@@ -1,0 +1,189 @@
+"""The verifier's settings: from keyword arguments, or from ``TSMR_*`` environment variables.
+
+Worker processes started by uvicorn get their settings from the environment
+(:meth:`Settings.from_env`), which ``tsmr serve`` fills in from its options;
+the admin token travels as a file path when it came from a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .db import default_state_dir, default_url
+
+__all__ = ["Settings", "load_trust", "ENV"]
+
+MiB = 1 << 20
+
+# Settings field -> environment variable.
+ENV = {
+    "database_url": "TSMR_DATABASE_URL",
+    "state_dir": "TSMR_STATE_DIR",
+    "key_path": "TSMR_EAR_KEY",
+    "key_alg": "TSMR_EAR_ALG",
+    "admin_token": "TSMR_ADMIN_TOKEN",
+    "admin_token_file": "TSMR_ADMIN_TOKEN_FILE",
+    "trust_root": "TSMR_TRUST_ROOT",
+    "collateral": "TSMR_COLLATERAL",
+    "cpak": "TSMR_CPAK",
+    "snp_ark": "TSMR_SNP_ARK",
+    "snp_ask": "TSMR_SNP_ASK",
+    "snp_vcek": "TSMR_SNP_VCEK",
+    "challenge_ttl": "TSMR_CHALLENGE_TTL",
+    "max_attest_bytes": "TSMR_MAX_ATTEST_BYTES",
+    "max_body_bytes": "TSMR_MAX_BODY_BYTES",
+    "json_logs": "TSMR_JSON_LOGS",
+    "log_level": "TSMR_LOG_LEVEL",
+    "migrate": "TSMR_MIGRATE",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything :func:`tsmr.service.app.create_app` needs.
+
+    Trust anchors are paths: ``trust_root`` (TDX root CA, PEM, instead of Intel's),
+    ``collateral`` (TDX PCCS-style collateral JSON), ``cpak`` (CCA platform key,
+    PEM or JWK), ``snp_ark`` / ``snp_ask`` / ``snp_vcek`` (SEV-SNP certificates).
+    """
+
+    database_url: str | None = None  # default: sqlite:///<state dir>/verifier.db
+    state_dir: str | None = None  # default: $TSMR_STATE_DIR or ~/.local/state/tsmr
+    key_path: str | None = None  # default: <state dir>/ear-key.pem
+    key_alg: str = "ES256"
+    admin_token: str | None = field(default=None, repr=False)
+    admin_token_file: str | None = None
+    trust_root: str | None = None
+    collateral: str | None = None
+    cpak: str | None = None
+    snp_ark: str | None = None
+    snp_ask: str | None = None
+    snp_vcek: str | None = None
+    challenge_ttl: float = 300.0  # seconds a nonce stays usable
+    max_attest_bytes: int = 16 * MiB
+    max_body_bytes: int = 1 * MiB
+    json_logs: bool = False
+    log_level: str = "INFO"
+    migrate: bool = True  # run the migrations at startup
+    verifier_developer: str = "tsmr"
+    verifier_build: str | None = None  # default: "tsmr <version>"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, var in ENV.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            kind = str(types[name])
+            if "bool" in kind:
+                values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif kind.startswith("int"):
+                values[name] = _number(int, raw, var)
+            elif kind.startswith("float"):
+                values[name] = _number(float, raw, var)
+            else:
+                values[name] = raw
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes :meth:`from_env` give these settings back (the token as its file, if any)."""
+        out: dict[str, str] = {}
+        for name, var in ENV.items():
+            value = getattr(self, name)
+            if value is None or (name == "admin_token" and self.admin_token_file):
+                continue
+            out[var] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        return out
+
+    def resolved(self) -> "Settings":
+        """Defaults filled in: the state directory, the database URL and the key path."""
+        state = Path(self.state_dir) if self.state_dir else default_state_dir()
+        return replace(self, state_dir=str(state), database_url=self.database_url or default_url(state),
+                       key_path=self.key_path or str(state / "ear-key.pem"))
+
+    def read_admin_token(self) -> str | None:
+        """The admin token (from the settings, else from its file); None means no admin endpoints."""
+        if self.admin_token:
+            return self.admin_token
+        if not self.admin_token_file:
+            return None
+        try:
+            token = Path(self.admin_token_file).read_text().strip()
+        except OSError as exc:
+            raise InputError(f"cannot read the admin token file {self.admin_token_file}: {exc.strerror}") from None
+        if len(token) < 16:
+            raise InputError(f"the admin token in {self.admin_token_file} is shorter than 16 characters")
+        return token
+
+    def build(self) -> str:
+        if self.verifier_build:
+            return self.verifier_build
+        from .. import __version__
+
+        return f"tsmr {__version__}"
+
+
+def _number(kind: type, raw: str, var: str) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise InputError(f"{var}={raw!r} is not a number") from None
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def load_trust(settings: Settings) -> dict[str, Any]:
+    """The trust anchors and collateral named by the settings, keyed as the evidence verifiers take them."""
+    trust: dict[str, Any] = {}
+    if settings.trust_root:
+        from cryptography import x509
+
+        try:
+            trust["trust_root"] = x509.load_pem_x509_certificate(_read(settings.trust_root, "the TDX trust root"))
+        except ValueError as exc:
+            raise InputError(f"{settings.trust_root}: not a PEM certificate ({exc})") from None
+    if settings.collateral:
+        from ..evidence import tdx
+
+        try:
+            trust["collateral"] = tdx.Collateral.from_json(json.loads(_read(settings.collateral, "the TDX collateral")))
+        except ValueError as exc:
+            raise InputError(f"{settings.collateral}: not TDX collateral JSON ({exc})") from None
+    if settings.cpak:
+        raw = _read(settings.cpak, "the CCA platform key")
+        if raw.lstrip()[:1] == b"{":
+            trust["cpak"] = json.loads(raw)
+        else:
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+            try:
+                trust["cpak"] = load_pem_public_key(raw)
+            except ValueError as exc:
+                raise InputError(f"{settings.cpak}: not a PEM public key or JWK ({exc})") from None
+    if settings.snp_vcek:
+        trust["vcek"] = _read(settings.snp_vcek, "the SEV-SNP VCEK")
+    if settings.snp_ask:
+        ask = _read(settings.snp_ask, "the SEV-SNP ASK")
+        if settings.snp_ark:
+            trust["ask"] = ask
+        else:  # an AMD KDS cert_chain: ASK then ARK
+            from ..evidence import snp
+
+            trust["ask"], trust["ark"] = snp.split_chain(ask)
+    if settings.snp_ark:
+        trust["ark"] = _read(settings.snp_ark, "the SEV-SNP ARK")
+    return trust
