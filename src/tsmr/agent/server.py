@@ -69,7 +69,6 @@ import traceback
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
@@ -81,9 +80,6 @@ from .config import AgentConfig, Peer
 
 MAX_RECORDS_PER_REQUEST = 1024
 MAX_NONCE_BYTES = 64
-TPM_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
-IMA_LOG = "/sys/kernel/security/ima/binary_runtime_measurements"
-CCEL_LOG = "/sys/firmware/acpi/tables/data/CCEL"
 
 _UCRED = struct.Struct("3i")
 # SO_PEERGROUPS (Linux 4.13) is missing from Python's socket module; 59 on the asm-generic architectures.
@@ -331,7 +327,7 @@ class Agent:
         if not self.config.may_get_evidence(peer):
             raise HttpError(403, "forbidden", f"{peer.describe()} may not request evidence")
         nonce = parse_evidence_body(body)
-        from ..evidence.acquire import acquire
+        from ..evidence.acquire import acquire, platform_logs
         from ..evidence.bundle import make_bundle
 
         with self._evidence_lock, self._all_locks():
@@ -339,16 +335,7 @@ class Agent:
                 raise HttpError(503, "shutting_down", "the agent is shutting down")
             # No append can run from here on: the logs read below are what the quote covers.
             got = acquire(nonce, backend=self.config.backend, state_dir=self.config.state_dir)
-            logs: list[dict[str, Any]] = []
-            if got.source != "emulated":  # the emulator has no firmware: the host's logs would not belong to it
-                firmware = TPM_LOG if got.kind == "tpm" else CCEL_LOG if got.kind == "tdx" else None
-                for path, name in ((firmware, "firmware"), (IMA_LOG, "ima")):
-                    if path is None:
-                        continue
-                    try:
-                        logs.append({"format": None, "data": Path(path).read_bytes(), "name": name})
-                    except OSError:
-                        pass  # not on this machine, or not readable: the bundle says what it has
+            logs = platform_logs(got)
             for name, log in self.logs.items():
                 data = log.read()
                 if data:  # a log nobody wrote to yet adds nothing

@@ -14,13 +14,6 @@ from . import render
 from .common import EXIT_VERIFY, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, verification_time, write_output
 from .quote_cmd import ConfigfsOpt, GuidOpt, ManifestVerOpt, PrivlevelOpt, ServiceOpt, load_trust
 
-TPM_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
-IMA_LOG = "/sys/kernel/security/ima/binary_runtime_measurements"
-
-
-CCEL_LOG = "/sys/firmware/acpi/tables/data/CCEL"
-
-
 VerifierOpt = Annotated[Optional[str], typer.Option(
     "--verifier", help="A tsmr verifier's URL (e.g. http://127.0.0.1:8080): get a challenge there and send it the bundle.")]
 
@@ -100,7 +93,7 @@ def attest_cmd(
     emulator; the logs are the firmware log (TPM or CCEL), IMA's, and this
     provider's runtime logs, whichever exist and are readable.
     """
-    from ..evidence.acquire import acquire
+    from ..evidence.acquire import acquire, platform_logs
     from ..evidence.bundle import make_bundle
     from ..runtime_log.store import default_log_dir
 
@@ -131,16 +124,7 @@ def attest_cmd(
     if got.trust_anchor:
         flag = "--cpak" if got.kind == "cca" else "--trust-root"
         render.warning(f"emulated evidence, signed with a test key: verify with {flag} {got.trust_anchor}")
-    logs: list[dict[str, Any]] = []
-    if got.source != "emulated":  # the emulator has no firmware: the host's logs would not belong to it
-        firmware = TPM_LOG if got.kind == "tpm" else CCEL_LOG if got.kind == "tdx" else None
-        for path, name in ((firmware, "firmware"), (IMA_LOG, "ima")):
-            if path is None:
-                continue
-            try:
-                logs.append({"format": None, "data": Path(path).read_bytes(), "name": name})
-            except OSError:
-                pass  # not on this machine (or not readable): the bundle says what it has
+    logs = platform_logs(got)
     base = Path(log_dir) if log_dir else default_log_dir()
     provider = got.provider
     if provider and (base / provider).is_dir():

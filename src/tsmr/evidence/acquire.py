@@ -24,7 +24,30 @@ from typing import Any, Sequence
 from ..backends.configfs import DEFAULT_ROOT, ConfigfsTsm, Report, report_data
 from ..errors import InputError
 
-__all__ = ["Acquired", "acquire"]
+__all__ = ["Acquired", "acquire", "platform_logs", "TPM_LOG", "IMA_LOG", "CCEL_LOG"]
+
+TPM_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
+IMA_LOG = "/sys/kernel/security/ima/binary_runtime_measurements"
+CCEL_LOG = "/sys/firmware/acpi/tables/data/CCEL"
+
+
+def platform_logs(got: "Acquired") -> list[dict[str, Any]]:
+    """The firmware log (TPM or CCEL) and IMA's that go with this evidence, those readable here.
+
+    The emulator has no firmware: the host's logs would not belong to its evidence."""
+    if got.source == "emulated":
+        return []
+    firmware = TPM_LOG if got.kind == "tpm" else CCEL_LOG if got.kind == "tdx" else None
+    logs: list[dict[str, Any]] = []
+    for path, name in ((firmware, "firmware"), (IMA_LOG, "ima")):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as fh:
+                logs.append({"format": None, "data": fh.read(), "name": name})
+        except OSError:
+            pass  # not on this machine, or not readable: the bundle says what it has
+    return logs
 
 
 @dataclass

@@ -7,7 +7,6 @@ the admin token travels as a file path when it came from a file.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -148,42 +147,7 @@ def _read(path: str, what: str) -> bytes:
 
 def load_trust(settings: Settings) -> dict[str, Any]:
     """The trust anchors and collateral named by the settings, keyed as the evidence verifiers take them."""
-    trust: dict[str, Any] = {}
-    if settings.trust_root:
-        from cryptography import x509
+    from ..evidence.trust import load_trust as load
 
-        try:
-            trust["trust_root"] = x509.load_pem_x509_certificate(_read(settings.trust_root, "the TDX trust root"))
-        except ValueError as exc:
-            raise InputError(f"{settings.trust_root}: not a PEM certificate ({exc})") from None
-    if settings.collateral:
-        from ..evidence import tdx
-
-        try:
-            trust["collateral"] = tdx.Collateral.from_json(json.loads(_read(settings.collateral, "the TDX collateral")))
-        except ValueError as exc:
-            raise InputError(f"{settings.collateral}: not TDX collateral JSON ({exc})") from None
-    if settings.cpak:
-        raw = _read(settings.cpak, "the CCA platform key")
-        if raw.lstrip()[:1] == b"{":
-            trust["cpak"] = json.loads(raw)
-        else:
-            from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-            try:
-                trust["cpak"] = load_pem_public_key(raw)
-            except ValueError as exc:
-                raise InputError(f"{settings.cpak}: not a PEM public key or JWK ({exc})") from None
-    if settings.snp_vcek:
-        trust["vcek"] = _read(settings.snp_vcek, "the SEV-SNP VCEK")
-    if settings.snp_ask:
-        ask = _read(settings.snp_ask, "the SEV-SNP ASK")
-        if settings.snp_ark:
-            trust["ask"] = ask
-        else:  # an AMD KDS cert_chain: ASK then ARK
-            from ..evidence import snp
-
-            trust["ask"], trust["ark"] = snp.split_chain(ask)
-    if settings.snp_ark:
-        trust["ark"] = _read(settings.snp_ark, "the SEV-SNP ARK")
-    return trust
+    return load(trust_root=settings.trust_root, collateral=settings.collateral, vcek=settings.snp_vcek,
+                ask=settings.snp_ask, ark=settings.snp_ark, cpak=settings.cpak)
