@@ -7,7 +7,6 @@ can be added.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -17,21 +16,14 @@ from rich.table import Table
 
 from ..errors import InputError
 from . import render
-from .common import EXIT_VERIFY, JsonOpt, handle_errors, verification_time, write_output
+from .common import (EXIT_VERIFY, ArkOpt, AskOpt, AtOpt, CollateralOpt, CpakOpt, JsonOpt, TrustRootOpt, VcekOpt,
+                     handle_errors, read_bundle, verification_time, write_output)
 from .quote_cmd import load_trust
 
 __all__ = ["register", "refvals_app", "appraise_cmd", "learn_cmd"]
 
 refvals_app = typer.Typer(help="Reference values: what a known-good platform and workload measure.",
                           no_args_is_help=True)
-
-TrustRootOpt = Annotated[Optional[str], typer.Option("--trust-root", help="TDX: root CA (PEM) instead of the shipped Intel root.")]
-CollateralOpt = Annotated[Optional[str], typer.Option("--collateral", help="TDX: PCCS-style collateral JSON, or a directory of PCS responses.")]
-VcekOpt = Annotated[Optional[str], typer.Option("--vcek", help="SNP: VCEK or VLEK certificate.")]
-AskOpt = Annotated[Optional[str], typer.Option("--ask", help="SNP: ASK (or the KDS ASK+ARK chain) certificate.")]
-ArkOpt = Annotated[Optional[str], typer.Option("--ark", help="SNP: the trusted ARK certificate.")]
-CpakOpt = Annotated[Optional[str], typer.Option("--cpak", help="CCA: platform attestation key, PEM or JWK JSON.")]
-AtOpt = Annotated[Optional[str], typer.Option("--at", help="Verification time, ISO 8601 (default: now).")]
 
 _STYLE = {"affirming": "green", "warning": "yellow", "contraindicated": "red", "none": "dim"}
 _SEVERITY_STYLE = {"error": "red", "warning": "yellow", "info": "dim"}
@@ -50,20 +42,6 @@ def _read_text(path: str, what: str) -> str:
         raise InputError(f"cannot read {what} {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise InputError(f"{what} {path} is not UTF-8 text") from None
-
-
-def read_bundle(path: str) -> Any:
-    from ..evidence.bundle import MAX_BUNDLE_BYTES
-
-    p = Path(path)
-    try:
-        if p.stat().st_size > MAX_BUNDLE_BYTES:
-            raise InputError(f"{path} is over {MAX_BUNDLE_BYTES} bytes")
-        return json.loads(p.read_bytes())
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise InputError(f"{path} is not JSON: {exc}") from None
 
 
 def appraise_cmd(

@@ -11,7 +11,8 @@ from rich.table import Table
 
 from ..errors import EvidenceError, InputError
 from . import render
-from .common import EXIT_VERIFY, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, verification_time, write_output
+from .common import (EXIT_VERIFY, ArkOpt, AskOpt, AtOpt, BackendOpt, CollateralOpt, CpakOpt, JsonOpt, LogDirOpt,
+                     StateDirOpt, TrustRootOpt, VcekOpt, read_bundle, verification_time, write_output)
 from .quote_cmd import ConfigfsOpt, GuidOpt, ManifestVerOpt, PrivlevelOpt, ServiceOpt, load_trust
 
 VerifierOpt = Annotated[Optional[str], typer.Option(
@@ -193,27 +194,19 @@ def render_appraisal(body: dict[str, Any], *, title: str) -> None:
 
 def verify_cmd(
     bundle: Annotated[str, typer.Argument(help="A bundle written by 'tsmr attest' (or any tsmr-bundle document).")],
-    at: Annotated[Optional[str], typer.Option("--at", help="Verification time, ISO 8601 (default: now).")] = None,
-    trust_root: Annotated[Optional[str], typer.Option("--trust-root", help="TDX: root CA (PEM) instead of the shipped Intel root.")] = None,
-    collateral: Annotated[Optional[str], typer.Option("--collateral", help="TDX: PCCS-style collateral JSON.")] = None,
-    vcek: Annotated[Optional[str], typer.Option("--vcek", help="SNP: VCEK certificate.")] = None,
-    ask: Annotated[Optional[str], typer.Option("--ask", help="SNP: ASK (or ASK+ARK chain) certificate.")] = None,
-    ark: Annotated[Optional[str], typer.Option("--ark", help="SNP: trusted ARK certificate.")] = None,
-    cpak: Annotated[Optional[str], typer.Option("--cpak", help="CCA: platform key, PEM or JWK JSON.")] = None,
+    at: AtOpt = None,
+    trust_root: TrustRootOpt = None,
+    collateral: CollateralOpt = None,
+    vcek: VcekOpt = None,
+    ask: AskOpt = None,
+    ark: ArkOpt = None,
+    cpak: CpakOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a bundle's evidence and replay its logs against the signed registers; exit 1 on any failure."""
-    from ..evidence.bundle import MAX_BUNDLE_BYTES, verify_bundle
+    from ..evidence.bundle import verify_bundle
 
-    path = Path(bundle)
-    try:
-        if path.stat().st_size > MAX_BUNDLE_BYTES:
-            raise InputError(f"{bundle} is over {MAX_BUNDLE_BYTES} bytes")
-        doc = json.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read {bundle}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise InputError(f"{bundle} is not JSON: {exc}") from None
+    doc = read_bundle(bundle)
     trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak)
     when = verification_time(at)
     try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import warnings
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
@@ -101,3 +103,26 @@ def open_backend_cli(backend: str | None, state_dir: str | None = None) -> BaseR
     return open_backend(backend, state_dir=state_dir)
 
 
+# Trust anchors and collateral, the same options wherever evidence is verified.
+TrustRootOpt = Annotated[Optional[str], typer.Option("--trust-root", help="TDX: root CA (PEM) instead of the shipped Intel root.")]
+CollateralOpt = Annotated[Optional[str], typer.Option("--collateral", help="TDX: PCCS-style collateral JSON, or a directory of PCS responses.")]
+VcekOpt = Annotated[Optional[str], typer.Option("--vcek", help="SNP: VCEK or VLEK certificate.")]
+AskOpt = Annotated[Optional[str], typer.Option("--ask", help="SNP: ASK (or the KDS ASK+ARK chain) certificate.")]
+ArkOpt = Annotated[Optional[str], typer.Option("--ark", help="SNP: the trusted ARK certificate.")]
+CpakOpt = Annotated[Optional[str], typer.Option("--cpak", help="CCA: platform attestation key, PEM or JWK JSON.")]
+AtOpt = Annotated[Optional[str], typer.Option("--at", help="Verification time, ISO 8601 (default: now).")]
+
+
+def read_bundle(path: str) -> Any:
+    """A bundle file's JSON, refusing files over the bundle size limit."""
+    from ..evidence.bundle import MAX_BUNDLE_BYTES
+
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_BUNDLE_BYTES:
+            raise InputError(f"{path} is over {MAX_BUNDLE_BYTES} bytes")
+        return json.loads(p.read_bytes())
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InputError(f"{path} is not JSON: {exc}") from None

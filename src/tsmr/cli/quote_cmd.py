@@ -15,7 +15,22 @@ from ..errors import EvidenceError, InputError
 from ..evidence.trust import load_trust
 from ..evidence.trust import read_file as _read
 from . import render
-from .common import EXIT_VERIFY, BackendOpt, JsonOpt, StateDirOpt, handle_errors, verification_time, write_output
+from .common import (
+    EXIT_VERIFY,
+    ArkOpt,
+    AskOpt,
+    AtOpt,
+    BackendOpt,
+    CollateralOpt,
+    CpakOpt,
+    JsonOpt,
+    StateDirOpt,
+    TrustRootOpt,
+    VcekOpt,
+    handle_errors,
+    verification_time,
+    write_output,
+)
 
 quote_app = typer.Typer(help="Get, show and verify evidence: TDX quotes, SEV-SNP reports, Arm CCA tokens, TPM quotes.",
                         no_args_is_help=True)
@@ -196,15 +211,15 @@ def verify_cmd(
     file: Annotated[str, typer.Argument(help="Evidence file (a TPM quote: TPMS_ATTEST, or the JSON of 'quote get').")],
     nonce: Annotated[Optional[str], typer.Option("--nonce", help="Expected nonce / report data / challenge, hex.")] = None,
     kind: Annotated[Optional[str], typer.Option("--kind", help=f"One of {', '.join(KINDS)} (default: detected).")] = None,
-    collateral: Annotated[Optional[str], typer.Option("--collateral", help="TDX: a PCCS-style JSON document of collateral.")] = None,
-    trust_root: Annotated[Optional[str], typer.Option("--trust-root", help="TDX: trust this root CA (PEM) instead of the shipped Intel root.")] = None,
-    at: Annotated[Optional[str], typer.Option("--at", help="Verification time, ISO 8601 (default: now).")] = None,
+    collateral: CollateralOpt = None,
+    trust_root: TrustRootOpt = None,
+    at: AtOpt = None,
     ak: Annotated[Optional[str], typer.Option("--ak", help="TPM: attestation key, PEM or TPM2B_PUBLIC.")] = None,
     signature: Annotated[Optional[str], typer.Option("--signature", help="TPM: TPMT_SIGNATURE file.")] = None,
-    vcek: Annotated[Optional[str], typer.Option("--vcek", help="SNP: VCEK or VLEK certificate.")] = None,
-    ask: Annotated[Optional[str], typer.Option("--ask", help="SNP: ASK certificate (or the KDS cert_chain with ASK and ARK).")] = None,
-    ark: Annotated[Optional[str], typer.Option("--ark", help="SNP: the trusted ARK certificate.")] = None,
-    cpak: Annotated[Optional[str], typer.Option("--cpak", help="CCA: platform attestation key, PEM or JWK JSON.")] = None,
+    vcek: VcekOpt = None,
+    ask: AskOpt = None,
+    ark: ArkOpt = None,
+    cpak: CpakOpt = None,
     certs: Annotated[Optional[str], typer.Option("--certs", help="SNP: a directory of vcek/ask/ark (or cert_chain) files, or the report's certificate table (auxblob).")] = None,
     manifest: Annotated[Optional[str], typer.Option("--manifest", help="SNP via SVSM: the manifestblob; REPORT_DATA must be SHA-512(nonce || manifest).")] = None,
     as_json: JsonOpt = False,

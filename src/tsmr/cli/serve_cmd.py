@@ -21,7 +21,7 @@ from rich.table import Table
 
 from ..errors import InputError
 from . import render
-from .common import JsonOpt, handle_errors, write_output
+from .common import ArkOpt, AskOpt, CollateralOpt, CpakOpt, JsonOpt, TrustRootOpt, VcekOpt, handle_errors, write_output
 
 __all__ = ["register", "add_refvals_commands", "serve_cmd", "policy_app"]
 
@@ -45,12 +45,12 @@ def serve_cmd(
     admin_token_file: Annotated[Optional[str], typer.Option(
         "--admin-token-file", help="File holding the admin bearer token (else $TSMR_ADMIN_TOKEN; with neither, "
                                    "there are no admin endpoints).")] = None,
-    trust_root: Annotated[Optional[str], typer.Option("--trust-root", help="TDX: root CA (PEM) instead of Intel's.")] = None,
-    collateral: Annotated[Optional[str], typer.Option("--collateral", help="TDX: PCCS-style collateral JSON.")] = None,
-    cpak: Annotated[Optional[str], typer.Option("--cpak", help="CCA: platform key, PEM or JWK JSON.")] = None,
-    ark: Annotated[Optional[str], typer.Option("--ark", help="SEV-SNP: trusted ARK certificate.")] = None,
-    ask: Annotated[Optional[str], typer.Option("--ask", help="SEV-SNP: ASK (or ASK+ARK chain) certificate.")] = None,
-    vcek: Annotated[Optional[str], typer.Option("--vcek", help="SEV-SNP: VCEK certificate.")] = None,
+    trust_root: TrustRootOpt = None,
+    collateral: CollateralOpt = None,
+    cpak: CpakOpt = None,
+    ark: ArkOpt = None,
+    ask: AskOpt = None,
+    vcek: VcekOpt = None,
     challenge_ttl: Annotated[Optional[float], typer.Option("--challenge-ttl", min=1.0, help="Seconds a nonce stays usable (default 300).")] = None,
     state_dir: VerifierStateOpt = None,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line.")] = False,
