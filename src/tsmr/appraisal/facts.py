@@ -17,15 +17,13 @@ learning and the Rego input:
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import json
-from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 from ..algorithms import HashAlg
 from ..errors import ParseError
 from ..events import Event
+from ..jsonvalue import plain
 
 __all__ = ["claims_json", "signed_json", "runtime_events", "group_by_domain", "content_json", "IDENTITY_CLAIMS"]
 
@@ -41,25 +39,8 @@ IDENTITY_CLAIMS: dict[str, tuple[str, ...]] = {
 _SKIP_FIELDS = frozenset({"raw", "signature", "signed_data"})
 
 
-def _plain(obj: Any, depth: int = 0) -> Any:
-    if depth > 16:
-        return None
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name), depth + 1) for f in dataclasses.fields(obj)
-                if f.name not in _SKIP_FIELDS}
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return bytes(obj).hex()
-    if isinstance(obj, enum.Enum):
-        return str(obj)
-    if isinstance(obj, datetime):
-        return obj.isoformat()
-    if isinstance(obj, Mapping):
-        return {str(_plain(k, depth + 1)): _plain(v, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v, depth + 1) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
+def _plain(obj: Any) -> Any:
+    return plain(obj, _SKIP_FIELDS)
 
 
 def claims_json(claims: Any) -> dict[str, Any]:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import json
 import os
-from datetime import datetime
 from typing import Annotated, Any, Optional
 
 import typer
 
 from ..errors import EvidenceError, InputError
 from ..evidence.trust import load_trust
+from ..jsonvalue import plain
 from ..evidence.trust import read_file as _read
 from . import render
 from .common import (
@@ -40,21 +38,7 @@ KINDS = ("tdx", "snp", "cca", "tpm")
 
 def _plain(obj: Any) -> Any:
     """Claims and parsed structures as JSON values (bytes as hex)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in ("raw", "report")}
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return bytes(obj).hex()
-    if isinstance(obj, enum.Enum):
-        return str(obj)
-    if isinstance(obj, datetime):
-        return obj.isoformat()
-    if isinstance(obj, dict) or hasattr(obj, "items"):
-        return {str(_plain(k)): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
+    return plain(obj, ("raw", "report"))
 
 
 def detect_kind(data: bytes) -> str:
