@@ -208,6 +208,20 @@ def test_socket_mode_stale_socket_single_owner_and_clean_shutdown(agents: AgentF
     assert "already owns" in third.stderr.read_text() and not os.path.exists(other)
     assert agent.client().health()["status"] == "ok"
 
+    # any other writer of an owned register is refused while the agent runs (root included);
+    # readers are not
+    agent.client().append("rtmr3", ["example.com/w op 1"])
+    before = (agents.log_text("rtmr3"), agents.register_value("rtmr3"))
+    env = {**os.environ, "TSMR_STATE_DIR": str(agents.state_dir), "TSMR_LOG_DIR": str(agents.log_dir)}
+    tsmr = [sys.executable, "-m", "tsmr", "log"]
+    refused = subprocess.run([*tsmr, "append", "-b", "emulated:tdx", "rtmr3", "example.com/w intruder"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 3, refused.stderr
+    assert f"owned by agent pid {agent.proc.pid}" in refused.stderr and "tsmr record" in refused.stderr
+    assert (agents.log_text("rtmr3"), agents.register_value("rtmr3")) == before
+    shown = subprocess.run([*tsmr, "verify", "-b", "emulated:tdx", "rtmr3"], env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+
     # SIGTERM: exit 0, socket removed
     assert agent.stop(signal.SIGTERM) == 0 and not os.path.exists(path)
     events = [e["event"] for e in agent.log_lines()]

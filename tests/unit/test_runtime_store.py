@@ -279,3 +279,71 @@ def test_threads_sharing_one_log_object(log: RuntimeLog) -> None:
     assert report.ok and report.records == 1 + 200
     lines = log.read().decode().splitlines()
     assert sorted(lines[1:]) == sorted(f"thread{t} {i}" for t in range(4) for i in range(50))
+
+
+# -- ownership: one long-running writer, every other writer refused ---------------------------
+
+def test_claimed_log_refuses_other_writers_but_not_readers(log: RuntimeLog, rs: EmulatedRegisterSet, tmp_path: Path) -> None:
+    import errno
+
+    from tsmr.errors import BackendError
+
+    log.append("before claim")
+    log.claim("agent")
+    assert log.claimed and log.owner() == f"agent pid {os.getpid()}"
+    log.append("by the owner")
+    other = RuntimeLog(rs, "rtmr3", log_dir=tmp_path / "logs")
+    try:
+        before = (log.path.read_bytes(), rs.read("rtmr3")[H])
+        for write in (lambda: other.append("intruder"), other.sync, lambda: other.extend_digest({H: b"\x02" * 48})):
+            with pytest.raises(BackendError, match=r"owned by agent pid \d+.*tsmr record") as exc:
+                write()
+            assert exc.value.errno == errno.EBUSY
+        assert (log.path.read_bytes(), rs.read("rtmr3")[H]) == before  # nothing written, nothing extended
+        with pytest.raises(BackendError, match="owned by agent") as exc:
+            other.claim("agent")
+        assert exc.value.errno == errno.EBUSY
+        assert other.verify().ok and b"by the owner" in other.read()  # readers are not refused
+        assert other.owner() == f"agent pid {os.getpid()}"
+    finally:
+        other.close()
+    log.close()  # closing ends the claim
+    with RuntimeLog(rs, "rtmr3", log_dir=tmp_path / "logs") as again:
+        assert again.owner() is None
+        assert again.append("after the owner left").first_line == 4
+        assert again.verify().ok
+
+
+def test_claim_held_by_another_process_ends_with_it(rs: EmulatedRegisterSet, tmp_path: Path, state_dir: Path) -> None:
+    """The claim is a lock of the owner's process: refused while it lives, free once it is killed."""
+    import signal
+    import subprocess
+    import sys
+
+    from tsmr.errors import BackendError
+
+    logs = tmp_path / "logs"
+    code = (
+        "import sys, time\n"
+        "from tsmr.backends.emulated import EmulatedRegisterSet\n"
+        "from tsmr.runtime_log.store import RuntimeLog\n"
+        f"log = RuntimeLog(EmulatedRegisterSet('tdx', {str(state_dir)!r}), 'rtmr3', log_dir={str(logs)!r})\n"
+        "log.claim('test-owner'); log.append('owner record')\n"
+        "print('ready', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with RuntimeLog(rs, "rtmr3", log_dir=logs) as log:
+            assert log.owner() == f"test-owner pid {proc.pid}"
+            with pytest.raises(BackendError, match=rf"owned by test-owner pid {proc.pid}"):
+                log.append("intruder")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            assert log.owner() is None
+            assert log.append("after the owner died").lines == ("after the owner died",)
+            assert log.verify().ok and b"intruder" not in log.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

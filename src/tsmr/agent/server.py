@@ -6,8 +6,10 @@ Workloads in the VM are usually not allowed to extend registers themselves,
 and should not each hold the log's write protocol.  The agent is the single
 writer of the registers it owns: it opens them once, keeps their
 :class:`~tsmr.runtime_log.store.RuntimeLog` open for its lifetime, and takes
-a lifetime ``flock`` on ``<log>.agent-lock`` next to each log so that a
-second agent for the same register refuses to start.  On start it runs the
+the log's lifetime ownership (:meth:`RuntimeLog.claim`, a ``flock`` on
+``<log>.owner``), so that a second agent for the same register refuses to
+start and any other writer (``tsmr log append`` as root, say) is refused
+while the agent runs.  On start it runs the
 log's recovery, which completes or drops a batch that a killed agent left
 half-done (the write-ahead intent decides from the register value), so a
 ``SIGKILL`` at any point leaves a log that replays to the register.
@@ -52,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import platform
@@ -198,13 +199,13 @@ class Agent:
         self.regs = _SerializedRegisters(inner)
         self.logs: dict[str, RuntimeLog] = {}
         self._locks: dict[str, threading.Lock] = {}
-        self._lock_fds: list[int] = []
         self._evidence_lock = threading.Lock()
         self._closed = False
         try:
             for name in config.registers:
                 log = RuntimeLog(self.regs, name, log_dir=config.log_dir)
                 self._take_ownership(log)
+                self.logs[name] = log  # from here on, _release closes it (and its claim)
                 result = log.recover()
                 if result is not None:
                     log_event("recovered", register=name, action=result.action,
@@ -213,37 +214,24 @@ class Agent:
                 if report is not None and not report.ok:
                     # Not fatal: the next append records the difference with a sync record.
                     log_event("log-differs-from-register", "warning", register=name, findings=report.explain(name))
-                self.logs[name] = log
                 self._locks[name] = threading.Lock()
         except BaseException:
             self._release()
             raise
 
     def _take_ownership(self, log: RuntimeLog) -> None:
-        path = log.path.with_name(log.path.name + ".agent-lock")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise BackendError.from_oserror(exc, backend="agent", register=log.register, action=f"create {path} for") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise BackendError(f"another agent already owns the log of {log.register} ({log.path})",
-                                   backend="agent", register=log.register) from None
-            raise BackendError.from_oserror(exc, backend="agent", register=log.register, action=f"lock {path} for") from exc
-        self._lock_fds.append(fd)
+            log.claim("agent")
+        except BackendError as exc:
+            if exc.errno == errno.EBUSY:
+                raise BackendError(f"another writer already owns the log of {log.register} ({log.path}): {exc}",
+                                   backend="agent", register=log.register, errno=errno.EBUSY) from None
+            raise
 
     def _release(self) -> None:
         for log in self.logs.values():
             with contextlib.suppress(Exception):
                 log.close()
-        for fd in self._lock_fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._lock_fds = []
         with contextlib.suppress(Exception):
             self.regs.close()
 

@@ -34,6 +34,15 @@ log without its extend.
 
 Group commit: ``append_many`` puts any number of records under one intent
 and one pair of ``fdatasync`` calls.
+
+Ownership: a long-running writer (the guest agent) calls :meth:`RuntimeLog.claim`,
+which takes a lifetime ``flock`` on ``<log>.owner`` while holding the log's own
+lock.  Every other writer checks that file under the log's lock and is refused
+(``EBUSY``) while the owner lives, so nothing can slip a record between the
+owner's quote and its read of the log.  The file is never removed: an unlocked
+file means no owner, and the lock goes with the owner's process.  Readers and
+recovery are not refused (recovery is deterministic and serialised by the
+log's lock).
 """
 
 from __future__ import annotations
@@ -126,6 +135,8 @@ class RuntimeLog:
         self._log_fd: int | None = None
         self._intent_fd: int | None = None
         self._tail: tuple[int, int, dict[HashAlg, bytes] | None] | None = None  # (size, lines, values)
+        self.owner_path = self.path.with_name(self.path.name + ".owner")
+        self._owner_fd: int | None = None
         self._readonly = False
         # flock excludes other open files, not threads sharing ours.
         self._thread_lock = threading.Lock()
@@ -172,10 +183,10 @@ class RuntimeLog:
         return self._log_fd
 
     def close(self) -> None:
-        for fd in (self._log_fd, self._intent_fd):
+        for fd in (self._log_fd, self._intent_fd, self._owner_fd):
             if fd is not None:
                 os.close(fd)
-        self._log_fd = self._intent_fd = None
+        self._log_fd = self._intent_fd = self._owner_fd = None
         self._tail = None
         self._readonly = False
 
@@ -190,6 +201,77 @@ class RuntimeLog:
         if self._readonly and not reading:
             raise BackendError(f"log {self.path} is open read-only: cannot write it", backend="log", register=self.register)
         return _Lock(fd, self._thread_lock)
+
+    # -- ownership ----------------------------------------------------------
+    @property
+    def claimed(self) -> bool:
+        """True while this object is the log's only writer (see :meth:`claim`)."""
+        return self._owner_fd is not None
+
+    def claim(self, owner: str = "writer") -> None:
+        """Become the log's only writer until :meth:`close` (or this process ends).
+
+        Other writers of the register's log, in this process or another, are then
+        refused with ``EBUSY``.  Raises :class:`BackendError` if another writer
+        owns the log already.
+        """
+        if self._owner_fd is not None:
+            return
+        with self._lock():
+            try:
+                fd = os.open(self.owner_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise BackendError.from_oserror(exc, backend="log", register=self.register,
+                                                action=f"create {self.owner_path} for") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise self._owned_error(verb="claim") from None
+                raise BackendError.from_oserror(exc, backend="log", register=self.register,
+                                                action=f"lock {self.owner_path} for") from exc
+            note = f"{owner} pid {os.getpid()}\n".encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, note, 0)
+            self._owner_fd = fd
+
+    def owner(self) -> str | None:
+        """Who owns the log (``"<owner> pid <n>"``), or None if no process does."""
+        if self._owner_fd is not None:
+            return os.pread(self._owner_fd, 256, 0).decode(errors="replace").strip()
+        try:
+            fd = os.open(self.owner_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BackendError.from_oserror(exc, backend="log", register=self.register,
+                                            action=f"open {self.owner_path} for") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    text = os.pread(fd, 256, 0).decode(errors="replace").strip()
+                    return text or "another process"
+                raise BackendError.from_oserror(exc, backend="log", register=self.register,
+                                                action=f"lock {self.owner_path} for") from exc
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def _owned_error(self, *, verb: str) -> BackendError:
+        who = self.owner() or "another process"
+        hint = " (send records through it: tsmr record)" if who.startswith("agent") else ""
+        return BackendError(
+            f"log: cannot {verb} the log of {self.register}: it is owned by {who}, its only writer{hint}",
+            backend="log", register=self.register, errno=errno.EBUSY)
+
+    def _check_writer(self) -> None:
+        """Under the log's lock: refuse to write if another writer owns the log."""
+        if self._owner_fd is None and self.owner() is not None:
+            raise self._owned_error(verb="write")
 
     # -- register helpers ------------------------------------------------
     def _read_register(self) -> dict[HashAlg, bytes]:
@@ -385,6 +467,7 @@ class RuntimeLog:
 
     def _commit(self, raws: list[bytes]) -> AppendResult:
         with self._lock():
+            self._check_writer()
             self._recover_locked()
             size, nlines, tail = self._tail_state()
             cur = self._read_register()
