@@ -308,7 +308,9 @@ def explain(
         else:
             hint = quirk_mod.suggest(events, m.register, m.alg, m.expected, arch=arch, initial=initial)
             text = f"{name}: no prefix of the log replays to the expected value"
-            text += f"; {hint}" if hint else "; the register holds measurements the log does not record"
+            text += f"; {hint}" if hint else (
+                "; an event of the log was altered or removed, or the register was extended with "
+                "something the log does not record (the hashes cannot tell which)")
         out.append(Mismatch(m.register, m.alg, m.replayed, m.expected, text))
     return out
 

@@ -96,7 +96,12 @@ def test_challenge_attest_and_a_signed_ear(db_url: str, make_server: Callable[..
         assert unknown.status_code == 403 and unknown.json()["error"] == "freshness.nonce-unknown"
         assert c.get("/results/00000000-0000-4000-8000-000000000000").status_code == 404
         assert c.get("/results/not-a-uuid").status_code == 422
+        assert c.get("/openapi.json").status_code == 200 and c.get("/no/such/page").status_code == 404
         metrics = c.get("/metrics").text
+        # routes are labelled by their template, FastAPI's own pages included; unknown paths share one label
+        assert 'tsmr_http_requests_total{method="GET",route="/results/{result_id}",status="404"} 1' in metrics
+        assert 'tsmr_http_requests_total{method="GET",route="/openapi.json",status="200"} 1' in metrics
+        assert 'tsmr_http_requests_total{method="GET",route="unmatched",status="404"} 1' in metrics
         assert 'tsmr_attestations_total{status="affirming"} 1' in metrics
         assert 'tsmr_attestations_total{status="refused-reused"} 1' in metrics
         assert 'tsmr_http_requests_total{method="POST",route="/attest",status="201"} 1' in metrics

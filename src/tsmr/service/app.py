@@ -45,6 +45,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from ..appraisal import ear
 from ..errors import TsmrError
@@ -270,6 +271,27 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+def _route_of(scope: Mapping[str, Any]) -> str:
+    """The path template of the route that served the request, for metrics and logs.
+
+    FastAPI's own routes record themselves in the scope; Starlette's (``/docs``,
+    ``/openapi.json``) do not, so those are matched again here.  Anything else
+    (404s, probes of random paths) is ``unmatched``, which keeps label values bounded.
+    """
+    path = getattr(scope.get("route"), "path", None)
+    if path:
+        return str(path)
+    app = scope.get("app")
+    for route in getattr(app, "routes", ()):
+        try:
+            match, _ = route.matches(scope)
+        except Exception:  # a route that cannot judge this scope does not match it
+            continue
+        if match == Match.FULL:
+            return str(getattr(route, "path", "unmatched"))
+    return "unmatched"
+
+
 async def _send_json(send: Any, status: int, body: Any, *, close: bool = False) -> None:
     data = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
@@ -309,7 +331,7 @@ class AccessLog:
         except Exception as exc:
             # Handled here rather than by Starlette's outermost middleware, which would log it a second
             # time through uvicorn: one JSON line with the traceback, and a JSON 500 without it.
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = _route_of(scope)
             log.error("unhandled error", exc_info=exc, extra={"fields": {"route": route, "request_id": request_id}})
             if started:
                 raise
@@ -318,7 +340,7 @@ class AccessLog:
                                          "detail": "internal error; the verifier's log has the details"})
         finally:
             seconds = time.perf_counter() - start
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = _route_of(scope)
             self.metrics.request(scope.get("method", ""), route, status, seconds)
             _event(logging.INFO, "request", method=scope.get("method"), route=route, status=status,
                    duration_ms=round(seconds * 1000, 2), request_id=request_id,
