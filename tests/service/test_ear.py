@@ -8,6 +8,8 @@ import json
 import multiprocessing
 import os
 import stat
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -169,3 +171,86 @@ def test_unusable_key_files(tmp_path: Path) -> None:
         ear.load_or_create_key(ed)
     with pytest.raises(InputError):
         ear.generate_key("RS256")
+
+
+# -- keys from files, and `tsmr ear` for relying parties ------------------------------------------
+
+def test_public_keys_from_every_file_form(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    from tsmr.errors import InputError
+
+    key = ear.generate_key("ES384")
+    pub = key.public_key()
+    want = ear.thumbprint(pub)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "verifier")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(pub).serial_number(1)
+            .not_valid_before(NOW).not_valid_after(NOW + timedelta(days=1)).sign(key, hashes.SHA384()))
+    forms = {
+        "private PEM": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()),
+        "public PEM": pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        "certificate": cert.public_bytes(serialization.Encoding.PEM),
+        "JWK": json.dumps(ear.jwk(pub)).encode(),
+        "JWKS": json.dumps(ear.jwks([pub, key])).encode(),
+    }
+    for form, data in forms.items():
+        got = ear.load_public_keys(data, what=form)
+        assert [ear.thumbprint(k) for k in got] == [want], form
+    assert len(ear.jwks([pub, key, pub])["keys"]) == 1  # one key published once
+    rsa_pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    p521 = ec.generate_private_key(ec.SECP521R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for bad, message in ((rsa_pem, "EC keys"), (p521, "P-256 or P-384"), (b"hello", "not a PEM"),
+                         (b"{", "not JSON"), (b'{"keys": 3}', "not a JWK"), (b'{"keys": []}', "no key")):
+        with pytest.raises(InputError, match=message):
+            ear.load_public_keys(bad)
+
+
+def _cli(*args: str, stdin: str | None = None) -> "subprocess.CompletedProcess[str]":
+
+    return subprocess.run([sys.executable, "-m", "tsmr", "ear", *args], capture_output=True, text=True,
+                          input=stdin, timeout=60)
+
+
+def test_ear_verify_command_names_the_failed_check(tmp_path: Path) -> None:
+    key_path = tmp_path / "key.pem"
+    assert _cli("key", str(key_path)).returncode == 0
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    key = ear.load_key(key_path.read_bytes())
+    jwks_doc = _cli("jwks", str(key_path), str(key_path))
+    assert jwks_doc.returncode == 0 and json.loads(jwks_doc.stdout) == ear.jwks([key])
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(jwks_doc.stdout)
+    at = "2025-06-01T12:00:00+00:00"
+
+    warning = ear.sign(_result(status="warning"), key, now=NOW)
+    token = tmp_path / "ear.jwt"
+    token.write_text(warning + "\n")
+    ok = _cli("verify", str(token), "--jwks", str(jwks_file), "--at", at, "--nonce", "ab" * 32, "--require", "warning")
+    assert ok.returncode == 0, ok.stderr
+    assert "the EAR verifies" in ok.stdout and "warning" in ok.stdout
+    piped = _cli("verify", "-", "--key", str(key_path), "--at", at, "--json", stdin=warning)
+    assert piped.returncode == 0 and json.loads(piped.stdout)["submods"][0]["findings"] == ["replay.rtmr3.matched"]
+
+    checks = {
+        "ear.status": ("verify", str(token), "--jwks", str(jwks_file), "--at", at, "--require", "affirming"),
+        "ear.nonce": ("verify", str(token), "--jwks", str(jwks_file), "--at", at, "--nonce", "cd" * 32),
+        "ear.iat": ("verify", str(token), "--jwks", str(jwks_file), "--at", "2025-06-01T11:00:00+00:00"),
+    }
+    other_path = tmp_path / "other.pem"
+    assert _cli("key", str(other_path)).returncode == 0
+    checks["ear.key"] = ("verify", str(token), "--key", str(other_path), "--at", at)
+    h, p, s = warning.split(".")
+    forged = tmp_path / "forged.jwt"
+    forged.write_text(f"{h}.{p}.{s[:-2]}{'A' if s[-2] != 'A' else 'Q'}{s[-1]}")
+    checks["ear.signature"] = ("verify", str(forged), "--jwks", str(jwks_file), "--at", at)
+    for check, args in checks.items():
+        r = _cli(*args)
+        assert r.returncode == 1 and f"{check}:" in r.stderr, (check, r.stdout, r.stderr)
+    assert _cli("verify", str(token)).returncode == 2  # no key given: a usage error
+    assert _cli("verify", str(token), "--jwks", str(jwks_file), "--require", "bogus").returncode == 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,6 @@ from tsmr.appraisal import ear
 from tsmr.errors import SignatureError
 
 from .conftest import ADMIN_TOKEN, Emulator, Server, admin_headers
-
 
 ALLOW_ALL = "package tsmr\n\nimport rego.v1\n\ndefault allow := true\n"
 DENY_ALL = ('package tsmr\n\nimport rego.v1\n\ndefault allow := false\n\n'
@@ -331,3 +332,60 @@ def test_tsmr_attest_against_the_verifier(tmp_path: Path, make_server: Callable[
     with srv.client() as c:
         claims = ear.verify(out.read_text().strip(), c.get("/.well-known/jwks.json").json())
         assert claims["jti"] == body["id"] and c.get(f"/results/{body['id']}").status_code == 200
+
+
+def _tsmr(*args: str) -> "subprocess.CompletedProcess[str]":
+
+    return subprocess.run([sys.executable, "-m", "tsmr", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_signing_key_rotation_keeps_earlier_results_verifiable(make_server: Callable[..., Server], emulator: Emulator,
+                                                               tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'verifier.db'}"
+    old_key, new_key = tmp_path / "old.pem", tmp_path / "new.pem"
+    made = _tsmr("ear", "key", str(old_key), "--json")
+    assert made.returncode == 0 and json.loads(made.stdout)["created"] is True
+    old_kid = json.loads(made.stdout)["jwk"]["kid"]
+    new_kid = json.loads(_tsmr("ear", "key", str(new_key), "--alg", "ES384", "--json").stdout)["jwk"]["kid"]
+    again = _tsmr("ear", "key", str(old_key), "--json")  # an existing key is kept, never replaced
+    assert json.loads(again.stdout) == {"path": str(old_key), "created": False, "jwk": json.loads(made.stdout)["jwk"]}
+
+    def attest(srv: Server, name: str) -> tuple[str, Path]:
+        with srv.client() as c:
+            nonce = c.post("/challenge").json()["nonce"]
+            body = c.post("/attest", json={"bundle": emulator.bundle(nonce)}).json()
+        path = tmp_path / f"{name}.jwt"
+        path.write_text(body["ear"] + "\n")
+        return nonce, path
+
+    # 1. the old key signs; the next one is published ahead of its use
+    srv = make_server(name="one", database=db, trust_root=emulator.trust_root, key=old_key,
+                      extra=["--publish-key", str(new_key)])
+    assert [k["kid"] for k in httpx.get(srv.url + "/.well-known/jwks.json").json()["keys"]] == [old_kid, new_kid]
+    nonce1, ear1 = attest(srv, "first")
+    srv.stop()
+    # 2. the new key signs; the old one stays published
+    srv = make_server(name="two", database=db, trust_root=emulator.trust_root, key=new_key,
+                      extra=["--publish-key", str(old_key)])
+    jwks_url = srv.url + "/.well-known/jwks.json"
+    assert [k["kid"] for k in httpx.get(jwks_url).json()["keys"]] == [new_kid, old_kid]
+    nonce2, ear2 = attest(srv, "second")
+    assert json.loads(base64.urlsafe_b64decode(ear2.read_text().split(".")[0] + "==")) == {
+        "alg": "ES384", "typ": "JWT", "kid": new_kid}
+    for token, nonce in ((ear1, nonce1), (ear2, nonce2)):
+        ok = _tsmr("ear", "verify", str(token), "--jwks", jwks_url, "--nonce", nonce, "--require", "affirming", "--json")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        out = json.loads(ok.stdout)
+        assert out["ok"] and out["submods"][0]["status"] == "affirming" and out["problems"] == []
+    wrong = _tsmr("ear", "verify", str(ear1), "--jwks", jwks_url, "--nonce", nonce2)
+    assert wrong.returncode == 1 and "ear.nonce" in wrong.stderr
+    srv.stop()
+    # 3. the old key retired: its results no longer verify against the verifier's keys
+    srv = make_server(name="three", database=db, trust_root=emulator.trust_root, key=new_key)
+    gone = _tsmr("ear", "verify", str(ear1), "--jwks", srv.url + "/.well-known/jwks.json")
+    assert gone.returncode == 1 and "ear.key" in gone.stderr
+    # a key to publish that cannot be read stops the verifier before it serves
+    bad = make_server(name="four", database=db, trust_root=emulator.trust_root, key=new_key, wait=False,
+                      extra=["--publish-key", str(tmp_path / "missing.pem")])
+    assert bad.proc is not None and bad.proc.wait(timeout=60) == 2
+    assert "cannot read the EAR key to publish" in bad.log()

@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from ..errors import InputError, SignatureError
 
 __all__ = ["EAR_PROFILE", "ALGORITHMS", "DEFAULT_VERIFIER_ID", "claims_for", "sign", "verify", "jwks", "jwk",
-           "thumbprint", "generate_key", "load_key", "load_or_create_key", "key_alg"]
+           "thumbprint", "generate_key", "load_key", "load_or_create_key", "load_public_keys", "key_alg"]
 
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 DEFAULT_VERIFIER_ID = {"developer": "tsmr", "build": "tsmr"}
@@ -125,8 +125,58 @@ def thumbprint(public_key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKe
 
 
 def jwks(public_keys: Iterable[ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey]) -> dict[str, Any]:
-    """A JWK Set (RFC 7517 §5) publishing the given keys (private keys contribute their public half)."""
-    return {"keys": [jwk(k) for k in public_keys]}
+    """A JWK Set (RFC 7517 §5) publishing the given keys (private keys contribute their public half).
+
+    A key given twice is published once, where it first appears.
+    """
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for k in public_keys:
+        entry = jwk(k)
+        if entry["kid"] not in seen:
+            seen.add(entry["kid"])
+            out.append(entry)
+    return {"keys": out}
+
+
+def load_public_keys(data: bytes, what: str = "key file") -> list[ec.EllipticCurvePublicKey]:
+    """The EC public keys in a file: PEM (public key, private key or X.509 certificate), a JWK or a JWKS.
+
+    Used to publish retired or upcoming signing keys, and by relying parties to
+    hold a verifier's keys.  Every key must be P-256 or P-384.
+    """
+    from cryptography import x509
+
+    text = data.lstrip()
+    keys: list[Any] = []
+    if text.startswith(b"{"):
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise InputError(f"{what}: not JSON") from None
+        entries = doc.get("keys") if isinstance(doc, dict) and "keys" in doc else [doc]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise InputError(f"{what}: not a JWK or a JWK Set")
+        keys = [_public_from_jwk(e) for e in entries]
+    elif b"-----BEGIN CERTIFICATE-----" in data:
+        try:
+            keys = [c.public_key() for c in x509.load_pem_x509_certificates(data)]
+        except ValueError as exc:
+            raise InputError(f"{what}: not a PEM certificate: {exc}") from None
+    elif b"PRIVATE KEY-----" in data:
+        keys = [load_key(data).public_key()]
+    else:
+        try:
+            keys = [serialization.load_pem_public_key(data)]
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise InputError(f"{what}: not a PEM public key, private key or certificate, nor a JWK") from None
+    if not keys:
+        raise InputError(f"{what}: holds no key")
+    for k in keys:
+        if not isinstance(k, ec.EllipticCurvePublicKey):
+            raise InputError(f"{what}: EAR keys are EC keys (P-256 or P-384)")
+        key_alg(k)
+    return keys
 
 
 def _public_from_jwk(entry: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:

@@ -20,6 +20,7 @@ from . import render
 from .common import BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, open_backend_cli as _open
 from .eventlog_cmd import eventlog_app
 from .log_cmd import log_app
+from .ear_cmd import ear_app
 from .quote_cmd import quote_app
 from .agent_cmd import register as register_agent
 from .appraise_cmd import refvals_app
@@ -44,6 +45,7 @@ app.add_typer(emulate_app, name="emulate")
 app.add_typer(log_app, name="log")
 app.add_typer(eventlog_app, name="eventlog")
 app.add_typer(quote_app, name="quote")
+app.add_typer(ear_app, name="ear")
 app.command("attest")(handle_errors(attest_cmd))
 app.command("verify")(handle_errors(verify_cmd))
 app.command("challenge")(handle_errors(challenge_cmd))

@@ -41,6 +41,10 @@ def serve_cmd(
     key: Annotated[Optional[str], typer.Option("--key", help="EAR signing key, PEM PKCS#8; created (mode 0600) if "
                                                              "missing (default: <state dir>/ear-key.pem).")] = None,
     key_alg: Annotated[str, typer.Option("--key-alg", help="Curve of a new key: ES256 or ES384.")] = "ES256",
+    publish_key: Annotated[Optional[list[str]], typer.Option(
+        "--publish-key", help="Also publish this key in the JWKS (PEM key or certificate, or JWK): a retired "
+                              "signing key whose results are still in use, or the next one. Repeatable.",
+        show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Worker processes.")] = 1,
     admin_token_file: Annotated[Optional[str], typer.Option(
         "--admin-token-file", help="File holding the admin bearer token (else $TSMR_ADMIN_TOKEN; with neither, "
@@ -71,7 +75,9 @@ def serve_cmd(
     overrides: dict[str, Any] = {k: v for k, v in {
         "database_url": database, "key_path": key, "admin_token_file": admin_token_file, "trust_root": trust_root,
         "collateral": collateral, "cpak": cpak, "snp_ark": ark, "snp_ask": ask, "snp_vcek": vcek,
-        "challenge_ttl": challenge_ttl, "state_dir": state_dir}.items() if v is not None}
+        "challenge_ttl": challenge_ttl, "state_dir": state_dir,
+        "publish_keys": os.pathsep.join(os.path.abspath(k) for k in publish_key) if publish_key else None,
+    }.items() if v is not None}
     if key_alg != "ES256" or "TSMR_EAR_ALG" not in os.environ:
         overrides["key_alg"] = key_alg
     overrides["json_logs"] = json_logs or os.environ.get("TSMR_JSON_LOGS", "").lower() in ("1", "true", "yes")
@@ -84,6 +90,7 @@ def serve_cmd(
     finally:
         engine.dispose()
     ear.load_or_create_key(settings.key_path or "", settings.key_alg)
+    settings.published_keys()
     load_trust(settings)
     token = settings.read_admin_token()
     if host not in ("127.0.0.1", "::1", "localhost"):

@@ -395,7 +395,8 @@ class Verifier:
             upgrade(self.store.engine)
         self.key = ear.load_or_create_key(settings.key_path or "ear-key.pem", settings.key_alg)
         self.kid = ear.thumbprint(self.key)
-        self.jwks = ear.jwks([self.key.public_key()])
+        # The signing key first, then the keys published beside it (retired or upcoming).
+        self.jwks = ear.jwks([self.key.public_key(), *settings.published_keys()])
         self.trust = load_trust(settings)
         self.admin_token = settings.read_admin_token()
         self.metrics = Metrics()

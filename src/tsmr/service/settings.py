@@ -25,6 +25,7 @@ ENV = {
     "state_dir": "TSMR_STATE_DIR",
     "key_path": "TSMR_EAR_KEY",
     "key_alg": "TSMR_EAR_ALG",
+    "publish_keys": "TSMR_EAR_PUBLISH",
     "admin_token": "TSMR_ADMIN_TOKEN",
     "admin_token_file": "TSMR_ADMIN_TOKEN_FILE",
     "trust_root": "TSMR_TRUST_ROOT",
@@ -55,6 +56,10 @@ class Settings:
     state_dir: str | None = None  # default: $TSMR_STATE_DIR or ~/.local/state/tsmr
     key_path: str | None = None  # default: <state dir>/ear-key.pem
     key_alg: str = "ES256"
+    # More keys for the JWKS, besides the signing key: files (PEM or JWK) separated by os.pathsep.
+    # A retired key stays published while its results are in use; a new one can be published
+    # before it signs, so relying parties hold it when the switch happens.
+    publish_keys: str | None = None
     admin_token: str | None = field(default=None, repr=False)
     admin_token_file: str | None = None
     trust_root: str | None = None
@@ -108,6 +113,19 @@ class Settings:
         state = Path(self.state_dir) if self.state_dir else default_state_dir()
         return replace(self, state_dir=str(state), database_url=self.database_url or default_url(state),
                        key_path=self.key_path or str(state / "ear-key.pem"))
+
+    def published_keys(self) -> list[Any]:
+        """The public keys of ``publish_keys``, read and checked."""
+        from ..appraisal import ear
+
+        out: list[Any] = []
+        for path in filter(None, (self.publish_keys or "").split(os.pathsep)):
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise InputError(f"cannot read the EAR key to publish {path}: {exc.strerror}") from None
+            out.extend(ear.load_public_keys(data, what=path))
+        return out
 
     def read_admin_token(self) -> str | None:
         """The admin token (from the settings, else from its file); None means no admin endpoints."""
