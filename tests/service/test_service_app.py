@@ -94,3 +94,38 @@ def test_settings_from_the_environment(tmp_path: Path) -> None:
     with pytest.raises(InputError):
         Settings.from_env({"TSMR_CHALLENGE_TTL": "soon"})
     logging.getLogger("tsmr").handlers.clear()
+
+
+def test_workers_sum_their_metrics_through_a_shared_directory(tmp_path: Path) -> None:
+    from tsmr.service.metrics import Metrics
+
+    shared = tmp_path / "metrics"
+    one, two = Metrics(shared, worker="101"), Metrics(shared, worker="102")
+    for _ in range(3):
+        one.request("POST", "/attest", 201, 0.02)
+    two.request("POST", "/attest", 201, 0.2)
+    two.request("GET", "/healthz", 200, 0.001)
+    one.attestation("affirming")
+    two.attestation("refused-reused")
+    two.appraised(0.3)
+    for m in (one, two):  # whichever worker is scraped, the sums are the same
+        text = m.render()
+        assert 'tsmr_http_requests_total{method="POST",route="/attest",status="201"} 4' in text
+        assert 'tsmr_http_requests_total{method="GET",route="/healthz",status="200"} 1' in text
+        assert 'tsmr_attestations_total{status="affirming"} 1' in text
+        assert 'tsmr_attestations_total{status="refused-reused"} 1' in text
+        assert 'tsmr_http_request_duration_seconds_bucket{route="/attest",le="0.025"} 3' in text
+        assert 'tsmr_http_request_duration_seconds_count{route="/attest"} 4' in text
+        assert "tsmr_appraisal_duration_seconds_count 1" in text and "tsmr_worker_processes 2" in text
+    # a worker that exited keeps counting; a snapshot that cannot be read is skipped, not fatal
+    del two
+    (shared / "103.json").write_text("{not json")
+    (shared / "105.json").write_bytes(b"2 " + b"0" * 64 + b"\n{}")  # caught mid-write: its checksum fails
+    third = Metrics(shared, worker="104")
+    text = third.render()
+    assert 'tsmr_http_requests_total{method="POST",route="/attest",status="201"} 4' in text
+    assert "tsmr_worker_processes 3" in text
+    # without a shared directory, a process counts alone
+    alone = Metrics()
+    alone.request("POST", "/attest", 201, 0.02)
+    assert 'route="/attest",status="201"} 1' in alone.render() and "tsmr_worker_processes 1" in alone.render()

@@ -197,6 +197,27 @@ def test_two_replicas_share_one_postgresql(pg_url: str, tmp_path: Path, make_ser
             t.join(timeout=120)
         assert all(sorted(v) == [201, 409, 409] for v in codes.values()), codes
     assert _count_results(pg_url) == 1 + len(nonces)
+    # B's two workers sum their numbers: every scrape, whichever worker answers, counts all 13 of
+    # B's /attest requests (1 + 2 per nonce), and their outcomes add up the same way
+    for _ in range(6):
+        text = httpx.get(b.url + "/metrics", timeout=30).text  # a new connection each time
+        attests = _samples(text, "tsmr_http_requests_total", method="POST", route="/attest")
+        assert sum(attests.values()) == 1 + 2 * len(nonces), text
+        outcomes = _samples(text, "tsmr_attestations_total")
+        assert sum(outcomes.values()) == 1 + 2 * len(nonces) and outcomes.get('status="refused-reused"', 0) >= len(nonces)
+        assert "tsmr_worker_processes 2\n" in text
+
+
+def _samples(text: str, name: str, **labels: str) -> dict[str, float]:
+    """The samples of one metric whose labels include ``labels``, keyed by their label text."""
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        inner, value = line[len(name) + 1:].rsplit("} ", 1)
+        if all(f'{k}="{v}"' in inner.split(",") for k, v in labels.items()):
+            out[inner] = float(value)
+    return out
 
 
 def test_oversized_and_malformed_bodies(tmp_path: Path, make_server: Callable[..., Server]) -> None:

@@ -113,10 +113,19 @@ def serve_cmd(
     if workers == 1:
         uvicorn.run(create_app(replace(settings, migrate=False)), **common)  # type: ignore[arg-type]
         return
-    # Workers are separate processes: they read their settings from the environment.
+    # Workers are separate processes: they read their settings from the environment, and sum
+    # their metrics through a directory of this run's own.
+    import shutil
+    import tempfile
+
+    metrics_dir = tempfile.mkdtemp(prefix="tsmr-metrics-")
     os.environ.update(settings.to_env())
     os.environ["TSMR_MIGRATE"] = "0"
-    uvicorn.run("tsmr.service.app:app_from_env", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+    os.environ["TSMR_METRICS_DIR"] = metrics_dir
+    try:
+        uvicorn.run("tsmr.service.app:app_from_env", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 # -- policies and reference values on the database ------------------------------------------------

@@ -399,7 +399,7 @@ class Verifier:
         self.jwks = ear.jwks([self.key.public_key(), *settings.published_keys()])
         self.trust = load_trust(settings)
         self.admin_token = settings.read_admin_token()
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.metrics_dir)
         self.verifier_id = {"developer": settings.verifier_developer, "build": settings.build()}
 
 

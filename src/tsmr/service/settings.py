@@ -40,6 +40,7 @@ ENV = {
     "json_logs": "TSMR_JSON_LOGS",
     "log_level": "TSMR_LOG_LEVEL",
     "migrate": "TSMR_MIGRATE",
+    "metrics_dir": "TSMR_METRICS_DIR",
 }
 
 
@@ -74,6 +75,7 @@ class Settings:
     json_logs: bool = False
     log_level: str = "INFO"
     migrate: bool = True  # run the migrations at startup
+    metrics_dir: str | None = None  # shared by the workers of one `tsmr serve --workers N`
     verifier_developer: str = "tsmr"
     verifier_build: str | None = None  # default: "tsmr <version>"
 
