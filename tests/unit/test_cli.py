@@ -98,7 +98,7 @@ def test_multi_bank_extend_and_ambiguity(state_dir: Path) -> None:
         (["extend", "mrtd", "--digest", "00" * 48], 2, "read-only"),
         (["registers", "--backend", "nosuch"], 2, "unknown backend 'nosuch'"),
         (["registers", "--backend", "sysfs:/nonexistent"], 3, "/nonexistent is not a directory"),
-        (["registers", "--backend", "emulated:snp"], 2, "unknown emulator profile 'snp'"),
+        (["registers", "--backend", "emulated:nosuch"], 2, "unknown emulator profile 'nosuch'"),
     ],
 )
 def test_errors_are_one_sentence_with_exit_codes(emu: list[str], args: list[str], code: int, message: str) -> None:

@@ -112,7 +112,7 @@ def test_init_values_are_checked(state_dir: Path) -> None:
     with pytest.raises(InputError, match="fixed initial values"):
         initialise("sample", values={"rtmr0": bytes(32)})
     with pytest.raises(InputError, match="unknown emulator profile"):
-        EmulatedRegisterSet("snp")
+        EmulatedRegisterSet("nosuch")
 
 
 def test_uninitialised_profile_without_create(state_dir: Path) -> None:

@@ -22,10 +22,15 @@ The semantics follow ``drivers/virt/coco/tsm-report.c`` and configfs itself:
   captured when a file is first read (later reads of that file see the same
   bytes, like configfs' per-open buffer).
 
+* A provider may hide attributes, as a kernel driver's ``report_attr_visible``
+  does: they are not in the tree, and writing or reading them is ENOENT.
+
 The providers are the emulator's: ``tdx_guest`` (TDX Quote v4 over the
-emulated registers, :mod:`tsmr.evidence.emulated`) and ``arm_cca_guest`` (a
-CCA token, :mod:`tsmr.evidence.emulated_cca`), both under test keys that a
-verifier accepts only when told to trust them.
+emulated registers, :mod:`tsmr.evidence.emulated`), ``arm_cca_guest`` (a
+CCA token, :mod:`tsmr.evidence.emulated_cca`) and ``sev_guest`` (an SEV-SNP
+ATTESTATION_REPORT with its certificate table,
+:mod:`tsmr.evidence.emulated_snp`), all under test keys that a verifier
+accepts only when told to trust them.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from . import fuse
 from .configfs import INBLOB_MAX, PRIVLEVEL_MAX, Report
 
 __all__ = ["ReportDesc", "ReportSource", "TsmReportItem", "EmulatedTsm", "ConfigfsServer", "source_for",
-           "mount", "serve"]
+           "trust_anchor", "visible", "EmulatedTdxGuest", "EmulatedCcaGuest", "EmulatedSnpGuest", "mount", "serve"]
 
 _ULONG = 1 << 64
 
@@ -61,7 +66,11 @@ class ReportDesc:
 
 
 class ReportSource(Protocol):
-    """An attestation provider (``struct tsm_report_ops``)."""
+    """An attestation provider (``struct tsm_report_ops``).
+
+    A provider may also have ``hidden_attributes``, the report attributes it
+    does not show (see :func:`visible`); every attribute is shown otherwise.
+    """
 
     name: str
     privlevel_floor: int
@@ -73,6 +82,11 @@ class ReportSource(Protocol):
 
 def _oserror(code: int) -> OSError:
     return OSError(code, os.strerror(code))
+
+
+def visible(source: ReportSource, attribute: str) -> bool:
+    """Whether ``source`` shows ``attribute`` (a provider lists what it hides in ``hidden_attributes``)."""
+    return attribute not in getattr(source, "hidden_attributes", ())
 
 
 class TsmReportItem:
@@ -105,6 +119,8 @@ class TsmReportItem:
         raise _oserror(errno.EIO)
 
     def store(self, name: str, data: bytes) -> int:
+        if not visible(self.source, name):
+            raise _oserror(errno.ENOENT)
         text = data.decode("ascii", errors="replace")
         if name in ("privlevel", "service_manifest_version"):
             try:
@@ -143,6 +159,8 @@ class TsmReportItem:
         self.desc.inblob = bytes(data)
 
     def read_blob(self, name: str) -> bytes:
+        if not visible(self.source, name):
+            raise _oserror(errno.ENOENT)
         if not self.desc.inblob:
             raise _oserror(errno.EINVAL)
         if self.blobs is None or self.read_generation != self.write_generation:
@@ -192,6 +210,34 @@ class EmulatedCcaGuest:
         return token, None, None
 
 
+class EmulatedSnpGuest:
+    """``sev_guest``: an SEV-SNP report whose REPORT_DATA is inblob (exactly 64 bytes) and VMPL the privlevel.
+
+    As Linux's sev-guest driver in a guest that runs at VMPL0 without an SVSM:
+    the privlevel floor is 0 (the VMPCK the guest uses), the SVSM attributes
+    (``service_provider``, ``service_guid``, ``service_manifest_version``,
+    ``manifestblob``) are not shown, and ``auxblob`` is the certificate table
+    of the extended report request (VCEK, ASK, ARK).
+    """
+
+    name = "sev_guest"
+    privlevel_floor = 0
+    hidden_attributes = frozenset({"service_provider", "service_guid", "service_manifest_version", "manifestblob"})
+
+    def __init__(self, regs: Any) -> None:
+        self.regs = regs
+
+    def report_new(self, desc: ReportDesc) -> tuple[bytes, bytes | None, bytes | None]:
+        from ..evidence.emulated_snp import emulated_snp_report
+
+        if len(desc.inblob) != 64:  # the driver takes exactly SNP_REPORT_USER_DATA_SIZE bytes
+            raise _oserror(errno.EINVAL)
+        if desc.service_provider is not None:  # no SVSM: the kernel's SVSM attestation call is EINVAL
+            raise _oserror(errno.EINVAL)
+        report, table, _ = emulated_snp_report(self.regs, desc.inblob, vmpl=desc.privlevel)
+        return report, table, None
+
+
 def source_for(regs: Any) -> ReportSource:
     """The emulated attestation provider of an emulated register set."""
     profile = getattr(regs, "profile_name", None)
@@ -199,16 +245,27 @@ def source_for(regs: Any) -> ReportSource:
         return EmulatedTdxGuest(regs)
     if profile == "cca":
         return EmulatedCcaGuest(regs)
+    if profile == "snp":
+        return EmulatedSnpGuest(regs)
     raise InputError(f"the emulator's {profile or '?'} profile has no attestation provider "
-                     "(configfs-tsm is emulated for the tdx and cca profiles)")
+                     "(configfs-tsm is emulated for the tdx, cca and snp profiles)")
 
 
 def trust_anchor(regs: Any) -> str:
-    """Where the test key that signs this profile's evidence is (to pass to a verifier)."""
-    if getattr(regs, "profile_name", None) == "cca":
+    """Where the test key that signs this profile's evidence is (to pass to a verifier).
+
+    tdx: the test root CA (``--trust-root``); cca: the CPAK (``--cpak``); snp:
+    the test ARK (``--ark``), under which the report's certificate table chains.
+    """
+    profile = getattr(regs, "profile_name", None)
+    if profile == "cca":
         from ..evidence.emulated_cca import EmulatedCCASigner
 
         return str(EmulatedCCASigner(regs.dir / "rmm").cpak_pem)
+    if profile == "snp":
+        from ..evidence.emulated_snp import EmulatedSNPSigner
+
+        return str(EmulatedSNPSigner(regs.dir / "sp").ark_pem)
     from ..evidence.emulated import EmulatedTDXSigner
 
     return str(EmulatedTDXSigner(regs.dir / "qe").root_pem)
@@ -237,7 +294,8 @@ class EmulatedTsm:
             if service_manifest_version is not None:
                 item.store("service_manifest_version", str(service_manifest_version).encode())
             item.write_inblob(bytes(inblob))
-            out, aux, manifest = item.read_blob("outblob"), item.read_blob("auxblob"), item.read_blob("manifestblob")
+            out, aux = item.read_blob("outblob"), item.read_blob("auxblob")
+            manifest = item.read_blob("manifestblob") if visible(self.source, "manifestblob") else b""
         except OSError as exc:
             from ..errors import BackendError
 
@@ -378,7 +436,8 @@ class ConfigfsServer(fuse.FuseConnection):
         item = TsmReportItem(self.source)
         node = self._add(name, parent, _DIR_MODE, now, item, None)
         for attr, mode in (*TsmReportItem.TEXT.items(), *TsmReportItem.BINARY.items()):
-            self._add(attr.encode(), node, stat.S_IFREG | mode, now, item, attr)
+            if visible(self.source, attr):
+                self._add(attr.encode(), node, stat.S_IFREG | mode, now, item, attr)
         return node.entry()
 
     def _add(self, name: bytes, parent: _TNode, mode: int, when: int, item: TsmReportItem | None,

@@ -7,7 +7,7 @@ Backend specifications:
 ``sysfs:NAME``          ``/sys/class/misc/NAME/measurements``
 ``tpm``                 ``/dev/tpmrm0`` through the kernel resource manager
 ``tpm:TCTI``            any TCTI, e.g. ``tpm:swtpm:host=127.0.0.1,port=2321``
-``emulated:PROFILE``    the built-in emulator: tdx, cca, tpm or sample
+``emulated:PROFILE``    the built-in emulator: tdx, cca, snp, tpm or sample
 
 Detection order: tsm-mr sysfs, the TPM resource manager, the emulator (with an
 :class:`EmulatedBackendWarning`, since nothing it says is hardware-backed).
@@ -76,7 +76,7 @@ def _open_spec(spec: str, state_dir: str | None) -> BaseRegisterSet:
 
         return EmulatedRegisterSet(arg or "tdx", state_dir)
     raise InputError(
-        f"unknown backend {spec!r}: use sysfs[:DIR], tpm[:TCTI] or emulated:PROFILE (tdx, cca, tpm, sample)"
+        f"unknown backend {spec!r}: use sysfs[:DIR], tpm[:TCTI] or emulated:PROFILE (tdx, cca, snp, tpm, sample)"
     )
 
 

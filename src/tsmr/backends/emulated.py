@@ -1,4 +1,4 @@
-"""The built-in register emulator: TDX, Arm CCA, TPM and the kernel sample.
+"""The built-in register emulator: TDX, Arm CCA, AMD SEV-SNP, TPM and the kernel sample.
 
 Theory of operation
 -------------------

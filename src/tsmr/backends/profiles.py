@@ -11,6 +11,10 @@ buffer on every read (the sample's ``report_digest``).
   ``mrownerconfig`` read-only; ``rtmr0..3:sha384`` readable, extendable, live.
 * ``cca``: Arm CCA: ``rim`` read-only and ``rem0..3`` extendable, SHA-256 or
   SHA-512 as chosen when the realm (here: the emulator) is created.
+* ``snp``: AMD SEV-SNP, which has no runtime-extendable registers: the launch
+  digest ``measurement:sha384`` (48 bytes; a fixed emulated value unless set
+  at init) and the NOHASH ``host_data`` (32 bytes, zero unless set), both
+  read-only, as the report's MEASUREMENT and HOST_DATA carry them.
 * ``tpm``: PCR 0-23 in SHA-1, SHA-256 and SHA-384 banks; PCR 17-22 start at
   all 0xFF (after TPM2_Startup(CLEAR)) and, as on a TPM used from locality 0,
   cannot be extended.
@@ -66,7 +70,7 @@ class Profile:
         raise KeyError(name)
 
 
-PROFILES = ("tdx", "cca", "tpm", "sample")
+PROFILES = ("tdx", "cca", "snp", "tpm", "sample")
 
 
 def _padded(text: str, size: int) -> bytes:
@@ -103,6 +107,18 @@ def cca_profile(values: dict[str, bytes], alg: HashAlg = HashAlg.SHA256) -> Prof
     buf = bytearray(size * 5)
     _apply_values(buf, attrs, values)
     return Profile("cca", "emulated-cca", len(buf), tuple(attrs), bytes(buf), {"hash": alg.kernel_name})
+
+
+#: The emulated SEV-SNP guest's launch digest unless another is set at init (no real launch measures to it).
+SNP_EMULATED_MEASUREMENT = hashlib.sha384(b"tsmr emulator (NOT A REAL TEE) SEV-SNP launch digest").digest()
+
+
+def snp_profile(values: dict[str, bytes]) -> Profile:
+    """What an SEV-SNP guest can show of its measurements: fixed at launch, read-only."""
+    attrs = [AttrSpec("measurement", HashAlg.SHA384, 0, 48, R), AttrSpec("host_data", None, 48, 32, R | NOHASH)]
+    buf = bytearray(SNP_EMULATED_MEASUREMENT + bytes(32))
+    _apply_values(buf, attrs, values)
+    return Profile("snp", "emulated-snp", len(buf), tuple(attrs), bytes(buf), {})
 
 
 TPM_BANKS = (HashAlg.SHA1, HashAlg.SHA256, HashAlg.SHA384)
@@ -175,6 +191,8 @@ def build_profile(name: str, options: dict[str, str] | None = None, values: dict
         return tdx_profile(values)
     if name == "cca":
         return cca_profile(values, HashAlg.from_name(options.get("hash", "sha256")))
+    if name == "snp":
+        return snp_profile(values)
     if name == "tpm":
         return tpm_profile(values)
     if name == "sample":

@@ -13,7 +13,7 @@ from ..errors import EvidenceError, InputError
 from . import render
 from .common import (EXIT_VERIFY, ArkOpt, AskOpt, AtOpt, BackendOpt, CollateralOpt, CpakOpt, JsonOpt, LogDirOpt,
                      StateDirOpt, TrustRootOpt, VcekOpt, read_bundle, verification_time, write_output)
-from .quote_cmd import ConfigfsOpt, GuidOpt, ManifestVerOpt, PrivlevelOpt, ServiceOpt, load_trust
+from .quote_cmd import ConfigfsOpt, GuidOpt, ManifestVerOpt, PrivlevelOpt, ServiceOpt, anchor_flag, load_trust
 
 VerifierOpt = Annotated[Optional[str], typer.Option(
     "--verifier", help="A tsmr verifier's URL (e.g. http://127.0.0.1:8080): get a challenge there and send it the bundle.")]
@@ -123,8 +123,8 @@ def attest_cmd(
                   service_provider=service_provider, service_guid=service_guid,
                   service_manifest_version=manifest_version)
     if got.trust_anchor:
-        flag = "--cpak" if got.kind == "cca" else "--trust-root"
-        render.warning(f"emulated evidence, signed with a test key: verify with {flag} {got.trust_anchor}")
+        render.warning(f"emulated evidence, signed with a test key: verify with {anchor_flag(got.kind)} "
+                       f"{got.trust_anchor}")
     logs = platform_logs(got)
     base = Path(log_dir) if log_dir else default_log_dir()
     provider = got.provider

@@ -38,7 +38,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 emulate_app = typer.Typer(
-    help="Manage the built-in register emulator (profiles tdx, cca, tpm, sample).",
+    help="Manage the built-in register emulator (profiles tdx, cca, snp, tpm, sample).",
     no_args_is_help=True,
 )
 app.add_typer(emulate_app, name="emulate")
@@ -194,7 +194,7 @@ def extend_cmd(
 
 # -- emulator -----------------------------------------------------------------
 
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="tdx, cca, tpm or sample.")]
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="tdx, cca, snp, tpm or sample.")]
 
 
 @emulate_app.command("init")
@@ -230,7 +230,7 @@ def emulate_init(
     anchor = None
     with EmulatedRegisterSet(profile, state_dir) as rs:
         regs = [r.name for r in rs.registers()]
-        if profile in ("tdx", "cca"):
+        if profile in ("tdx", "cca", "snp"):
             from ..backends.configfs_emulated import trust_anchor
 
             anchor = trust_anchor(rs)  # made now, so that verifiers can be told to trust it up front
@@ -303,10 +303,11 @@ def emulate_configfs(
     """Serve the profile's attestation provider as a configfs-tsm tree (DIR/report/...) through FUSE.
 
     The tdx profile answers as 'tdx_guest' (TDX quotes), the cca profile as
-    'arm_cca_guest' (CCA tokens), over the live emulated registers and signed
-    with the emulator's test keys. Programs written for /sys/kernel/config/tsm
-    work unchanged; for tsmr set TSMR_CONFIGFS_TSM=DIR. Stop with Ctrl-C or
-    'tsmr emulate umount DIR'.
+    'arm_cca_guest' (CCA tokens), the snp profile as 'sev_guest' (SEV-SNP
+    reports, with the VCEK/ASK/ARK certificate table as auxblob), over the
+    emulated registers and signed with the emulator's test keys. Programs
+    written for /sys/kernel/config/tsm work unchanged; for tsmr set
+    TSMR_CONFIGFS_TSM=DIR. Stop with Ctrl-C or 'tsmr emulate umount DIR'.
     """
     from ..backends import configfs_emulated
     from ..backends.emulated import EmulatedRegisterSet

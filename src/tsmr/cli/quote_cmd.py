@@ -87,6 +87,11 @@ GuidOpt = Annotated[Optional[str], typer.Option("--service-guid", help="SVSM: se
 ManifestVerOpt = Annotated[Optional[int], typer.Option("--manifest-version", help="SVSM: service manifest version.")]
 
 
+def anchor_flag(kind: str) -> str:
+    """The verify option that takes the emulator's test anchor for this kind of evidence."""
+    return {"cca": "--cpak", "snp": "--ark"}.get(kind, "--trust-root")
+
+
 def tpm_document(ev: dict[str, Any], nonce: bytes) -> dict[str, Any]:
     """The JSON file 'quote get' writes for a TPM quote."""
     return {"type": "tpm-quote", "nonce": nonce.hex(), **{k: ev[k] for k in ("attest", "signature", "ak_public", "pcrs")}}
@@ -111,9 +116,10 @@ def get_cmd(
 ) -> None:
     """Get evidence over a nonce: a configfs-tsm report (TDX quote, SEV-SNP report, CCA token) or a TPM quote.
 
-    The emulator (tdx and cca profiles) answers like a configfs-tsm provider,
-    signing under test keys: verify its evidence with --trust-root (TDX) or
-    --cpak (CCA) pointing at the key it names.
+    The emulator (tdx, cca and snp profiles) answers like a configfs-tsm
+    provider, signing under test keys: verify its evidence with --trust-root
+    (TDX), --cpak (CCA) or --ark (SEV-SNP, with --certs and the certificate
+    table written by --aux) pointing at the key it names.
     """
     from ..evidence.acquire import acquire
 
@@ -149,9 +155,11 @@ def get_cmd(
                    "auxblob": len(ev.get("auxblob", b"")), "manifestblob": len(ev.get("manifestblob", b""))}
     summary.update(source=got.source, emulated=got.trust_anchor is not None)
     if got.trust_anchor:
-        flag = "--cpak" if got.kind == "cca" else "--trust-root"
+        how = f"{anchor_flag(got.kind)} {got.trust_anchor}"
+        if got.kind == "snp":  # the VCEK and ASK are in the certificate table
+            how += f" --certs {aux or '<the certificate table: quote get --aux FILE>'}"
         summary["trust_anchor"] = got.trust_anchor
-        render.warning(f"emulated evidence, signed with a test key: verify it with {flag} {got.trust_anchor}")
+        render.warning(f"emulated evidence, signed with a test key: verify it with {how}")
     if as_json and output:
         render.print_json(summary)
     elif output:

@@ -3,10 +3,10 @@
 Which source answers:
 
 1. A backend named explicitly (``--backend`` / ``TSMR_BACKEND``): ``tpm:...``
-   quotes with the TPM; ``emulated:tdx`` / ``emulated:cca`` report through the
-   emulator's configfs-tsm provider (in process, or through a mounted
-   emulated tree when a configfs root is given); ``sysfs:...`` reports
-   through configfs-tsm.
+   quotes with the TPM; ``emulated:tdx`` / ``emulated:cca`` / ``emulated:snp``
+   report through the emulator's configfs-tsm provider (in process, or
+   through a mounted emulated tree when a configfs root is given);
+   ``sysfs:...`` reports through configfs-tsm.
 2. Otherwise configfs-tsm when a root is given (``TSMR_CONFIGFS_TSM``) or
    ``/sys/kernel/config/tsm/report`` exists: a TDX, SEV-SNP or CCA guest.
 3. Otherwise the detected backend: the TPM, or the emulator (with a warning).

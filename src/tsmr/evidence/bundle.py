@@ -226,6 +226,7 @@ def verify_evidence(
         else:
             binding = nonce.ljust(64, b"\0") if nonce else None
         claims = snp.verify_report(_b64(ev.get("data"), "evidence.data"), report_data=binding, now=now, **anchors)
+        signed = {"measurement": {HashAlg.SHA384: claims.measurement}}  # the launch digest; SNP has no RTMRs
     elif kind == "cca":
         from . import cca
 
