@@ -30,7 +30,9 @@ def _tdx_bundle(fixtures: Path, ccel: bytes | None = None, quote: bytes | None =
 def test_tdx_matched_set_verifies_with_every_rtmr_matched(fixtures: Path) -> None:
     result = verify_bundle(_tdx_bundle(fixtures), now=WHEN)
     assert result.ok and {(r.register, r.status) for r in result.rows} == {
-        ("rtmr0", "matched"), ("rtmr1", "matched"), ("rtmr2", "matched")}
+        ("rtmr0", "matched"), ("rtmr1", "matched"), ("rtmr2", "matched"),
+        ("mrtd", "signed-only"), ("rtmr3", "signed-only")}  # no log covers MRTD and RTMR3: shown, not failed
+    assert [r.register for r in result.rows] == ["mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"]
     assert set(SCHEMA["required"]) <= set(_tdx_bundle(fixtures))
 
 
@@ -71,7 +73,9 @@ def test_attest_and_verify_on_swtpm(tmp_path: Path) -> None:
     r = run("verify", str(out), "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     rows = json.loads(r.stdout)["registers"]
-    assert {(x["register"], x["status"]) for x in rows} == {("pcr16", "matched")} and len(rows) == 4  # four banks
+    logged = [x for x in rows if x["status"] != "signed-only"]
+    assert {(x["register"], x["status"]) for x in logged} == {("pcr16", "matched")} and len(logged) == 4  # four banks
+    assert {x["register"] for x in rows} == {f"pcr{i}" for i in range(24)}  # every quoted PCR is in the table
     # a log that says something else than what was extended
     doc = json.loads(out.read_text())
     log = base64.b64decode(doc["logs"][-1]["data"]).replace(b"ready", b"READY")
@@ -79,7 +83,8 @@ def test_attest_and_verify_on_swtpm(tmp_path: Path) -> None:
     out.write_text(json.dumps(doc))
     r = run("verify", str(out), "--json")
     assert r.returncode == 1
-    assert {x["status"] for x in json.loads(r.stdout)["registers"]} == {"mismatched"}
+    assert {x["status"] for x in json.loads(r.stdout)["registers"] if x["register"] == "pcr16"} == {"mismatched"}
+    assert {x["status"] for x in json.loads(r.stdout)["registers"] if x["register"] != "pcr16"} == {"signed-only"}
 
 
 def _snp_chain():  # type: ignore[no-untyped-def]

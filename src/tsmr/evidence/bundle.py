@@ -94,7 +94,7 @@ class Row:
     bank: str
     signed: str | None
     replayed: str | None
-    status: str  # matched / mismatched / not-signed / gap
+    status: str  # matched / mismatched / not-signed / gap / signed-only
     explanation: str = ""
 
 
@@ -106,7 +106,8 @@ class BundleResult:
 
     @property
     def ok(self) -> bool:
-        return all(r.status == "matched" for r in self.rows)
+        """Every log replayed to its register (registers no log covers do not count against it)."""
+        return all(r.status in ("matched", "signed-only") for r in self.rows)
 
 
 def make_bundle(*, nonce: bytes, evidence: Mapping[str, Any], logs: list[Mapping[str, Any]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
@@ -314,7 +315,7 @@ def replay_logs(
     explanations = ({(m.register, m.alg): m.explanation for m in explain(events, expected, arch=arch, quirks=quirks)}
                     if expected else {})
     rows = []
-    for reg in sorted(result.registers, key=lambda r: (r.rstrip("0123456789"), int(r[len(r.rstrip("0123456789")):] or -1))):
+    for reg in sorted(result.registers, key=_register_order):
         for alg, value in sorted(result.registers[reg].items()):
             want = signed.get(reg, {}).get(alg)
             if want is None:
@@ -339,11 +340,25 @@ def verify_bundle(
 
     ``trust`` passes the verifier's anchors and collateral: ``tdx``: ``trust_root``,
     ``collateral``; ``snp``: ``vcek``, ``ask``, ``ark``; ``cca``: ``cpak``.
-    Evidence failures raise; register mismatches are rows of the result.
+    Evidence failures raise; register mismatches are rows of the result, and every
+    signed register that no log covers is a ``signed-only`` row.
     (:func:`verify_evidence` and :func:`replay_logs` are the two steps.)
     """
     verified = verify_evidence(doc, now=now, trust=trust)
-    return BundleResult(verified.kind, verified.claims, replay_logs(doc, verified.kind, verified.signed).rows)
+    rows = list(replay_logs(doc, verified.kind, verified.signed).rows)
+    covered = {(r.register, r.bank) for r in rows}
+    for reg, banks in verified.signed.items():  # the rest of the signed registers, so the table shows them all
+        for alg, value in sorted(banks.items()):
+            if (reg, alg.kernel_name) not in covered:
+                rows.append(Row(reg, alg.kernel_name, value.hex(), None, "signed-only", "no log covers this register"))
+    rows.sort(key=lambda r: (*_register_order(r.register), r.bank, r.status == "gap"))
+    return BundleResult(verified.kind, verified.claims, tuple(rows))
+
+
+def _register_order(name: str) -> tuple[str, int]:
+    """rtmr2 before rtmr10, pcr9 before pcr10; names without a number first in their family."""
+    stem = name.rstrip("0123456789")
+    return stem, int(name[len(stem):] or -1)
 
 
 __all__ = ["SCHEMA", "FORMAT", "VERSION", "make_bundle", "verify_bundle", "BundleResult", "Row", "check_document",
