@@ -212,21 +212,31 @@ def boot(root: Path, version: str, rd: Path, out: Path, *, extra: list[str] | No
     that boot is tried once more, and the panic is printed.  A panic after init is a failure.
     """
     console = _boot_once(root, version, rd, out, extra=extra, append=append)
-    if PANIC_MARK in console and INIT_MARK not in console:
+    if verdict(console) == "retry":
         print("[kernel tier] the guest kernel panicked before init; booting once more. Its console:\n"
               + _oops(console), flush=True)
         console = _boot_once(root, version, rd, out, extra=extra, append=append)
-    if PANIC_MARK in console:
-        raise SystemExit(f"the guest kernel panicked; console:\n{_oops(console)}")
+    if verdict(console) != "ok":
+        raise SystemExit(f"the guest kernel panicked, or its init never ran; console:\n{_oops(console)}")
     return console
+
+
+def verdict(console: str) -> str:
+    """``ok`` (init ran, no panic), ``retry`` (a panic before init: the code under test never ran) or ``fail``."""
+    started = INIT_MARK in console
+    if PANIC_MARK in console:
+        return "fail" if started else "retry"
+    return "ok" if started else "fail"
 
 
 def _oops(console: str) -> str:
     """The console from the first oops line on (the header names the fault), else its tail."""
     for mark in ("BUG:", "Oops:", "general protection fault", "invalid opcode", "Kernel panic"):
         at = console.find(mark)
-        if at >= 0:
-            start = console.rfind("\n", 0, max(0, at - 1500)) + 1
+        if at >= 0:  # from the first whole line of the 1500 characters before it
+            lo = max(0, at - 1500)
+            nl = console.find("\n", lo, at) if lo else -1
+            start = nl + 1 if nl >= 0 else lo
             return console[start:start + 8000]
     return console[-6000:]
 
