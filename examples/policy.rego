@@ -28,3 +28,9 @@ deny contains {"id": "debug", "msg": "the TD is debuggable"} if {
 	input.kind == "tdx"
 	substring(input.claims.td_attributes, 1, 1) in {"1", "3", "5", "7", "9", "b", "d", "f"}
 }
+
+# SEV-SNP guests must not allow debugging: bit 19 of the guest policy the report carries.
+deny contains {"id": "snp-debug", "msg": "the SEV-SNP guest policy allows debugging"} if {
+	input.kind == "snp"
+	bits.and(input.claims.policy, 524288) != 0
+}

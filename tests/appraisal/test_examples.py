@@ -30,6 +30,32 @@ def test_example_policy_compiles_and_decides() -> None:
     assert sorted(f.context.get("rule") for f in bad.findings) == ["debug", "image", "no-gaps"]
     assert all(f.id == "policy.deny" for f in bad.findings)
     assert evaluate(rego, _input(errors=["replay.mismatch"])).allow is False
+    snp_ok = evaluate(rego, _input(kind="snp", claims={"policy": 0x30000}))
+    assert snp_ok.allow is True and snp_ok.findings == ()
+    snp_debug = evaluate(rego, _input(kind="snp", claims={"policy": 0x30000 | 1 << 19}))
+    assert [f.context.get("rule") for f in snp_debug.findings] == ["snp-debug"]  # a deny refuses whatever allow says
+
+
+def test_example_policy_on_emulated_snp_reports(tmp_path: Path) -> None:
+    """The whole appraisal of real SEV-SNP report bytes (the emulator's), debug policy bit clear and set."""
+    from datetime import datetime, timezone
+
+    from tsmr.appraisal import appraise
+    from tsmr.evidence.bundle import make_bundle
+    from tsmr.evidence.emulated_snp import DEFAULT_POLICY, EmulatedSNPSigner
+    from tsmr.evidence.trust import load_trust
+
+    signer = EmulatedSNPSigner(tmp_path / "sp")
+    trust = load_trust(ark=str(signer.ark_pem))
+    nonce = bytes(range(32))
+    rego = (EXAMPLES / "policy.rego").read_text()
+    statuses = {}
+    for name, policy in (("plain", DEFAULT_POLICY), ("debug", DEFAULT_POLICY | 1 << 19)):
+        report = signer.report(report_data=nonce.ljust(64, b"\0"), measurement=b"\x11" * 48, policy=policy)
+        doc = make_bundle(nonce=nonce, evidence={"kind": "snp", "data": report, "auxblob": signer.cert_table()})
+        result = appraise(doc, policy=rego, nonce=nonce, now=datetime.now(timezone.utc), trust=trust)
+        statuses[name] = (result.status, sorted(f.context.get("rule", "") for f in result.findings if f.id == "policy.deny"))
+    assert statuses == {"plain": ("affirming", []), "debug": ("contraindicated", ["snp-debug"])}
 
 
 def test_example_agent_configuration_loads(tmp_path: Path) -> None:
