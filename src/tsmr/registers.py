@@ -309,6 +309,13 @@ def pcr_index(name: str) -> int | None:
     return None
 
 
+def register_order(name: str) -> tuple[str, int]:
+    """Sort key for register names: rtmr2 before rtmr10, pcr9 before pcr10, a name without a number first."""
+    head = name.rstrip("0123456789")
+    tail = name[len(head):]
+    return head, int(tail) if tail else -1
+
+
 __all__ = [
     "Flag",
     "Bank",
@@ -323,4 +330,5 @@ __all__ = [
     "register_to_ccmr",
     "pcr_to_register",
     "pcr_index",
+    "register_order",
 ]

@@ -34,7 +34,7 @@ from typing import Iterable, Mapping, Sequence
 from .algorithms import HashAlg
 from .errors import InputError
 from .events import DATA, DERIVABLE_SOURCES, Event
-from .registers import pcr_index, pcr_to_register
+from .registers import pcr_index, pcr_to_register, register_order
 
 Values = dict[str, dict[HashAlg, bytes]]
 
@@ -62,7 +62,7 @@ class ReplayResult:
         out: dict[str, object] = {
             "registers": {
                 reg: {a.kernel_name: v.hex() for a, v in sorted(banks.items())}
-                for reg, banks in sorted(self.registers.items(), key=lambda kv: _reg_sort_key(kv[0]))
+                for reg, banks in sorted(self.registers.items(), key=lambda kv: register_order(kv[0]))
             }
         }
         if self.missing:
@@ -76,12 +76,6 @@ class ReplayResult:
         if self.quirks:
             out["quirks"] = list(self.quirks)
         return out
-
-
-def _reg_sort_key(name: str) -> tuple[str, int]:
-    head = name.rstrip("0123456789")
-    tail = name[len(head):]
-    return head, int(tail) if tail else -1
 
 
 def default_initial(register: str, alg: HashAlg) -> bytes:

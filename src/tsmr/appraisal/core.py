@@ -114,12 +114,6 @@ def _aware(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
-def _reg_key(name: str) -> tuple[str, int]:
-    head = name.rstrip("0123456789")
-    tail = name[len(head):]
-    return head, int(tail) if tail else -1
-
-
 def _same(actual: Any, allowed: Any) -> bool:
     """Claim equality as JSON values; hex strings compare without regard to case."""
     if isinstance(actual, str) and isinstance(allowed, str):
@@ -281,13 +275,6 @@ def appraise(
                 run.add("replay.gap", "warning", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
             elif r.status == "not-signed":
                 run.add("replay.not-signed", "info", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
-        logged = {(r["register"], r["bank"]) for r in rows}
-        for reg, banks in verified.signed.items():
-            for alg, value in banks.items():
-                if (reg, alg.kernel_name) not in logged:
-                    rows.append({"register": reg, "bank": alg.kernel_name, "signed": value.hex(), "replayed": None,
-                                 "status": "signed-only", "explanation": "no log covers this register", "reference": None})
-        rows.sort(key=lambda r: (_reg_key(r["register"]), r["bank"], r["status"] == "gap"))
         events_json = runtime_events(replayed.events, arch=replayed.arch)
 
         # 5. reference values

@@ -49,6 +49,7 @@ from typing import Any, Mapping
 
 from ..algorithms import HashAlg
 from ..errors import InputError
+from ..registers import register_order
 
 __all__ = ["FORMAT", "VERSION", "SCHEMA", "EventRef", "ReferenceValues", "learn"]
 
@@ -321,7 +322,7 @@ def learn(
         raise InputError(f"the bundle does not explain itself, so nothing is learned from it: {r.register} {r.bank} "
                          f"mismatched ({r.explanation})")
     registers = {reg: {alg.kernel_name: (value.hex(),) for alg, value in sorted(banks.items())}
-                 for reg, banks in sorted(verified.signed.items(), key=lambda kv: _reg_key(kv[0]))}
+                 for reg, banks in sorted(verified.signed.items(), key=lambda kv: register_order(kv[0]))}
     claims = claims_json(verified.claims)
     learned_claims = {name: (claims[name],) for name in IDENTITY_CLAIMS.get(verified.kind, ()) if name in claims}
     events: list[EventRef] = []
@@ -338,9 +339,3 @@ def learn(
         id = f"learned-{verified.kind}-{digest}"
     return ReferenceValues(id=id, registers=registers, claims=learned_claims, events=tuple(events),
                            quirks=tuple(quirks), description=f"learned from a {verified.kind} bundle at {now.isoformat()}")
-
-
-def _reg_key(name: str) -> tuple[str, int]:
-    head = name.rstrip("0123456789")
-    tail = name[len(head):]
-    return head, int(tail) if tail else -1

@@ -113,6 +113,20 @@ CpakOpt = Annotated[Optional[str], typer.Option("--cpak", help="CCA: platform at
 AtOpt = Annotated[Optional[str], typer.Option("--at", help="Verification time, ISO 8601 (default: now).")]
 
 
+def read_input(path: str, what: str = "") -> bytes:
+    """The bytes of a file, or of standard input for ``-``; an InputError naming ``what`` if it cannot be read.
+
+    Read to the end of file rather than to the size ``stat`` gives, which is 0 for sysfs logs.
+    """
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise InputError(f"cannot read {what + ' ' if what else ''}{path}: {exc.strerror}") from None
+
+
 def read_bundle(path: str) -> Any:
     """A bundle file's JSON, refusing files over the bundle size limit."""
     from ..evidence.bundle import MAX_BUNDLE_BYTES

@@ -16,7 +16,6 @@ Rotating the signing key of a running verifier:
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -26,7 +25,7 @@ from rich.table import Table
 
 from ..errors import InputError, SignatureError
 from . import render
-from .common import EXIT_VERIFY, AtOpt, JsonOpt, handle_errors, verification_time
+from .common import EXIT_VERIFY, AtOpt, JsonOpt, handle_errors, read_input, verification_time
 
 __all__ = ["ear_app"]
 
@@ -36,15 +35,6 @@ ear_app = typer.Typer(help="EAR results: verify one offline (relying parties); c
 # ear.status values from best to worst (draft-ietf-rats-ear §3.2)
 STATUS_ORDER = ("affirming", "warning", "contraindicated")
 MAX_JWKS_BYTES = 1 << 20
-
-
-def _read(path: str, what: str) -> bytes:
-    if path == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 def _fetch_jwks(url: str) -> bytes:
@@ -74,9 +64,9 @@ def _trusted_keys(jwks: str | None, keys: list[str]) -> list[Any]:
         if jwks.startswith(("http://", "https://")):
             out.extend(ear.load_public_keys(_fetch_jwks(jwks), what=jwks))
         else:
-            out.extend(ear.load_public_keys(_read(jwks, "the JWKS"), what=jwks))
+            out.extend(ear.load_public_keys(read_input(jwks, "the JWKS"), what=jwks))
     for path in keys:
-        out.extend(ear.load_public_keys(_read(path, "the key"), what=path))
+        out.extend(ear.load_public_keys(read_input(path, "the key"), what=path))
     if not out:
         raise InputError("no key to verify with: give --jwks FILE|URL (e.g. http://VERIFIER/.well-known/jwks.json) "
                          "or --key PEM")
@@ -120,7 +110,7 @@ def verify_cmd(
             want_nonce = bytes.fromhex(nonce)
         except ValueError:
             raise InputError("--nonce must be hexadecimal") from None
-    text = _read(token, "the EAR").decode("ascii", errors="replace").strip()
+    text = read_input(token, "the EAR").decode("ascii", errors="replace").strip()
     trusted = _trusted_keys(jwks, key or [])
     now = verification_time(at)
     problems: list[tuple[str, str]] = []
@@ -200,5 +190,5 @@ def jwks_cmd(
 
     found: list[Any] = []
     for path in keys:
-        found.extend(ear.load_public_keys(_read(path, "the key"), what=path))
+        found.extend(ear.load_public_keys(read_input(path, "the key"), what=path))
     render.print_json(ear.jwks(found))

@@ -17,7 +17,7 @@ from ..eventlog import FORMATS, EventLog, parse
 from ..events import Event
 from ..replay import explain, replay
 from . import render
-from .common import EXIT_VERIFY, JsonOpt, handle_errors, write_output
+from .common import EXIT_VERIFY, JsonOpt, handle_errors, read_input, write_output
 
 eventlog_app = typer.Typer(
     help="Read measurement logs of any format (TCG2, CCEL, CEL, IMA, systemd, tsmr/AAEL): show, replay, convert.",
@@ -30,18 +30,8 @@ RegisterOpt = Annotated[str, typer.Option("--register", help="Register of a tsmr
 PROGRESS_MIN = 50_000
 
 
-def _read(path: str) -> bytes:
-    try:
-        if path == "-":
-            return sys.stdin.buffer.read()
-        with open(path, "rb") as fh:  # sysfs logs report size 0: read until EOF
-            return fh.read()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-
-
 def _load(path: str, fmt: str | None, arch: str | None, register: str, decode: bool = True) -> EventLog:
-    return parse(_read(path), fmt, arch=arch, decode=decode, register=register)
+    return parse(read_input(path), fmt, arch=arch, decode=decode, register=register)
 
 
 def _short(d: bytes) -> str:
@@ -125,7 +115,7 @@ def replay_cmd(
     from ..eventlog import detect, tcg2_arch
     from ..replay import replay_tcg2_bytes
 
-    raw = _read(files[0]) if fast else b""
+    raw = read_input(files[0]) if fast else b""
     if fast:
         if len(files) != 1 or expect or (fmt or detect(raw)) not in ("tcg2", "tcg2-sha1", "ccel"):
             raise InputError("--fast replays one TCG2 or CCEL log, without --expect")

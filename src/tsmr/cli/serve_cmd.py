@@ -13,7 +13,6 @@ import json
 import os
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -21,7 +20,8 @@ from rich.table import Table
 
 from ..errors import InputError
 from . import render
-from .common import ArkOpt, AskOpt, CollateralOpt, CpakOpt, JsonOpt, TrustRootOpt, VcekOpt, handle_errors, write_output
+from .common import (ArkOpt, AskOpt, CollateralOpt, CpakOpt, JsonOpt, TrustRootOpt, VcekOpt, handle_errors, read_input,
+                     write_output)
 
 __all__ = ["register", "add_refvals_commands", "serve_cmd", "policy_app"]
 
@@ -150,15 +150,6 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _read_input(path: str) -> bytes:
-    if path == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-
-
 def _show(kind: str, name: str | None, version: int | None, database: str | None, state_dir: str | None,
           as_json: bool) -> None:
     store = _store(database, state_dir)
@@ -196,7 +187,7 @@ def _import(kind: str, name: str, path: str, database: str | None, state_dir: st
     from ..service.app import check_policy, check_refvals
 
     _check_name(name)
-    raw = _read_input(path)
+    raw = read_input(path)
     if kind == "policy":
         try:
             content: Any = raw.decode("utf-8")

@@ -33,6 +33,7 @@ from ..errors import EvidenceError, InputError, ParseError
 from ..eventlog import parse as parse_log
 from ..events import Event
 from ..replay import explain, replay
+from ..registers import register_order
 
 FORMAT = "tsmr-bundle"
 VERSION = 1
@@ -300,8 +301,10 @@ def replay_logs(
     """Replay every log of a bundle (or the ``events`` given) and compare each register with its signed value.
 
     One row per register and bank the logs touch: ``matched``, ``mismatched``
-    (with the explanation) or ``not-signed``; and one ``gap`` row per unlogged
-    measurement a sync record reveals.  ``quirks`` are the named quirks the
+    (with the explanation) or ``not-signed``; one ``gap`` row per unlogged
+    measurement a sync record reveals; and one ``signed-only`` row per signed
+    register and bank that no log covers, so that the rows show every register.
+    Rows are in register order.  ``quirks`` are the named quirks the
     explanation may assume.
     """
     if events is None:
@@ -315,7 +318,7 @@ def replay_logs(
     explanations = ({(m.register, m.alg): m.explanation for m in explain(events, expected, arch=arch, quirks=quirks)}
                     if expected else {})
     rows = []
-    for reg in sorted(result.registers, key=_register_order):
+    for reg in result.registers:
         for alg, value in sorted(result.registers[reg].items()):
             want = signed.get(reg, {}).get(alg)
             if want is None:
@@ -324,9 +327,14 @@ def replay_logs(
                 continue
             text = explanations.get((reg, alg), "")
             rows.append(Row(reg, alg.kernel_name, want.hex(), value.hex(), "mismatched" if text else "matched", text))
+    for reg, banks in signed.items():
+        for alg, value in banks.items():
+            if alg not in result.registers.get(reg, {}):
+                rows.append(Row(reg, alg.kernel_name, value.hex(), None, "signed-only", "no log covers this register"))
     for g in result.gaps:  # unlogged measurements: the register matches, but not everything in it is known
         rows.append(Row(g.register, g.alg.kernel_name, None, g.declared.hex(), "gap",
                         f"changed without being logged before record {g.seq} of its {g.source} log"))
+    rows.sort(key=lambda r: (register_order(r.register), r.bank, r.status == "gap"))
     return LogReplay(tuple(rows), tuple(events), arch)
 
 
@@ -340,25 +348,11 @@ def verify_bundle(
 
     ``trust`` passes the verifier's anchors and collateral: ``tdx``: ``trust_root``,
     ``collateral``; ``snp``: ``vcek``, ``ask``, ``ark``; ``cca``: ``cpak``.
-    Evidence failures raise; register mismatches are rows of the result, and every
-    signed register that no log covers is a ``signed-only`` row.
+    Evidence failures raise; register mismatches are rows of the result.
     (:func:`verify_evidence` and :func:`replay_logs` are the two steps.)
     """
     verified = verify_evidence(doc, now=now, trust=trust)
-    rows = list(replay_logs(doc, verified.kind, verified.signed).rows)
-    covered = {(r.register, r.bank) for r in rows}
-    for reg, banks in verified.signed.items():  # the rest of the signed registers, so the table shows them all
-        for alg, value in sorted(banks.items()):
-            if (reg, alg.kernel_name) not in covered:
-                rows.append(Row(reg, alg.kernel_name, value.hex(), None, "signed-only", "no log covers this register"))
-    rows.sort(key=lambda r: (*_register_order(r.register), r.bank, r.status == "gap"))
-    return BundleResult(verified.kind, verified.claims, tuple(rows))
-
-
-def _register_order(name: str) -> tuple[str, int]:
-    """rtmr2 before rtmr10, pcr9 before pcr10; names without a number first in their family."""
-    stem = name.rstrip("0123456789")
-    return stem, int(name[len(stem):] or -1)
+    return BundleResult(verified.kind, verified.claims, replay_logs(doc, verified.kind, verified.signed).rows)
 
 
 __all__ = ["SCHEMA", "FORMAT", "VERSION", "make_bundle", "verify_bundle", "BundleResult", "Row", "check_document",

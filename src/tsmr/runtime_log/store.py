@@ -226,9 +226,10 @@ class RuntimeLog:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
+                who = _owner_note(fd) if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
                 os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise self._owned_error(verb="claim") from None
+                if who is not None:
+                    raise self._owned_error("claim", who) from None
                 raise BackendError.from_oserror(exc, backend="log", register=self.register,
                                                 action=f"lock {self.owner_path} for") from exc
             note = f"{owner} pid {os.getpid()}\n".encode()
@@ -239,7 +240,7 @@ class RuntimeLog:
     def owner(self) -> str | None:
         """Who owns the log (``"<owner> pid <n>"``), or None if no process does."""
         if self._owner_fd is not None:
-            return os.pread(self._owner_fd, 256, 0).decode(errors="replace").strip()
+            return _owner_note(self._owner_fd)
         try:
             fd = os.open(self.owner_path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -252,8 +253,7 @@ class RuntimeLog:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError as exc:
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    text = os.pread(fd, 256, 0).decode(errors="replace").strip()
-                    return text or "another process"
+                    return _owner_note(fd)
                 raise BackendError.from_oserror(exc, backend="log", register=self.register,
                                                 action=f"lock {self.owner_path} for") from exc
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -261,8 +261,7 @@ class RuntimeLog:
         finally:
             os.close(fd)
 
-    def _owned_error(self, *, verb: str) -> BackendError:
-        who = self.owner() or "another process"
+    def _owned_error(self, verb: str, who: str) -> BackendError:
         hint = " (send records through it: tsmr record)" if who.startswith("agent") else ""
         return BackendError(
             f"log: cannot {verb} the log of {self.register}: it is owned by {who}, its only writer{hint}",
@@ -270,8 +269,10 @@ class RuntimeLog:
 
     def _check_writer(self) -> None:
         """Under the log's lock: refuse to write if another writer owns the log."""
-        if self._owner_fd is None and self.owner() is not None:
-            raise self._owned_error(verb="write")
+        if self._owner_fd is None:
+            who = self.owner()
+            if who is not None:
+                raise self._owned_error("write", who)
 
     # -- register helpers ------------------------------------------------
     def _read_register(self) -> dict[HashAlg, bytes]:
@@ -517,6 +518,11 @@ class RuntimeLog:
             raise ParseError("the log ends in a partial line: it is truncated", format="tsmr-log", offset=len(data))
         for i, raw in enumerate(data.split(b"\n")[:-1], 1):
             yield i, classify(raw, lineno=i)
+
+
+def _owner_note(fd: int) -> str:
+    """What the owner wrote in ``<log>.owner`` (``"agent pid 123"``), read through ``fd``."""
+    return os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
 
 
 def _preallocate(fd: int, size: int) -> None:

@@ -119,14 +119,11 @@ class Settings:
     def published_keys(self) -> list[Any]:
         """The public keys of ``publish_keys``, read and checked."""
         from ..appraisal import ear
+        from ..evidence.trust import read_file
 
         out: list[Any] = []
         for path in filter(None, (self.publish_keys or "").split(os.pathsep)):
-            try:
-                data = Path(path).read_bytes()
-            except OSError as exc:
-                raise InputError(f"cannot read the EAR key to publish {path}: {exc.strerror}") from None
-            out.extend(ear.load_public_keys(data, what=path))
+            out.extend(ear.load_public_keys(read_file(path, "the EAR key to publish"), what=path))
         return out
 
     def read_admin_token(self) -> str | None:
