@@ -101,10 +101,12 @@ def main() -> None:
                       f"over a Unix socket (rules in {config.name}: this uid may record example.com/* events)",
                       "agent", "--socket", str(sock), "--config", str(config), ready=sock.exists)
         # The emulator's quotes chain to a test root made in the state directory: the verifier trusts
-        # it because it is told to, never by default.
-        verifier = start("the verifier (SQLite), trusting the emulator's test root explicitly",
+        # it because it is told to, never by default; the collateral the emulator issued under that
+        # root lets it check CRLs and the TCB status as it would for a real TD.
+        verifier = start("the verifier (SQLite), trusting the emulator's test root and collateral explicitly",
                          "serve", "--port", str(port), "--database", f"sqlite:///{work / 'verifier.db'}",
                          "--key", str(work / "ear-key.pem"), "--trust-root", str(root),
+                         "--collateral", str(root.with_name("collateral.json")),
                          ready=lambda: healthy(url))
 
         events = ['example.com/app deploy {"digest":"sha256:4f1c","image":"alpine"}',
@@ -132,6 +134,10 @@ def main() -> None:
         claims = ear_mod.verify(ear.read_text().strip(), jwks)
         status = {k: v.get("ear.status") for k, v in claims["submods"].items()}
         print(f"# checked offline: the EAR verifies with the published JWKS; status {status}")
+        run("ear", "verify", str(ear), "--jwks", url + "/.well-known/jwks.json", "--require", "affirming",
+            "--policy-id", "tsmr-default",
+            say="the relying party checks the result itself: signature, status, and that the verifier's own "
+                "default policy judged it")
 
         log = logs / "emulated-tdx" / "rtmr3.log"
         text = log.read_bytes()

@@ -23,6 +23,8 @@ deny contains {"id": "image", "msg": sprintf("image %v is not allowed", [e.json.
 	not e.json.image in allowed_images
 }
 
+# Debuggable guests: the verifier refuses them by itself (evidence.tdx.debug, evidence.snp.policy.debug,
+# evidence.cca.debug) unless it runs with --allow-debug; these rules refuse them even then.
 # TDX guests must not run with debugging on: bit 0 of TD_ATTRIBUTES (the low nibble of its first byte).
 deny contains {"id": "debug", "msg": "the TD is debuggable"} if {
 	input.kind == "tdx"
@@ -33,4 +35,10 @@ deny contains {"id": "debug", "msg": "the TD is debuggable"} if {
 deny contains {"id": "snp-debug", "msg": "the SEV-SNP guest policy allows debugging"} if {
 	input.kind == "snp"
 	bits.and(input.claims.policy, 524288) != 0
+}
+
+# CCA platforms must be in the secured lifecycle state (the verifier's claim "debug" says they are not).
+deny contains {"id": "cca-debug", "msg": "the CCA platform is not secured"} if {
+	input.kind == "cca"
+	input.claims.debug == true
 }

@@ -14,7 +14,14 @@ mapped onto the confidential VM's registers through the UEFI index table.
 
 A tsmr runtime log's sync record is an anchor, not just an event: it declares
 the register's value at that point.  A declared value that differs from the
-replayed one is a *gap*; replay takes the declared value and goes on.
+replayed one is a *gap*; replay takes the declared value and goes on.  By
+default a register's state is unknown until its first event, so a first sync
+record anchors it silently (a log read on its own).  A verifier that knows
+what each register held at launch passes ``launch=True``: every register then
+starts known (zero, or what the firmware log's events replayed before), and a
+first sync record that declares anything else is a gap too, with
+``history_missing`` set: records were cut from the front of the log, or the
+register was extended before the log began (spec section 3).
 
 :func:`explain` compares a result with expected values (from a quote) and, on a
 mismatch, says in one sentence per bank what is wrong: the first event whose
@@ -41,12 +48,16 @@ Values = dict[str, dict[HashAlg, bytes]]
 
 @dataclass(frozen=True)
 class Gap:
+    """A sync record that declares another value than the replay reached (an unlogged change)."""
+
     register: str
     alg: HashAlg
-    seq: int
+    seq: int  # the sync record's position in its own log
     source: str
     replayed: bytes
     declared: bytes
+    position: int = -1  # the sync record's position among all the events replayed
+    history_missing: bool = False  # the register's first record: what it held at launch was replaced
 
 
 @dataclass(frozen=True)
@@ -102,12 +113,15 @@ def replay(
     initial: Mapping[str, Mapping[HashAlg, bytes]] | None = None,
     arch: str | None = None,
     quirks: Sequence[str] = (),
+    launch: bool = False,
 ) -> ReplayResult:
     """Fold events into registers per bank.
 
     ``banks`` limits the banks replayed (default: every bank any event records).
     ``initial`` overrides starting values per register and bank; otherwise
     :func:`default_initial`, and a TPM log's StartupLocality event sets PCR 0.
+    ``launch=True`` treats those starting values as known, so that a first
+    sync record declaring another value is a gap with ``history_missing``.
     A bank is reported only if every measured event of its register gives a
     digest for it (recorded, or derived from the data where the format allows).
     ``quirks`` are validated here; they change digest checks, not replay.
@@ -132,7 +146,7 @@ def replay(
     def first_value(reg: str, alg: HashAlg) -> bytes:
         return start.get(reg, {}).get(alg) or default_initial(reg, alg)
 
-    for ev in events:
+    for position, ev in enumerate(events):
         reg = ev.register
         if cc_arch:
             m = mapped.get(reg)
@@ -159,7 +173,13 @@ def replay(
                 declared = bytes.fromhex(hexv)
                 cur = regs.get(alg)
                 if cur is not None and cur[1] == n and not hmac.compare_digest(cur[0], declared):
-                    gaps.append(Gap(reg, alg, ev.seq, ev.source, cur[0], declared))
+                    gaps.append(Gap(reg, alg, ev.seq, ev.source, cur[0], declared, position))
+                elif cur is None and n == 0 and launch:
+                    # The register's first record: its launch value is known, so the sync
+                    # record must declare exactly that; anything else hides what came before.
+                    at_launch = first_value(reg, alg)
+                    if not hmac.compare_digest(at_launch, declared):
+                        gaps.append(Gap(reg, alg, ev.seq, ev.source, at_launch, declared, position, True))
                 regs[alg] = [declared, n]  # an anchor: the bank is known from here on
         if ev.fill is not None:
             for alg in want or (set(regs) | set(ev.algs)):
@@ -255,14 +275,15 @@ def explain(
     arch: str | None = None,
     initial: Mapping[str, Mapping[HashAlg, bytes]] | None = None,
     quirks: Sequence[str] = (),
+    launch: bool = False,
 ) -> list[Mismatch]:
-    """Replay, compare with ``expected``, and explain each mismatch in one sentence."""
+    """Replay, compare with ``expected``, and explain each mismatch in one sentence (``launch`` as for :func:`replay`)."""
     from . import quirks as quirk_mod
 
     # Replay exactly the banks asked about, so that formats whose banks derive from the data
     # (IMA lists record one bank) give every one of them.
     want_banks = sorted({alg for banks in expected.values() for alg in banks})
-    result = replay(events, banks=want_banks, initial=initial, arch=arch, quirks=quirks)
+    result = replay(events, banks=want_banks, initial=initial, arch=arch, quirks=quirks, launch=launch)
     out: list[Mismatch] = []
     for m in compare(result, expected):
         name = f"{m.register} {m.alg.kernel_name}"

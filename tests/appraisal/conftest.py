@@ -54,8 +54,13 @@ class EmulatedTDX:
         from tsmr.evidence.acquire import acquire
 
         got = acquire(nonce, backend="emulated:tdx", state_dir=str(self.state))
+        from emulated_collateral import collateral
+        from tsmr.evidence.emulated import EmulatedTDXSigner
+
         root = self.state / "emulator" / "tdx" / "qe" / "root.pem"
-        self.trust = {"trust_root": x509.load_pem_x509_certificate(root.read_bytes())}
+        # The emulator's collateral (UpToDate): without collateral the result would only be a warning.
+        self.trust = {"trust_root": x509.load_pem_x509_certificate(root.read_bytes()),
+                      "collateral": collateral(EmulatedTDXSigner(root.parent))}
         return make_bundle(nonce=nonce, evidence=got.evidence,
                            logs=[{"format": "tsmr", "register": "rtmr3", "data": self.log.read(), "name": "rtmr3.log"}])
 

@@ -38,7 +38,9 @@ def test_learned_runtime_events_affirm_and_a_changed_record_does_not(emulated_td
     tampered = replace_in_log(doc, b"deploy", b"DEPLOY")
     r = appraise(tampered, nonce=NONCE, now=NOW, trust=emulated_tdx.trust, reference_values=rv)
     assert r.status == "contraindicated"
-    assert sorted(r.finding_ids()) == ["policy.deny", "refvals.event-missing", "replay.mismatch"]
+    # the mismatched log proves none of its events: both required events are missing
+    assert sorted(r.finding_ids()) == ["policy.deny", "refvals.event-missing", "refvals.event-missing", "replay.mismatch"]
+    assert r.events == {} and [e["operation"] for e in r.unproven] == ["DEPLOY", "PullImage"]
     mismatch = next(f for f in r.findings if f.id == "replay.mismatch")
     assert mismatch.context["register"] == "rtmr3" and "no prefix" in mismatch.context["explanation"]
     assert r.trustworthiness["executables"] == 96 and r.trustworthiness["hardware"] == 2
@@ -167,14 +169,22 @@ def test_real_aael_v1_quote_with_allowlist(fixtures: Path) -> None:
     nonce = tdx.parse_quote(quote).body.report_data[:48]
     doc = make_bundle(nonce=nonce, evidence={"kind": "tdx", "data": quote},
                       logs=[{"format": "tsmr", "register": "rtmr3", "data": (d / "AAEL_data_1").read_bytes()}])
-    refvals = {"format": "tsmr-refvals", "version": 1, "id": "aael",
+    # The bundle has no firmware log: RTMR0-2 are explained only by reference values pinning them.
+    body = tdx.parse_quote(quote).body
+    pinned = {f"rtmr{i}": {"sha384": [getattr(body, f"rtmr{i}").hex()]} for i in range(3)}
+    refvals = {"format": "tsmr-refvals", "version": 1, "id": "aael", "registers": pinned,
                "appraisers": {"allowlist": {"rules": [{"domain": "image-rs", "operation": "CreateContainer",
                                                        "content": "docker.io/library/busybox(:.*)?"}]}}}
     r = appraise(doc, nonce=nonce, now=WHEN, reference_values=refvals)
-    assert [(x["register"], x["status"]) for x in r.registers if x["status"] != "signed-only"] == [("rtmr3", "matched")]
-    assert r.finding_ids() == ["appraiser.allowlist.deny", "policy.deny"]
+    assert [(x["register"], x["status"]) for x in r.registers if x["status"] != "signed-only"] == [
+        ("rtmr0", "unlogged"), ("rtmr1", "unlogged"), ("rtmr2", "unlogged"), ("rtmr3", "matched")]
+    assert r.finding_ids() == ["appraiser.allowlist.deny", "policy.deny", "evidence.collateral-missing"]
     assert r.findings[0].context["content"] == "docker.io/library/alpine"
     assert base64.b64decode(doc["logs"][0]["data"]).startswith(b"INIT sha384/")
+    # Without them, the changed registers nothing accounts for are errors of their own.
+    del refvals["registers"]
+    r = appraise(doc, nonce=nonce, now=WHEN, reference_values=refvals)
+    assert r.finding_ids().count("replay.unlogged") == 3 and r.status == "contraindicated"
 
 
 def test_policy_sees_events_by_domain(emulated_tdx: EmulatedTDX) -> None:

@@ -22,6 +22,13 @@ NONCE = b"\xaa" * 16
 NOW = datetime.now(timezone.utc)
 
 
+def enrolled(evidence: dict) -> dict:
+    """The verifier's trust in this swtpm's attestation key, as an operator enrols it."""
+    from tsmr.evidence.tpm import load_ak_anchor
+
+    return {"tpm_aks": [load_ak_anchor(bytes.fromhex(evidence["ak_public"]))]}
+
+
 def test_tpm_quote_with_runtime_log(tmp_path: Path) -> None:
     from tsmr.backends.tpm import TpmRegisterSet
     from tsmr.evidence.acquire import acquire
@@ -34,33 +41,35 @@ def test_tpm_quote_with_runtime_log(tmp_path: Path) -> None:
         got = acquire(NONCE, backend=f"tpm:{tpm.tcti}", pcrs=[0, 7, 16])
         without16 = acquire(NONCE, backend=f"tpm:{tpm.tcti}", pcrs=[0, 7])
     doc = make_bundle(nonce=NONCE, evidence=got.evidence, logs=[{"format": "tsmr", "register": "pcr16", "data": data}])
+    trust = enrolled(got.evidence)
 
-    r = appraise(doc, nonce=NONCE, now=NOW)
+    r = appraise(doc, nonce=NONCE, now=NOW, trust=trust)
     assert r.status == "affirming" and r.finding_ids() == [] and r.kind == "tpm"
     pcr16 = [x for x in r.registers if x["register"] == "pcr16"]
     assert len(pcr16) == 4 and {x["status"] for x in pcr16} == {"matched"}  # four banks
     assert [e["operation"] for e in r.events["example.com/app"]] == ["start", "ready"]
 
-    rv = learn(doc, now=NOW)
+    rv = learn(doc, now=NOW, trust=trust)
     assert set(rv.registers) == {"pcr0", "pcr7", "pcr16"} and len(rv.events) == 2
-    assert appraise(doc, nonce=NONCE, now=NOW, reference_values=rv).status == "affirming"
+    assert appraise(doc, nonce=NONCE, now=NOW, reference_values=rv, trust=trust).status == "affirming"
 
     # the log says something other than what was extended
-    changed = appraise(replace_in_log(doc, b"ready", b"READY"), nonce=NONCE, now=NOW, reference_values=rv)
+    changed = appraise(replace_in_log(doc, b"ready", b"READY"), nonce=NONCE, now=NOW, reference_values=rv, trust=trust)
     assert changed.status == "contraindicated"
     assert changed.finding_ids().count("replay.mismatch") == 4 and "refvals.event-missing" in changed.finding_ids()
 
-    # a quote that does not cover the logged PCR: the log proves nothing, which is worth saying but not an error
-    unsigned = appraise(dict(doc, evidence=without16.evidence), nonce=NONCE, now=NOW)
-    assert unsigned.finding_ids() == ["replay.not-signed"] * 4 and unsigned.status == "affirming"
-    assert unsigned.findings[0].severity == "info" and unsigned.findings[0].context["signed"] is None
+    # a quote that does not cover the logged PCR: the log proves nothing, and its events are not judged
+    unsigned = appraise(dict(doc, evidence=without16.evidence), nonce=NONCE, now=NOW, trust=trust)
+    assert unsigned.finding_ids() == ["replay.not-signed"] * 4 + ["policy.deny"] and unsigned.status == "contraindicated"
+    assert unsigned.findings[0].severity == "error" and unsigned.findings[0].context["signed"] is None
+    assert unsigned.events == {} and [e["operation"] for e in unsigned.unproven] == ["start", "ready"]
 
     # a quote over another nonce, and a broken signature
-    stale = appraise(dict(doc, nonce="bb" * 16), nonce=b"\xbb" * 16, now=NOW)
+    stale = appraise(dict(doc, nonce="bb" * 16), nonce=b"\xbb" * 16, now=NOW, trust=trust)
     assert stale.finding_ids()[0] == "evidence.tpm.nonce" and stale.trustworthiness["instance-identity"] == 96
     sig = bytearray(bytes.fromhex(doc["evidence"]["signature"]))
     sig[-1] ^= 1
-    bad = appraise(dict(doc, evidence=dict(doc["evidence"], signature=sig.hex())), nonce=NONCE, now=NOW)
+    bad = appraise(dict(doc, evidence=dict(doc["evidence"], signature=sig.hex())), nonce=NONCE, now=NOW, trust=trust)
     assert bad.finding_ids() == ["evidence.tpm.signature", "policy.deny"] and bad.status == "contraindicated"
     assert bad.trustworthiness["hardware"] == 96 and base64.b64decode(doc["logs"][0]["data"])
 
@@ -81,12 +90,13 @@ def test_firmware_log_anomaly_and_the_quirk_that_accepts_it(tmp_path: Path) -> N
         got = acquire(NONCE, backend=f"tpm:{tpm.tcti}", pcrs=[7])
     log = tcg2.encode_log(events, [HashAlg.SHA256])
     doc = make_bundle(nonce=NONCE, evidence=got.evidence, logs=[{"format": "tcg2", "data": log, "name": "firmware"}])
+    trust = enrolled(got.evidence)
 
-    r = appraise(doc, nonce=NONCE, now=NOW)
+    r = appraise(doc, nonce=NONCE, now=NOW, trust=trust)
     assert r.finding_ids() == ["log.duplicate-separator"] and r.status == "warning" and r.quirks == []
     assert r.findings[0].context == {"register": "pcr7"}
     assert [(x["register"], x["bank"], x["status"]) for x in r.registers if x["status"] != "signed-only"] == [
         ("pcr7", "sha256", "matched")]
     accepted = {"format": "tsmr-refvals", "version": 1, "id": "q", "quirks": ["duplicate-separators"]}
-    r = appraise(doc, nonce=NONCE, now=NOW, reference_values=accepted)
+    r = appraise(doc, nonce=NONCE, now=NOW, reference_values=accepted, trust=trust)
     assert r.finding_ids() == [] and r.quirks == ["duplicate-separators"] and r.status == "affirming"

@@ -14,19 +14,23 @@ from tsmr.errors import InputError, PolicyError
 from .conftest import WHEN, tdx_bundle
 
 AFFIRMING, WARNING, CONTRA = 2, 32, 96
+# The go-tdx-guest quote has no collateral valid in 2025: CRLs and TCB status are never checked here.
+NO_COLLATERAL = "evidence.collateral-missing"
 
 
 def test_clean_bundle_is_affirming(fixtures: Path) -> None:
     doc, nonce = tdx_bundle(fixtures)
     r = appraise(doc, nonce=nonce, now=WHEN)
-    assert r.status == "affirming" and r.ok and r.finding_ids() == []
-    assert set(r.trustworthiness.values()) == {AFFIRMING} and len(r.trustworthiness) == 8
+    assert r.status == "warning" and not r.ok and r.finding_ids() == [NO_COLLATERAL]  # all else is clean
+    assert r.findings[0].claim == "hardware" and r.findings[0].context["not_checked"][:2] == ["tdx.crl", "tdx.tcb_status"]
+    assert r.trustworthiness.pop("hardware") == WARNING
+    assert set(r.trustworthiness.values()) == {AFFIRMING} and len(r.trustworthiness) == 7
     assert {(x["register"], x["status"]) for x in r.registers} == {
         ("mrtd", "signed-only"), ("rtmr0", "matched"), ("rtmr1", "matched"), ("rtmr2", "matched"), ("rtmr3", "signed-only")}
     assert r.kind == "tdx" and r.nonce == nonce.hex() and r.claims["mrtd"] == r.registers[0]["signed"]
     assert r.policy_id == "tsmr-default" and r.refvals_id is None
     d = r.to_dict()
-    assert d["status"] == "affirming" and d["findings"] == [] and d["claims"]["rtmr0"]
+    assert d["status"] == "warning" and [f["id"] for f in d["findings"]] == [NO_COLLATERAL] and d["claims"]["rtmr0"]
 
 
 def test_bad_quote_signature(fixtures: Path) -> None:
@@ -54,7 +58,7 @@ def test_evidence_bound_to_another_nonce(fixtures: Path) -> None:
 def test_nonce_mismatch(fixtures: Path) -> None:
     doc, nonce = tdx_bundle(fixtures)
     r = appraise(doc, nonce=b"\x07" * 32, now=WHEN)
-    assert r.finding_ids() == ["freshness.nonce-mismatch", "policy.deny"] and r.status == "contraindicated"
+    assert r.finding_ids() == ["freshness.nonce-mismatch", "policy.deny", NO_COLLATERAL] and r.status == "contraindicated"
     assert r.findings[0].context == {"expected": "07" * 32, "bundle": nonce.hex()}
     assert r.trustworthiness["instance-identity"] == CONTRA and r.trustworthiness["executables"] == AFFIRMING
 
@@ -62,23 +66,23 @@ def test_nonce_mismatch(fixtures: Path) -> None:
 def test_stale_nonce(fixtures: Path) -> None:
     doc, nonce = tdx_bundle(fixtures)
     r = appraise(doc, nonce=nonce, now=WHEN, nonce_expires_at=WHEN - timedelta(seconds=1))
-    assert r.finding_ids() == ["freshness.nonce-expired", "policy.deny"] and r.status == "contraindicated"
+    assert r.finding_ids() == ["freshness.nonce-expired", "policy.deny", NO_COLLATERAL] and r.status == "contraindicated"
     # a naive expiry (as SQLite returns it) is UTC
     fresh = appraise(doc, nonce=nonce, now=WHEN, nonce_expires_at=(WHEN + timedelta(minutes=5)).replace(tzinfo=None))
-    assert fresh.status == "affirming"
+    assert fresh.finding_ids() == [NO_COLLATERAL]
 
 
 def test_reused_nonce(fixtures: Path) -> None:
     doc, nonce = tdx_bundle(fixtures)
     r = appraise(doc, nonce=nonce, now=WHEN, nonce_used=True)
-    assert r.finding_ids() == ["freshness.nonce-reused", "policy.deny"]
+    assert r.finding_ids() == ["freshness.nonce-reused", "policy.deny", NO_COLLATERAL]
     assert r.trustworthiness["instance-identity"] == CONTRA
 
 
 def test_no_nonce_is_a_warning(fixtures: Path) -> None:
     doc, _ = tdx_bundle(fixtures)
     r = appraise(doc, now=WHEN)
-    assert r.status == "warning" and r.finding_ids() == ["freshness.not-checked"]
+    assert r.status == "warning" and r.finding_ids() == [NO_COLLATERAL, "freshness.not-checked"]
     assert r.trustworthiness["instance-identity"] == WARNING and r.trustworthiness["executables"] == AFFIRMING
 
 
@@ -90,11 +94,11 @@ def test_replay_mismatch(fixtures: Path) -> None:
     ccel[last.offset + 12 + 2] ^= 1  # a byte of the last event's SHA-384 digest
     doc, nonce = tdx_bundle(fixtures, ccel=bytes(ccel))
     r = appraise(doc, nonce=nonce, now=WHEN)
-    assert r.finding_ids() == ["replay.mismatch", "policy.deny"] and r.status == "contraindicated"
+    assert r.finding_ids() == ["replay.mismatch", "policy.deny", NO_COLLATERAL] and r.status == "contraindicated"
     ctx = r.findings[0].context
     assert ctx["register"] == last.register and ctx["bank"] == "sha384"
     assert ctx["signed"] != ctx["replayed"] and ctx["explanation"]
-    assert r.trustworthiness["executables"] == CONTRA and r.trustworthiness["hardware"] == AFFIRMING
+    assert r.trustworthiness["executables"] == CONTRA and r.trustworthiness["hardware"] == WARNING
 
 
 def test_malformed_bundles(fixtures: Path) -> None:
@@ -123,7 +127,7 @@ def test_learned_reference_values_affirm_and_catch_changes(fixtures: Path) -> No
     assert set(rv.registers) == {"mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"} and "mrtd" in rv.claims
     assert ReferenceValues.from_json(rv.dumps()) == rv
     r = appraise(doc, nonce=nonce, now=WHEN, reference_values=rv.to_json())
-    assert r.status == "affirming" and r.refvals_id == rv.id
+    assert r.finding_ids() == [NO_COLLATERAL] and r.refvals_id == rv.id
     assert {x["reference"] for x in r.registers} == {"matched"}
 
     data = rv.to_json()
@@ -132,7 +136,7 @@ def test_learned_reference_values_affirm_and_catch_changes(fixtures: Path) -> No
     data["claims"]["mrtd"] = ["ef" * 48, "12" * 48]
     data["events"] = [{"domain": "example.com/app", "operation": "deploy"}]
     r = appraise(doc, nonce=nonce, now=WHEN, reference_values=data, refvals_id="prod@3")
-    assert sorted(r.finding_ids()) == ["policy.deny", "refvals.claim-mismatch", "refvals.claim-mismatch",
+    assert sorted(r.finding_ids()) == [NO_COLLATERAL, "policy.deny", "refvals.claim-mismatch", "refvals.claim-mismatch",
                                        "refvals.event-missing", "refvals.register-mismatch"]
     reg = next(f for f in r.findings if f.id == "refvals.register-mismatch")
     assert reg.context["register"] == "rtmr2" and reg.context["allowed"] == ["ab" * 48]
@@ -176,13 +180,13 @@ deny contains {{"id": "kind", "msg": sprintf("no %s today", [input.kind])}} if i
 deny contains "rtmr0 is signed" if input.registers.rtmr0.sha384
 """
     r = appraise(doc, nonce=nonce, now=WHEN, policy=policy, policy_id="p@1")
-    assert r.finding_ids() == ["policy.deny"] * 3 and r.status == "contraindicated" and r.policy_id == "p@1"
-    msgs = {f.context["rule"]: f.message for f in r.findings}
+    assert r.finding_ids() == ["policy.deny"] * 3 + [NO_COLLATERAL] and r.status == "contraindicated" and r.policy_id == "p@1"
+    msgs = {f.context["rule"]: f.message for f in r.findings if f.id == "policy.deny"}
     assert msgs == {"allow": "the policy does not allow this evidence", "kind": "no tdx today", "deny": "rtmr0 is signed"}
     assert r.trustworthiness["configuration"] == CONTRA
     # an undefined decision is no decision; the default policy denies only on errors
-    assert appraise(doc, nonce=nonce, now=WHEN, policy="package tsmr\nx := 1\n").status == "affirming"
-    assert appraise(doc, nonce=nonce, now=WHEN, policy=DEFAULT_POLICY).finding_ids() == []
+    assert appraise(doc, nonce=nonce, now=WHEN, policy="package tsmr\nx := 1\n").finding_ids() == [NO_COLLATERAL]
+    assert appraise(doc, nonce=nonce, now=WHEN, policy=DEFAULT_POLICY).finding_ids() == [NO_COLLATERAL]
     warn = appraise(doc, nonce=nonce, now=WHEN,
                     policy='package tsmr\nimport rego.v1\ndeny contains {"id": "w", "msg": "hm", "severity": "warning"} if true\n')
     assert warn.status == "warning" and warn.findings[0].severity == "warning"
@@ -192,4 +196,4 @@ def test_default_policy_sees_findings(fixtures: Path) -> None:
     doc, _ = tdx_bundle(fixtures)
     policy = 'package tsmr\nimport rego.v1\ndeny contains "no freshness" if "freshness.not-checked" in input.findings\n'
     r = appraise(doc, now=WHEN, policy=policy)
-    assert r.finding_ids() == ["policy.deny", "freshness.not-checked"]  # worst first
+    assert r.finding_ids() == ["policy.deny", NO_COLLATERAL, "freshness.not-checked"]  # worst first

@@ -45,17 +45,27 @@ def test_example_policy_on_emulated_snp_reports(tmp_path: Path) -> None:
     from tsmr.evidence.emulated_snp import DEFAULT_POLICY, EmulatedSNPSigner
     from tsmr.evidence.trust import load_trust
 
+    from emulated_collateral import snp_crl
+
     signer = EmulatedSNPSigner(tmp_path / "sp")
-    trust = load_trust(ark=str(signer.ark_pem))
+    crl = tmp_path / "amd.crl"
+    crl.write_bytes(snp_crl(signer.dir))
+    trust = load_trust(ark=str(signer.ark_pem), crl=str(crl))
     nonce = bytes(range(32))
     rego = (EXAMPLES / "policy.rego").read_text()
     statuses = {}
-    for name, policy in (("plain", DEFAULT_POLICY), ("debug", DEFAULT_POLICY | 1 << 19)):
+    for name, policy, allow_debug in (("plain", DEFAULT_POLICY, False), ("debug", DEFAULT_POLICY | 1 << 19, False),
+                                      ("debug allowed", DEFAULT_POLICY | 1 << 19, True)):
         report = signer.report(report_data=nonce.ljust(64, b"\0"), measurement=b"\x11" * 48, policy=policy)
         doc = make_bundle(nonce=nonce, evidence={"kind": "snp", "data": report, "auxblob": signer.cert_table()})
-        result = appraise(doc, policy=rego, nonce=nonce, now=datetime.now(timezone.utc), trust=trust)
-        statuses[name] = (result.status, sorted(f.context.get("rule", "") for f in result.findings if f.id == "policy.deny"))
-    assert statuses == {"plain": ("affirming", []), "debug": ("contraindicated", ["snp-debug"])}
+        result = appraise(doc, policy=rego, nonce=nonce, now=datetime.now(timezone.utc), trust=trust,
+                          allow_debug=allow_debug)
+        statuses[name] = (result.status, sorted(f.context.get("rule", "") for f in result.findings if f.id == "policy.deny"),
+                          sorted(f.id for f in result.findings if f.id != "policy.deny"))
+    # The verifier refuses a debug guest by itself; allowed there, the example policy still refuses it.
+    assert statuses == {"plain": ("affirming", [], []),
+                        "debug": ("contraindicated", ["allow"], ["evidence.snp.policy.debug"]),
+                        "debug allowed": ("contraindicated", ["snp-debug"], ["evidence.debug-allowed"])}
 
 
 def test_example_agent_configuration_loads(tmp_path: Path) -> None:

@@ -71,6 +71,10 @@ def test_attest_and_verify_on_swtpm(tmp_path: Path) -> None:
         r = run("attest", "--nonce", "aa" * 16, "-o", str(out), "-b", b)
         assert r.returncode == 0, r.stderr
     r = run("verify", str(out), "--json")
+    assert r.returncode == 1 and "tpm.ak.untrusted" in r.stdout  # nobody vouched for the AK yet
+    assert run("quote", "ak", str(out), "-o", str(tmp_path / "ak.pem")).returncode == 0
+    enrolled = ("--tpm-ak", str(tmp_path / "ak.pem"))
+    r = run("verify", str(out), "--json", *enrolled)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = json.loads(r.stdout)["registers"]
     logged = [x for x in rows if x["status"] != "signed-only"]
@@ -81,7 +85,7 @@ def test_attest_and_verify_on_swtpm(tmp_path: Path) -> None:
     log = base64.b64decode(doc["logs"][-1]["data"]).replace(b"ready", b"READY")
     doc["logs"][-1]["data"] = base64.b64encode(log).decode()
     out.write_text(json.dumps(doc))
-    r = run("verify", str(out), "--json")
+    r = run("verify", str(out), "--json", *enrolled)
     assert r.returncode == 1
     assert {x["status"] for x in json.loads(r.stdout)["registers"] if x["register"] == "pcr16"} == {"mismatched"}
     assert {x["status"] for x in json.loads(r.stdout)["registers"] if x["register"] != "pcr16"} == {"signed-only"}
@@ -117,6 +121,7 @@ def _signed_snp_report(fixtures: Path, key, report_data: bytes) -> bytes:  # typ
 
     raw = bytearray((fixtures / "go-sev-guest/attestation.bin").read_bytes())
     raw[0x50:0x90] = report_data
+    raw[0x08:0x10] = (0x30000).to_bytes(8, "little")  # a guest policy without the fixture's DEBUG bit
     r, s = decode_dss_signature(key.sign(bytes(raw[:0x2A0]), ec.ECDSA(hashes.SHA384())))
     raw[0x2A0:0x4A0] = bytes(0x200)
     raw[0x2A0:0x2A0 + 72] = r.to_bytes(72, "little")

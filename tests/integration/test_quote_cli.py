@@ -38,7 +38,8 @@ def test_tdx_quote_verifies_and_names_the_failed_check(fixtures: Path, tmp_path:
 def test_snp_cca_and_tpm_evidence(fixtures: Path) -> None:
     f = fixtures
     r = tsmr("quote", "verify", str(f / "go-sev-guest/attestation.bin"), "--vcek", str(f / "go-sev-guest/vcek.testcer"),
-             "--ask", str(f / "go-sev-guest/milan.testcer"), "--at", "2023-06-01T00:00:00", "--json")
+             "--ask", str(f / "go-sev-guest/milan.testcer"), "--at", "2023-06-01T00:00:00", "--json",
+             "--allow-debug")  # the fixture's guest policy (0xB0000) allows debugging
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["kind"] == "snp"
     r = tsmr("quote", "verify", str(f / "ccatoken/cca_token_good.cbor"), "--cpak", str(f / "ccatoken/keys/testIAK.pub.jwk.json"))
@@ -61,15 +62,22 @@ def test_quote_get_on_swtpm_then_verify(tmp_path: Path) -> None:
         out = tmp_path / "q.json"
         r = tsmr("quote", "get", "--nonce", "ab" * 20, "--pcrs", "0,16", "-o", str(out), "--backend", f"tpm:{tpm.tcti}")
         assert r.returncode == 0, r.stderr
+    # the quote's own key is not trusted until it is enrolled
     r = tsmr("quote", "verify", str(out), "--nonce", "ab" * 20, "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["check"] == "tpm.ak.untrusted"
+    ak = tmp_path / "ak.pem"
+    r = tsmr("quote", "ak", str(out), "-o", str(ak))
+    assert r.returncode == 0 and ak.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----"), r.stderr
+    enrolled = ("--tpm-ak", str(ak))
+    r = tsmr("quote", "verify", str(out), "--nonce", "ab" * 20, "--json", *enrolled)
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["claims"]["pcr_digest_checked"] is True
-    r = tsmr("quote", "verify", str(out), "--nonce", "cd" * 20, "--json")
+    r = tsmr("quote", "verify", str(out), "--nonce", "cd" * 20, "--json", *enrolled)
     assert r.returncode == 1 and json.loads(r.stdout)["check"] == "tpm.nonce"
     doc = json.loads(out.read_text())
     doc["pcrs"]["sha256"]["16"] = "11" * 32
     out.write_text(json.dumps(doc))
-    r = tsmr("quote", "verify", str(out), "--nonce", "ab" * 20, "--json")
+    r = tsmr("quote", "verify", str(out), "--nonce", "ab" * 20, "--json", *enrolled)
     assert r.returncode == 1 and json.loads(r.stdout)["check"] == "tpm.pcr_digest"
 
 
@@ -128,7 +136,7 @@ def test_snp_certificates_from_a_directory_or_the_certificate_table(fixtures: Pa
     certs.mkdir()
     (certs / "vcek.der").symlink_to(s / "vcek.testcer")
     (certs / "cert_chain.pem").symlink_to(s / "milan.testcer")
-    at = ["--at", "2023-06-01T00:00:00"]
+    at = ["--at", "2023-06-01T00:00:00", "--allow-debug"]  # the fixture's guest policy allows debugging
     r = tsmr("quote", "verify", report, "--certs", str(certs), "--nonce", "0102030405", *at, "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     r = tsmr("quote", "verify", report, "--certs", str(certs), "--nonce", "0102030406", *at, "--json")

@@ -36,6 +36,7 @@ from tsmr.evidence import snp
 from tsmr.evidence.emulated_snp import EMULATED_TCB, EmulatedSNPSigner, cert_table, emulated_snp_report
 
 from conftest import emulator_mount, fixtures_dir
+from emulated_collateral import snp_crl
 
 NONCE = bytes.fromhex("5eed") * 16
 NOW = dt.datetime.now(dt.timezone.utc)
@@ -323,7 +324,13 @@ def test_cli_quote_get_verify_attest_verify_appraise(configfs: Path, state: Path
     assert json.loads(r.stdout)["verified"] is True and json.loads(r.stdout)["kind"] == "snp"
     r = _run(env, "verify", str(bundle), "--ark", str(other_ark_pem), "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["check"] == "snp.chain.ark"
+    # AMD's CRL (here the emulator ARK's): without one, revocation is unchecked and the result a warning
+    crl = tmp_path / "amd.crl"
+    crl.write_bytes(snp_crl(state / "emulator" / "snp" / "sp"))
     r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--nonce", nonce, "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["status"] == "warning"
+    assert [f["id"] for f in json.loads(r.stdout)["findings"]] == ["evidence.collateral-missing"]
+    r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--crl", str(crl), "--nonce", nonce, "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     appraisal = json.loads(r.stdout)
     assert appraisal["status"] == "affirming" and appraisal["kind"] == "snp" and appraisal["findings"] == []
@@ -337,7 +344,8 @@ def test_cli_quote_get_verify_attest_verify_appraise(configfs: Path, state: Path
     r = _run(env, "refvals", "learn", str(bundle), "--ark", str(ark_pem), "-o", str(refvals))
     assert r.returncode == 0, r.stdout + r.stderr
     assert SNP_EMULATED_MEASUREMENT.hex() in refvals.read_text()
-    r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--nonce", nonce, "--refvals", str(refvals), "--json")
+    r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--crl", str(crl), "--nonce", nonce, "--refvals",
+             str(refvals), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["status"] == "affirming", r.stdout
     refvals.write_text(refvals.read_text().replace(SNP_EMULATED_MEASUREMENT.hex(), "ee" * 48))
     r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--nonce", nonce, "--refvals", str(refvals), "--json")

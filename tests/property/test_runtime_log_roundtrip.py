@@ -17,11 +17,14 @@ from tsmr import HashAlg
 from tsmr.backends.emulated import EmulatedRegisterSet
 from tsmr.formats import cel, tcg2
 from tsmr.runtime_log.export import register_index, to_cel_json, to_tcg2
+from tsmr.runtime_log.records import HIDDEN_CODEPOINTS
 from tsmr.runtime_log.replay import replay
 from tsmr.runtime_log.store import RuntimeLog
 
 record_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x7f", min_codepoint=0x20),
+    # Section 2.1: no DEL, C1 controls, line or paragraph separators, or bidirectional controls.
+    alphabet=st.characters(blacklist_categories=("Cs",), min_codepoint=0x20,
+                           blacklist_characters="\x7f" + "".join(map(chr, HIDDEN_CODEPOINTS))),
     min_size=1,
     max_size=40,
 ).filter(lambda s: s[0] != " " and s[-1] != " " and s[0] != "#" and not s.startswith(("SYNC ", "INIT ")) and s not in ("SYNC", "INIT"))

@@ -60,6 +60,13 @@ class Emulator:
         got = acquire(bytes(32), backend="emulated:tdx", state_dir=str(state))  # creates the test root
         assert got.trust_anchor is not None
         self.trust_root = Path(got.trust_anchor)
+        # Collateral (UpToDate) under the same test root, beside it: a verifier trusting the root is given
+        # both (Server below), as a real one has Intel's root and the PCS collateral.
+        from emulated_collateral import write_collateral
+        from tsmr.evidence.emulated import EmulatedTDXSigner
+
+        self.collateral = write_collateral(EmulatedTDXSigner(self.trust_root.parent),
+                                           self.trust_root.with_name("collateral.json"))
         self.records = 0
 
     def append(self, *records: str) -> None:
@@ -107,6 +114,8 @@ class Server:
             args += ["--key", str(key)]
         if trust_root is not None:
             args += ["--trust-root", str(trust_root)]
+            if Path(trust_root).with_name("collateral.json").is_file():  # the Emulator's
+                args += ["--collateral", str(Path(trust_root).with_name("collateral.json"))]
         if admin_token is not None:
             token_file = workdir / "admin-token"
             token_file.write_text(admin_token + "\n")

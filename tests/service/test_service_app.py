@@ -66,6 +66,7 @@ def test_health_reports_an_unreachable_database(client) -> None:  # type: ignore
         raise OSError("connection refused")
 
     v.store.ping = down
+    v.health_checked = 0.0  # a successful probe answers for a second: forget it
     r = client.get("/healthz")
     assert r.status_code == 503 and r.json() == {"status": "unavailable", "database": "unreachable", "revision": None}
 
@@ -80,12 +81,12 @@ def test_settings_from_the_environment(tmp_path: Path) -> None:
     from tsmr.service.settings import Settings
 
     token = tmp_path / "token"
-    token.write_text("0123456789abcdef-token\n")
+    token.write_text("0123456789abcdef-token-0123456789\n")
     s = Settings.from_env({"TSMR_DATABASE_URL": "sqlite:///x.db", "TSMR_CHALLENGE_TTL": "12.5",
                            "TSMR_JSON_LOGS": "1", "TSMR_ADMIN_TOKEN_FILE": str(token),
                            "TSMR_MAX_ATTEST_BYTES": "1000"})
     assert (s.database_url, s.challenge_ttl, s.json_logs, s.max_attest_bytes) == ("sqlite:///x.db", 12.5, True, 1000)
-    assert s.read_admin_token() == "0123456789abcdef-token"
+    assert s.read_admin_token() == "0123456789abcdef-token-0123456789"
     assert Settings.from_env(s.to_env()) == s
     assert "secret" not in repr(Settings(admin_token="secret-secret-secret"))
     token.write_text("short")

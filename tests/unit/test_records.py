@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 
@@ -28,6 +29,75 @@ from tsmr.runtime_log.records import (
 def test_every_forbidden_character_is_refused(code: int) -> None:
     with pytest.raises(RecordError, match=r"control character U\+%04X at character 3 \(rule: no C0 controls or DEL\)" % code):
         check_record("abc" + chr(code) + "def")
+
+
+# Section 2.1: characters a terminal acts on instead of showing, one test per class and its edges.
+HIDDEN = [
+    (0x80, "C1 control character U+0080"),
+    (0x85, "C1 control character U+0085 NEXT LINE (NEL)"),
+    (0x9B, "C1 control character U+009B CONTROL SEQUENCE INTRODUCER (CSI)"),
+    (0x9F, "C1 control character U+009F"),
+    (0x2028, "line or paragraph separator U+2028 LINE SEPARATOR"),
+    (0x2029, "line or paragraph separator U+2029 PARAGRAPH SEPARATOR"),
+    (0x200E, "bidirectional control character U+200E LEFT-TO-RIGHT MARK"),
+    (0x200F, "bidirectional control character U+200F RIGHT-TO-LEFT MARK"),
+    (0x202A, "bidirectional control character U+202A LEFT-TO-RIGHT EMBEDDING"),
+    (0x202E, "bidirectional control character U+202E RIGHT-TO-LEFT OVERRIDE"),
+    (0x2066, "bidirectional control character U+2066 LEFT-TO-RIGHT ISOLATE"),
+    (0x2069, "bidirectional control character U+2069 POP DIRECTIONAL ISOLATE"),
+]
+
+
+@pytest.mark.parametrize("code,named", HIDDEN)
+def test_hidden_characters_are_refused_naming_character_and_position(code: int, named: str) -> None:
+    with pytest.raises(RecordError) as info:
+        check_record("example.com/app déjà " + chr(code) + "x")
+    assert str(info.value) == (f"invalid record: {named} at character 21 "
+                               "(rule: no C1, line separator or bidirectional controls)")
+    assert info.value.position == 21
+    with pytest.raises(RecordError):
+        event("example.com/app", "deploy", {"name": "a" + chr(code)})  # JSON content is checked too
+    hidden = {c for c, _ in HIDDEN} | {*range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+    for near in (code - 1, code + 1):  # the ranges end where the spec says
+        if near not in hidden and near != 0x7F:
+            assert check_record("a" + chr(near) + "b") == ("a" + chr(near) + "b").encode()
+
+
+@pytest.mark.parametrize("code,named", HIDDEN)
+def test_readers_keep_and_flag_hidden_characters(code: int, named: str) -> None:
+    from tsmr.runtime_log.replay import replay
+
+    record = ("example.com/app x" + chr(code) + "y").encode()
+    line = classify(record, lineno=2)
+    assert line.kind is Kind.EVENT and line.raw == record and line.hidden == ((17, code),)
+    assert classify(b"example.com/app plain").hidden == ()
+    sync = b"SYNC sha256/" + b"0" * 64
+    report = replay(sync + b"\n" + record + b"\n" + b"example.com/app ok\n" + record + record + b"\n")
+    state = bytes(32)
+    for raw in (sync, record, b"example.com/app ok", record + record):  # hashed as they are
+        state = hashlib.sha256(state + hashlib.sha256(raw).digest()).digest()
+    assert report.values()[HashAlg.SHA256] == state
+    assert report.hidden_lines == (2, 4) and report.hidden_count == 2
+    assert any(s.startswith("register: lines 2, 4 hold characters a writer must refuse") for s in report.explain())
+
+
+def test_the_byte_scan_finds_exactly_the_hidden_characters() -> None:
+    from tsmr.runtime_log.records import HIDDEN_BYTES, HIDDEN_CODEPOINTS, hidden_characters
+
+    for code in range(0x20, 0x3000):
+        raw = chr(code).encode()
+        assert bool(HIDDEN_BYTES.fullmatch(raw)) == (code in HIDDEN_CODEPOINTS) == bool(hidden_characters(chr(code))), hex(code)
+
+
+def test_hidden_lines_are_found_across_chunks_and_counted_past_the_list() -> None:
+    from tsmr.runtime_log.replay import MAX_HIDDEN_LINES, Replayer
+
+    r = Replayer()
+    data = b"SYNC sha256/" + b"0" * 64 + b"\n" + ("a \u202eb\n" * (MAX_HIDDEN_LINES + 5)).encode()
+    for i in range(0, len(data), 7):  # chunks that cut lines and characters
+        r.feed(data[i:i + 7])
+    report = r.finish()
+    assert report.hidden_lines == tuple(range(2, MAX_HIDDEN_LINES + 2)) and report.hidden_count == MAX_HIDDEN_LINES + 5
 
 
 @pytest.mark.parametrize(

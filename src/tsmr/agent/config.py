@@ -11,8 +11,9 @@ The configuration is one JSON object (``tsmr agent --config FILE``)::
       "socket_group": "tsmr",               # name or gid; default: the agent's group
       "registers": ["rtmr2", "rtmr3"],      # the registers whose logs the agent writes
       "max_body": 1048576,                  # request body limit, bytes
-      "max_connections": 64,
-      "request_timeout": 30,                # seconds a connection may stay silent
+      "max_connections": 64,                # connections of users other than root and the agent's own
+      "max_connections_per_uid": 4,         # connections of any one of those users
+      "request_timeout": 30,                # seconds to send a whole request (line, headers, body)
       "rules": [
         {"uid": 1000, "domains": ["example.com/*"], "registers": ["rtmr3"], "read": true},
         {"group": "attesters", "evidence": true}
@@ -34,6 +35,17 @@ as the kernel reports them for the connection (``SO_PEERCRED``,
 
 Rights add up over every rule that applies to the peer; no rule, no right.
 uid 0 is not special: root gets what its rules give it.
+
+Connections are counted by the uid the kernel gives for them, when they are
+accepted and before anything is read: a user other than root and the
+agent's own may hold ``max_connections_per_uid`` of them, and all those users
+together ``max_connections``; root and the agent's own user have
+``max_connections`` of their own, so no other user can lock them out (the
+agent runs at most twice ``max_connections`` connection threads).  A
+connection over its limit is answered 503 and closed.  A request (request
+line, headers and body) must arrive within ``request_timeout`` seconds of the
+moment the agent starts waiting for it, however slowly its bytes come; an
+idle connection is closed after as long.
 """
 
 from __future__ import annotations
@@ -52,11 +64,13 @@ from ..registers import check_register_name
 
 DEFAULT_SOCKET = "/run/tsmr/agent.sock"
 DEFAULT_MAX_BODY = 1 << 20
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_MAX_CONNECTIONS_PER_UID = 4
 MAX_MAX_BODY = 64 << 20  # the largest body limit a configuration may set
 MAX_CONFIG_BYTES = 1 << 20
 
 _TOP_KEYS = {"backend", "state_dir", "log_dir", "socket", "socket_mode", "socket_group", "registers",
-             "max_body", "max_connections", "request_timeout", "rules"}
+             "max_body", "max_connections", "max_connections_per_uid", "request_timeout", "rules"}
 _SUBJECT_KEYS = ("uid", "gid", "user", "group")
 _RULE_KEYS = {*_SUBJECT_KEYS, "domains", "registers", "read", "evidence"}
 
@@ -117,7 +131,8 @@ class AgentConfig:
     socket_mode: int = 0o660
     socket_group: int | None = None
     max_body: int = DEFAULT_MAX_BODY
-    max_connections: int = 64
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID
     request_timeout: float = 30.0
     source: str | None = field(default=None, compare=False)  # the file it came from
 
@@ -199,7 +214,8 @@ def config_from_dict(doc: Any, *, source: str | None = None) -> AgentConfig:
         socket_mode=parse_mode(doc["socket_mode"], fail) if doc.get("socket_mode") is not None else 0o660,
         socket_group=resolve_group(doc["socket_group"], fail) if doc.get("socket_group") is not None else None,
         max_body=_int(doc, "max_body", DEFAULT_MAX_BODY, 1024, MAX_MAX_BODY, fail),
-        max_connections=_int(doc, "max_connections", 64, 1, 4096, fail),
+        max_connections=_int(doc, "max_connections", DEFAULT_MAX_CONNECTIONS, 1, 4096, fail),
+        max_connections_per_uid=_int(doc, "max_connections_per_uid", DEFAULT_MAX_CONNECTIONS_PER_UID, 1, 4096, fail),
         request_timeout=float(_int(doc, "request_timeout", 30, 1, 3600, fail)),
         source=source,
     )
@@ -331,4 +347,4 @@ def owned_registers(names: Iterable[str]) -> tuple[str, ...]:
 
 
 __all__ = ["AgentConfig", "Rule", "Peer", "load_config", "config_from_dict", "check_rules", "default_socket_path",
-           "DEFAULT_SOCKET", "DEFAULT_MAX_BODY"]
+           "DEFAULT_SOCKET", "DEFAULT_MAX_BODY", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_CONNECTIONS_PER_UID"]

@@ -26,6 +26,17 @@ client is comes from the kernel (``SO_PEERCRED``: pid, uid, gid;
 accepted; nothing in a request says who sent it.  The rules of
 :mod:`tsmr.agent.config` decide what the peer may do.
 
+Connections are counted per uid when they are accepted, before a byte is
+read (limits in :mod:`tsmr.agent.config`): one user holding many slow
+connections cannot take the agent from root or from other users, and a
+request must be complete within ``request_timeout`` however slowly its
+bytes trickle in.
+
+A log that changes under the agent (truncated, replaced, or written by
+someone else) is refused for good: every later append to that register is
+answered 503 ``log_tampered`` and the reason is logged, until the log is
+moved aside and the agent restarted (see :mod:`tsmr.runtime_log.store`).
+
 Concurrency: one thread per connection (bounded).  Appends to one register
 are serialised by a per-register lock (and by the log's own locks); the
 backend object is shared, so its calls are serialised too.  An evidence
@@ -54,6 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import platform
@@ -73,6 +85,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
+from .. import safefs
 from ..errors import BackendError, InputError, TsmrError
 from ..registers import bank_label
 from ..runtime_log.records import RecordError, check_record, event, split_event
@@ -294,9 +307,14 @@ class Agent:
             raise HttpError(403, "forbidden", f"{peer.describe()} may not append records of domain(s) "
                                               f"{', '.join(map(repr, denied))} to {register}")
         with self._register_lock(register):
+            if log.broken is not None:
+                raise HttpError(503, "log_tampered", log.broken)
             try:
                 result = log.append_many(records)
             except BaseException:
+                if log.broken is not None:
+                    log_event("log-tampered", "error", register=register, path=str(log.path), detail=log.broken)
+                    raise HttpError(503, "log_tampered", log.broken) from None
                 # An extend may have happened: settle the batch now rather than at the next append.
                 with contextlib.suppress(Exception):
                     log.recover()
@@ -411,6 +429,30 @@ def _route(path: str) -> tuple[str, str | None] | None:
     return None
 
 
+class _DeadlineReader(io.RawIOBase):
+    """Reads from the socket until a deadline for the whole request, not a timeout per read:
+    a client sending one byte a second must not hold its connection for ever."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline: float | None = None
+        self.received = 0  # bytes read since the deadline was set
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request did not arrive in time")
+            self.sock.settimeout(left)
+        n = self.sock.recv_into(buf)
+        self.received += n
+        return n
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "tsmr-agent"
@@ -420,8 +462,36 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.agent.config.request_timeout
         super().setup()
-        self.peer = peer_credentials(self.connection)
+        # The server read the peer's credentials when it accepted the connection.
+        self.peer = self.client_address if isinstance(self.client_address, Peer) else peer_credentials(self.connection)
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile.close()
+        self.rfile = io.BufferedReader(self._reader)
         self._body_read = True
+
+    def handle_one_request(self) -> None:
+        # The clock of a request starts when we wait for it: it bounds an idle keep-alive
+        # connection too.
+        self._reader.deadline = time.monotonic() + self.server.agent.config.request_timeout
+        self._reader.received = 0
+        try:
+            super().handle_one_request()  # a read past the deadline ends in log_error, below
+        finally:
+            self._reader.deadline = None
+
+    def log_error(self, format: str, *args: Any) -> None:
+        """Called by the HTTP parser for a request that timed out: say so, and close."""
+        self.close_connection = True
+        timeout = self.server.agent.config.request_timeout
+        if not self._reader.received:  # an idle connection: nothing to answer
+            log_event("connection-idle", uid=self.peer.uid, pid=self.peer.pid,
+                      detail=f"no request within {timeout:g} s; connection closed")
+            return
+        if getattr(self, "request_version", None) in (None, "HTTP/0.9"):
+            self.request_version = "HTTP/1.1"
+        self._send_json(408, _error_body("timeout", f"the request was not complete within {timeout:g} s"))
+        log_event("request-timeout", "warning", uid=self.peer.uid, pid=self.peer.pid,
+                  detail=f"no complete request within {timeout:g} s; connection closed")
 
     def version_string(self) -> str:
         return self.server_version
@@ -450,6 +520,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, obj: Any, headers: Mapping[str, str] | None = None) -> None:
         data = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
         try:
+            # The reader shortened the socket's timeout to what was left of the request's;
+            # the answer gets a full one (sendall's timeout bounds the whole send).
+            self.connection.settimeout(self.server.agent.config.request_timeout)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -494,7 +567,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._body_read = False
             raise HttpError(413, "body_too_large", f"the body is {n} bytes, over the limit of {limit}", close=True)
         self._body_read = False
-        data = self.rfile.read(n) if n else b""
+        try:
+            data = self.rfile.read(n) if n else b""
+        except TimeoutError:
+            raise HttpError(408, "timeout", f"the body did not arrive within {self.server.agent.config.request_timeout:g} s "
+                                            "of the request's start", close=True) from None
         if len(data) != n:
             raise HttpError(400, "truncated_body", f"the connection closed after {len(data)} of {n} body bytes", close=True)
         self._body_read = True
@@ -580,7 +657,7 @@ _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: 
 
 
 class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """A threaded HTTP server on a Unix socket, with a bound on simultaneous connections."""
+    """A threaded HTTP server on a Unix socket, with bounds on simultaneous connections per uid."""
 
     daemon_threads = True
     block_on_close = False
@@ -588,20 +665,28 @@ class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, path: str, agent: Agent) -> None:
         self.agent = agent
         self.path = path
-        self._slots = threading.BoundedSemaphore(agent.config.max_connections)
+        self._count_lock = threading.Lock()
+        self._per_uid: dict[int, int] = {}
+        self._shared = 0  # connections of unprivileged uids
+        self._privileged_count = 0  # connections of root and of the agent's own uid
         self.inode: int | None = None
         super().__init__(path, _Handler, bind_and_activate=True)
 
     def server_bind(self) -> None:
         cfg = self.agent.config
-        old = os.umask(0o177)  # the socket exists as 0600 until its mode and group are set
+        # The socket is made 0600, then opened up by a chmod: never wider than asked for, even for an instant.
+        old = os.umask(0o177)
         try:
             super().server_bind()
         finally:
             os.umask(old)
         try:
+            st = os.lstat(self.path)
+            if not stat.S_ISSOCK(st.st_mode):  # replaced between bind and now: touch nothing
+                raise BackendError(f"{self.path} was replaced right after the agent bound it: not changing its mode",
+                                   backend="agent")
             if cfg.socket_group is not None:
-                os.chown(self.path, -1, cfg.socket_group)
+                os.chown(self.path, -1, cfg.socket_group, follow_symlinks=False)
             os.chmod(self.path, cfg.socket_mode)
             self.inode = os.stat(self.path).st_ino
         except OSError as exc:
@@ -612,31 +697,76 @@ class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def server_activate(self) -> None:
         self.socket.listen(128)
 
+    # -- connection accounting: by uid, decided at accept, before anything is read ---------
+    def _privileged(self, peer: Peer) -> bool:
+        return peer.uid in (0, os.geteuid())
+
+    def _take_slot(self, peer: Peer) -> str | None:
+        """Count the connection; None if it may go on, else why it may not."""
+        cfg = self.agent.config
+        with self._count_lock:
+            mine = self._per_uid.get(peer.uid, 0)
+            if self._privileged(peer):
+                # Separate from everyone else's, so that no other user can starve root or the agent's user.
+                if self._privileged_count >= cfg.max_connections:
+                    return f"the agent is at its connection limit for root and its own user ({cfg.max_connections})"
+                self._privileged_count += 1
+            else:
+                if mine >= cfg.max_connections_per_uid:
+                    return f"uid {peer.uid} already has {mine} connections open, the limit per user"
+                if self._shared >= cfg.max_connections:
+                    return f"the agent is at its connection limit ({cfg.max_connections})"
+                self._shared += 1
+            self._per_uid[peer.uid] = mine + 1
+        return None
+
+    def _give_slot(self, peer: Peer) -> None:
+        with self._count_lock:
+            if self._privileged(peer):
+                self._privileged_count -= 1
+            else:
+                self._shared -= 1
+            left = self._per_uid[peer.uid] - 1
+            if left:
+                self._per_uid[peer.uid] = left
+            else:
+                del self._per_uid[peer.uid]
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self._refuse(request)
+        try:
+            peer = peer_credentials(request)
+        except OSError as exc:
+            log_event("connection-error", "warning", error="no peer credentials", detail=str(exc))
+            self.shutdown_request(request)
+            return
+        why = self._take_slot(peer)
+        if why is not None:
+            self._refuse(request, peer, why)
             return
         try:
-            super().process_request(request, client_address)
+            # The handler gets the peer as its "client address": AF_UNIX has none worth having.
+            super().process_request(request, peer)
         except BaseException:
-            self._slots.release()
+            self._give_slot(peer)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._give_slot(client_address)
 
-    def _refuse(self, request: socket.socket) -> None:
-        body = json.dumps(_error_body("too_many_connections", "the agent is at its connection limit; retry")).encode()
+    def _refuse(self, request: socket.socket, peer: Peer, why: str) -> None:
+        body = json.dumps(_error_body("too_many_connections", f"{why}; retry later")).encode()
         head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                 "Retry-After: 1\r\nConnection: close\r\n\r\n").encode()
         with contextlib.suppress(OSError):
-            request.settimeout(1)
+            # Answered from the accepting thread: never wait on this client (the answer fits the
+            # socket's buffer; if it does not, the client loses it).
+            request.setblocking(False)
             request.sendall(head + body)
         self.shutdown_request(request)
-        log_event("connection-refused", "warning", reason="connection limit")
+        log_event("connection-refused", "warning", reason=why, uid=peer.uid, pid=peer.pid)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
@@ -657,7 +787,9 @@ def prepare_socket_path(path: str) -> None:
         raise InputError(f"socket path {path} is too long for a Unix socket (at most 107 bytes)")
     parent = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(parent, mode=0o755, exist_ok=True)
+        # Refused if others can write in it: they could swap the socket for a link to a file the
+        # agent would then chmod.
+        os.close(safefs.open_dir(parent, what="agent socket directory", create_mode=0o755))
     except OSError as exc:
         raise BackendError.from_oserror(exc, backend="agent", register=None, action=f"create {parent}") from exc
     try:

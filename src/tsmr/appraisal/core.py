@@ -39,7 +39,21 @@ id                                 severity  claim               when
 ``evidence.malformed``             error     hardware            the evidence bytes do not parse
 ``evidence.<check>``               error     hardware, or        a verifier check failed; ``<check>`` is
                                              instance-identity   the check (``tdx.quote.signature``,
-                                             for the binding     ``tdx.report_data``, ``tpm.nonce``...)
+                                             for the binding,    ``tdx.report_data``, ``tpm.nonce``,
+                                             configuration for   ``snp.crl.revoked``...); a debuggable
+                                             debug guests        guest is ``evidence.tdx.debug``,
+                                                                 ``evidence.snp.policy.debug`` or
+                                                                 ``evidence.cca.debug`` unless allowed
+``evidence.tdx.tcb-status``        warning   hardware            the TDX platform, QE or TDX module TCB
+                                                                 is short of UpToDate (context: the
+                                                                 statuses and ``advisory_ids``);
+                                                                 ``Revoked`` fails verification instead
+``evidence.collateral-missing``    warning   hardware            checks that need collateral did not run
+                                                                 (TDX CRLs, TCB info, QE identity; the
+                                                                 SEV-SNP CRL); context ``not_checked``
+``evidence.debug-allowed``         warning   configuration       a debuggable guest verified because
+                                                                 ``allow_debug`` was given (context
+                                                                 ``kind``, ``check``)
 ``freshness.not-checked``          warning   instance-identity   no expected nonce was given
 ``freshness.nonce-mismatch``       error     instance-identity   the bundle is not over the issued nonce
 ``freshness.nonce-reused``         error     instance-identity   the nonce was already used
@@ -52,8 +66,14 @@ id                                 severity  claim               when
                                                                  replayed, explanation)
 ``replay.gap``                     warning   executables         a register was extended without a log
                                                                  record (a sync record declares it)
-``replay.not-signed``              info      executables         a log covers a register the evidence
+``replay.history-missing``         error     executables         a register's first record declares
+                                                                 another value than it held at launch
+                                                                 (the front of its log was cut)
+``replay.not-signed``              error     executables         a log covers a register the evidence
                                                                  does not sign
+``replay.unlogged``                error     executables         a signed register changed since launch,
+                                                                 and neither a log nor a reference value
+                                                                 accounts for it
 ``refvals.register-mismatch``      error     executables         a signed register is not a reference value
 ``refvals.claim-mismatch``         error     configuration or    an evidence claim is not a reference
                                              executables         value (launch measurements: executables)
@@ -66,10 +86,20 @@ id                                 severity  claim               when
                                    (or the entry's)              (context ``rule``)
 =================================  ========  ==================  =====================================
 
-A gap is a warning, not an error: the sync record anchors the log, the
-register still matches its signed value, and every record after the gap is
-known; what is unknown is the content of the unlogged extension.  A policy
-that wants gaps refused denies on ``replay.gap``.
+Only proven events are judged.  An event is proven when its register's
+every signed bank replays, from the register's launch value, to its signed
+value, and no later sync record of the register replaced the value it led
+to.  Reference values, appraisers and the policy see proven events only;
+the others are listed in ``Result.unproven`` with the reason.  Launch
+values close the front of a log: zero (0xFF for TPM PCR 17-22), or what the
+firmware log's events replayed the register to, so a first sync record
+declaring anything else is ``replay.history-missing``.
+
+A gap in the middle of a log is a warning, not an error: the register still
+matches its signed value and every record after the gap is proven; what is
+unknown is the content of the unlogged extension (and the events before the
+gap, which become unproven).  A policy that wants gaps refused denies on
+``replay.gap``.
 
 Trustworthiness vector
 ----------------------
@@ -90,13 +120,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..algorithms import HashAlg
 from ..errors import EvidenceError, InputError, ParseError
+from ..evidence.limits import Budget, LimitExceeded, Limits
 from .appraisers import covers, load_appraisers
 from .facts import claims_json, content_json, group_by_domain, runtime_events, signed_json
 from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, Finding, Result
+from .platform import platform_findings
 from .policy import DEFAULT_POLICY, compile_policy, evaluate
 from .refvals import ReferenceValues
 
@@ -134,6 +166,8 @@ class _Run:
 
 
 def _evidence_claim(check: str) -> str:
+    if check.endswith("debug"):  # the guest's own setting, not the hardware's genuineness
+        return "configuration"
     return "instance-identity" if any(w in check for w in ("report_data", "nonce", "challenge")) else "hardware"
 
 
@@ -150,6 +184,9 @@ def appraise(
     appraisers: Sequence[Any] | None = None,
     policy_id: str | None = None,
     refvals_id: str | None = None,
+    allow_debug: bool = False,
+    limits: Limits | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Result:
     """Appraise an evidence bundle (see the module docstring for the steps and findings).
 
@@ -158,17 +195,29 @@ def appraise(
     ``now`` is the verification time; ``trust`` the anchors and collateral
     (as :func:`tsmr.evidence.bundle.verify_evidence` takes them); ``policy``
     Rego source (default :data:`DEFAULT_POLICY`); ``appraisers`` replaces
-    the discovered plugins (:func:`load_appraisers`).
+    the discovered plugins (:func:`load_appraisers`); ``allow_debug`` lets
+    debuggable guests verify (they are ``evidence.debug-allowed`` warnings
+    instead of ``evidence.<kind>.debug`` errors).
 
     Raises :class:`~tsmr.errors.PolicyError` for a policy that does not
     compile or evaluate, :class:`~tsmr.errors.InputError` for invalid reference
     values or appraiser configuration, and
     :class:`~tsmr.evidence.bundle.TrustAnchorMissing` when ``trust`` lacks what
     the evidence needs; bad evidence and bundles are findings.
+
+    ``limits`` bound the work (:class:`~tsmr.evidence.limits.Limits`, default
+    :data:`~tsmr.evidence.limits.DEFAULT_LIMITS`): a bundle over one raises
+    :class:`~tsmr.evidence.limits.LimitExceeded` (an InputError) before the
+    step it would make expensive, and an appraisal past its time budget
+    :class:`~tsmr.evidence.limits.TimeBudgetExceeded`; ``cancelled`` is asked
+    at the same points and stops the appraisal with
+    :class:`~tsmr.evidence.limits.AppraisalCancelled` when it returns true.
     """
     from .. import quirks as quirk_mod
     from ..evidence.bundle import FORMAT, TrustAnchorMissing, check_document, log_events, replay_logs, verify_evidence
 
+    budget = Budget(limits, cancelled=cancelled)
+    budget.check_document(bundle)  # counted before anything is verified or parsed
     now = _aware(now)
     refvals = ReferenceValues.coerce(reference_values) if reference_values is not None else None
     source = DEFAULT_POLICY if policy is None else policy
@@ -207,7 +256,8 @@ def appraise(
     verified = None
     if bundle_nonce is not None:
         try:
-            verified = verify_evidence(bundle, now=now, trust=trust)
+            verified = verify_evidence(bundle, now=now, trust=trust, allow_debug=allow_debug)
+            run.findings.extend(platform_findings(verified.kind, verified.claims))
         except TrustAnchorMissing:
             raise
         except EvidenceError as exc:
@@ -238,6 +288,7 @@ def appraise(
 
     rows: list[dict[str, Any]] = []
     events_json: list[dict[str, Any]] = []
+    unproven_json: list[dict[str, Any]] = []
     claims: dict[str, Any] = {}
     applied: list[str] = []
     if verified is not None:
@@ -247,14 +298,19 @@ def appraise(
         events = []
         for n, log in enumerate(logs):
             try:
-                events.extend(log_events(log, n))
+                events.extend(budget.counted(log_events(log, n), n, _log_name(log)))
+            except LimitExceeded:
+                raise
             except ParseError as exc:
                 fid = "bundle.malformed" if exc.format == FORMAT else "log.malformed"
                 run.add(fid, "error", str(exc), "instance-identity" if fid == "bundle.malformed" else "executables",
                         log=n, name=_log_name(log), field=exc.field or "", offset=exc.offset)
             except InputError as exc:
                 run.add("log.malformed", "error", str(exc), "executables", log=n, name=_log_name(log))
+        budget.check_runtime_events(events)  # what gets split, listed, judged and handed to the policy
+        budget.check_time("replay")
         replayed = replay_logs(bundle, verified.kind, verified.signed, events=events, quirks=accepted)
+        budget.check_time("reference values")
         anomalies, applied = quirk_mod.findings(events, accepted)
         for a in anomalies:
             parts = a.id.split(".")
@@ -262,6 +318,8 @@ def appraise(
                 run.add(f"log.{parts[2]}", "warning", a.message, "executables", register=parts[1])
             else:
                 run.add(a.id, "warning", a.message, "executables")
+        pinned = {(reg, bank) for reg, banks in (refvals.registers.items() if refvals is not None else ())
+                  for bank in banks}
         for r in replayed.rows:
             row = {"register": r.register, "bank": r.bank, "signed": r.signed, "replayed": r.replayed,
                    "status": r.status, "explanation": r.explanation, "reference": None}
@@ -273,9 +331,22 @@ def appraise(
                         "executables", **ctx)
             elif r.status == "gap":
                 run.add("replay.gap", "warning", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
+            elif r.status == "history-missing":
+                run.add("replay.history-missing", "error", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
             elif r.status == "not-signed":
-                run.add("replay.not-signed", "info", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
-        events_json = runtime_events(replayed.events, arch=replayed.arch)
+                run.add("replay.not-signed", "error", f"{r.register} {r.bank}: a log covers it, but {r.explanation}; "
+                        "its events prove nothing", "executables", **ctx)
+            elif r.status == "unlogged" and (r.register, r.bank) not in pinned:
+                # Its value is known only as a hash: without a log or a reference value for it,
+                # whatever was measured there stays unjudged (and leaving the log out must not
+                # be a way to hide events).
+                run.add("replay.unlogged", "error", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
+        events_json = runtime_events(replayed.proven, arch=replayed.arch)
+        by_reason: dict[str, list[Any]] = {}
+        for ev, reason in replayed.unproven:  # few distinct reasons: one pass over the events each
+            by_reason.setdefault(reason, []).append(ev)
+        unproven_json = [dict(e, reason=reason) for reason, evs in by_reason.items()
+                         for e in runtime_events(evs, arch=replayed.arch)]
 
         # 5. reference values
         if refvals is not None:
@@ -285,6 +356,7 @@ def appraise(
         _run_appraisers(run, apps, by_name, refvals, events_json)
 
     # 7. policy
+    budget.check_time("policy")
     policy_input = {
         "kind": verified.kind if verified is not None else None,
         "nonce": bundle_nonce.hex() if bundle_nonce is not None else "",
@@ -311,6 +383,7 @@ def appraise(
         trustworthiness=_vector(findings, verified is not None),
         registers=rows,
         events=group_by_domain(events_json),
+        unproven=unproven_json,
         claims=claims,
         quirks=list(applied),
         policy_id=policy_id,
@@ -345,7 +418,7 @@ def _vector(findings: Sequence[Finding], evaluated: bool) -> dict[str, int]:
 
 def _check_refvals(run: _Run, refvals: ReferenceValues, signed: Mapping[str, Mapping[HashAlg, bytes]],
                    claims: Mapping[str, Any], events: Sequence[Mapping[str, Any]], rows: list[dict[str, Any]]) -> None:
-    row_of = {(r["register"], r["bank"]): r for r in rows if r["status"] != "gap"}
+    row_of = {(r["register"], r["bank"]): r for r in rows if r["status"] not in ("gap", "history-missing")}
     for reg, banks in refvals.registers.items():
         for bank, allowed in banks.items():
             value = signed.get(reg, {}).get(HashAlg.from_name(bank))

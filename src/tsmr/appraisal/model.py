@@ -52,7 +52,8 @@ class Result:
     findings: list[Finding]
     trustworthiness: dict[str, int]  # AR4SI vector: claim -> value
     registers: list[dict[str, Any]] = field(default_factory=list)  # register, bank, signed, replayed, status, explanation
-    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # runtime-log events by domain
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # proven runtime-log events by domain
+    unproven: list[dict[str, Any]] = field(default_factory=list)  # runtime-log events nothing signed proves, with why
     claims: dict[str, Any] = field(default_factory=dict)  # the evidence's claims as JSON values
     quirks: list[str] = field(default_factory=list)  # log quirks applied during replay
     policy_id: str | None = None
@@ -68,5 +69,6 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "kind": self.kind, "nonce": self.nonce,
                 "findings": [f.to_dict() for f in self.findings], "trustworthiness": dict(self.trustworthiness),
-                "registers": list(self.registers), "events": dict(self.events), "claims": self.claims,
+                "registers": list(self.registers), "events": dict(self.events), "unproven": list(self.unproven),
+                "claims": self.claims,
                 "quirks": list(self.quirks), "policy_id": self.policy_id, "refvals_id": self.refvals_id}

@@ -316,18 +316,20 @@ def learn(
 
     verified = verify_evidence(bundle, now=now, trust=trust)
     replayed = replay_logs(bundle, verified.kind, verified.signed, quirks=quirks)
-    bad = [r for r in replayed.rows if r.status == "mismatched"]
+    # A log that does not prove its events (mismatched, cut, about an unsigned register) is no
+    # known-good state; learning from it would make its unproven events required ones.
+    bad = [r for r in replayed.rows if r.status in ("mismatched", "history-missing", "not-signed")]
     if bad:
         r = bad[0]
         raise InputError(f"the bundle does not explain itself, so nothing is learned from it: {r.register} {r.bank} "
-                         f"mismatched ({r.explanation})")
+                         f"{r.status} ({r.explanation})")
     registers = {reg: {alg.kernel_name: (value.hex(),) for alg, value in sorted(banks.items())}
                  for reg, banks in sorted(verified.signed.items(), key=lambda kv: register_order(kv[0]))}
     claims = claims_json(verified.claims)
     learned_claims = {name: (claims[name],) for name in IDENTITY_CLAIMS.get(verified.kind, ()) if name in claims}
     events: list[EventRef] = []
     seen = set()
-    for ev in runtime_events(replayed.events, arch=replayed.arch):
+    for ev in runtime_events(replayed.proven, arch=replayed.arch):
         key = (ev["domain"], ev["operation"], ev["content"])
         if not ev["domain"] or key in seen:
             continue

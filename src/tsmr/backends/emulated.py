@@ -25,6 +25,10 @@ process crash but not a power cut.
 
 The journal is also the emulator's audit trail: ``journal()`` yields every
 extend in the order it was applied, which is what a concurrency test replays.
+
+The state directory is created 0700 and its files 0600, and every file is
+opened relative to the directory's descriptor without following links
+(:mod:`tsmr.safefs`): a state directory others can write into is refused.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from .. import safefs
 from ..algorithms import HashAlg
 from ..errors import BackendError, InputError
 from ..registers import Bank, BaseRegisterSet, Flag, Register, sort_banks
@@ -90,9 +95,16 @@ class EmulatedRegisterSet(BaseRegisterSet):
         self.dir = self.state_dir / "emulator" / profile
         self.provider = f"emulated-{profile}"
         self._fds: tuple[int, int, int] | None = None
+        self._dir_fd: int | None = None
         self._generation = -1
         self._profile: Profile | None = None
-        if not (self.dir / "state").exists():
+        dfd = _open_state_dir(self.dir, create=create)
+        try:
+            initialised = dfd is not None and safefs.exists(dfd, "state")
+        finally:
+            if dfd is not None:
+                os.close(dfd)
+        if not initialised:
             if not create:
                 raise BackendError(
                     f"emulator profile {profile} is not initialised in {self.state_dir} (run: tsmr emulate init --profile {profile})",
@@ -103,25 +115,42 @@ class EmulatedRegisterSet(BaseRegisterSet):
 
     # -- files -----------------------------------------------------------
     def _open(self) -> None:
+        dfd = _open_state_dir(self.dir, create=False)
+        if dfd is None:
+            raise BackendError(f"emulator state directory {self.dir} is missing", backend="emulated")
+        fds: list[int] = []
         try:
-            lock = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            state = os.open(self.dir / "state", os.O_RDWR | os.O_CLOEXEC)
-            journal = os.open(self.dir / "journal", os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise BackendError.from_oserror(exc, backend="emulated", register=None, action=f"open state in {self.dir}") from exc
-        self._fds = (lock, state, journal)
+            for name, flags in (("lock", os.O_RDWR | os.O_CREAT), ("state", os.O_RDWR),
+                                ("journal", os.O_RDWR | os.O_APPEND | os.O_CREAT)):
+                fds.append(_open_file(dfd, self.dir, name, flags))
+        except BaseException as exc:
+            for fd in (*fds, dfd):
+                os.close(fd)
+            if isinstance(exc, OSError):
+                raise BackendError.from_oserror(exc, backend="emulated", register=None, action=f"open state in {self.dir}") from exc
+            raise
+        self._fds = (fds[0], fds[1], fds[2])
+        self._dir_fd = dfd
 
     def close(self) -> None:
         if self._fds is not None:
             for fd in self._fds:
                 os.close(fd)
             self._fds = None
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:
             pass
+
+    def _dir(self) -> int:
+        if self._dir_fd is None:
+            raise BackendError("emulated register set is closed", backend="emulated")
+        return self._dir_fd
 
     def _fd(self) -> tuple[int, int, int]:
         if self._fds is None:
@@ -150,7 +179,7 @@ class EmulatedRegisterSet(BaseRegisterSet):
 
     def _reload_profile(self, gen: int) -> None:
         try:
-            config = json.loads((self.dir / "config.json").read_text())
+            config = json.loads(_read_file(self._dir(), self.dir, "config.json"))
         except (OSError, ValueError) as exc:
             raise BackendError(f"emulator config in {self.dir} is unreadable: {exc}", backend="emulated") from exc
         self._profile = build_profile(config["profile"], config.get("options", {}))
@@ -280,7 +309,7 @@ class EmulatedRegisterSet(BaseRegisterSet):
 
     def reset(self) -> None:
         """Restore the initial values (as a reboot would) and clear the journal."""
-        initial = (self.dir / "initial").read_bytes()
+        initial = _read_file(self._dir(), self.dir, "initial")
         with self._locked(True):
             gen = self._load(True)[0]
             os.ftruncate(self._fd()[2], 0)
@@ -351,50 +380,86 @@ def initialise(
     prof = build_profile(profile, options, values)
     base = Path(state_dir) if state_dir is not None else default_state_dir()
     d = base / "emulator" / profile
+    dfd = _open_state_dir(d, create=True)
+    assert dfd is not None
     try:
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock = os.open(d / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock = _open_file(dfd, d, "lock", os.O_RDWR | os.O_CREAT)
     except OSError as exc:
+        os.close(dfd)
         raise BackendError.from_oserror(exc, backend="emulated", register=None, action=f"create state directory {d}") from exc
     try:
         with _Flock(lock, True):
             gen = 0
-            state_path = d / "state"
-            if state_path.exists():
+            exists = safefs.exists(dfd, "state")
+            if exists:
                 if not exist_ok:
                     raise InputError(f"emulator profile {profile} already exists in {base}")
-                head = state_path.read_bytes()[: _HEADER.size]
+                head = _read_file(dfd, d, "state")[: _HEADER.size]
                 if len(head) == _HEADER.size and head[:8] == _MAGIC:
                     gen = _HEADER.unpack(head)[1]
             config = {"format": 1, "profile": profile, "options": prof.options}
-            _atomic_write(d / "config.json", json.dumps(config, indent=2).encode() + b"\n")
-            _atomic_write(d / "initial", prof.initial)
-            jfd = os.open(d / "journal", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            _atomic_write(dfd, d, "config.json", json.dumps(config, indent=2).encode() + b"\n")
+            _atomic_write(dfd, d, "initial", prof.initial)
+            jfd = _open_file(dfd, d, "journal", os.O_RDWR | os.O_CREAT)
             os.ftruncate(jfd, 0)
             os.close(jfd)
             payload = _HEADER.pack(_MAGIC, gen + 1, 0, 0) + prof.initial
-            if state_path.exists():
+            if exists:
                 # Rewrite in place so processes holding it open see the new generation.
-                sfd = os.open(state_path, os.O_RDWR | os.O_CLOEXEC)
+                sfd = _open_file(dfd, d, "state", os.O_RDWR)
                 try:
                     os.ftruncate(sfd, len(payload))
                     os.pwrite(sfd, payload, 0)
                 finally:
                     os.close(sfd)
             else:
-                _atomic_write(state_path, payload)
+                _atomic_write(dfd, d, "state", payload)
+    except OSError as exc:
+        raise BackendError.from_oserror(exc, backend="emulated", register=None, action=f"initialise the emulator state in {d}") from exc
     finally:
         os.close(lock)
+        os.close(dfd)
     return d
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _open_state_dir(d: Path, *, create: bool) -> int | None:
+    """The state directory (0700 when created), refused if others could plant links in it; None if missing."""
+    try:
+        return safefs.open_dir(d, what="emulator state directory", create_mode=0o700 if create else None)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BackendError.from_oserror(exc, backend="emulated", register=None, action=f"open state directory {d}") from exc
+
+
+def _open_file(dfd: int, d: Path, name: str, flags: int) -> int:
+    return safefs.open_file(dfd, name, flags, path=d / name, what="emulator state file")[0]
+
+
+def _read_file(dfd: int, d: Path, name: str) -> bytes:
+    fd = _open_file(dfd, d, name, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(dfd: int, d: Path, name: str, data: bytes) -> None:
+    tmp = name + ".tmp"
+    try:
+        os.unlink(tmp, dir_fd=dfd)  # left by a crash: made afresh, never written through
+    except FileNotFoundError:
+        pass
+    fd = _open_file(dfd, d, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
 
 
 __all__ = ["EmulatedRegisterSet", "Attribute", "JournalEntry", "initialise", "default_state_dir"]

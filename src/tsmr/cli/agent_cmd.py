@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated, Any, Optional
 from urllib.parse import quote
 
@@ -170,7 +171,11 @@ def log_cmd(
     if as_json:
         render.print_json(client.request("GET", f"/v1/logs/{quote(register, safe='')}"))
     else:
-        write_output(None, client.read_log(register).encode())
+        text = client.read_log(register)
+        if sys.stdout.isatty():
+            render.document(text)  # for a person: hidden characters shown escaped
+        else:
+            write_output(None, text.encode())  # for a file or a pipe: the log's bytes, to replay as they are
 
 
 @agent_client_app.command("evidence")

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from ..errors import InputError
 from . import render
-from .common import (EXIT_VERIFY, ArkOpt, AskOpt, AtOpt, CollateralOpt, CpakOpt, JsonOpt, TrustRootOpt, VcekOpt,
+from .common import (EXIT_VERIFY, ArkOpt, AskOpt, AtOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, TrustRootOpt, VcekOpt,
                      handle_errors, read_bundle, verification_time, write_output)
+from .common import (MaxLogRecordsOpt, MaxLogsOpt, MaxRuntimeEventsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt,
+                     limits_from, read_text)
+from .common import AllowDebugOpt, SnpCrlOpt
 from .quote_cmd import load_trust
 
 __all__ = ["register", "refvals_app", "appraise_cmd", "learn_cmd"]
@@ -36,12 +38,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _read_text(path: str, what: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read {what} {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{what} {path} is not UTF-8 text") from None
+    return read_text(path, what)  # bounded, like every input of the command line
 
 
 def appraise_cmd(
@@ -56,6 +53,16 @@ def appraise_cmd(
     ask: AskOpt = None,
     ark: ArkOpt = None,
     cpak: CpakOpt = None,
+    tpm_ak: TpmAkOpt = None,
+    tpm_ca: TpmCaOpt = None,
+    max_logs: MaxLogsOpt = None,
+    max_records: MaxRecordsOpt = None,
+    max_log_records: MaxLogRecordsOpt = None,
+    max_record_bytes: MaxRecordBytesOpt = None,
+    max_runtime_events: MaxRuntimeEventsOpt = None,
+    time_budget: TimeBudgetOpt = None,
+    crl: SnpCrlOpt = None,
+    allow_debug: AllowDebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Appraise a bundle: evidence, freshness, log replay, reference values, appraisers and a Rego policy.
@@ -66,6 +73,7 @@ def appraise_cmd(
     """
     from ..appraisal import appraise
 
+    limits = limits_from(max_logs, max_records, max_log_records, max_record_bytes, max_runtime_events, time_budget)
     doc = read_bundle(bundle)
     source = _read_text(policy, "--policy") if policy else None
     rv = None
@@ -79,9 +87,10 @@ def appraise_cmd(
             expected = bytes.fromhex(nonce.strip().removeprefix("0x"))
         except ValueError:
             raise InputError("--nonce is not hexadecimal") from None
-    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak)
+    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
+                       tpm_ak=tpm_ak or (), tpm_ca=tpm_ca or (), crl=crl)
     result = appraise(doc, policy=source, reference_values=rv, nonce=expected, now=verification_time(at), trust=trust,
-                      policy_id=Path(policy).name if policy else None)
+                      policy_id=Path(policy).name if policy else None, limits=limits, allow_debug=allow_debug)
     if as_json:
         render.print_json(result.to_dict())
     else:
@@ -93,18 +102,19 @@ def appraise_cmd(
 def _report(name: str, result: Any) -> None:
     out = render.out
     style = _STYLE.get(result.status, "bold")
-    out.print(f"{escape(name)}: {result.kind or 'unreadable'} evidence, status [bold {style}]{result.status.upper()}[/]",
-              soft_wrap=True)
+    out.print(render.assemble(f"{name}: {result.kind or 'unreadable'} evidence, status ",
+                              (str(result.status).upper(), f"bold {style}")), soft_wrap=True)
     if result.registers:
         table = Table(title="registers", title_justify="left")
         for col in ("register", "bank", "replay", "reference", "signed value", "explanation"):
             table.add_column(col, overflow="fold")
         for r in result.registers:
             status = r["status"]
-            shown = f"[red]{status}[/]" if status == "mismatched" else f"[yellow]{status}[/]" if status == "gap" else status
+            shown = render.styled(str(status), {"mismatched": "red", "gap": "yellow", "history-missing": "red",
+                                                   "unlogged": "red", "not-signed": "red"}.get(status, ""))
             ref = r.get("reference")
-            ref_shown = "-" if ref is None else f"[red]{ref}[/]" if ref == "mismatched" else ref
-            table.add_row(escape(r["register"]), r["bank"], shown, ref_shown, r["signed"] or "-", escape(r["explanation"]))
+            ref_shown = "-" if ref is None else render.styled(str(ref), "red" if ref == "mismatched" else "")
+            table.add_row(r["register"], r["bank"], shown, ref_shown, r["signed"] or "-", r["explanation"])
         out.print(table)
     if result.events:
         table = Table(title="runtime events by domain", title_justify="left")
@@ -112,8 +122,15 @@ def _report(name: str, result: Any) -> None:
             table.add_column(col, overflow="fold")
         for domain in sorted(result.events):
             for n, e in enumerate(result.events[domain]):
-                table.add_row(escape(domain) if n == 0 else "", escape(e["register"]), str(e["seq"]), escape(e["operation"]),
-                              escape(e["content"]))
+                table.add_row(domain if n == 0 else "", e["register"], str(e["seq"]), e["operation"], e["content"])
+        out.print(table)
+    if result.unproven:
+        # Shown so a reader sees what the log claims, and that nothing signed backs it.
+        table = Table(title="unproven events (not judged)", title_justify="left")
+        for col in ("register", "record", "domain", "operation", "why unproven"):
+            table.add_column(col, overflow="fold")
+        for e in result.unproven:
+            table.add_row(e["register"], str(e["seq"]), e["domain"], e["operation"], render.styled(e["reason"], "red"))
         out.print(table)
     if result.findings:
         table = Table(title="findings", title_justify="left")
@@ -122,7 +139,7 @@ def _report(name: str, result: Any) -> None:
         for f in result.findings:
             sev = _SEVERITY_STYLE.get(f.severity, "")
             text = f.message.splitlines()[0] if f.message else ""
-            table.add_row(f"[{sev}]{f.severity}[/]" if sev else escape(f.severity), escape(f.id), f.claim, escape(text))
+            table.add_row(render.styled(str(f.severity), sev), f.id, f.claim, text)
         out.print(table)
     else:
         out.print("no findings")
@@ -133,7 +150,7 @@ def _report(name: str, result: Any) -> None:
     ids = " ".join(x for x in (f"policy {result.policy_id}" if result.policy_id else "",
                                 f"reference values {result.refvals_id}" if result.refvals_id else "") if x)
     if ids:
-        out.print(escape(ids), soft_wrap=True)
+        out.print(ids, soft_wrap=True)
 
 
 @refvals_app.command("learn")
@@ -149,6 +166,8 @@ def learn_cmd(
     ask: AskOpt = None,
     ark: ArkOpt = None,
     cpak: CpakOpt = None,
+    tpm_ak: TpmAkOpt = None,
+    tpm_ca: TpmCaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Learn reference values from a known-good bundle: signed registers, identity claims and runtime events.
@@ -160,7 +179,8 @@ def learn_cmd(
     from ..errors import EvidenceError
 
     doc = read_bundle(bundle)
-    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak)
+    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
+                       tpm_ak=tpm_ak or (), tpm_ca=tpm_ca or ())
     try:
         rv = learn(doc, now=verification_time(at), trust=trust, id=id)
     except EvidenceError as exc:

@@ -11,9 +11,13 @@ from rich.table import Table
 
 from ..errors import EvidenceError, InputError
 from . import render
-from .common import (EXIT_VERIFY, ArkOpt, AskOpt, AtOpt, BackendOpt, CollateralOpt, CpakOpt, JsonOpt, LogDirOpt,
+from .common import (EXIT_VERIFY, ArkOpt, AskOpt, AtOpt, BackendOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, LogDirOpt,
                      StateDirOpt, TrustRootOpt, VcekOpt, read_bundle, verification_time, write_output)
-from .quote_cmd import ConfigfsOpt, GuidOpt, ManifestVerOpt, PrivlevelOpt, ServiceOpt, anchor_flag, load_trust
+from .common import AllowDebugOpt, SnpCrlOpt
+from .common import (MaxLogRecordsOpt, MaxLogsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt, limits_from,
+                     read_input)
+from .quote_cmd import (ConfigfsOpt, GuidOpt, ManifestVerOpt, PrivlevelOpt, ServiceOpt, anchor_flag, caveats, load_trust,
+                        render_caveats)
 
 VerifierOpt = Annotated[Optional[str], typer.Option(
     "--verifier", help="A tsmr verifier's URL (e.g. http://127.0.0.1:8080): get a challenge there and send it the bundle.")]
@@ -130,7 +134,8 @@ def attest_cmd(
     provider = got.provider
     if provider and (base / provider).is_dir():
         for path in sorted((base / provider).glob("*.log")):
-            logs.append({"format": "tsmr", "data": path.read_bytes(), "register": path.stem, "name": str(path)})
+            logs.append({"format": "tsmr", "data": read_input(str(path), "the runtime log"), "register": path.stem,
+                         "name": str(path)})
     doc = make_bundle(nonce=value, evidence=got.evidence, logs=logs)
     _finish(doc, output, verifier, ear, as_json,
             summary={"output": output, "kind": got.kind, "source": got.source,
@@ -176,20 +181,27 @@ def render_appraisal(body: dict[str, Any], *, title: str) -> None:
             table.add_column(col, overflow="fold")
         for r in regs:
             st = r.get("status", "?")
-            table.add_row(str(r.get("register")), str(r.get("bank")), st if st == "matched" else f"[red]{st}[/]",
+            table.add_row(str(r.get("register")), str(r.get("bank")), st if st == "matched" else render.styled(str(st), "red"),
                           str(r.get("explanation") or ""))
         render.out.print(table)
     for domain, events in sorted((result.get("events") or {}).items()):
         render.line(f"events of {domain}: {len(events)}")
         for ev in events[:20]:
             render.line(f"  {ev.get('register', '')} #{ev.get('seq', '?')} {ev.get('operation', '')} {ev.get('content') or ''}".rstrip())
+    unproven = [e for e in (result.get("unproven") or []) if isinstance(e, dict)]
+    if unproven:
+        render.line(f"unproven events (not judged): {len(unproven)}")
+        for ev in unproven[:20]:
+            render.line(f"  {ev.get('register', '')} #{ev.get('seq', '?')} {ev.get('domain', '')} {ev.get('operation', '')}: "
+                        f"{ev.get('reason', '')}")
     findings = [f for f in (result.get("findings") or body.get("findings") or []) if isinstance(f, dict)]
     for f in findings:
         if f.get("severity") != "info":
             render.line(f"finding {f.get('id')}: {f.get('message')}")
     status = body.get("status", "?")
     colour = {"affirming": "green", "warning": "yellow"}.get(status, "red")
-    render.out.print(f"status: [{colour}]{status}[/]" + (f"  (EAR: {len(body['ear'])} bytes, signed)" if body.get("ear") else ""))
+    render.out.print(render.assemble("status: ", (str(status), colour),
+                                     f"  (EAR: {len(body['ear'])} bytes, signed)" if body.get("ear") else ""))
 
 
 def verify_cmd(
@@ -201,16 +213,32 @@ def verify_cmd(
     ask: AskOpt = None,
     ark: ArkOpt = None,
     cpak: CpakOpt = None,
+    tpm_ak: TpmAkOpt = None,
+    tpm_ca: TpmCaOpt = None,
+    crl: SnpCrlOpt = None,
+    allow_debug: AllowDebugOpt = False,
+    max_logs: MaxLogsOpt = None,
+    max_records: MaxRecordsOpt = None,
+    max_log_records: MaxLogRecordsOpt = None,
+    max_record_bytes: MaxRecordBytesOpt = None,
+    time_budget: TimeBudgetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify a bundle's evidence and replay its logs against the signed registers; exit 1 on any failure."""
+    """Verify a bundle's evidence and replay its logs against the signed registers; exit 1 on any failure.
+
+    Says what could not be checked (CRLs and TCB status without --collateral,
+    SEV-SNP revocation without --crl) and a TCB status short of UpToDate;
+    debuggable guests fail unless --allow-debug.
+    """
     from ..evidence.bundle import verify_bundle
 
+    limits = limits_from(max_logs, max_records, max_log_records, max_record_bytes, None, time_budget)
     doc = read_bundle(bundle)
-    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak)
+    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
+                       tpm_ak=tpm_ak or (), tpm_ca=tpm_ca or (), crl=crl)
     when = verification_time(at)
     try:
-        result = verify_bundle(doc, now=when, trust=trust)
+        result = verify_bundle(doc, now=when, trust=trust, allow_debug=allow_debug, limits=limits)
     except EvidenceError as exc:
         if as_json:
             render.print_json({"verified": False, "check": exc.check, "error": str(exc)})
@@ -218,14 +246,17 @@ def verify_cmd(
             render.line(f"FAILED {exc.check}: {exc}")
         raise typer.Exit(EXIT_VERIFY)
     rows = [r.__dict__ for r in result.rows]
+    not_checked, warnings = caveats(result.kind, result.claims, nonce_given=True)
     if as_json:
-        render.print_json({"verified": True, "kind": result.kind, "ok": result.ok, "registers": rows})
+        render.print_json({"verified": True, "kind": result.kind, "ok": result.ok, "registers": rows,
+                           "not_checked": [c for c, _ in not_checked], "warnings": [f.to_dict() for f in warnings]})
     else:
+        render_caveats(f"{bundle}: {result.kind} evidence verified", not_checked, warnings)
         table = Table(title=f"{bundle}: {result.kind} evidence verified", title_justify="left")
         for col in ("register", "bank", "status", "signed value", "explanation"):
             table.add_column(col, overflow="fold")
         for r in result.rows:
-            status = r.status if r.status == "matched" else f"[red]{r.status}[/]"
+            status = r.status if r.status == "matched" else render.styled(r.status, "red")
             table.add_row(r.register, r.bank, status, r.signed or "-", r.explanation)
         render.out.print(table)
     if not result.ok:

@@ -8,7 +8,6 @@ import os
 import sys
 import warnings
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
@@ -110,33 +109,84 @@ VcekOpt = Annotated[Optional[str], typer.Option("--vcek", help="SNP: VCEK or VLE
 AskOpt = Annotated[Optional[str], typer.Option("--ask", help="SNP: ASK (or the KDS ASK+ARK chain) certificate.")]
 ArkOpt = Annotated[Optional[str], typer.Option("--ark", help="SNP: the trusted ARK certificate.")]
 CpakOpt = Annotated[Optional[str], typer.Option("--cpak", help="CCA: platform attestation key, PEM or JWK JSON.")]
+TpmAkOpt = Annotated[Optional[list[str]], typer.Option(
+    "--tpm-ak", help="TPM: an enrolled attestation key (public key PEM, TPM2B_PUBLIC or AK certificate); repeatable. "
+    "A quote signed by any other key is refused.", show_default=False)]
+TpmCaOpt = Annotated[Optional[list[str]], typer.Option(
+    "--tpm-ca", help="TPM: a CA certificate (PEM) that AK certificates in evidence must chain to; repeatable.",
+    show_default=False)]
 AtOpt = Annotated[Optional[str], typer.Option("--at", help="Verification time, ISO 8601 (default: now).")]
+SnpCrlOpt = Annotated[Optional[str], typer.Option(
+    "--crl", help="SNP: AMD's CRL for the product (DER or PEM, signed by the ARK); a revoked VCEK or ASK fails "
+    "snp.crl.revoked. Without it revocation is not checked.", show_default=False)]
+AllowDebugOpt = Annotated[bool, typer.Option(
+    "--allow-debug", help="Accept debuggable guests (TDX TD_ATTRIBUTES.DEBUG, SEV-SNP policy DEBUG, a CCA platform "
+    "not secured); they are refused otherwise.")]
 
 
 def read_input(path: str, what: str = "") -> bytes:
     """The bytes of a file, or of standard input for ``-``; an InputError naming ``what`` if it cannot be read.
 
-    Read to the end of file rather than to the size ``stat`` gives, which is 0 for sysfs logs.
+    Every file and standard input the commands read goes through here (or through
+    :func:`tsmr.evidence.limits.read_input`, which this is): reading stops at
+    the input limit (64 MiB, ``TSMR_MAX_INPUT``), so ``/dev/zero`` or an endless
+    pipe is refused with exit 2 instead of filling memory, and a FIFO nobody
+    writes to is given up after ``TSMR_INPUT_TIMEOUT`` seconds (60).  Read to
+    the end of file rather than to the size ``stat`` gives, which is 0 for
+    sysfs logs.
     """
+    from ..evidence.limits import read_input as bounded
+
+    return bounded(path, what)
+
+
+def read_text(path: str, what: str = "") -> str:
+    """:func:`read_input`, as UTF-8 text."""
     try:
-        if path == "-":
-            return sys.stdin.buffer.read()
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise InputError(f"cannot read {what + ' ' if what else ''}{path}: {exc.strerror}") from None
+        return read_input(path, what).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{what + ' ' if what else ''}{path} is not UTF-8 text") from None
 
 
 def read_bundle(path: str) -> Any:
-    """A bundle file's JSON, refusing files over the bundle size limit."""
-    from ..evidence.bundle import MAX_BUNDLE_BYTES
-
-    p = Path(path)
+    """A bundle file's JSON, read with the input limit (:func:`read_input`)."""
+    raw = read_input(path, "the bundle")
     try:
-        if p.stat().st_size > MAX_BUNDLE_BYTES:
-            raise InputError(f"{path} is over {MAX_BUNDLE_BYTES} bytes")
-        return json.loads(p.read_bytes())
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+        return json.loads(raw)
     except ValueError as exc:
         raise InputError(f"{path} is not JSON: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply to be a bundle") from None
+
+
+# Appraisal limits (tsmr.evidence.limits.Limits): the same for 'tsmr appraise', 'tsmr verify' and
+# 'tsmr serve'; an option wins over its TSMR_* variable, which wins over the default.
+MaxLogsOpt = Annotated[Optional[int], typer.Option(
+    "--max-logs", min=0, help="Most logs in a bundle (default 64, $TSMR_MAX_LOGS; 0: no limit).", show_default=False)]
+MaxRecordsOpt = Annotated[Optional[int], typer.Option(
+    "--max-records", min=0, help="Most records in all logs of a bundle (default 100000, $TSMR_MAX_RECORDS; 0: no limit).",
+    show_default=False)]
+MaxLogRecordsOpt = Annotated[Optional[int], typer.Option(
+    "--max-log-records", min=0, help="Most records in one runtime log (default 10000, $TSMR_MAX_LOG_RECORDS; 0: no limit).",
+    show_default=False)]
+MaxRecordBytesOpt = Annotated[Optional[int], typer.Option(
+    "--max-record-bytes", min=0, help="Most bytes in one record (default 65536, $TSMR_MAX_RECORD_BYTES; 0: no limit).",
+    show_default=False)]
+MaxRuntimeEventsOpt = Annotated[Optional[int], typer.Option(
+    "--max-runtime-events", min=0, help="Most runtime-log events in a bundle, the ones policies judge and the "
+    "unproven ones (default 10000, "
+    "$TSMR_MAX_RUNTIME_EVENTS; 0: no limit).", show_default=False)]
+TimeBudgetOpt = Annotated[Optional[float], typer.Option(
+    "--time-budget", min=0, help="Seconds an appraisal may take (default 30, $TSMR_TIME_BUDGET; 0: no limit).",
+    show_default=False)]
+
+
+def limits_from(max_logs: int | None = None, max_records: int | None = None, max_log_records: int | None = None,
+                max_record_bytes: int | None = None, max_runtime_events: int | None = None,
+                time_budget: float | None = None) -> Any:
+    """The appraisal limits: the options given, else the ``TSMR_*`` variables, else the defaults."""
+    from ..evidence.limits import Limits
+
+    return Limits.from_env(max_logs=max_logs, max_records=max_records, max_log_records=max_log_records,
+                           max_record_bytes=max_record_bytes, max_runtime_events=max_runtime_events,
+                           time_budget=time_budget)

@@ -2,7 +2,9 @@
 
 ``verify`` is what a relying party runs: it checks the JWT's signature against
 the verifier's JWKS (a file, a URL, or key files), the time, and optionally
-the nonce it asked with and the worst status it accepts.  ``key`` creates or
+the nonce it asked with, the worst status it accepts and the policy (and
+reference values) the result must have been appraised with: a status means
+little without knowing which policy gave it.  ``key`` creates or
 shows a signing key; ``jwks`` turns key files into the JWK Set to publish.
 
 Rotating the signing key of a running verifier:
@@ -73,6 +75,13 @@ def _trusted_keys(jwks: str | None, keys: list[str]) -> list[Any]:
     return out
 
 
+def _same_document(got: Any, want: str) -> bool:
+    """Whether an EAR's ``name@version`` is the one wanted: the same, or any version of a bare name."""
+    if not isinstance(got, str):
+        return False
+    return got == want or ("@" not in want and got.rpartition("@")[0] == want)
+
+
 def _time(epoch: Any) -> str | None:
     if not isinstance(epoch, int):
         return None
@@ -91,12 +100,19 @@ def verify_cmd(
     nonce: Annotated[Optional[str], typer.Option("--nonce", help="The nonce the result must answer (hex).")] = None,
     require: Annotated[Optional[str], typer.Option(
         "--require", help="Worst ear.status accepted in every submodule: affirming or warning.")] = None,
+    policy_id: Annotated[Optional[str], typer.Option(
+        "--policy-id", help="The policy every submodule must have been appraised with (ear.appraisal-policy-id): "
+                            "NAME (any version) or NAME@VERSION, e.g. default or default@3.")] = None,
+    refvals_id: Annotated[Optional[str], typer.Option(
+        "--refvals-id", help="The reference values every submodule must have been appraised with "
+                             "(tsmr.refvals-id): NAME or NAME@VERSION.")] = None,
     at: AtOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify an EAR offline: signature (by kid, from the JWKS), issue time, nonce and status.
+    """Verify an EAR offline: signature (by kid, from the JWKS), issue time, nonce, status and policy.
 
-    Exit 0 when it verifies (and meets --nonce and --require), 1 when it does not, naming the check.
+    Exit 0 when it verifies (and meets --nonce, --require, --policy-id and --refvals-id), 1 when it
+    does not, naming the check.
     """
     import base64
 
@@ -136,6 +152,19 @@ def verify_cmd(
                 problems.append(("ear.status", f"submodule {name} is {status}, worse than {require}"))
         if not submods:
             problems.append(("ear.status", "the EAR has no submodule to judge"))
+    for check, claim, want, what in (("ear.policy", "ear.appraisal-policy-id", policy_id, "policy"),
+                                     ("ear.refvals", "tsmr.refvals-id", refvals_id, "reference values")):
+        if not claims or want is None:
+            continue
+        for name, sub in submods.items():
+            got = sub.get(claim) if isinstance(sub, dict) else None
+            if not _same_document(got, want):
+                # repr: the claim is the token's text, control characters and all
+                shown = repr(got[:200]) if isinstance(got, str) else "none"
+                problems.append((check, f"submodule {str(name)[:64]!r} was appraised with {what} {shown}, "
+                                        f"not {want!r}"))
+        if not submods:
+            problems.append((check, "the EAR has no submodule to judge"))
     ok = not problems
     rows = [{"submod": name, "status": sub.get("ear.status"), "policy": sub.get("ear.appraisal-policy-id"),
              "findings": sub.get("tsmr.findings", [])} for name, sub in submods.items() if isinstance(sub, dict)]
@@ -150,13 +179,13 @@ def verify_cmd(
             table = Table("submodule", "status", "policy", "findings")
             for row in rows:
                 colour = {"affirming": "green", "warning": "yellow"}.get(str(row["status"]), "red")
-                table.add_row(row["submod"], f"[{colour}]{row['status']}[/]", str(row["policy"] or ""),
+                table.add_row(str(row["submod"]), render.styled(str(row["status"]), colour), str(row["policy"] or ""),
                               str(len(row["findings"])))
             render.out.print(table)
         for check, message in problems:
             render.error(f"{check}: {message}")
         if ok:
-            render.out.print("[green]the EAR verifies[/]")
+            render.out.print(render.styled("the EAR verifies", "green"))
     if not ok:
         raise typer.Exit(EXIT_VERIFY)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -65,15 +64,15 @@ def show_cmd(
         table.add_column(col, overflow="fold")
     for e, row in zip(log.events, rows):
         digests = " ".join(f"{a.kernel_name}:{_short(d)}" for a, d in e.digests)
-        ok = {True: "ok", False: "[red]BAD[/]", None: "-"}[row["digest_matches_data"]]
+        ok = {True: "ok", False: render.styled("BAD", "red"), None: "-"}[row["digest_matches_data"]]
         table.add_row(str(e.seq), str(e.index), e.register if e.measured else f"({e.register})", e.type, digests, ok, e.summary)
     render.out.print(table)
 
 
 def _load_expected(path: str) -> dict[str, dict[HashAlg, bytes]]:
     try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
+        obj = json.loads(read_input(path, "--expect"))
+    except ValueError as exc:
         raise InputError(f"--expect {path}: {exc}") from None
     if isinstance(obj, dict) and "registers" in obj:
         obj = obj["registers"]

@@ -12,7 +12,7 @@ from rich.table import Table
 from ..algorithms import HashAlg
 from ..errors import InputError
 from ..registers import bank_label
-from ..runtime_log.records import check_record, parse_values
+from ..runtime_log.records import character_name, check_record, parse_values
 from ..runtime_log.replay import ReplayReport, Replayer
 from ..runtime_log.store import RuntimeLog
 from . import render
@@ -32,7 +32,9 @@ def _open_log(reg: str, backend: str | None, state_dir: str | None, log_dir: str
 
 
 def _read_stdin_records() -> list[str]:
-    data = sys.stdin.buffer.read()
+    from ..evidence.limits import read_input
+
+    data = read_input("-", "the records on")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -105,7 +107,9 @@ def show_cmd(
     if as_json:
         render.print_json([
             {"line": n, "kind": line.kind.value, "record": line.text,
-             **({"values": {bank_label(a): v.hex() for a, v in line.values}} if line.values else {})}
+             **({"values": {bank_label(a): v.hex() for a, v in line.values}} if line.values else {}),
+             **({"hidden": [{"position": i, "character": character_name(c)} for i, c in line.hidden]}
+                if line.hidden else {})}
             for n, line in rows
         ])
         return
@@ -113,9 +117,21 @@ def show_cmd(
     table.add_column("line", justify="right")
     table.add_column("kind")
     table.add_column("record", overflow="fold")
+    flagged = []
     for n, line in rows:
-        table.add_row(str(n), line.kind.value, line.text)
+        hidden = line.hidden
+        if hidden:
+            flagged.append((n, hidden))
+        # The console shows hidden characters escaped; the kind says the record is not as a writer leaves it.
+        table.add_row(str(n), render.styled(f"{line.kind.value}, hidden characters", "red") if hidden else line.kind.value,
+                      line.text)
     render.out.print(table)
+    for n, hidden in flagged[:20]:
+        names = ", ".join(f"{character_name(c)} at character {i}" for i, c in hidden[:5]) + (", ..." if len(hidden) > 5 else "")
+        render.warning(f"line {n} holds {names}: a writer must refuse these; the record was hashed with them, "
+                       "and they are shown escaped")
+    if len(flagged) > 20:
+        render.warning(f"{len(flagged) - 20} more line(s) hold such characters (--json lists them)")
 
 
 def _report_out(report: ReplayReport, register: str, as_json: bool, allow_gaps: bool, extra: dict[str, object] | None = None) -> None:
@@ -181,13 +197,12 @@ def replay_cmd(
     init = _parse_bank_values(initial, "--initial")
     want = _parse_bank_values(expect, "--expect")
     r = Replayer(initial=init, expected=want)
-    try:
-        fh = sys.stdin.buffer if file == "-" else open(file, "rb")
-    except OSError as exc:
-        raise InputError(f"cannot read {file}: {exc.strerror}") from None
-    with fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            r.feed(chunk)
+    from ..evidence.limits import iter_input
+
+    # Streamed, so no size limit (memory stays at one chunk and one line); a FIFO without a writer
+    # times out like every other input.
+    for chunk in iter_input(file, limit=0):
+        r.feed(chunk)
     # CoCo AAEL v1 logs (INIT first) leave their last line without LF.
     report = r.finish(accept_unterminated=r.first_line_is_init)
     _report_out(report, os.path.basename(file) if file != "-" else "log", as_json, allow_gaps, {"file": file})

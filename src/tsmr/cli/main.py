@@ -234,13 +234,48 @@ def emulate_init(
             from ..backends.configfs_emulated import trust_anchor
 
             anchor = trust_anchor(rs)  # made now, so that verifiers can be told to trust it up front
+        collateral = None
+        if profile == "tdx":
+            from ..evidence.emulated import EmulatedTDXSigner, write_emulated_collateral
+
+            collateral = str(write_emulated_collateral(EmulatedTDXSigner(rs.dir / "qe")))
     if as_json:
         render.print_json({"profile": profile, "state": str(path), "options": options, "registers": regs,
-                           "trust_anchor": anchor})
+                           "trust_anchor": anchor, "collateral": collateral})
     else:
         render.out.print(f"emulator profile {profile} initialised in {path} ({len(regs)} registers)")
         if anchor:
             render.out.print(f"its evidence is signed under the test key {anchor} (trust it explicitly, never by default)")
+        if collateral:
+            render.out.print(f"its collateral (TCB UpToDate, valid 30 days; 'tsmr emulate collateral' issues more) "
+                             f"is {collateral}")
+
+
+@emulate_app.command("collateral")
+@handle_errors
+def emulate_collateral(
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Where to write it (default: collateral.json beside the test root).")] = None,
+    status: Annotated[str, typer.Option("--status", help="The platform's TCB status: UpToDate, OutOfDate, ConfigurationNeeded, OutOfDateConfigurationNeeded, SWHardeningNeeded, Revoked.")] = "UpToDate",
+    advisory: Annotated[Optional[list[str]], typer.Option("--advisory", help="An advisory id of the TCB level (repeatable).")] = None,
+    revoke_pck: Annotated[bool, typer.Option("--revoke-pck", help="List the emulated PCK certificate in the PCK CRL.")] = False,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Issue TDX collateral for the emulated platform under its test root (valid 30 days), for --collateral."""
+    from ..backends.emulated import EmulatedRegisterSet
+    from ..evidence.emulated import EmulatedTDXSigner, write_emulated_collateral
+
+    statuses = ("UpToDate", "OutOfDate", "ConfigurationNeeded", "OutOfDateConfigurationNeeded", "SWHardeningNeeded",
+                "ConfigurationAndSWHardeningNeeded", "OutOfDateConfigurationAndSWHardeningNeeded", "Revoked")
+    if status not in statuses:
+        raise InputError(f"--status {status!r} is not a TCB status ({', '.join(statuses)})")
+    with EmulatedRegisterSet("tdx", state_dir) as rs:
+        path = write_emulated_collateral(EmulatedTDXSigner(rs.dir / "qe"), output, status=status,
+                                         advisories=tuple(advisory or ()), revoked_pck=revoke_pck)
+    if as_json:
+        render.print_json({"collateral": str(path), "status": status})
+    else:
+        render.out.print(f"collateral for the emulated TD (TCB {status}) written to {path}")
 
 
 @emulate_app.command("reset")

@@ -20,8 +20,10 @@ from .common import (
     AtOpt,
     BackendOpt,
     CollateralOpt,
-    CpakOpt,
+    AllowDebugOpt,
+    CpakOpt, TpmAkOpt, TpmCaOpt,
     JsonOpt,
+    SnpCrlOpt,
     StateDirOpt,
     TrustRootOpt,
     VcekOpt,
@@ -134,10 +136,8 @@ def get_cmd(
     ev = got.evidence
     if got.kind == "tpm":
         text = json.dumps(tpm_document(ev, value), indent=2) + "\n"
-        if output:
-            write_output(output, text.encode())
-        else:
-            render.line(text.rstrip("\n"))
+        # A document for scripts (json.dumps escapes every control), written as it is.
+        write_output(output, text.encode())
         summary: dict[str, Any] = {"kind": "tpm", "output": output, "pcrs": sum(len(v) for v in ev["pcrs"].values())}
     else:
         if output:
@@ -197,6 +197,37 @@ def show_cmd(
     render.print_json({"kind": k, "evidence": _plain(obj)})
 
 
+@quote_app.command("ak")
+@handle_errors
+def ak_cmd(
+    file: Annotated[str, typer.Argument(help="A TPM quote ('quote get --backend tpm' JSON) or a TPM bundle.")],
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the PEM here (default: standard output).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the attestation key a TPM quote was signed with, as PEM, to enrol with --tpm-ak.
+
+    Enrol a key only from a quote you took on a machine you trust (its
+    endorsement hierarchy makes the same AK on every boot): a quote's own key
+    proves nothing about the TPM until you vouch for it.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    from ..evidence import tpm
+
+    raw = _read(file, "the TPM quote")
+    try:
+        doc = json.loads(raw)
+        hex_ak = (doc.get("evidence") or doc)["ak_public"]
+        pub = tpm.parse_public(bytes.fromhex(hex_ak))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(f"{file} is not a TPM quote or bundle with an ak_public field") from None
+    pem = pub.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if as_json:
+        render.print_json({"ak_public": hex_ak, "name": pub.name.hex(), "pem": pem.decode()})
+    if output is not None or not as_json:
+        write_output(output, pem)
+
+
 @quote_app.command("verify")
 @handle_errors
 def verify_cmd(
@@ -206,17 +237,26 @@ def verify_cmd(
     collateral: CollateralOpt = None,
     trust_root: TrustRootOpt = None,
     at: AtOpt = None,
-    ak: Annotated[Optional[str], typer.Option("--ak", help="TPM: attestation key, PEM or TPM2B_PUBLIC.")] = None,
+    ak: Annotated[Optional[str], typer.Option("--ak", help="TPM: the attestation key you trust, PEM or TPM2B_PUBLIC (a quote's own key is trusted only when enrolled with --tpm-ak).")] = None,
     signature: Annotated[Optional[str], typer.Option("--signature", help="TPM: TPMT_SIGNATURE file.")] = None,
     vcek: VcekOpt = None,
     ask: AskOpt = None,
     ark: ArkOpt = None,
     cpak: CpakOpt = None,
+    tpm_ak: TpmAkOpt = None,
+    tpm_ca: TpmCaOpt = None,
     certs: Annotated[Optional[str], typer.Option("--certs", help="SNP: a directory of vcek/ask/ark (or cert_chain) files, or the report's certificate table (auxblob).")] = None,
     manifest: Annotated[Optional[str], typer.Option("--manifest", help="SNP via SVSM: the manifestblob; REPORT_DATA must be SHA-512(nonce || manifest).")] = None,
+    crl: SnpCrlOpt = None,
+    allow_debug: AllowDebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify evidence offline; exit 1 naming the failed check.
+
+    What could not be checked (freshness without --nonce, CRLs and TCB status
+    without --collateral, SEV-SNP revocation without --crl) is said next to
+    "verified", and a TCB status short of UpToDate is shown with its advisories.
+    Debuggable guests fail unless --allow-debug.
 
     TDX collateral (--collateral) is a PCCS-style JSON document or a directory
     of Intel PCS responses named tcb_info, tcb_info_issuer_chain.pem, pck_crl,
@@ -229,12 +269,12 @@ def verify_cmd(
     expected = _hex(nonce, "--nonce")
     when = verification_time(at)
     trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
-                       certs=certs)
+                       certs=certs, tpm_ak=tpm_ak or (), tpm_ca=tpm_ca or (), crl=crl)
     try:
         if k == "tdx":
             from ..evidence import tdx
 
-            claims: Any = tdx.verify_quote(data, now=when, report_data=expected,
+            claims: Any = tdx.verify_quote(data, now=when, report_data=expected, allow_debug=allow_debug,
                                            **{n: trust[n] for n in ("trust_root", "collateral") if n in trust})
         elif k == "snp":
             from ..evidence import snp
@@ -254,7 +294,8 @@ def verify_cmd(
                 binding = snp.svsm_report_data(expected, _read(manifest, "--manifest"))
             elif expected is not None:
                 binding = expected.ljust(64, b"\0")
-            claims = snp.verify_report(data, report_data=binding, now=when, **anchors)
+            claims = snp.verify_report(data, report_data=binding, now=when, crl=trust.get("snp_crl"),
+                                       allow_debug=allow_debug, **anchors)
         elif k == "cca":
             from ..evidence import cca
 
@@ -262,12 +303,15 @@ def verify_cmd(
                 raise InputError("--cpak (the platform attestation key) is needed for a CCA token")
             # configfs-tsm zero-pads a shorter challenge into the 64-byte realm challenge.
             claims = cca.verify_token(data, cpak=trust["cpak"],
-                                      challenge=expected.ljust(64, b"\0") if expected is not None else None)
+                                      challenge=expected.ljust(64, b"\0") if expected is not None else None,
+                                      allow_debug=allow_debug)
         elif k == "tpm":
             from ..evidence import tpm
 
             attest, sig, ak_bytes, pcrs = _tpm_parts(data, signature, ak)
             claims = tpm.verify_quote(attest, sig, ak_bytes, nonce=expected, pcrs=pcrs)
+            if not ak:  # the quote's own key: anchored only by an enrolled AK or a configured CA
+                tpm.check_ak_trusted(ak_bytes, now=when, enrolled=trust.get("tpm_aks", ()), cas=trust.get("tpm_cas", ()))
         else:
             raise InputError(f"unknown kind {k!r} (kinds: {', '.join(KINDS)})")
     except EvidenceError as exc:
@@ -276,13 +320,54 @@ def verify_cmd(
         else:
             render.line(f"FAILED {exc.check or k}: {exc}")
         raise typer.Exit(EXIT_VERIFY)
+    not_checked, warnings = caveats(k, claims, nonce_given=expected is not None)
     if as_json:
-        render.print_json({"kind": k, "verified": True, "claims": _plain(claims)})
+        render.print_json({"kind": k, "verified": True, "not_checked": [c for c, _ in not_checked],
+                           "warnings": [f.to_dict() for f in warnings], "claims": _plain(claims)})
     else:
-        render.line(f"verified: {k} evidence" + ("" if expected is not None else " (no nonce given: freshness not checked)"))
+        render_caveats(f"verified: {k} evidence", not_checked, warnings)
         plain = _plain(claims)
         for name, value in sorted(plain.get("registers", {}).items()):
             render.line(f"  {name}: {value}")
         for name, value in sorted(plain.items()):
             if isinstance(value, (str, int)) and name not in ("raw",):
                 render.line(f"  {name}: {value}")
+
+
+# What each unchecked check is, for people, and the option that would have made it happen.
+_UNCHECKED = {
+    "freshness": "freshness (no --nonce)",
+    "tdx.crl": "CRLs (no --collateral)",
+    "tdx.tcb_status": "TCB status (no --collateral)",
+    "tdx.qe_identity": "QE identity",
+    "tdx.crl.root": "root CA CRL",
+    "snp.crl": "VCEK/ASK revocation (no --crl)",
+}
+
+
+def caveats(kind: str, claims: Any, *, nonce_given: bool) -> tuple[list[tuple[str, str]], list[Any]]:
+    """What verification did not check, as (check id, text), and the platform's warnings (findings).
+
+    The same findings an appraisal makes (:func:`tsmr.appraisal.platform.platform_findings`):
+    unchecked collateral, a TCB status short of UpToDate, a debuggable guest that was allowed.
+    """
+    from ..appraisal.platform import platform_findings
+
+    found = platform_findings(kind, claims)
+    not_checked = [] if nonce_given else [("freshness", _UNCHECKED["freshness"])]
+    if kind == "tdx" and getattr(claims, "tcb_status", None) is None:
+        not_checked.append(("tdx.crl", "CRLs and TCB status (no --collateral)"))
+    else:
+        for f in found:
+            for check in f.context.get("not_checked", ()) if f.id == "evidence.collateral-missing" else ():
+                not_checked.append((check, _UNCHECKED.get(check, check)))
+    return not_checked, [f for f in found if f.id != "evidence.collateral-missing"]
+
+
+def render_caveats(headline: str, not_checked: list[tuple[str, str]], warnings: list[Any]) -> None:
+    """``headline``, then what was not checked on the same line, then one line per warning."""
+    if not_checked:
+        headline += ", but not checked: " + "; ".join(text for _, text in not_checked)
+    render.line(headline)
+    for f in warnings:
+        render.line(f"  warning {f.id}: {f.message}")

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import replace
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
-from ..errors import InputError
+from ..errors import BackendError, InputError
 from . import render
-from .common import (ArkOpt, AskOpt, CollateralOpt, CpakOpt, JsonOpt, TrustRootOpt, VcekOpt, handle_errors, read_input,
+from .common import (ArkOpt, AskOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, TrustRootOpt, VcekOpt, handle_errors, read_input,
                      write_output)
+
+from .common import SnpCrlOpt
+from .common import MaxLogRecordsOpt, MaxLogsOpt, MaxRuntimeEventsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt
 
 __all__ = ["register", "add_refvals_commands", "serve_cmd", "policy_app"]
 
@@ -55,10 +57,35 @@ def serve_cmd(
     ark: ArkOpt = None,
     ask: AskOpt = None,
     vcek: VcekOpt = None,
+    crl: SnpCrlOpt = None,
+    allow_debug: Annotated[bool, typer.Option(
+        "--allow-debug", help="Accept debuggable guests (TDX DEBUG, SEV-SNP policy DEBUG, CCA not secured; "
+                              "else $TSMR_ALLOW_DEBUG); every result still warns evidence.debug-allowed.")] = False,
+    tpm_ak: TpmAkOpt = None,
+    tpm_ca: TpmCaOpt = None,
     challenge_ttl: Annotated[Optional[float], typer.Option("--challenge-ttl", min=1.0, help="Seconds a nonce stays usable (default 300).")] = None,
+    policy: Annotated[Optional[str], typer.Option(
+        "--policy", help="The stored policy every attestation is appraised with (default: $TSMR_POLICY, else "
+                         "'default'; with no policy 'default' stored, the built-in one). A request may name "
+                         "another only with the admin token.", show_default=False)] = None,
+    refvals: Annotated[Optional[str], typer.Option(
+        "--refvals", help="The stored reference values every attestation is appraised with (default: "
+                          "$TSMR_REFVALS, else 'default', if stored).", show_default=False)] = None,
+    challenge_rate: Annotated[Optional[float], typer.Option(
+        "--challenge-rate", min=0.0, help="Challenges per second per client address and worker, after the "
+                                          "burst (default 5; 0: no limit).", show_default=False)] = None,
+    challenge_burst: Annotated[Optional[int], typer.Option(
+        "--challenge-burst", min=1, help="Challenges a client address may take at once (default 30).",
+        show_default=False)] = None,
     state_dir: VerifierStateOpt = None,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line.")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+    max_logs: MaxLogsOpt = None,
+    max_records: MaxRecordsOpt = None,
+    max_log_records: MaxLogRecordsOpt = None,
+    max_record_bytes: MaxRecordBytesOpt = None,
+    max_runtime_events: MaxRuntimeEventsOpt = None,
+    time_budget: TimeBudgetOpt = None,
 ) -> None:
     """Run the HTTP verifier: POST /challenge, POST /attest, GET /results/{id}, JWKS, health and metrics.
 
@@ -69,27 +96,52 @@ def serve_cmd(
 
     from ..appraisal import ear
     from ..service.app import JsonFormatter, create_app
-    from ..service.db import make_engine, redact_url, upgrade
+    from ..service.db import Store, database_errors, make_engine, redact_url, upgrade
     from ..service.settings import Settings, load_trust
 
     overrides: dict[str, Any] = {k: v for k, v in {
         "database_url": database, "key_path": key, "admin_token_file": admin_token_file, "trust_root": trust_root,
-        "collateral": collateral, "cpak": cpak, "snp_ark": ark, "snp_ask": ask, "snp_vcek": vcek,
-        "challenge_ttl": challenge_ttl, "state_dir": state_dir,
+        "collateral": collateral, "cpak": cpak, "snp_ark": ark, "snp_ask": ask, "snp_vcek": vcek, "snp_crl": crl,
+        "challenge_ttl": challenge_ttl, "state_dir": state_dir, "policy": policy, "refvals": refvals,
+        "challenge_rate": challenge_rate, "challenge_burst": challenge_burst,
         "publish_keys": os.pathsep.join(os.path.abspath(k) for k in publish_key) if publish_key else None,
+        "tpm_ak": os.pathsep.join(os.path.abspath(k) for k in tpm_ak) if tpm_ak else None,
+        "tpm_ca": os.pathsep.join(os.path.abspath(k) for k in tpm_ca) if tpm_ca else None,
     }.items() if v is not None}
     if key_alg != "ES256" or "TSMR_EAR_ALG" not in os.environ:
         overrides["key_alg"] = key_alg
+    if allow_debug:  # else $TSMR_ALLOW_DEBUG decides
+        overrides["allow_debug"] = True
     overrides["json_logs"] = json_logs or os.environ.get("TSMR_JSON_LOGS", "").lower() in ("1", "true", "yes")
     overrides["log_level"] = log_level.upper()
+    # Bundle limits and the time budget (413 / 422 from POST /attest); unset ones come from TSMR_MAX_*.
+    overrides.update({k: v for k, v in {"max_logs": max_logs, "max_records": max_records,
+                                        "max_log_records": max_log_records, "max_record_bytes": max_record_bytes,
+                                        "max_runtime_events": max_runtime_events, "time_budget": time_budget}.items()
+                      if v is not None})
     settings = Settings.from_env(**overrides).resolved()
-    # Everything that can be wrong is found here, once, before any worker starts.
-    engine = make_engine(settings.database_url)
+    _check_name(settings.policy)
+    _check_name(settings.refvals)
+    # Everything that can be wrong is found here, once, before any worker starts: as one sentence
+    # and exit 3 when the system is at fault (unwritable state directory, unreachable database).
+    with database_errors(settings.database_url or ""):
+        engine = make_engine(settings.database_url)
+        try:
+            upgrade(engine)
+            store = Store(engine)
+            missing = [f"{kind} {name!r}" for kind, name in (("policy", settings.policy),
+                                                            ("refvals", settings.refvals))
+                       if name != "default" and store.get(kind, name) is None]  # type: ignore[arg-type]
+        finally:
+            engine.dispose()
+    if missing:
+        render.warning(f"{' and '.join(missing)} not stored yet: attestations are refused (503) until "
+                       "`tsmr policy import` / `tsmr refvals import` stores them")
     try:
-        upgrade(engine)
-    finally:
-        engine.dispose()
-    ear.load_or_create_key(settings.key_path or "", settings.key_alg)
+        ear.load_or_create_key(settings.key_path or "", settings.key_alg)
+    except OSError as exc:
+        raise BackendError.from_oserror(exc, backend="verifier", register=None,
+                                        action=f"creating the EAR key {settings.key_path}") from None
     settings.published_keys()
     load_trust(settings)
     token = settings.read_admin_token()
@@ -111,7 +163,9 @@ def serve_cmd(
     common = dict(host=host, port=port, log_config=log_config, access_log=False, server_header=False,
                   proxy_headers=False, timeout_graceful_shutdown=10, http=PROTOCOL)
     if workers == 1:
-        uvicorn.run(create_app(replace(settings, migrate=False)), **common)  # type: ignore[arg-type]
+        with database_errors(settings.database_url or ""):
+            app = create_app(replace(settings, migrate=False))
+        uvicorn.run(app, **common)  # type: ignore[arg-type]
         return
     # Workers are separate processes: they read their settings from the environment, and sum
     # their metrics through a directory of this run's own.
@@ -135,9 +189,11 @@ policy_app = typer.Typer(help="Appraisal policies (Rego) stored in the verifier'
 
 
 def _store(database: str | None, state_dir: str | None) -> Any:
-    from ..service.db import Store
+    from ..service.db import Store, database_errors
 
-    return Store.open(database or os.environ.get("TSMR_DATABASE_URL") or None, state_dir=state_dir)
+    url = database or os.environ.get("TSMR_DATABASE_URL") or None
+    with database_errors(url or ""):  # an unreachable database is one sentence and exit 3
+        return Store.open(url, state_dir=state_dir)
 
 
 def _check_name(name: str) -> str:
@@ -177,8 +233,8 @@ def _show(kind: str, name: str | None, version: int | None, database: str | None
             return
         render.err.print(f"{kind} {row.name} version {row.version} of {versions[-1]} "
                          f"(created {row.created_at.isoformat(timespec='seconds')})")
-        text = content if kind == "policy" else json.dumps(content, indent=2, sort_keys=True)
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        # For people (export writes the exact bytes): lines kept, any other control shown escaped.
+        render.document(content if kind == "policy" else json.dumps(content, indent=2, sort_keys=True))
     finally:
         store.close()
 
@@ -288,7 +344,76 @@ def add_refvals_commands(refvals_app: typer.Typer) -> None:
         _export("refvals", name, output, version, database, state_dir)
 
 
+# -- TPM attestation keys the verifier trusts ------------------------------------------------------
+
+tpm_ak_app = typer.Typer(help="TPM attestation keys enrolled in the verifier's database: the quotes it trusts.",
+                         no_args_is_help=True)
+
+
+@tpm_ak_app.command("enrol")
+@handle_errors
+def ak_enrol(name: NameArg,
+             file: Annotated[str, typer.Argument(help="PEM public key, AK certificate, TPM2B_PUBLIC, or a TPM quote "
+                                                      "JSON/bundle whose ak_public to enrol ('-' for standard input).")],
+             database: DatabaseOpt = None, state_dir: VerifierStateOpt = None, as_json: JsonOpt = False) -> None:
+    """Enrol (or replace) the attestation key called NAME (e.g. the node's name); its quotes are trusted from now on."""
+    from ..evidence import tpm
+
+    _check_name(name)
+    raw = read_input(file)
+    try:
+        doc = json.loads(raw)
+        raw = bytes.fromhex((doc.get("evidence") or doc)["ak_public"]) if isinstance(doc, dict) else raw
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass  # not a quote document: a key file
+    key = tpm.load_ak_anchor(raw, f"TPM AK {file}")
+    pem, fingerprint = tpm.ak_pem(key), tpm.ak_fingerprint(key)
+    store = _store(database, state_dir)
+    try:
+        row = store.enrol_ak(name, pem, fingerprint)
+    finally:
+        store.close()
+    if as_json:
+        render.print_json({"name": row.name, "fingerprint": row.fingerprint})
+    else:
+        render.err.print(f"enrolled TPM AK {row.name} (SHA-256 {row.fingerprint})")
+
+
+@tpm_ak_app.command("list")
+@handle_errors
+def ak_list(database: DatabaseOpt = None, state_dir: VerifierStateOpt = None, as_json: JsonOpt = False) -> None:
+    """The enrolled attestation keys."""
+    store = _store(database, state_dir)
+    try:
+        rows = store.list_aks()
+    finally:
+        store.close()
+    if as_json:
+        render.print_json([{"name": r.name, "fingerprint": r.fingerprint, "created_at": r.created_at.isoformat()}
+                           for r in rows])
+        return
+    table = Table(title="TPM attestation keys", title_justify="left")
+    for col in ("name", "SHA-256 of the key", "enrolled"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.name, r.fingerprint, r.created_at.isoformat(timespec="seconds"))
+    render.out.print(table)
+
+
+@tpm_ak_app.command("remove")
+@handle_errors
+def ak_remove(name: NameArg, database: DatabaseOpt = None, state_dir: VerifierStateOpt = None) -> None:
+    """Stop trusting the attestation key called NAME."""
+    store = _store(database, state_dir)
+    try:
+        if not store.delete_ak(_check_name(name)):
+            raise InputError(f"no TPM attestation key named {name!r}")
+    finally:
+        store.close()
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``tsmr serve`` and the ``tsmr policy`` group to the main application."""
+    """Add ``tsmr serve`` and the ``tsmr policy`` and ``tsmr tpm-ak`` groups to the main application."""
     app.command("serve")(handle_errors(serve_cmd))
     app.add_typer(policy_app, name="policy")
+    app.add_typer(tpm_ak_app, name="tpm-ak")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping, Sequence
@@ -32,7 +33,7 @@ from ..algorithms import HashAlg
 from ..errors import EvidenceError, InputError, ParseError
 from ..eventlog import parse as parse_log
 from ..events import Event
-from ..replay import explain, replay
+from ..replay import default_initial, explain, map_register, replay
 from ..registers import register_order
 
 FORMAT = "tsmr-bundle"
@@ -56,6 +57,8 @@ SCHEMA: dict[str, Any] = {
                 "attest": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
                 "signature": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
                 "ak_public": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
+                "ak_cert": {"type": "string", "contentEncoding": "base64"},
+                "ak_chain": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}, "maxItems": 8},
                 "pcrs": {"type": "object", "additionalProperties": {"type": "object",
                          "additionalProperties": {"type": "string", "pattern": "^([0-9a-f]{2})*$"}}},
                 "auxblob": {"type": "string", "contentEncoding": "base64"},
@@ -95,7 +98,7 @@ class Row:
     bank: str
     signed: str | None
     replayed: str | None
-    status: str  # matched / mismatched / not-signed / gap / signed-only
+    status: str  # matched / mismatched / not-signed / gap / history-missing / unlogged / signed-only
     explanation: str = ""
 
 
@@ -107,7 +110,7 @@ class BundleResult:
 
     @property
     def ok(self) -> bool:
-        """Every log replayed to its register (registers no log covers do not count against it)."""
+        """Every log replayed to its signed register from launch, and no extended register lacks a log."""
         return all(r.status in ("matched", "signed-only") for r in self.rows)
 
 
@@ -154,11 +157,19 @@ class VerifiedEvidence:
 
 @dataclass(frozen=True)
 class LogReplay:
-    """What :func:`replay_logs` found: one row per register and bank (and per gap), and the events replayed."""
+    """What :func:`replay_logs` found: one row per register and bank (and per gap), and the events replayed.
+
+    ``proven`` are the events the signed registers prove: those of a register
+    whose every signed bank the logs replay to, from its launch value, after
+    the register's last gap.  ``unproven`` pairs every other measured event
+    with the reason it proves nothing.  Only proven events may be judged.
+    """
 
     rows: tuple[Row, ...]
     events: tuple[Event, ...]
     arch: str
+    proven: tuple[Event, ...] = ()
+    unproven: tuple[tuple[Event, str], ...] = ()
 
 
 def check_document(doc: Mapping[str, Any]) -> bytes:
@@ -179,11 +190,21 @@ def verify_evidence(
     *,
     now: datetime,
     trust: Mapping[str, Any] | None = None,
+    allow_debug: bool = False,
 ) -> VerifiedEvidence:
     """Verify the evidence of a bundle, bound to the bundle's nonce; the logs are not looked at.
 
     ``trust`` passes the verifier's anchors and collateral: ``tdx``: ``trust_root``,
-    ``collateral``; ``snp``: ``vcek``, ``ask``, ``ark``; ``cca``: ``cpak``.
+    ``collateral``; ``snp``: ``vcek``, ``ask``, ``ark``; ``cca``: ``cpak``;
+    ``tpm``: ``tpm_aks`` (enrolled AK public keys) and ``tpm_cas`` (CA certificates
+    an AK certificate in the bundle must chain to).  What anchors each kind:
+    TDX, the Intel SGX Root CA (or the ``trust_root`` given instead); SEV-SNP,
+    the ARK given (never one from the guest); CCA, the platform key given;
+    TPM, an enrolled AK or a configured CA.  Evidence without its anchor fails.
+    SEV-SNP also takes ``snp_crl``, AMD's CRL signed by the ARK.  A debuggable
+    guest (TDX TD_ATTRIBUTES.DEBUG, SEV-SNP policy DEBUG, a CCA platform that is
+    not secured) fails ``tdx.debug`` / ``snp.policy.debug`` / ``cca.debug``
+    unless ``allow_debug``.
     Raises the verifier's :class:`~tsmr.errors.EvidenceError` when the evidence
     does not verify, :class:`~tsmr.errors.ParseError` when the bundle or the
     evidence cannot be read, and :class:`TrustAnchorMissing` (an
@@ -200,6 +221,7 @@ def verify_evidence(
 
         report_data = nonce.ljust(64, b"\0") if nonce else None
         claims: Any = tdx.verify_quote(_b64(ev.get("data"), "evidence.data"), now=now, report_data=report_data,
+                                       allow_debug=allow_debug,
                                        **{k: v for k, v in trust.items() if k in ("trust_root", "collateral")})
         signed = {name: {HashAlg.SHA384: value} for name, value in claims.registers.items()}
     elif kind == "snp":
@@ -227,7 +249,8 @@ def verify_evidence(
             binding = snp.svsm_report_data(nonce, _b64(ev["manifestblob"], "evidence.manifestblob"))
         else:
             binding = nonce.ljust(64, b"\0") if nonce else None
-        claims = snp.verify_report(_b64(ev.get("data"), "evidence.data"), report_data=binding, now=now, **anchors)
+        claims = snp.verify_report(_b64(ev.get("data"), "evidence.data"), report_data=binding, now=now,
+                                   crl=trust.get("snp_crl"), allow_debug=allow_debug, **anchors)
         signed = {"measurement": {HashAlg.SHA384: claims.measurement}}  # the launch digest; SNP has no RTMRs
     elif kind == "cca":
         from . import cca
@@ -236,7 +259,7 @@ def verify_evidence(
             raise TrustAnchorMissing("a CCA bundle needs the platform key (trust['cpak'])")
         # The realm challenge is 64 bytes; configfs-tsm zero-pads a shorter inblob.
         claims = cca.verify_token(_b64(ev.get("data"), "evidence.data"), cpak=trust["cpak"],
-                                  challenge=nonce.ljust(64, b"\0") if nonce else None)
+                                  challenge=nonce.ljust(64, b"\0") if nonce else None, allow_debug=allow_debug)
         alg = {"sha-256": HashAlg.SHA256, "sha-512": HashAlg.SHA512, "sha-384": HashAlg.SHA384}.get(str(claims.hash_algorithm))
         if alg is not None:
             signed = {name: {alg: value} for name, value in claims.registers.items() if len(value) == alg.digest_size}
@@ -248,6 +271,14 @@ def verify_evidence(
                                   _hex(ev.get("ak_public"), "evidence.ak_public"), nonce=nonce, pcrs=pcrs or None)
         if not claims.pcr_digest_checked:
             raise EvidenceError("the bundle carries no PCR values for the quote", check="bundle.pcrs")
+        # The bundle's AK signed the quote; only the verifier's own anchors say it is a TPM's.
+        ak_cert = _b64(ev["ak_cert"], "evidence.ak_cert") if ev.get("ak_cert") is not None else None
+        chain = ev.get("ak_chain") or []
+        if not isinstance(chain, list):
+            raise ParseError("ak_chain must be an array", format=FORMAT, field="evidence.ak_chain")
+        tpm.check_ak_trusted(_hex(ev.get("ak_public"), "evidence.ak_public"), now=now,
+                             enrolled=trust.get("tpm_aks", ()), cas=trust.get("tpm_cas", ()), cert=ak_cert,
+                             chain=[_b64(c, f"evidence.ak_chain[{i}]") for i, c in enumerate(chain[:8])])
         for alg, vals in pcrs.items():
             for i, v in vals.items():
                 signed.setdefault(f"pcr{i}", {})[alg] = v
@@ -290,6 +321,16 @@ def log_events(log: Any, n: int = 0) -> list[Event]:
     return list(parsed.events)
 
 
+# Registers that logs explain, per evidence kind: the ones the platform extends after launch.
+# Launch measurements (TDX MRTD, the SEV-SNP launch digest, the CCA RIM) have no log.
+_LOGGED = {"tdx": ("rtmr",), "cca": ("rem",), "tpm": ("pcr",), "snp": ()}
+
+
+def logged_register(kind: str, register: str) -> bool:
+    """Whether ``register`` of evidence ``kind`` is extended at run time, so that a log must explain its value."""
+    return register.startswith(_LOGGED.get(kind, ())) and register[-1:].isdigit()
+
+
 def replay_logs(
     doc: Mapping[str, Any],
     kind: str,
@@ -300,12 +341,18 @@ def replay_logs(
 ) -> LogReplay:
     """Replay every log of a bundle (or the ``events`` given) and compare each register with its signed value.
 
+    Every register starts from its launch value (zero, all 0xFF for TPM PCR
+    17-22, or what the firmware log's events replay to before), so a first
+    sync record that declares something else is a gap with its history
+    missing (spec section 3, "Initial values close the front of the log").
+
     One row per register and bank the logs touch: ``matched``, ``mismatched``
     (with the explanation) or ``not-signed``; one ``gap`` row per unlogged
-    measurement a sync record reveals; and one ``signed-only`` row per signed
-    register and bank that no log covers, so that the rows show every register.
-    Rows are in register order.  ``quirks`` are the named quirks the
-    explanation may assume.
+    measurement a sync record reveals, ``history-missing`` when it is the
+    register's first record; and for every signed register and bank that no
+    log covers, ``unlogged`` when the register is one that logs explain and
+    its value is not its launch value, else ``signed-only``.  Rows are in
+    register order.  ``quirks`` are the named quirks the explanation may assume.
     """
     if events is None:
         events = []
@@ -313,29 +360,84 @@ def replay_logs(
             events.extend(log_events(log, n))
     events = list(events)
     arch = arch_of(kind)
-    result = replay(events, arch=arch, quirks=quirks)
-    expected = {reg: banks for reg, banks in signed.items() if reg in result.registers}
-    explanations = ({(m.register, m.alg): m.explanation for m in explain(events, expected, arch=arch, quirks=quirks)}
+    # Every bank a log records, and every bank the evidence signs: a runtime log's banks derive
+    # from its data, so a log without sync records still replays in the signed banks.
+    banks = sorted({a for e in events for a, _ in e.digests} | {a for b in signed.values() for a in b})
+    result = replay(events, banks=banks, arch=arch, quirks=quirks, launch=True)
+    logged = [reg for reg, n in result.counts.items() if n]  # registers some log measures into
+    expected = {reg: signed[reg] for reg in logged if reg in signed}
+    explanations = ({(m.register, m.alg): m.explanation
+                     for m in explain(events, expected, arch=arch, quirks=quirks, launch=True)}
                     if expected else {})
     rows = []
-    for reg in result.registers:
-        for alg, value in sorted(result.registers[reg].items()):
-            want = signed.get(reg, {}).get(alg)
-            if want is None:
+    proven_regs: set[str] = set()
+    unproven_reason: dict[str, str] = {}
+    for reg in logged:
+        replayed = result.registers.get(reg, {})
+        if reg not in signed:
+            unproven_reason[reg] = f"the evidence does not sign {reg}"
+            for alg, value in sorted(replayed.items()):
                 rows.append(Row(reg, alg.kernel_name, None, value.hex(), "not-signed",
                                 "the evidence does not carry this register"))
+            continue
+        ok, checked, unreplayable = True, False, []
+        for alg, want in sorted(signed[reg].items()):
+            value = replayed.get(alg)
+            if value is None:  # some event records no digest for this bank (a firmware log's choice)
+                unreplayable.append((alg, want))
                 continue
             text = explanations.get((reg, alg), "")
             rows.append(Row(reg, alg.kernel_name, want.hex(), value.hex(), "mismatched" if text else "matched", text))
+            checked, ok = True, ok and not text
+        for alg, want in unreplayable:
+            # Another signed bank proves the events; with none, nothing does.
+            text = explanations.get((reg, alg)) or f"{reg} {alg.kernel_name}: the log cannot be replayed in this bank"
+            rows.append(Row(reg, alg.kernel_name, want.hex(), None, "signed-only" if checked else "mismatched", text))
+        ok = ok and checked
+        if ok:
+            proven_regs.add(reg)
+        else:
+            unproven_reason[reg] = f"{reg} does not replay to its signed value"
     for reg, banks in signed.items():
         for alg, value in banks.items():
-            if alg not in result.registers.get(reg, {}):
+            if reg in expected:
+                continue
+            launch = result.initial.get(reg, {}).get(alg) or default_initial(reg, alg)
+            if logged_register(kind, reg) and not hmac.compare_digest(value, launch):
+                rows.append(Row(reg, alg.kernel_name, value.hex(), None, "unlogged",
+                                f"no log covers this register, and it changed since launch ({launch.hex()[:16]}...)"))
+            else:
                 rows.append(Row(reg, alg.kernel_name, value.hex(), None, "signed-only", "no log covers this register"))
+    last_gap: dict[str, int] = {}
     for g in result.gaps:  # unlogged measurements: the register matches, but not everything in it is known
-        rows.append(Row(g.register, g.alg.kernel_name, None, g.declared.hex(), "gap",
-                        f"changed without being logged before record {g.seq} of its {g.source} log"))
-    rows.sort(key=lambda r: (register_order(r.register), r.bank, r.status == "gap"))
-    return LogReplay(tuple(rows), tuple(events), arch)
+        last_gap[g.register] = max(last_gap.get(g.register, -1), g.position)
+        if g.history_missing:
+            text = (f"its first record, {g.seq} of its {g.source} log, declares another value than the register "
+                    f"held at launch ({g.replayed.hex()[:16]}...): earlier records were removed, or it was "
+                    "extended before the log began")
+            rows.append(Row(g.register, g.alg.kernel_name, None, g.declared.hex(), "history-missing", text))
+            # The log does not replay from the launch value: what it shows may be the harmless half.
+            proven_regs.discard(g.register)
+            unproven_reason[g.register] = f"the front of the log of {g.register} is missing"
+        else:
+            rows.append(Row(g.register, g.alg.kernel_name, None, g.declared.hex(), "gap",
+                            f"changed without being logged before record {g.seq} of its {g.source} log"))
+    rows.sort(key=lambda r: (register_order(r.register), r.bank, r.status in ("gap", "history-missing")))
+
+    proven: list[Event] = []
+    unproven: list[tuple[Event, str]] = []
+    for position, ev in enumerate(events):
+        if not ev.measured:
+            continue
+        reg = map_register(ev, arch)
+        reason = None if reg in proven_regs else unproven_reason.get(reg, f"nothing signed covers {reg}")
+        if reason is None and position < last_gap.get(reg, -1):
+            reason = f"a later sync record of {reg} replaces the value this event led to"
+        if reason is None:
+            proven.append(ev)
+        else:
+            unproven.append((ev, reason))
+    return LogReplay(tuple(rows), tuple(events), arch, tuple(proven), tuple(unproven))
 
 
 def verify_bundle(
@@ -343,6 +445,8 @@ def verify_bundle(
     *,
     now: datetime,
     trust: Mapping[str, Any] | None = None,
+    allow_debug: bool = False,
+    limits: Any = None,
 ) -> BundleResult:
     """Verify the evidence of a bundle, then replay its logs against the signed registers.
 
@@ -350,10 +454,20 @@ def verify_bundle(
     ``collateral``; ``snp``: ``vcek``, ``ask``, ``ark``; ``cca``: ``cpak``.
     Evidence failures raise; register mismatches are rows of the result.
     (:func:`verify_evidence` and :func:`replay_logs` are the two steps.)
+    ``limits`` (:class:`~tsmr.evidence.limits.Limits`, default the defaults)
+    bound the logs: over one, :class:`~tsmr.evidence.limits.LimitExceeded`.
     """
-    verified = verify_evidence(doc, now=now, trust=trust)
-    return BundleResult(verified.kind, verified.claims, replay_logs(doc, verified.kind, verified.signed).rows)
+    from .limits import Budget
+
+    budget = Budget(limits)
+    budget.check_document(doc)  # before the evidence is verified or any log parsed
+    verified = verify_evidence(doc, now=now, trust=trust, allow_debug=allow_debug)
+    events = [e for n, log in enumerate(doc.get("logs") or []) for e in budget.counted(log_events(log, n), n)]
+    budget.check_time("replay")
+    return BundleResult(verified.kind, verified.claims,
+                        replay_logs(doc, verified.kind, verified.signed, events=events).rows)
 
 
 __all__ = ["SCHEMA", "FORMAT", "VERSION", "make_bundle", "verify_bundle", "BundleResult", "Row", "check_document",
-           "verify_evidence", "VerifiedEvidence", "TrustAnchorMissing", "log_events", "replay_logs", "LogReplay", "arch_of"]
+           "verify_evidence", "VerifiedEvidence", "TrustAnchorMissing", "log_events", "replay_logs", "LogReplay", "arch_of",
+           "logged_register"]

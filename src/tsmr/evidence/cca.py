@@ -14,6 +14,12 @@ Specifications:
   CMW collection is tag 907 whose values are ``[content-format, bstr]`` (veraison/ccatoken).
 * Binding (RMM A7.2): the platform challenge is the hash, by the realm's
   public-key hash algorithm, of the RAK exactly as encoded in the realm token.
+* Security lifecycle (draft-ffm-rats-cca-token, PSA security lifecycle): the
+  high byte is the state, the low byte implementation-defined.  Only
+  ``secured`` (0x3000-0x30ff) keeps debug access closed; every other state
+  (unknown, assembly and test, provisioning, non-platform-RoT debug,
+  recoverable platform-RoT debug, decommissioned) is treated as a debug
+  platform and refused unless the caller allows it (``cca.debug``).
 
 Pure: bytes in, typed claims or exceptions out; no I/O, no clock.
 """
@@ -41,6 +47,7 @@ from tsmr.evidence.cose import (
 )
 
 __all__ = [
+    "LIFECYCLE_STATES",
     "TAG_CCA_CMW",
     "TAG_CCA_LEGACY",
     "CCAClaims",
@@ -48,6 +55,7 @@ __all__ = [
     "PlatformClaims",
     "RealmClaims",
     "SwComponent",
+    "lifecycle_state",
     "parse_token",
     "verify_token",
 ]
@@ -76,6 +84,26 @@ PLAT_SW_COMPONENTS = 2399
 PLAT_VERIFICATION_SERVICE = 2400
 PLAT_CONFIG = 2401
 PLAT_HASH_ALGO = 2402
+
+# PSA / CCA security lifecycle states (draft-ffm-rats-cca-token), by the high byte of the claim.
+LIFECYCLE_STATES = {
+    0x00: "unknown",
+    0x10: "assembly-and-test",
+    0x20: "cca-platform-rot-provisioning",
+    0x30: "secured",
+    0x40: "non-cca-platform-rot-debug",
+    0x50: "recoverable-cca-platform-rot-debug",
+    0x60: "decommissioned",
+}
+_SECURED = 0x30
+
+
+def lifecycle_state(lifecycle: int) -> str:
+    """The name of a security lifecycle value's state (``invalid`` outside the defined ranges)."""
+    if not 0 <= lifecycle <= 0xFFFF:
+        return "invalid"
+    return LIFECYCLE_STATES.get(lifecycle >> 8, "invalid")
+
 
 # Hash names from the IANA "Named Information Hash Algorithm Registry", which is
 # what the CCA tokens carry as text ("sha-256", ...).
@@ -155,6 +183,7 @@ class CCAClaims:
     instance_id: bytes
     realm: RealmClaims
     platform: PlatformClaims
+    debug: bool = False  # the platform is not "secured": only ever true when the caller allowed it
 
     @property
     def registers(self) -> dict[str, bytes]:
@@ -317,6 +346,7 @@ def verify_token(
     *,
     cpak: ec.EllipticCurvePublicKey | Mapping[str, Any],
     challenge: bytes | None,
+    allow_debug: bool = False,
 ) -> CCAClaims:
     """Verify a CCA attestation token (RMM A7.2; draft-ffm-rats-cca-token) and return its claims.
 
@@ -328,7 +358,8 @@ def verify_token(
     ``cca.realm.signature`` (realm COSE_Sign1 by the RAK from its own claims),
     ``cca.platform.signature`` (platform COSE_Sign1 by *cpak*),
     ``cca.binding`` (platform challenge == H(RAK as encoded), H = RAK hash algo),
-    ``cca.challenge`` (realm challenge == *challenge*).
+    ``cca.challenge`` (realm challenge == *challenge*),
+    ``cca.debug`` (the platform's security lifecycle is ``secured``; skipped with *allow_debug*).
     """
     key = jwk_public_key(cpak) if isinstance(cpak, Mapping) else cpak
     token = parse_token(data)
@@ -351,6 +382,14 @@ def verify_token(
     if challenge is not None and not hmac.compare_digest(bytes(challenge), realm.challenge):
         raise EvidenceError("realm challenge does not match the expected challenge", check="cca.challenge")
 
+    # A platform outside "secured" may have debug access open to its RoT or to the rest of the
+    # system, so its measurements and keys cannot be relied on; checked last, after authenticity.
+    debug = plat.lifecycle >> 8 != _SECURED or not 0 <= plat.lifecycle <= 0xFFFF
+    if debug and not allow_debug:
+        raise EvidenceError(f"the CCA platform's security lifecycle is {plat.lifecycle:#06x} "
+                            f"({lifecycle_state(plat.lifecycle)}), not secured: it may be debuggable",
+                            check="cca.debug")
+
     return CCAClaims(
         rim=realm.rim,
         rem0=realm.rem[0],
@@ -365,4 +404,5 @@ def verify_token(
         instance_id=plat.instance_id,
         realm=realm,
         platform=plat,
+        debug=debug,
     )

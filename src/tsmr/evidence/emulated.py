@@ -165,6 +165,100 @@ def _chain(keys):  # type: ignore[no-untyped-def]
     }
 
 
+def _crl(issuer, key, revoked, now: dt.datetime) -> bytes:  # type: ignore[no-untyped-def]
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    b = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
+         .last_update(now - dt.timedelta(hours=1)).next_update(now + dt.timedelta(days=30)))
+    for serial in revoked:
+        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial)
+                                      .revocation_date(now - dt.timedelta(hours=1)).build())
+    return bytes(b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+
+
+def emulated_collateral(signer: EmulatedTDXSigner, *, status: str = "UpToDate", advisories: tuple[str, ...] = (),
+                        qe_status: str = "UpToDate", module_status: str | None = None, qe_identity: bool = True,
+                        root_crl: bool = True, revoked_pck: bool = False,
+                        now: dt.datetime | None = None) -> dict[str, object]:
+    """Collateral for the emulated platform, as Intel's PCS serves it for a real one (PCCS-style JSON).
+
+    Under the emulator's test root: a TCB signing certificate, a signed TDX TCB info v3 for
+    the emulated FMSPC whose one TCB level has ``status`` (with ``advisories``), a signed
+    TD_QE identity v2 whose level has ``qe_status``, a PCK CRL (listing the emulated PCK when
+    ``revoked_pck``) and a root CA CRL.  With ``module_status`` the TCB info names the TDX
+    module TDX_01 at that status.  Valid for 30 days from ``now``, so a verifier checks every
+    part of an emulated quote, TCB status included, exactly as it would a real one.
+    """
+    import json
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    root, root_key = signer.certs["root"], signer.keys["root"]
+    tcb_key = ec.generate_private_key(ec.SECP256R1())
+    tcb_cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tsmr emulator (NOT A REAL TEE)"),
+                                         x509.NameAttribute(NameOID.COMMON_NAME, "tsmr emulator TCB signing")]))
+                .issuer_name(root.subject).public_key(tcb_key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=365))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .sign(root_key, hashes.SHA256()))
+
+    def pem(*certs: x509.Certificate) -> str:
+        return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+
+    issue = (now - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    nxt = (now + dt.timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    level = {"tcb": {"sgxtcbcomponents": [{"svn": 0}] * 16, "pcesvn": 0, "tdxtcbcomponents": [{"svn": 0}] * 16},
+             "tcbDate": "2025-01-01T00:00:00Z", "tcbStatus": status, "advisoryIDs": list(advisories)}
+    info: dict[str, object] = {"id": "TDX", "version": 3, "issueDate": issue, "nextUpdate": nxt,
+                               "fmspc": EMULATED_FMSPC.hex(), "pceId": "0000", "tcbType": 0,
+                               "tcbEvaluationDataNumber": 17, "tcbLevels": [level]}
+    if module_status is not None:
+        info["tdxModuleIdentities"] = [{
+            "id": "TDX_01", "mrsigner": "00" * 48, "attributes": "0000000000000000",
+            "attributesMask": "FFFFFFFFFFFFFFFF",
+            "tcbLevels": [{"tcb": {"isvsvn": 0}, "tcbDate": "2025-01-01T00:00:00Z", "tcbStatus": module_status}]}]
+    tcb_text = json.dumps(info, separators=(",", ":"))
+    doc: dict[str, object] = {
+        "tcb_info": tcb_text,
+        "tcb_info_signature": _rs(tcb_key, tcb_text.encode()).hex(),
+        "tcb_info_issuer_chain": pem(tcb_cert, root),
+        "pck_crl": _crl(signer.certs["pck_ca"], signer.keys["pck_ca"],
+                        [signer.certs["pck"].serial_number] if revoked_pck else [], now).hex(),
+        "pck_crl_issuer_chain": pem(signer.certs["pck_ca"], root),
+    }
+    if qe_identity:
+        # The emulated QE report is all zeros but for its report data: MRSIGNER, ISVPRODID, ISVSVN 0.
+        ident = {"id": "TD_QE", "version": 2, "issueDate": issue, "nextUpdate": nxt, "tcbEvaluationDataNumber": 17,
+                 "miscselect": "00000000", "miscselectMask": "FFFFFFFF", "attributes": "00" * 16,
+                 "attributesMask": "FF" * 16, "mrsigner": "00" * 32, "isvprodid": 0,
+                 "tcbLevels": [{"tcb": {"isvsvn": 0}, "tcbDate": "2025-01-01T00:00:00Z", "tcbStatus": qe_status}]}
+        qe_text = json.dumps(ident, separators=(",", ":"))
+        doc.update(qe_identity=qe_text, qe_identity_signature=_rs(tcb_key, qe_text.encode()).hex(),
+                   qe_identity_issuer_chain=pem(tcb_cert, root))
+    if root_crl:
+        doc["root_ca_crl"] = _crl(root, root_key, [], now).hex()
+    return doc
+
+
+def write_emulated_collateral(signer: EmulatedTDXSigner, path: str | os.PathLike[str] | None = None,
+                              **kw: object) -> Path:
+    """:func:`emulated_collateral` written as JSON (default: ``collateral.json`` beside the test root)."""
+    import json
+
+    out = Path(path) if path is not None else signer.dir / "collateral.json"
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(emulated_collateral(signer, **kw)))  # type: ignore[arg-type]
+    os.replace(tmp, out)
+    return out
+
+
 def emulated_tdx_quote(regs, report_data: bytes) -> tuple[bytes, Path]:  # type: ignore[no-untyped-def]
     """A quote of an ``emulated:tdx`` register set over its current values; and the test root to trust."""
     from ..backends.emulated import EmulatedRegisterSet
@@ -179,4 +273,5 @@ def emulated_tdx_quote(regs, report_data: bytes) -> tuple[bytes, Path]:  # type:
     return signer.quote(report_data=report_data, registers=values), signer.root_pem
 
 
-__all__ = ["emulated_tdx_quote", "EmulatedTDXSigner", "sgx_extension", "EMULATED_FMSPC"]
+__all__ = ["emulated_tdx_quote", "EmulatedTDXSigner", "sgx_extension", "EMULATED_FMSPC", "emulated_collateral",
+           "write_emulated_collateral"]

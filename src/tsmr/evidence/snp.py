@@ -17,7 +17,12 @@ this order (check ids in brackets):
 3. REPORT_DATA equals the caller's expectation (``snp.report_data``);
 4. the TCB the VCEK was issued for (its AMD extensions, SEV-SNP VCEK spec
    "Versioned Chip Endorsement Key" §3.1) equals REPORTED_TCB and its hwID
-   equals CHIP_ID (``snp.tcb``, ``snp.chip_id``; VCEK only, VLEKs have neither).
+   equals CHIP_ID (``snp.tcb``, ``snp.chip_id``; VCEK only, VLEKs have neither);
+5. with AMD's CRL for the product (KDS ``/vcek/v1/{product}/crl``, signed by
+   the ARK), neither the VCEK nor the ASK is revoked (``snp.crl.signature``,
+   ``snp.crl.issuer``, ``snp.crl.expired``, ``snp.crl.revoked``);
+6. the guest policy does not allow debugging (POLICY bit 19, ABI spec §4.3
+   Table 9), unless the caller allows debug guests (``snp.policy.debug``).
 
 Parsers are total: they return or raise :class:`~tsmr.errors.ParseError`.
 """
@@ -55,6 +60,9 @@ SIGNED_SIZE = 0x2A0  # the signature covers bytes [0, 0x2A0) (ABI spec §7.3 Tab
 _SIG_COMPONENT = 72  # R and S are each 72 bytes, little-endian, zero-extended
 
 SIG_ALGO_ECDSA_P384_SHA384 = 1
+#: Guest policy DEBUG (ABI spec §4.3 Table 9, bit 19): the hypervisor may use the firmware's debug
+#: commands to decrypt and change the guest's memory.
+POLICY_DEBUG = 1 << 19
 
 # Precompiled layouts (ABI spec §7.3 Table 23).  Offsets in comments.
 _HEAD = struct.Struct("<IIQ16s16sIIQQI4x")  # 0x00..0x50: version .. signer info, reserved
@@ -360,6 +368,8 @@ class SNPClaims:
     signing_key: str  # vcek / vlek
     ark_sha256: bytes  # SHA-256 of the ARK's DER: pin this when trusted_arks is not given
     tcb_checked: bool
+    crl_checked: bool = False  # the VCEK and ASK were looked up in an ARK-signed CRL
+    debug: bool = False  # POLICY.DEBUG: only ever true when the caller allowed debug guests
 
 
 def _verify_report_signature(rep: SNPReport, key: Any) -> None:
@@ -388,6 +398,8 @@ def verify_report(
     trusted_arks: Sequence[Any] | None = None,
     now: datetime | None = None,
     check_tcb: bool = True,
+    crl: Any = None,
+    allow_debug: bool = False,
 ) -> SNPClaims:
     """Verify an SEV-SNP ATTESTATION_REPORT (ABI spec §7.3) and its VCEK chain (VCEK spec §2-3).
 
@@ -398,7 +410,11 @@ def verify_report(
     ``report_data=None`` skips the binding check.  ``now`` (aware datetime), when
     given, checks certificate validity.  ``check_tcb`` compares the VCEK's TCB
     extensions and hwID with REPORTED_TCB and CHIP_ID (skipped for VLEKs and
-    for reports with MASK_CHIP_ID set, which zero CHIP_ID).
+    for reports with MASK_CHIP_ID set, which zero CHIP_ID).  ``crl`` (DER or PEM
+    bytes, or an ``x509.CertificateRevocationList``) is AMD's CRL: it must be
+    signed by the (trusted) ARK, and neither the VCEK nor the ASK may be on it.
+    A guest policy allowing debugging fails ``snp.policy.debug`` unless
+    ``allow_debug``.
     """
     rep = parse_report(report)
     vcek_c, ask_c, ark_c = _cert(vcek, "vcek"), _cert(ask, "ask"), _cert(ark, "ark")
@@ -414,6 +430,8 @@ def verify_report(
         trusted = [_cert(t, "trusted ark").public_bytes(serialization.Encoding.DER) for t in trusted_arks]
         if not any(hmac.compare_digest(ark_der, t) for t in trusted):
             raise CollateralError(f"ARK {ark_c.subject.rfc4514_string()} is not a trusted ARK", check="snp.chain.ark")
+    if crl is not None:
+        check_crl(crl, ark=ark_c, certs=(("VCEK", vcek_c), ("ASK", ask_c)), now=now)
 
     if report_data is not None:
         expected = bytes(report_data)
@@ -439,12 +457,79 @@ def verify_report(
         if hwid is not None and not rep.mask_chip_id and not hmac.compare_digest(hwid, rep.chip_id):
             raise EvidenceError("CHIP_ID is not the VCEK's hwID", check="snp.chip_id")
 
+    # Last, so that a forged report or a revoked key is reported as such rather than as a debug guest.
+    debug = bool(rep.policy & POLICY_DEBUG)
+    if debug and not allow_debug:
+        raise EvidenceError("the guest policy allows debugging (POLICY bit 19): the host can decrypt and change "
+                            "the guest's memory", check="snp.policy.debug")
+
     return SNPClaims(
         report=rep, version=rep.version, report_data=rep.report_data, measurement=rep.measurement,
         host_data=rep.host_data, chip_id=rep.chip_id, policy=rep.policy, vmpl=rep.vmpl, guest_svn=rep.guest_svn,
         reported_tcb=rep.reported_tcb, signing_key=rep.signing_key,
-        ark_sha256=hashlib.sha256(ark_der).digest(), tcb_checked=tcb_checked,
+        ark_sha256=hashlib.sha256(ark_der).digest(), tcb_checked=tcb_checked, crl_checked=crl is not None,
+        debug=debug,
     )
+
+
+def load_crl(data: Any) -> x509.CertificateRevocationList:
+    """A CRL from DER or PEM bytes (AMD's KDS serves DER), or the CRL object itself."""
+    if isinstance(data, x509.CertificateRevocationList):
+        return data
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InputError(f"a CRL must be bytes or an x509.CertificateRevocationList, not {type(data).__name__}")
+    raw = bytes(data)
+    try:
+        return x509.load_pem_x509_crl(raw) if raw.lstrip().startswith(b"-----") else x509.load_der_x509_crl(raw)
+    except ValueError as exc:
+        raise CollateralError(f"the CRL does not decode: {exc}", check="snp.crl") from None
+
+
+def check_crl(crl: Any, *, ark: Any, certs: Sequence[tuple[str, Any]], now: datetime | None) -> None:
+    """Check ``certs`` (name, certificate) against AMD's CRL, which the ``ark`` must have signed.
+
+    Raises :class:`CollateralError`: ``snp.crl.signature`` when the ARK did not
+    sign it (a CRL anyone could have made revokes nothing and clears nothing),
+    ``snp.crl.issuer`` when it is another CA's, ``snp.crl.expired`` /
+    ``snp.crl.not-yet-valid`` when ``now`` is outside its lastUpdate..nextUpdate,
+    ``snp.crl.revoked`` naming the revoked certificate.
+    """
+    c = load_crl(crl)
+    ark_c = _cert(ark, "ark")
+    if c.issuer != ark_c.subject:
+        raise CollateralError(f"the CRL is issued by {c.issuer.rfc4514_string()}, not by the ARK "
+                              f"{ark_c.subject.rfc4514_string()}", check="snp.crl.issuer")
+    key = ark_c.public_key()
+    try:
+        halg = c.signature_hash_algorithm
+        if isinstance(key, rsa.RSAPublicKey):
+            params = c.signature_algorithm_parameters
+            pad = params if isinstance(params, (padding.PSS, padding.PKCS1v15)) else padding.PKCS1v15()
+            key.verify(c.signature, c.tbs_certlist_bytes, pad, halg)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(c.signature, c.tbs_certlist_bytes, ec.ECDSA(halg))
+        else:
+            raise CollateralError(f"unsupported ARK key {type(key).__name__}", check="snp.crl.signature")
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
+        raise CollateralError(f"the CRL is not signed by the ARK ({type(exc).__name__})",
+                              check="snp.crl.signature") from None
+    if now is not None:
+        if now.tzinfo is None:
+            raise InputError("now must be timezone-aware")
+        if now < c.last_update_utc:
+            raise CollateralError(f"the CRL was issued at {c.last_update_utc.isoformat()}, after the verification "
+                                  "time", check="snp.crl.not-yet-valid")
+        if c.next_update_utc is not None and now > c.next_update_utc:
+            raise CollateralError(f"the CRL expired at {c.next_update_utc.isoformat()}", check="snp.crl.expired")
+    # The ARK's CRL lists certificates by serial number; both keys below the ARK are looked up, since
+    # a revoked ASK takes every VCEK it issued with it.
+    for name, cert in certs:
+        cert_c = _cert(cert, name.lower())
+        entry = c.get_revoked_certificate_by_serial_number(cert_c.serial_number)
+        if entry is not None:
+            raise CollateralError(f"the {name} ({cert_c.subject.rfc4514_string()}, serial "
+                                  f"{cert_c.serial_number:x}) is revoked since {entry.revocation_date_utc.isoformat()}",
+                                  check="snp.crl.revoked")
 
 
 def split_chain(data: bytes) -> tuple[x509.Certificate, x509.Certificate]:
@@ -463,7 +548,10 @@ __all__ = [
     "CertTableEntry",
     "SNPClaims",
     "SNPReport",
+    "POLICY_DEBUG",
     "TCBVersion",
+    "check_crl",
+    "load_crl",
     "load_certificates",
     "parse_cert_table",
     "parse_report",

@@ -45,6 +45,9 @@ CERT_DATA_PCK_CHAIN = 5
 CERT_DATA_QE_REPORT = 6
 BODY_TYPE_TDX10 = 2
 BODY_TYPE_TDX15 = 3
+#: TD_ATTRIBUTES.DEBUG (TDX Module ABI spec, TD_ATTRIBUTES bit 0): the host can read and write the TD's
+#: private memory and registers, so nothing the TD measures or holds is protected from it.
+TD_ATTRIBUTES_DEBUG = 1 << 0
 
 HEADER_SIZE = 48
 TD10_BODY_SIZE = 584
@@ -884,6 +887,7 @@ class TDXClaims:
     qe_tcb_status: str | None = None
     tdx_module_tcb_status: str | None = None
     checks: tuple[str, ...] = field(default=())
+    debug: bool = False  # TD_ATTRIBUTES.DEBUG: only ever true when the caller allowed debug TDs
 
     @property
     def mrtd(self) -> bytes:
@@ -1116,6 +1120,7 @@ def verify_quote(
     trust_root: Any = None,
     report_data: bytes | None = None,
     collateral: Collateral | None = None,
+    allow_debug: bool = False,
 ) -> TDXClaims:
     """Verify a TDX quote v4/v5 (DCAP Quoting Library API; Intel DCAP QVL verification flow).
 
@@ -1124,7 +1129,10 @@ def verify_quote(
     is a ``cryptography`` certificate or its PEM (default: the shipped Intel SGX Root CA);
     ``now`` is the verification time (naive means UTC); ``report_data`` (up to 64 bytes,
     zero-padded) must equal REPORTDATA when given; ``collateral`` enables the CRL, TCB info,
-    TCB status and QE identity checks.
+    TCB status and QE identity checks.  A TCB status other than ``Revoked`` does not fail: it is
+    in the claims (``tcb_status``, ``advisory_ids``, ``qe_tcb_status``, ``tdx_module_tcb_status``)
+    for the caller to judge.  A debuggable TD (TD_ATTRIBUTES.DEBUG) fails ``tdx.debug`` unless
+    ``allow_debug``; the claims then say ``debug=True``.
 
     Reusing the same ``collateral`` (or one built from the same bytes) and PCK chain is cheap:
     their signatures are verified once per trust anchor, while validity dates, nextUpdate, the
@@ -1198,6 +1206,7 @@ def verify_quote(
         _check_crl(collateral.pck_crl, collateral.pck_crl_issuer_chain, chain, 0, root, now, "tdx.crl")
         if collateral.root_ca_crl is not None and len(chain.certs) >= 2:
             _check_crl(collateral.root_ca_crl, root.pem, chain, 1, root, now, "tdx.crl.root")
+            done.append("tdx.crl.root")
         done.append("tdx.crl")
         if collateral.qe_identity is not None:
             if collateral.qe_identity_signature is None or collateral.qe_identity_issuer_chain is None:
@@ -1223,6 +1232,12 @@ def verify_quote(
             raise CollateralError("platform TCB is revoked", check="tdx.tcb_status")
         done.append("tdx.tcb_status")
 
+    # Last, so that a forged or revoked quote is reported as such rather than as a debug TD.
+    debug = bool(int.from_bytes(q.body.td_attributes, "little") & TD_ATTRIBUTES_DEBUG)
+    if debug and not allow_debug:
+        raise EvidenceError("the TD is debuggable (TD_ATTRIBUTES.DEBUG is set): the host can read and change "
+                            "its memory", check="tdx.debug")
+
     b = q.body
     return TDXClaims(
         version=q.version,
@@ -1244,6 +1259,7 @@ def verify_quote(
         qe_tcb_status=qe_status,
         tdx_module_tcb_status=module_status,
         checks=tuple(done),
+        debug=debug,
     )
 
 
@@ -1257,6 +1273,7 @@ __all__ = [
     "TDReportBody",
     "TDXClaims",
     "TDXQuote",
+    "TD_ATTRIBUTES_DEBUG",
     "clear_caches",
     "intel_root",
     "parse_quote",

@@ -573,7 +573,147 @@ def verify_quote(
     )
 
 
+def _spki(key: Any) -> bytes:
+    return bytes(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def ak_fingerprint(key: Any) -> str:
+    """The SHA-256 of an AK's SubjectPublicKeyInfo (DER), hex: how an enrolled key is looked up."""
+    import hashlib
+
+    return hashlib.sha256(_spki(_load_ak(key)[0])).hexdigest()
+
+
+def ak_pem(key: Any) -> str:
+    """An AK (any form :func:`verify_quote` takes) as a PEM public key."""
+    return bytes(_load_ak(key)[0].public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+
+
+def load_ak_anchor(data: bytes, what: str = "the TPM attestation key") -> Any:
+    """An enrolled AK from a file's bytes: a PEM/DER public key, TPM2B_PUBLIC/TPMT_PUBLIC, or an X.509 AK certificate.
+
+    A certificate given here is enrolled for its public key: the operator vouches
+    for it directly, whoever issued it.
+    """
+    from cryptography import x509
+
+    raw = bytes(data)
+    text = raw.lstrip()
+    if text.startswith(b"-----BEGIN CERTIFICATE") or raw[:1] == b"\x30":
+        try:
+            cert = (x509.load_pem_x509_certificate(raw) if text.startswith(b"-----BEGIN")
+                    else x509.load_der_x509_certificate(raw))
+            return cert.public_key()
+        except ValueError:
+            if text.startswith(b"-----BEGIN CERTIFICATE"):
+                raise InputError(f"{what}: not a readable certificate") from None
+    try:
+        return _load_ak(raw)[0]
+    except ParseError:
+        pass
+    if len(raw) > 2 and _U16.unpack_from(raw)[0] == len(raw) - 2:  # TPM2B_PUBLIC: size, then TPMT_PUBLIC
+        try:
+            return parse_public(raw[2:]).public_key
+        except ParseError:
+            pass
+    raise InputError(f"{what}: not a PEM/DER public key, TPM2B_PUBLIC or X.509 certificate")
+
+
+def check_ak_trusted(
+    ak: Any,
+    *,
+    now: Any,
+    enrolled: Any = (),
+    cas: Any = (),
+    cert: bytes | None = None,
+    chain: Any = (),
+) -> str:
+    """Whether the verifier trusts the AK that signed a quote; raises ``tpm.ak.untrusted`` otherwise.
+
+    A quote's signature proves only that the holder of *some* key signed it: an
+    attacker makes a key and signs what they like.  The AK is trusted when it is
+    one the operator enrolled (``enrolled``: public keys), or when the evidence
+    carries an AK certificate (``cert``, with intermediates ``chain``, DER or
+    PEM) whose chain ends at a CA the operator configured (``cas``: X.509
+    certificates) and whose key is the AK.  Returns how it was anchored
+    (``"enrolled"`` or ``"certificate"``).
+    """
+    key = _load_ak(ak)[0]
+    mine = _spki(key)
+    for other in enrolled:
+        if hmac.compare_digest(mine, _spki(other)):
+            return "enrolled"
+    if cert is not None and cas:
+        _check_ak_chain(mine, cert, list(chain), list(cas), now)
+        return "certificate"
+    if cert is not None:
+        raise EvidenceError("the evidence carries an AK certificate, but the verifier has no TPM CA to check it "
+                            "against (enrol the AK or configure --tpm-ca)", check="tpm.ak.untrusted")
+    raise EvidenceError("the attestation key is not one the verifier trusts: it is not enrolled and the evidence has "
+                        "no AK certificate (enrol it with --tpm-ak, or configure --tpm-ca)", check="tpm.ak.untrusted")
+
+
+def _load_cert(data: Any, what: str) -> Any:
+    from cryptography import x509
+
+    if isinstance(data, x509.Certificate):
+        return data
+    raw = bytes(data)
+    try:
+        return (x509.load_pem_x509_certificate(raw) if raw.lstrip().startswith(b"-----BEGIN")
+                else x509.load_der_x509_certificate(raw))
+    except ValueError:
+        raise EvidenceError(f"{what} is not a readable X.509 certificate", check="tpm.ak.certificate") from None
+
+
+def _check_ak_chain(ak_spki: bytes, cert: bytes, chain: list[Any], cas: list[Any], now: Any) -> None:
+    from datetime import timezone
+
+    from cryptography import x509
+
+    when = now if now.tzinfo is not None else now.replace(tzinfo=timezone.utc)
+    leaf = _load_cert(cert, "the AK certificate")
+    if not hmac.compare_digest(_spki(leaf.public_key()), ak_spki):
+        raise EvidenceError("the AK certificate is for another key than the one that signed the quote",
+                            check="tpm.ak.certificate")
+    pool = [_load_cert(c, f"AK chain certificate {i}") for i, c in enumerate(chain[:8])]
+    current = leaf
+    for _depth in range(len(pool) + 1):
+        if not (current.not_valid_before_utc <= when <= current.not_valid_after_utc):
+            raise EvidenceError(f"certificate {current.subject.rfc4514_string()} is not valid at {when.isoformat()}",
+                                check="tpm.ak.certificate")
+        for ca in cas:
+            if ca.subject == current.issuer:
+                try:
+                    current.verify_directly_issued_by(ca)
+                except (ValueError, TypeError, InvalidSignature):
+                    continue
+                if not (ca.not_valid_before_utc <= when <= ca.not_valid_after_utc):
+                    raise EvidenceError(f"TPM CA {ca.subject.rfc4514_string()} is not valid at {when.isoformat()}",
+                                        check="tpm.ak.certificate")
+                return
+        issuer = next((c for c in pool if c.subject == current.issuer), None)
+        if issuer is None:
+            break
+        try:
+            current.verify_directly_issued_by(issuer)
+            constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+            raise EvidenceError(f"{issuer.subject.rfc4514_string()} did not issue "
+                                f"{current.subject.rfc4514_string()} as a CA", check="tpm.ak.certificate") from None
+        if not constraints.ca:
+            raise EvidenceError(f"{issuer.subject.rfc4514_string()} is not a CA", check="tpm.ak.certificate")
+        pool.remove(issuer)
+        current = issuer
+    raise EvidenceError("the AK certificate does not chain to a TPM CA the verifier trusts", check="tpm.ak.untrusted")
+
+
 __all__ = [
+    "ak_fingerprint",
+    "ak_pem",
+    "check_ak_trusted",
+    "load_ak_anchor",
     "ClockInfo",
     "PCRSelection",
     "QuoteClaims",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import InputError, ParseError
 
@@ -17,13 +17,16 @@ __all__ = ["load_trust", "collateral_dir", "certificates", "read_file"]
 
 
 def read_file(path: str | None, what: str) -> bytes:
-    """The bytes of ``path``, or an InputError naming ``what``."""
+    """The bytes of ``path``, or an InputError naming ``what``.
+
+    Read by :func:`tsmr.evidence.limits.read_input`: bounded in size
+    (``TSMR_MAX_INPUT``), and a FIFO without a writer is given up after a timeout.
+    """
+    from .limits import read_input
+
     if path is None:
         raise InputError(f"{what} is needed for this evidence")
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {what} {path}: {exc.strerror}") from None
+    return read_input(path, what)
 
 
 _read = read_file
@@ -66,7 +69,7 @@ def collateral_dir(path: str) -> dict[str, bytes]:
     missing = [r for r in needed if r not in found]
     if missing:
         raise InputError(f"collateral {path}: no {', '.join(missing)} file (see 'tsmr quote verify --help' for the file names)")
-    return {role: paths[0].read_bytes() for role, paths in found.items()}
+    return {role: read_file(str(paths[0]), f"the collateral's {role}") for role, paths in found.items()}
 
 
 def certificates(path: str) -> dict[str, Any]:
@@ -85,10 +88,10 @@ def certificates(path: str) -> dict[str, Any]:
             if not entry.is_file():
                 continue
             if "cert_chain" in name or "ask_ark" in name:
-                out["ask"], out["ark"] = snp.split_chain(entry.read_bytes())
+                out["ask"], out["ark"] = snp.split_chain(read_file(str(entry), "the SEV-SNP certificate chain"))
             for role in ("vcek", "vlek", "ask", "ark"):
                 if name.startswith(role) and "ask_ark" not in name:
-                    out["vcek" if role == "vlek" else role] = entry.read_bytes()
+                    out["vcek" if role == "vlek" else role] = read_file(str(entry), f"the SEV-SNP {role.upper()}")
         if not out:
             raise InputError(f"SEV-SNP certificates {path}: no vcek/vlek, ask, ark or cert_chain file there")
         return out
@@ -108,9 +111,31 @@ def certificates(path: str) -> dict[str, Any]:
 
 def load_trust(*, trust_root: str | None = None, collateral: str | None = None, vcek: str | None = None,
                ask: str | None = None, ark: str | None = None, cpak: str | None = None,
-               certs: str | None = None) -> dict[str, Any]:
-    """Trust anchors and collateral from the command line, keyed as the verifiers take them."""
+               certs: str | None = None, tpm_ak: Sequence[str] = (), tpm_ca: Sequence[str] = (),
+               crl: str | None = None) -> dict[str, Any]:
+    """Trust anchors and collateral from the command line, keyed as the verifiers take them.
+
+    ``tpm_ak`` are files of enrolled TPM attestation keys (public key, TPM2B_PUBLIC
+    or AK certificate), ``tpm_ca`` files of CA certificates (PEM, possibly several
+    in one file) that AK certificates in evidence must chain to.
+    """
     trust: dict[str, Any] = {}
+    if tpm_ak:
+        from ..evidence import tpm
+
+        trust["tpm_aks"] = [tpm.load_ak_anchor(read_file(p, "the TPM attestation key"), f"TPM AK {p}") for p in tpm_ak]
+    if tpm_ca:
+        from cryptography import x509
+
+        cas: list[Any] = []
+        for p in tpm_ca:
+            raw = read_file(p, "the TPM CA certificate")
+            try:
+                cas.extend(x509.load_pem_x509_certificates(raw) if b"-----BEGIN" in raw
+                           else [x509.load_der_x509_certificate(raw)])
+            except ValueError as exc:
+                raise InputError(f"TPM CA {p}: not a PEM or DER certificate ({exc})") from None
+        trust["tpm_cas"] = cas
     if trust_root:
         from cryptography import x509
 
@@ -142,6 +167,14 @@ def load_trust(*, trust_root: str | None = None, collateral: str | None = None, 
             trust["ask"], trust["ark"] = snp.split_chain(_read(ask, "the SEV-SNP ASK"))
     if ark:
         trust["ark"] = _read(ark, "the SEV-SNP ARK")
+    if crl:  # AMD's CRL for SEV-SNP: decoded here, checked against the ARK when a report is verified
+        from ..errors import EvidenceError
+        from ..evidence import snp
+
+        try:
+            trust["snp_crl"] = snp.load_crl(_read(crl, "the SEV-SNP CRL"))
+        except EvidenceError as exc:
+            raise InputError(f"SEV-SNP CRL {crl}: {exc}") from None
     if cpak:
         raw = _read(cpak, "the CCA platform key")
         if raw.lstrip()[:1] == b"{":

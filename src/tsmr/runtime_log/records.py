@@ -10,7 +10,17 @@ A log is UTF-8 text, one record per line, every line ending in LF.  A line is
 * an event record: anything else, hashed and extended as-is.
 
 Writers refuse what a reader could hash differently: C0 controls and DEL,
-leading or trailing spaces, over-long lines.  Nothing is ever altered.
+leading or trailing spaces, over-long lines.  They also refuse what a reader
+could not *see* as it was hashed (section 2.1): C1 controls, the Unicode line
+and paragraph separators and the bidirectional controls, which a terminal
+obeys (a new line, text drawn right to left) instead of showing.  Nothing is
+ever altered.
+
+Readers are stricter about bytes than about what is shown: a line with a C0
+control is malformed (it may not even be one line to another reader), but a
+line with an invisible character is still one well-delimited line whose
+bytes are hashed as they are, so it is read and replayed; :func:`hidden_characters`
+names what it holds, and whoever shows the line must show those escaped.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import enum
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -33,6 +44,14 @@ INIT_PREFIX = b"INIT "
 EXTEND_PREFIX = b"# .EXTEND "
 
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
+# Characters that change how the rest of a line is drawn, or break it, without being
+# drawn themselves: C1 controls (NEL among them), LINE / PARAGRAPH SEPARATOR, and the
+# bidirectional marks, embeddings, overrides and isolates (section 2.1).
+HIDDEN_CODEPOINTS = frozenset([*range(0x80, 0xA0), 0x2028, 0x2029, 0x200E, 0x200F, *range(0x202A, 0x202F),
+                               *range(0x2066, 0x206A)])
+_HIDDEN = re.compile("[" + "".join(sorted(map(chr, HIDDEN_CODEPOINTS))) + "]")
+# Their UTF-8 forms, for scanning bytes without decoding: C2 80-9F; E2 80 8E/8F, A8/A9, AA-AE; E2 81 A6-A9.
+HIDDEN_BYTES = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\x8e\x8f\xa8-\xae]|\xe2\x81[\xa6-\xa9]")
 _FORBIDDEN_BYTES = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]")  # LF is the separator
 _TOKEN = re.compile(r"[^\s\x00-\x1f\x7f]+")
 
@@ -72,13 +91,36 @@ class Line:
     def text(self) -> str:
         return self.raw.decode("utf-8")
 
+    @property
+    def hidden(self) -> tuple[tuple[int, int], ...]:
+        """``(character position, code point)`` of each character a writer refuses but a reader keeps."""
+        return hidden_characters(self.text) if HIDDEN_BYTES.search(self.raw) else ()
+
+
+def character_name(code: int) -> str:
+    """``U+202E RIGHT-TO-LEFT OVERRIDE``: a code point as a person can read it."""
+    name = unicodedata.name(chr(code), "") or _C1_NAMES.get(code, "")
+    return f"U+{code:04X}" + (f" {name}" if name else "")
+
+
+# unicodedata has no names for control characters; these are the ones people meet.
+_C1_NAMES = {0x85: "NEXT LINE (NEL)", 0x9B: "CONTROL SEQUENCE INTRODUCER (CSI)", 0x9D: "OPERATING SYSTEM COMMAND (OSC)"}
+
+
+def hidden_characters(text: str) -> tuple[tuple[int, int], ...]:
+    """``(position, code point)`` of every C1 control, line or paragraph separator and bidirectional
+    control in ``text``: characters a record must not hold (section 2.1) because a terminal acts on
+    them rather than showing them."""
+    return tuple((m.start(), ord(m.group())) for m in _HIDDEN.finditer(text))
+
 
 # -- writing -----------------------------------------------------------------
 
 def check_record(text: str) -> bytes:
     """Validate an event record for writing and return its UTF-8 bytes.
 
-    Refuses (never alters) empty records, control characters, leading or
+    Refuses (never alters) empty records, control characters (C0, DEL, C1),
+    line and paragraph separators, bidirectional controls, leading or
     trailing spaces, records over 65536 bytes, and lines that would not be
     event records (comments, sync lines: those tsmr writes itself).
     """
@@ -90,6 +132,14 @@ def check_record(text: str) -> bytes:
     if m:
         ch = m.group()
         raise RecordError(f"control character U+{ord(ch):04X}", rule="no C0 controls or DEL", position=m.start())
+    m = _HIDDEN.search(text)
+    if m:
+        code = ord(m.group())
+        what = ("C1 control character" if code < 0xA0 else "line or paragraph separator" if code in (0x2028, 0x2029)
+                else "bidirectional control character")
+        # Refused rather than escaped: what a reader is shown must be what was hashed.
+        raise RecordError(f"{what} {character_name(code)}", rule="no C1, line separator or bidirectional controls",
+                          position=m.start())
     if text[0] == " ":
         raise RecordError("leading space", rule="no leading or trailing space", position=0)
     if text[-1] == " ":
@@ -274,7 +324,11 @@ def parse_values(raw: bytes, *, lineno: int | None = None, offset: int | None = 
 
 
 def classify(raw: bytes, *, lineno: int | None = None, offset: int | None = None) -> Line:
-    """Classify one line (without its LF) of a log being read; raises ParseError if malformed."""
+    """Classify one line (without its LF) of a log being read; raises ParseError if malformed.
+
+    A C1 control, line separator or bidirectional control does not make a line malformed: its
+    bytes are still what was hashed, so it is read as it is and :attr:`Line.hidden` names them.
+    """
     if not raw:
         return Line(Kind.BLANK, raw)
     m = _FORBIDDEN_BYTES.search(raw)
@@ -319,6 +373,9 @@ __all__ = [
     "canonical_json",
     "classify",
     "parse_values",
+    "hidden_characters",
+    "character_name",
+    "HIDDEN_CODEPOINTS",
     "split_event",
     "MAX_RECORD_BYTES",
 ]

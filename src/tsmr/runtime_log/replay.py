@@ -11,7 +11,10 @@ event; an event extends every known bank with ``H(line)``.
 log of millions of lines replays in memory bounded by one chunk and one line.
 While replaying it remembers, per bank with an expected value, the last line
 after which the state equalled that value: when the register was quoted
-before the log grew, that line is where the quote stops.
+before the log grew, that line is where the quote stops.  It also lists the
+lines holding characters a writer refuses but that are still well-delimited
+lines (C1 controls, line separators, bidirectional controls): they are
+replayed as hashed, and reported so that nobody trusts how they look.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Callable, Iterable, Mapping
 from ..algorithms import HashAlg
 from ..errors import InputError, ParseError
 from ..registers import bank_label
-from .records import EXTEND_PREFIX, FORMAT, INIT_PREFIX, MAX_RECORD_BYTES, Line, classify
+from .records import EXTEND_PREFIX, FORMAT, HIDDEN_BYTES, INIT_PREFIX, MAX_RECORD_BYTES, Line, classify
 
 MATCHED = "matched"
 MISMATCHED = "mismatched"
@@ -37,6 +40,7 @@ _BAD = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]")
 _SPECIAL_FIRST = frozenset(b"#SI ")
 # Every byte a log may hold (C0 controls and DEL are forbidden, LF separates lines).
 _ALLOWED = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\n"
+MAX_HIDDEN_LINES = 100  # lines with hidden characters listed in a report; more are only counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,10 @@ class ReplayReport:
     lines: int
     records: int  # hashed lines: events, sync records, .EXTEND directives
     last_record_line: int
+    # Lines holding characters a writer refuses but that hash as they are (C1, separators, bidi
+    # controls): replayed, but what a terminal shows of them is not what was hashed.
+    hidden_lines: tuple[int, ...] = ()
+    hidden_count: int = 0
 
     @property
     def matched(self) -> bool:
@@ -98,6 +106,14 @@ class ReplayReport:
                 else:
                     s += "; no prefix of the log matches the register (it was extended with something not in the log)"
                 out.append(s)
+        if self.hidden_count:
+            n = self.hidden_count
+            lines = ", ".join(map(str, self.hidden_lines[:10])) + (f", ... ({n} in all)" if n > 10 else "")
+            out.append(
+                f"{register}: {'line' if n == 1 else 'lines'} {lines} {'holds' if n == 1 else 'hold'} characters a writer "
+                "must refuse (C1 controls, line separators, bidirectional controls): hashed as they are, but a "
+                "terminal may show them otherwise"
+            )
         for g in self.gaps:
             out.append(
                 f"{register} {bank_label(g.alg)}: gap before line {g.line}: the register changed without being logged (an unlogged extend, or a reset) "
@@ -124,6 +140,7 @@ class ReplayReport:
                     }
                     for a, b in self.banks.items()
                 },
+                "hidden_lines": list(self.hidden_lines),
                 "gaps": [
                     {"line": g.line, "bank": bank_label(g.alg), "replayed": g.replayed.hex(), "declared": g.declared.hex()}
                     for g in self.gaps
@@ -165,6 +182,8 @@ class Replayer:
             if self._state.get(alg) == v:
                 self._last_match[alg] = 0
         self.gaps: list[Gap] = []
+        self.hidden_lines: list[int] = []
+        self.hidden_count = 0
         self.lineno = 0
         self.records = 0
         self.last_record_line = 0
@@ -217,8 +236,22 @@ class Replayer:
                 f"control character 0x{body[m.start()]:02x}" + (" (CR: CRLF line ends are not allowed)" if body[m.start()] == 13 else ""),
                 format=FORMAT, offset=self._offset + m.start(), field=f"line {line}",
             )
+        # Every hidden character's UTF-8 form starts with C2 or E2: most chunks skip the regex.
+        if b"\xc2" in body or b"\xe2" in body:
+            self._find_hidden(body)
         self._body(body)
         self._offset += len(body)
+
+    def _find_hidden(self, body: bytes) -> None:
+        line, pos, last = self.lineno + 1, 0, 0
+        for m in HIDDEN_BYTES.finditer(body):
+            line += body.count(b"\n", pos, m.start())  # counted from the previous match: linear in the chunk
+            pos = m.start()
+            if line != last:
+                last = line
+                self.hidden_count += 1
+                if len(self.hidden_lines) < MAX_HIDDEN_LINES:
+                    self.hidden_lines.append(line)
 
     def _body(self, body: bytes) -> None:
         """Replay complete, validated lines: ordinary events in tight runs, the rest one by one."""
@@ -323,7 +356,8 @@ class Replayer:
             else:
                 status = MATCHED if hmac.compare_digest(value, want) else MISMATCHED
             banks[alg] = BankResult(alg, status, value, want, self._anchor[alg], self._last_match.get(alg))
-        return ReplayReport(banks, tuple(self.gaps), self.lineno, self.records, self.last_record_line)
+        return ReplayReport(banks, tuple(self.gaps), self.lineno, self.records, self.last_record_line,
+                            tuple(self.hidden_lines), self.hidden_count)
 
 
 def replay(

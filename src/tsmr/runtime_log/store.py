@@ -43,6 +43,21 @@ owner's quote and its read of the log.  The file is never removed: an unlocked
 file means no owner, and the lock goes with the owner's process.  Readers and
 recovery are not refused (recovery is deterministic and serialised by the
 log's lock).
+
+Files are opened relative to the log's directory, without following links
+(:mod:`tsmr.safefs`): a directory others can write into is refused, since
+whoever can plant a link there could make root append to any file.  The log,
+intent and owner files are created 0600 (others read a log through the
+agent, whose rules say who may).
+
+A log changed under its writer: before every write, under the lock, the file
+at the log's path must still be the one this object opened (same device and
+inode, not unlinked), and for the owner, which is the only writer, as long
+as it left it.  A log truncated or replaced while it was not open shows up
+as a log shorter than the size in the idle record.  Either way the object
+refuses every later write (:attr:`RuntimeLog.broken` says why): an append to
+a log whose front was cut would anchor what is left of it with a fresh sync
+record, and the cut would pass for an ordinary gap.
 """
 
 from __future__ import annotations
@@ -51,11 +66,13 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+from .. import safefs
 from ..algorithms import HashAlg
 from ..errors import BackendError, InputError, ParseError, ReplayError
 from ..registers import BaseRegisterSet, Flag, RegisterSet, check_register_name
@@ -132,8 +149,13 @@ class RuntimeLog:
             path = base / _safe_component(regs.provider) / f"{register}.log"
         self.path = Path(path)
         self.intent_path = self.path.with_name(self.path.name + ".intent")
+        self._dir_fd: int | None = None
+        self._dir_strict = False  # _dir_fd passed the checks for writing
         self._log_fd: int | None = None
         self._intent_fd: int | None = None
+        self._created = False  # this object created the log file (an older idle record is not about it)
+        self._expect: int | None = None  # the owner: the log's size as it last left it
+        self._broken: str | None = None  # why this object refuses to write the log any more
         self._tail: tuple[int, int, dict[HashAlg, bytes] | None] | None = None  # (size, lines, values)
         self.owner_path = self.path.with_name(self.path.name + ".owner")
         self._owner_fd: int | None = None
@@ -142,53 +164,87 @@ class RuntimeLog:
         self._thread_lock = threading.Lock()
 
     # -- files -----------------------------------------------------------
+    def _open_dir(self, *, strict: bool) -> int:
+        """The log's directory, opened without following links others could plant (see tsmr.safefs)."""
+        if self._dir_fd is not None and (self._dir_strict or not strict):
+            return self._dir_fd
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+        try:
+            fd = safefs.open_dir(self.path.parent, what=f"log directory of {self.register}",
+                                 create_mode=0o755 if strict else None, strict=strict)
+        except FileNotFoundError:
+            raise InputError(f"no runtime log for {self.register} at {self.path}") from None
+        except OSError as exc:
+            raise BackendError.from_oserror(exc, backend="log", register=self.register,
+                                            action=f"open the directory of {self.path} for") from exc
+        self._dir_fd, self._dir_strict = fd, strict
+        return fd
+
     def _open(self) -> int:
         if self._log_fd is not None:
             return self._log_fd
+        dfd = self._open_dir(strict=True)
+        log_fd = intent_fd = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            created = not self.path.exists()
-            log_fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            intent_fd = os.open(self.intent_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # 0600: the agent's read rules are the way to let others read a log.
+            log_fd, created = safefs.open_file(dfd, self.path.name, os.O_RDWR | os.O_APPEND | os.O_CREAT,
+                                               path=self.path, what="runtime log")
+            intent_fd, _ = safefs.open_file(dfd, self.intent_path.name, os.O_RDWR | os.O_CREAT,
+                                            path=self.intent_path, what="intent file")
+            for fd in (log_fd, intent_fd):
+                _restrict_mode(fd)
             if os.fstat(intent_fd).st_size < _INTENT_PREALLOC:
                 _preallocate(intent_fd, _INTENT_PREALLOC)
             if created:  # the directory entries must be durable before we rely on them
-                dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-        except OSError as exc:
-            raise BackendError.from_oserror(exc, backend="log", register=self.register, action=f"open log {self.path} for") from exc
-        self._log_fd, self._intent_fd = log_fd, intent_fd
+                os.fsync(dfd)
+        except BaseException as exc:
+            for fd in (log_fd, intent_fd):
+                if fd is not None:
+                    os.close(fd)
+            if isinstance(exc, OSError):
+                raise BackendError.from_oserror(exc, backend="log", register=self.register, action=f"open log {self.path} for") from exc
+            raise
+        self._log_fd, self._intent_fd, self._created = log_fd, intent_fd, created
         return log_fd
 
     def _open_for_reading(self) -> int:
         """Open an existing log; read-only access is enough to read and verify it."""
         if self._log_fd is not None:
             return self._log_fd
-        if not self.path.exists():
+        dfd = self._open_dir(strict=False)
+        if not safefs.exists(dfd, self.path.name):
             raise InputError(f"no runtime log for {self.register} at {self.path}")
         try:
             return self._open()
+        except InputError:
+            pass  # a directory we may read but must not write in (another user's): read only
         except BackendError as exc:
             if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
+        dfd = self._open_dir(strict=False)
         try:
-            self._log_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            self._intent_fd = os.open(self.intent_path, os.O_RDONLY | os.O_CLOEXEC) if self.intent_path.exists() else None
+            self._log_fd, _ = safefs.open_file(dfd, self.path.name, os.O_RDONLY, path=self.path, what="runtime log")
+            try:
+                self._intent_fd, _ = safefs.open_file(dfd, self.intent_path.name, os.O_RDONLY, path=self.intent_path,
+                                                      what="intent file")
+            except FileNotFoundError:
+                self._intent_fd = None
         except OSError as exc:
             raise BackendError.from_oserror(exc, backend="log", register=self.register, action=f"open log {self.path} for") from exc
         self._readonly = True
         return self._log_fd
 
     def close(self) -> None:
-        for fd in (self._log_fd, self._intent_fd, self._owner_fd):
+        for fd in (self._log_fd, self._intent_fd, self._owner_fd, self._dir_fd):
             if fd is not None:
                 os.close(fd)
-        self._log_fd = self._intent_fd = self._owner_fd = None
+        self._log_fd = self._intent_fd = self._owner_fd = self._dir_fd = None
         self._tail = None
         self._readonly = False
+        self._dir_strict = False
+        self._expect = None
 
     def __enter__(self) -> "RuntimeLog":
         return self
@@ -218,8 +274,12 @@ class RuntimeLog:
         if self._owner_fd is not None:
             return
         with self._lock():
+            self._check_file()
+            assert self._dir_fd is not None
             try:
-                fd = os.open(self.owner_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd, _ = safefs.open_file(self._dir_fd, self.owner_path.name, os.O_RDWR | os.O_CREAT,
+                                         path=self.owner_path, what="owner file")
+                _restrict_mode(fd)
             except OSError as exc:
                 raise BackendError.from_oserror(exc, backend="log", register=self.register,
                                                 action=f"create {self.owner_path} for") from exc
@@ -236,15 +296,17 @@ class RuntimeLog:
             os.ftruncate(fd, 0)
             os.pwrite(fd, note, 0)
             self._owner_fd = fd
+            self._remember_size()
 
     def owner(self) -> str | None:
         """Who owns the log (``"<owner> pid <n>"``), or None if no process does."""
         if self._owner_fd is not None:
             return _owner_note(self._owner_fd)
         try:
-            fd = os.open(self.owner_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
+            dfd = self._open_dir(strict=False)
+            fd, _ = safefs.open_file(dfd, self.owner_path.name, os.O_RDONLY, path=self.owner_path, what="owner file")
+        except (FileNotFoundError, InputError):
+            return None  # no file, or no directory: no owner (an unsafe directory is refused by the writer)
         except OSError as exc:
             raise BackendError.from_oserror(exc, backend="log", register=self.register,
                                             action=f"open {self.owner_path} for") from exc
@@ -274,6 +336,50 @@ class RuntimeLog:
             if who is not None:
                 raise self._owned_error("write", who)
 
+    # -- the file under us ---------------------------------------------------------
+    @property
+    def broken(self) -> str | None:
+        """Why this object refuses to write the log (it changed under it), or None."""
+        return self._broken
+
+    def _refuse(self, change: str) -> BackendError:
+        """Stop writing for good: what this writer would add to a changed log proves nothing."""
+        if self._broken is None:
+            self._broken = (
+                f"log {self.path} {change}: refusing to write to it, because records cut from it or written around "
+                f"its writer would be missing from the history it proves (keep it for investigation; to start a new "
+                f"log, move it aside and restart the writer: verifiers will report the history before it as missing)")
+        return BackendError(self._broken, backend="log", register=self.register, errno=errno.ESTALE)
+
+    def _check_file(self) -> None:
+        """Under the log's lock, before writing: the log is still the file this object opened, and
+        (for the owner, the only writer) still as long as it left it."""
+        if self._broken is not None:
+            raise self._refuse("")
+        assert self._log_fd is not None and self._dir_fd is not None
+        st = os.fstat(self._log_fd)
+        try:
+            now = os.stat(self.path.name, dir_fd=self._dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            kind = "a symbolic link" if stat.S_ISLNK(now.st_mode) else "another file"
+            raise self._refuse(f"was replaced by {kind} while this writer had it open")
+        if now is None or st.st_nlink == 0:
+            raise self._refuse("was removed while this writer had it open")
+        if self._owner_fd is None or self._expect is None or st.st_size == self._expect:
+            return
+        if st.st_size < self._expect:
+            raise self._refuse(f"was truncated from {self._expect} to {st.st_size} bytes by another process while this "
+                               "writer owned it")
+        if self._read_record()[0] != _INTENT:  # (a pending batch of ours may have been partly appended)
+            raise self._refuse(f"grew from {self._expect} to {st.st_size} bytes written by another process while this "
+                               "writer owned it")
+
+    def _remember_size(self) -> None:
+        if self._log_fd is not None and not self._readonly:
+            self._expect = os.fstat(self._log_fd).st_size
+
     # -- register helpers ------------------------------------------------
     def _read_register(self) -> dict[HashAlg, bytes]:
         vals = self.regs.read(self.register, self.algs)
@@ -302,6 +408,11 @@ class RuntimeLog:
         if cached is not None and cached[0] == size:
             self._tail = cached
             return cached
+        if cached is not None and size < cached[0] and not self._created:
+            # Only a writer that keeps the log open can tell a truncation for sure; the
+            # idle record still shows one done between two writers.
+            raise self._refuse(f"is shorter ({size} bytes) than when it was last written ({cached[0]} bytes): it "
+                               "was truncated, or replaced by a shorter file, by another process")
         report = self._replay(expected=None)
         values = report.values()
         tail = (size, report.lines, values if all(a in values for a in self.algs) else None)
@@ -316,6 +427,7 @@ class RuntimeLog:
     def _store_tail(self, tail: tuple[int, int, dict[HashAlg, bytes] | None]) -> None:
         """Remember the tail, and write it as the idle record (which also clears an intent)."""
         self._tail = tail
+        self._created = False
         values = format_values(tail[2]).encode() if tail[2] is not None else b"-"
         self._write_record(_IDLE, b"size %d\nlines %d\nvalues %s\n" % (tail[0], tail[1], values), sync=False)
 
@@ -441,7 +553,11 @@ class RuntimeLog:
     def recover(self) -> RecoveryResult | None:
         """Finish or undo a batch left by a crashed writer; None if there was none."""
         with self._lock():
-            return self._recover_locked()
+            self._check_file()
+            try:
+                return self._recover_locked()
+            finally:
+                self._remember_size()
 
     def append(self, record: str) -> AppendResult:
         return self.append_many([record])
@@ -469,7 +585,9 @@ class RuntimeLog:
     def _commit(self, raws: list[bytes]) -> AppendResult:
         with self._lock():
             self._check_writer()
+            self._check_file()
             self._recover_locked()
+            self._remember_size()
             size, nlines, tail = self._tail_state()
             cur = self._read_register()
             lines: list[bytes] = []
@@ -491,22 +609,29 @@ class RuntimeLog:
                 self._tail = None
                 raise
             self._append_durable(b"".join(line + b"\n" for line in lines))
+            self._remember_size()
             new_size = size + sum(len(line) + 1 for line in lines)
             self._store_tail((new_size, nlines + len(lines), values))
             synced = lines[0].startswith(b"SYNC ")
             return AppendResult(nlines + 1, tuple(line.decode() for line in lines), synced, synced and size > 0, values)
 
+    def _settle_for_reading(self) -> None:
+        if self._recover_locked() is not None:
+            # The batch was ours (an owner's is nobody else's): its size is the one to expect. A
+            # read without a batch to settle remembers nothing, so it cannot bless a cut log.
+            self._remember_size()
+
     def verify(self) -> ReplayReport:
         """Replay the log against the live register (after recovering a crashed batch)."""
         with self._lock(reading=True):
-            self._recover_locked()
+            self._settle_for_reading()
             cur = self._read_register()
             return self._replay(expected=cur)
 
     def read(self) -> bytes:
         """The whole log, after recovering a batch left by a crashed writer."""
         with self._lock(reading=True):
-            self._recover_locked()
+            self._settle_for_reading()
             fd = self._open_for_reading()
             size = os.fstat(fd).st_size
             return os.pread(fd, size, 0) if size else b""
@@ -523,6 +648,14 @@ class RuntimeLog:
 def _owner_note(fd: int) -> str:
     """What the owner wrote in ``<log>.owner`` (``"agent pid 123"``), read through ``fd``."""
     return os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+
+
+def _restrict_mode(fd: int) -> None:
+    """Take every right of other users, and its group's right to write, from a file of ours (older
+    versions made logs 0644); whether its group may read it is left to the administrator."""
+    st = os.fstat(fd)
+    if st.st_uid == os.geteuid() and st.st_mode & 0o037:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o740)
 
 
 def _preallocate(fd: int, size: int) -> None:

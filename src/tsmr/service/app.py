@@ -2,36 +2,71 @@
 
 Theory of operation
 -------------------
-``POST /challenge`` stores a fresh 32-byte nonce with an expiry.  ``POST
-/attest`` takes a tsmr evidence bundle carrying that nonce, resolves the
-requested (or default) policy and reference values, then consumes the nonce
-with one conditional UPDATE: only the request whose UPDATE changed a row goes
-on to appraisal, whichever replica it reached.  A nonce that was never issued,
-has expired or was already used is refused with a 4xx and *nothing is
-stored*: the endpoint needs no credentials, so storing refusals would let
-anyone fill the database, and a relying party only ever looks up results by
-the id a successful attestation returned.  Evidence that is present but bad
-(a broken signature, a replay mismatch, a policy denial) is a stored result
-with status ``contraindicated``: that is an answer, not an error.
+``POST /challenge`` stores a fresh 32-byte nonce with an expiry (at most
+``challenge_burst`` at once per client address and worker, refilled at
+``challenge_rate`` per second; 429 beyond).  ``POST /attest`` takes a tsmr
+evidence bundle carrying that nonce and checks everything about the request
+first: its shape, depth and sizes, and the policy and reference values it is
+appraised with.  Those are the verifier's choice (``Settings.policy`` /
+``Settings.refvals``, default the stored documents named "default"): a request
+may name others only with the admin token (403 ``policy.selection-forbidden``
+otherwise), or an attester could pick a lenient policy and turn a denial into
+``affirming``.  Only then is the nonce consumed, with one conditional UPDATE:
+only the request whose UPDATE changed a row goes on to appraisal, whichever
+replica it reached.  A nonce that was never issued, has expired or was already
+used is refused with a 4xx and *nothing is stored*: the endpoint needs no
+credentials, so storing refusals would let anyone fill the database, and a
+relying party only ever looks up results by the id a successful attestation
+returned.  Evidence that is present but bad (a broken signature, a replay
+mismatch, a policy denial) is a stored result with status
+``contraindicated``: that is an answer, not an error.
+
+A nonce is spent by a stored result and by nothing else: when anything fails
+after the nonce was consumed (evidence that cannot be evaluated, the database
+refusing the result), the nonce is given back before the error is answered, so
+the attester may try again with it.
 
 The result is stored before the response is sent, and carries an EAR JWT
 signed with the verifier's key (``GET /.well-known/jwks.json`` publishes it).
+
+Database trouble (unreachable, read-only, the SQLite file deleted) is 503
+``database.unavailable`` on any route, and ``/healthz`` says so too: its check
+is a write that is rolled back, done at most once a second per worker.
 
 Admin endpoints (``/policies``, ``/refvals``) exist only when an admin token is
 configured; the bearer token is compared in constant time and never logged.
 Bodies are limited (16 MiB for ``/attest``, 1 MiB elsewhere) before they are
 read; a declared ``Content-Length`` over the limit is refused at once.
+JSON bodies nested deeper than 64 levels, or holding non-finite numbers or
+lone surrogates (which no EAR and no database could carry), are refused (422
+``request.too-deep`` / ``request.invalid``) before anything else.
+
+Work is bounded too (:mod:`tsmr.evidence.limits`, ``TSMR_MAX_*`` and
+``TSMR_TIME_BUDGET``): a bundle with too many logs, records or bytes in a
+record is refused with 413 ``bundle.too-large`` naming the limit and the value,
+before anything is verified or parsed and before the nonce is spent when the
+count can be seen without parsing (text logs); binary logs are counted as they
+are parsed.  An appraisal past its time budget is 422
+``appraisal.time-budget``.  On SIGTERM an appraisal in flight stops at its next
+step (503 ``verifier.shutting-down``), so a worker never outlives uvicorn's
+graceful-shutdown period by more than one step of one appraisal.  Either way
+the nonce is given back.
 Errors are JSON ``{"error": <code>, "detail": ...}`` without stack traces;
 logs are one JSON object per line.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import math
+import re
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -43,13 +78,16 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from ..appraisal import ear
-from ..errors import TsmrError
-from .db import Store, make_engine, redact_url, upgrade, utcnow
+from ..errors import InputError, TsmrError
+from ..evidence.limits import AppraisalCancelled, LimitExceeded
+from .db import DatabaseUnavailable, Store, describe_db_error, make_engine, redact_url, upgrade, utcnow
 from .metrics import CONTENT_TYPE, Metrics
 from .settings import Settings, load_trust
 
@@ -59,7 +97,10 @@ log = logging.getLogger("tsmr.service")
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 HEX_PATTERN = r"^([0-9a-f]{2})*$"
-DEFAULT_NAME = "default"  # the policy / reference values used when a request names none
+DEFAULT_NAME = "default"  # the policy / reference values used when the settings name none
+MAX_JSON_DEPTH = 64  # bundles and reference values nest a handful of levels; this leaves room, and no recursion
+HEALTH_PROBE_INTERVAL = 1.0  # seconds a successful database probe answers /healthz for
+DB_RETRY_AFTER = "5"  # seconds, with 503 database.unavailable
 
 
 # -- logging --------------------------------------------------------------------------------------
@@ -107,6 +148,58 @@ BEARER = HTTPBearer(auto_error=False, description="The admin token (TSMR_ADMIN_T
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
 
 
+def _unicode(text: str) -> None:
+    # isascii() is a flag lookup for most strings: only the others are encoded to find a lone surrogate.
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PydanticCustomError("json_not_unicode", "strings must be Unicode text (a lone surrogate "
+                                      "escape such as \\ud800 is not)") from None
+
+
+def check_json(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse a parsed JSON value nested too deep, or holding what no later step can carry.
+
+    Iterative, so hostile nesting cannot exhaust the stack here; everything after this
+    (validation, serialisation, appraisal, storage) recurses and would fail half-way,
+    possibly after the nonce was consumed.  ``Infinity`` and ``NaN`` (Python's JSON
+    reader accepts them, and ``1e999`` becomes one) are not JSON and PostgreSQL refuses
+    them; a lone surrogate (``"\\ud800"``) cannot be written as UTF-8, so no EAR could carry it.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            for key in item:
+                if isinstance(key, str):
+                    _unicode(key)
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise PydanticCustomError("json_not_finite", "numbers must be finite")
+        elif isinstance(item, str):
+            _unicode(item)
+            continue
+        else:
+            continue
+        if depth > max_depth:
+            raise PydanticCustomError("json_too_deep", "JSON nested deeper than {limit} levels",
+                                      {"limit": max_depth})
+        stack.extend((child, depth + 1) for child in children)
+
+
+class _CheckedBody(BaseModel):
+    """A request body whose raw JSON is checked by :func:`check_json` before any validation recurses into it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        check_json(data)
+        return data
+
+
 class ErrorBody(BaseModel):
     error: str = Field(description="A stable dotted error code, e.g. freshness.nonce-reused.")
     detail: Any = Field(None, description="A sentence, or the list of validation errors.")
@@ -142,11 +235,25 @@ class Bundle(BaseModel):
     logs: list[BundleLog] = Field(default_factory=list, max_length=4096)
 
 
-class AttestRequest(BaseModel):
+class AttestRequest(_CheckedBody):
     model_config = ConfigDict(extra="forbid")
     bundle: Bundle
-    policy: Name | None = Field(None, description="Policy name (latest version); default: the policy 'default'.")
-    refvals: Name | None = Field(None, description="Reference values name; default: 'default', if stored.")
+    policy: Name | None = Field(None, description="Another policy than the verifier's (latest version): needs the "
+                                                  "admin bearer token, else 403 policy.selection-forbidden.")
+    refvals: Name | None = Field(None, description="Other reference values than the verifier's: needs the admin "
+                                                   "bearer token, else 403 refvals.selection-forbidden.")
+
+
+class AkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(max_length=16384, description="PEM public key or AK certificate, or TPM2B_PUBLIC as hex.")
+
+
+class AkOut(BaseModel):
+    name: str
+    fingerprint: str = Field(description="SHA-256 of the key's SubjectPublicKeyInfo, hex.")
+    pem: str
+    created_at: datetime
 
 
 class AttestResponse(BaseModel):
@@ -175,7 +282,7 @@ class VersionList(BaseModel):
     items: list[VersionInfo]
 
 
-class PolicyIn(BaseModel):
+class PolicyIn(_CheckedBody):
     model_config = ConfigDict(extra="forbid")
     rego: str = Field(min_length=1, max_length=512 * 1024, description="A Rego module.")
 
@@ -190,7 +297,7 @@ def _refvals_schema() -> dict[str, Any]:
     return {k: v for k, v in SCHEMA.items() if k not in ("$schema", "title")}
 
 
-class RefvalsIn(BaseModel):
+class RefvalsIn(_CheckedBody):
     model_config = ConfigDict(extra="forbid")
     document: dict[str, Any] = Field(description="A reference values document (tsmr-refvals, version 1).",
                                      json_schema_extra=_refvals_schema())
@@ -221,15 +328,64 @@ class Health(BaseModel):
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {400: "Malformed request", 401: "Missing or wrong admin token", 403: "Nonce never issued",
+    text = {400: "Malformed request", 401: "Missing or wrong admin token",
+            403: "Nonce never issued, or a policy / reference values named without the admin token",
             404: "Not found", 409: "Nonce already used", 410: "Nonce expired", 413: "Body too large",
-            422: "Invalid request or evidence that could not be appraised", 503: "Database unavailable"}
+            422: "Invalid request or evidence that could not be appraised",
+            429: "Too many requests from this address: try again after Retry-After seconds",
+            503: "Database unavailable, or the verifier's configured policy is not stored"}
     return {c: {"model": ErrorBody, "description": text.get(c, "Error")} for c in codes}
 
 
 # -- middleware -----------------------------------------------------------------------------------
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def _check_limits(v: "Verifier", bundle: Mapping[str, Any]) -> None:
+    """413 ``bundle.too-large`` when the bundle is over a limit that counting (not parsing) shows."""
+    from ..evidence.limits import Budget, LimitExceeded
+
+    try:
+        Budget(v.limits).check_document(bundle)
+    except LimitExceeded as exc:
+        v.metrics.attestation("refused-too-large")
+        _event(logging.INFO, "attestation refused", reason=exc.code, limit=exc.limit, value=exc.value)
+        raise ApiError(413, exc.code, str(exc)) from None
+
+
+def _limit_error(exc: Exception) -> "ApiError":
+    """The answer for a limit met during the appraisal (the nonce has been given back by then)."""
+    from ..evidence.limits import AppraisalCancelled, TimeBudgetExceeded
+
+    status = 503 if isinstance(exc, AppraisalCancelled) else 422 if isinstance(exc, TimeBudgetExceeded) else 413
+    _event(logging.INFO, "appraisal stopped", reason=getattr(exc, "code", ""), limit=getattr(exc, "limit", None))
+    return ApiError(status, getattr(exc, "code", "bundle.too-large"), str(exc)[:2000])
+
+
+def _watch_shutdown(stopping: threading.Event) -> None:
+    """Chain a handler onto uvicorn's SIGTERM / SIGINT ones that tells appraisals in flight to stop.
+
+    uvicorn's graceful shutdown waits for requests in flight, and the thread of
+    an appraisal cannot be interrupted from outside: the appraisal itself looks
+    at ``stopping`` between its steps (:class:`tsmr.evidence.limits.Budget`).
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            stopping.set()
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:  # not under uvicorn's handlers: do what the signal does
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+
+        signal.signal(sig, handler)
 
 
 class BodyLimit:
@@ -245,6 +401,8 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = self.attest_limit if scope.get("path") == "/attest" else self.default_limit
+        too_large = (f"the body is over {limit} bytes (the limit "
+                     f"{'TSMR_MAX_ATTEST_BYTES' if limit == self.attest_limit else 'TSMR_MAX_BODY_BYTES'})")
         declared = None
         for k, v in scope.get("headers") or ():
             if k == b"content-length":
@@ -254,7 +412,7 @@ class BodyLimit:
                     declared = -1
         if declared is not None and (declared < 0 or declared > limit):
             status, code = (400, "request.content-length") if declared < 0 else (413, "request.too-large")
-            detail = "bad Content-Length" if declared < 0 else f"the body is over {limit} bytes"
+            detail = "bad Content-Length" if declared < 0 else too_large
             await _send_json(send, status, {"error": code, "detail": detail}, close=True)
             return
         seen = 0
@@ -265,7 +423,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise HTTPException(413, f"the body is over {limit} bytes")
+                    raise HTTPException(413, too_large)
             return message
 
         await self.app(scope, limited, send)
@@ -365,21 +523,105 @@ class ApiError(HTTPException):
         self.code = code
 
 
+TOO_DEEP = f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels"
+
+
+def database_unavailable(v: "Verifier | None", exc: BaseException) -> JSONResponse:
+    """503 for a database that cannot serve the request; /healthz stops trusting its last probe."""
+    if v is not None:
+        v.health_checked = 0.0
+    _event(logging.WARNING, "database unavailable", error=describe_db_error(exc))
+    return _json_error(503, "database.unavailable", "the verifier's database is unavailable; try again later",
+                       {"Retry-After": DB_RETRY_AFTER})
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # The JSON reader gave up on the nesting before any validator saw the body.
+            return _json_error(422, "request.too-deep", TOO_DEEP)
         code = getattr(exc, "code", None) or _HTTP_CODES.get(exc.status_code, f"http.{exc.status_code}")
         return _json_error(exc.status_code, code, exc.detail, exc.headers)
+
+    @app.exception_handler(DataError)
+    async def unstorable(request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value of this request (e.g. a character PostgreSQL cannot store).
+        _event(logging.INFO, "value refused by the database", error=describe_db_error(exc))
+        return _json_error(422, "request.unstorable", "the database cannot store a value of this request")
+
+    @app.exception_handler(SQLAlchemyError)
+    async def db_error(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        return database_unavailable(getattr(request.app.state, "verifier", None), exc)
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def db_gone(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        return database_unavailable(getattr(request.app.state, "verifier", None), exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return _json_error(400, "request.json", "the body is not valid JSON")
+        if any(e.get("type") == "json_too_deep" for e in errors):
+            return _json_error(422, "request.too-deep", TOO_DEEP)
         # Never echo the input back: a bundle can be megabytes, and inputs can hold secrets.
         slim = [{"loc": [str(p) for p in e.get("loc", ())][:12], "msg": str(e.get("msg", ""))[:300],
                  "type": str(e.get("type", ""))} for e in errors[:20]]
         return _json_error(422, "request.invalid", slim)
+
+
+class RateLimiter:
+    """Token buckets per client address: ``burst`` requests at once, refilled at ``rate`` per second.
+
+    Per worker process and in memory: cheap, and enough to stop one address from
+    filling the challenge table.  IPv6 addresses count by their /64, which one host
+    usually has whole.  The table is bounded: when full, buckets that have refilled
+    (indistinguishable from new ones) are dropped first, then the least recently used.
+    """
+
+    def __init__(self, rate: float, burst: int, *, max_clients: int = 65536) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self.buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, monotonic time), oldest use first
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def key(host: str) -> str:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return host
+        if addr.version == 6 and addr.ipv4_mapped is None:
+            return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+        return str(addr.ipv4_mapped or addr) if addr.version == 6 else str(addr)
+
+    def take(self, host: str, now: float | None = None) -> float:
+        """0 when the request may go ahead (a token is taken), else the seconds until one is there."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        k = self.key(host)
+        with self.lock:
+            tokens, last = self.buckets.pop(k, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            wait = 0.0
+            if tokens >= 1.0:
+                tokens -= 1.0
+            else:
+                wait = (1.0 - tokens) / self.rate
+            self.buckets[k] = (tokens, now)
+            if len(self.buckets) > self.max_clients:
+                self._shrink(now)
+            return wait
+
+    def _shrink(self, now: float) -> None:
+        full = [k for k, (t, last) in self.buckets.items() if t + (now - last) * self.rate >= self.burst]
+        for k in full:
+            del self.buckets[k]
+        while len(self.buckets) > self.max_clients:
+            del self.buckets[next(iter(self.buckets))]
 
 
 class Verifier:
@@ -388,17 +630,33 @@ class Verifier:
     def __init__(self, settings: Settings) -> None:
         from ..appraisal import appraise
 
-        self.appraise = appraise
+        for what, name in (("policy", settings.policy), ("reference values", settings.refvals)):
+            if not re.match(NAME_PATTERN, name or ""):
+                raise InputError(f"the verifier's {what} name {name!r} is not a valid name "
+                                 "(letters, digits, '.', '_', '-'; at most 128)")
+        if settings.challenge_rate < 0 or settings.challenge_burst < 1:
+            raise InputError("the challenge rate must be >= 0 (0: no limit) and the burst >= 1")
+        # Every appraisal is bounded by the verifier's limits and stops when the worker is told to.
+        self.limits = settings.limits()
+        self.stopping = threading.Event()
+        self.appraise = functools.partial(appraise, limits=self.limits, cancelled=self.stopping.is_set)
         self.settings = settings
         self.store = Store(make_engine(settings.database_url))
         if settings.migrate:
             upgrade(self.store.engine)
+        self.store.pin()
+        self.health_checked = 0.0  # monotonic time of the last successful database probe
+        self.health_revision: str | None = None
+        self.health_lock = threading.Lock()
+        self.challenges = RateLimiter(settings.challenge_rate, settings.challenge_burst)
         self.key = ear.load_or_create_key(settings.key_path or "ear-key.pem", settings.key_alg)
         self.kid = ear.thumbprint(self.key)
         # The signing key first, then the keys published beside it (retired or upcoming).
         self.jwks = ear.jwks([self.key.public_key(), *settings.published_keys()])
         self.trust = load_trust(settings)
         self.admin_token = settings.read_admin_token()
+        self.admin_digest = (hashlib.sha256(self.admin_token.encode("utf-8", "surrogateescape")).digest()
+                             if self.admin_token is not None else None)
         self.metrics = Metrics(settings.metrics_dir)
         self.verifier_id = {"developer": settings.verifier_developer, "build": settings.build()}
 
@@ -417,14 +675,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _event(logging.INFO, "verifier ready", database=redact_url(settings.database_url or ""), kid=v.kid,
-               admin_endpoints=v.admin_token is not None, trust=sorted(v.trust))
+               admin_endpoints=v.admin_token is not None, trust=sorted(v.trust), policy=settings.policy,
+               refvals=settings.refvals)
+        _watch_shutdown(v.stopping)
         yield
         v.store.close()
 
     from .. import __version__
 
-    # Any route can refuse a body: a bad Content-Length (400), or one over the limit (413).
-    app = FastAPI(title="tsmr verifier", version=__version__, lifespan=lifespan, responses=_errors(400, 413),
+    # Any route can refuse a body: a bad Content-Length (400), or one over the limit (413); any route
+    # can find the database unavailable (503).
+    app = FastAPI(title="tsmr verifier", version=__version__, lifespan=lifespan, responses=_errors(400, 413, 503),
                   description="Challenge, attest with a tsmr evidence bundle, get a signed EAT Attestation Result.")
     app.state.verifier = v
     _install_error_handlers(app)
@@ -449,25 +710,46 @@ def _public_routes(v: Verifier) -> APIRouter:
     ttl = timedelta(seconds=v.settings.challenge_ttl)
 
     @r.post("/challenge", response_model=ChallengeResponse, status_code=201, tags=["attestation"],
-            responses=_errors(413, 503))
-    def challenge() -> ChallengeResponse:
-        """A fresh nonce, usable once, until ``expires_at``."""
+            responses=_errors(413, 429, 503))
+    def challenge(request: Request) -> ChallengeResponse:
+        """A fresh nonce, usable once, until ``expires_at``; limited per client address (429 with Retry-After)."""
+        wait = v.challenges.take((request.client.host if request.client else "") or "unknown")
+        if wait > 0:
+            v.metrics.attestation("refused-rate")
+            raise ApiError(429, "rate.limited", "too many challenges from this address",
+                           {"Retry-After": str(max(1, math.ceil(wait)))})
         row = v.store.issue_challenge(ttl=ttl)
         return ChallengeResponse(nonce=row.nonce, expires_at=row.expires_at)
 
     @r.post("/attest", response_model=AttestResponse, status_code=201, tags=["attestation"],
-            responses=_errors(400, 403, 404, 409, 410, 413, 422))
-    def attest(req: AttestRequest, request: Request, response: Response) -> AttestResponse:
+            responses=_errors(400, 403, 404, 409, 410, 413, 422, 503))
+    def attest(req: AttestRequest, request: Request, response: Response, credentials: Credentials) -> AttestResponse:
         """Appraise a bundle over a nonce from ``POST /challenge``; store and return the signed result.
 
-        Refused without storing anything: a nonce never issued (403), already
-        used (409) or expired (410), and an unknown policy or reference values
-        name (404, checked before the nonce is spent).  Evidence that fails to
-        verify gives a stored ``contraindicated`` result.
+        The verifier's policy and reference values apply; naming others needs the
+        admin bearer token (403 ``policy.selection-forbidden`` /
+        ``refvals.selection-forbidden`` without it).  Refused without storing
+        anything and without spending the nonce: a forbidden or unknown (404)
+        policy or reference values name, and a body nested too deep (422).  A
+        nonce never issued (403), already used (409) or expired (410) is refused
+        without storing anything.  Evidence that fails to verify gives a stored
+        ``contraindicated`` result; evidence that cannot be appraised (422) gives
+        the nonce back.
         """
+        # Everything that depends on the request alone is checked before the nonce is spent.
+        _authorise_selection(v, req, credentials)
         policy_row = _document(v, "policy", req.policy)
         refvals_row = _document(v, "refvals", req.refvals)
         nonce = req.bundle.nonce
+        try:
+            bundle = req.bundle.model_dump(mode="json", exclude_unset=True, by_alias=True)
+            raw_nonce = bytes.fromhex(nonce)
+        except (ValueError, RecursionError):
+            # check_json bounds the depth well below what serialisation copes with; this is the backstop.
+            raise ApiError(422, "request.too-deep", TOO_DEEP) from None
+        _check_limits(v, bundle)  # counted before any expensive step, with the nonce still unspent
+        policy_id = f"{policy_row.name}@{policy_row.version}" if policy_row is not None else None
+        refvals_id = f"{refvals_row.name}@{refvals_row.version}" if refvals_row is not None else None
         now = utcnow()
         consumed = v.store.consume(nonce, now=now)
         if consumed.outcome != "fresh":
@@ -480,30 +762,24 @@ def _public_routes(v: Verifier) -> APIRouter:
             }[consumed.outcome]
             raise ApiError(status, code, text)
         assert consumed.challenge is not None
-        bundle = req.bundle.model_dump(mode="json", exclude_unset=True, by_alias=True)
-        policy_id = f"{policy_row.name}@{policy_row.version}" if policy_row is not None else None
-        refvals_id = f"{refvals_row.name}@{refvals_row.version}" if refvals_row is not None else None
-        start = time.perf_counter()
         try:
-            result = v.appraise(bundle,
-                              policy=policy_row.rego if policy_row is not None else None,  # type: ignore[union-attr]
-                              reference_values=refvals_row.document if refvals_row is not None else None,  # type: ignore[union-attr]
-                              nonce=bytes.fromhex(consumed.challenge.nonce), now=now, trust=v.trust,
-                              nonce_expires_at=consumed.challenge.expires_at, nonce_used=False,
-                              policy_id=policy_id, refvals_id=refvals_id)
-        except TsmrError as exc:
-            # "Could not evaluate" (e.g. SEV-SNP evidence without certificates): the nonce stays spent.
-            v.metrics.attestation("error")
-            _event(logging.INFO, "appraisal failed", error=type(exc).__name__, nonce=nonce[:16])
-            raise ApiError(422, "appraisal.failed", str(exc)[:2000]) from None
-        finally:
-            v.metrics.appraised(time.perf_counter() - start)
-        result_id = str(uuid.uuid4())
-        token = ear.sign(result, v.key, kid=v.kid, now=now, verifier_id=v.verifier_id, extra={"jti": result_id})
-        doc = result.to_dict()
-        v.store.save_result(id=result_id, status=result.status, kind=result.kind, nonce=nonce, ear=token,
-                            result=doc, policy_id=result.policy_id or policy_id,
-                            refvals_id=result.refvals_id or refvals_id, now=now)
+            result, result_id, token, doc = _appraise_and_store(
+                v, bundle, nonce=nonce, raw_nonce=raw_nonce, now=now, expires_at=consumed.challenge.expires_at,
+                policy_row=policy_row, refvals_row=refvals_row, policy_id=policy_id, refvals_id=refvals_id)
+        except BaseException as exc:
+            # No result was stored: give the nonce back, so that a failure here never costs the attester
+            # its challenge (nor leaves a spent nonce that nothing answers).
+            returned = _give_back(v, nonce, now)
+            if isinstance(exc, (LimitExceeded, AppraisalCancelled)):
+                v.metrics.attestation("refused-too-large" if isinstance(exc, LimitExceeded) else "error")
+                raise _limit_error(exc) from None
+            if isinstance(exc, TsmrError) and not isinstance(exc, DatabaseUnavailable):
+                # "Could not evaluate" (e.g. SEV-SNP evidence without certificates).
+                v.metrics.attestation("error")
+                _event(logging.INFO, "appraisal failed", error=type(exc).__name__, nonce=nonce[:16],
+                       nonce_returned=returned)
+                raise ApiError(422, "appraisal.failed", str(exc)[:2000]) from None
+            raise
         v.metrics.attestation(result.status)
         _event(logging.INFO, "attested", result_id=result_id, status=result.status, kind=result.kind,
                findings=len(result.findings), nonce=nonce[:16], logs=len(req.bundle.logs),
@@ -531,13 +807,24 @@ def _public_routes(v: Verifier) -> APIRouter:
 
     @r.get("/healthz", response_model=Health, tags=["operations"], responses=_errors(503))
     def healthz() -> Any:
-        """Whether the database answers, with its schema revision."""
+        """Whether the database answers and would take a write, with its schema revision.
+
+        The probe (a write that is rolled back) runs at most once a second per worker;
+        in between, a database error on any request makes the next call probe again.
+        """
         try:
-            revision = v.store.ping()
+            v.store.check_file()
+            with v.health_lock:  # one probe at a time; those waiting use its answer
+                if time.monotonic() - v.health_checked >= HEALTH_PROBE_INTERVAL:
+                    v.health_checked = 0.0
+                    v.health_revision = v.store.ping()
+                    v.health_checked = time.monotonic()
+                revision = v.health_revision
         except Exception as exc:  # noqa: BLE001 - any database failure means "not healthy"
-            _event(logging.WARNING, "health check failed", error=type(exc).__name__)
+            v.health_checked = 0.0
+            _event(logging.WARNING, "health check failed", error=describe_db_error(exc))
             return JSONResponse({"status": "unavailable", "database": "unreachable", "revision": None},
-                                status_code=503)
+                                status_code=503, headers={"Retry-After": DB_RETRY_AFTER})
         return Health(status="ok", database=v.store.engine.dialect.name, revision=revision)
 
     @r.get("/metrics", response_class=PlainTextResponse, tags=["operations"],
@@ -550,30 +837,111 @@ def _public_routes(v: Verifier) -> APIRouter:
     return r
 
 
-def _document(v: Verifier, kind: Literal["policy", "refvals"], name: str | None) -> Any:
-    """The latest version of a named policy / refvals; with no name, the one called 'default' if stored."""
-    if name is None:
-        return v.store.get(kind, DEFAULT_NAME)
-    row = v.store.get(kind, name)
+def _appraise_and_store(v: Verifier, bundle: dict[str, Any], *, nonce: str, raw_nonce: bytes, now: datetime,
+                        expires_at: datetime, policy_row: Any, refvals_row: Any, policy_id: str | None,
+                        refvals_id: str | None) -> tuple[Any, str, str, dict[str, Any]]:
+    """Appraise, sign and store: the part of /attest that runs with the nonce spent."""
+    start = time.perf_counter()
+    try:
+        result = v.appraise(bundle,
+                            policy=policy_row.rego if policy_row is not None else None,
+                            reference_values=refvals_row.document if refvals_row is not None else None,
+                            nonce=raw_nonce, now=now, trust=_trust_for(v, bundle), nonce_expires_at=expires_at,
+                            nonce_used=False,
+                            policy_id=policy_id, refvals_id=refvals_id, allow_debug=v.settings.allow_debug)
+    finally:
+        v.metrics.appraised(time.perf_counter() - start)
+    result_id = str(uuid.uuid4())
+    token = ear.sign(result, v.key, kid=v.kid, now=now, verifier_id=v.verifier_id, extra={"jti": result_id})
+    doc = result.to_dict()
+    v.store.save_result(id=result_id, status=result.status, kind=result.kind, nonce=nonce, ear=token,
+                        result=doc, policy_id=result.policy_id or policy_id,
+                        refvals_id=result.refvals_id or refvals_id, now=now)
+    return result, result_id, token, doc
+
+
+def _trust_for(v: Verifier, bundle: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The verifier's anchors, plus the enrolled TPM attestation key the bundle's quote names, if any."""
+    ev = bundle.get("evidence")
+    if not isinstance(ev, Mapping) or ev.get("kind") != "tpm" or not isinstance(ev.get("ak_public"), str):
+        return v.trust
+    from ..evidence import tpm
+
+    try:
+        fingerprint = tpm.ak_fingerprint(bytes.fromhex(ev["ak_public"]))
+    except (ValueError, TsmrError):
+        return v.trust  # unreadable: the appraisal says why
+    row = v.store.find_ak(fingerprint)
     if row is None:
+        return v.trust
+    return dict(v.trust, tpm_aks=[*v.trust.get("tpm_aks", ()), tpm.load_ak_anchor(row.pem.encode())])
+
+
+def _give_back(v: Verifier, nonce: str, used_at: datetime) -> bool:
+    """Release a consumed nonce after a failure; False (and logged) when even that fails."""
+    try:
+        return v.store.release(nonce, used_at=used_at)
+    except Exception as exc:  # noqa: BLE001 - the original failure is what the client hears about
+        _event(logging.WARNING, "could not give a nonce back", nonce=nonce[:16], error=describe_db_error(exc))
+        return False
+
+
+def _token_matches(credentials: HTTPAuthorizationCredentials | None, expected: bytes) -> bool:
+    """Whether a bearer token is the one whose SHA-256 is ``expected``, in constant time."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        return False
+    # Hash both sides first: compare_digest then compares equal lengths, and the length of the token leaks nothing.
+    given = hashlib.sha256(credentials.credentials.encode("utf-8", "surrogateescape")).digest()
+    return hmac.compare_digest(given, expected)
+
+
+def _authorise_selection(v: Verifier, req: AttestRequest, credentials: HTTPAuthorizationCredentials | None) -> None:
+    """Refuse a request naming another policy or reference values than the verifier's, unless it carries the admin token.
+
+    Naming the configured ones changes nothing and needs no token.  Checked before the
+    names are looked up, so an unauthorised client learns nothing about which exist.
+    """
+    for kind, asked, configured in (("policy", req.policy, v.settings.policy),
+                                    ("refvals", req.refvals, v.settings.refvals)):
+        if asked is None or asked == configured:
+            continue
+        if v.admin_digest is not None and _token_matches(credentials, v.admin_digest):
+            continue
         what = "policy" if kind == "policy" else "reference values"
+        raise ApiError(403, f"{kind}.selection-forbidden",
+                       f"this verifier appraises with its own {what} ({configured!r}); naming another needs "
+                       "the admin bearer token")
+
+
+def _document(v: Verifier, kind: Literal["policy", "refvals"], name: str | None) -> Any:
+    """The latest version of the policy / refvals to appraise with: the one named, else the verifier's.
+
+    The verifier's own, when not stored, is refused (503) unless it is called "default":
+    then there is none (the built-in policy; no reference values), as before any was stored.
+    """
+    configured = v.settings.policy if kind == "policy" else v.settings.refvals
+    what = "policy" if kind == "policy" else "reference values"
+    row = v.store.get(kind, name or configured)
+    if row is not None:
+        return row
+    if name is not None and name != configured:
         raise ApiError(404, f"{kind}.unknown", f"no {what} named {name!r}")
-    return row
+    if configured == DEFAULT_NAME:
+        return None
+    raise ApiError(503, f"{kind}.missing", f"the verifier's {what} {configured!r} is not stored")
 
 
 # -- admin endpoints ------------------------------------------------------------------------------
 
 def _admin_routes(v: Verifier) -> APIRouter:
-    assert v.admin_token is not None
-    expected = hashlib.sha256(v.admin_token.encode()).digest()
+    assert v.admin_digest is not None
+    expected = v.admin_digest
 
     def admin(credentials: Credentials) -> None:
         challenge = {"WWW-Authenticate": 'Bearer realm="tsmr"'}
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise ApiError(401, "auth.required", "an admin bearer token is required", challenge)
-        # Hash both sides first: compare_digest then compares equal lengths, and the length of the token leaks nothing.
-        given = hashlib.sha256(credentials.credentials.encode("utf-8", "surrogateescape")).digest()
-        if not hmac.compare_digest(given, expected):
+        if not _token_matches(credentials, expected):
             raise ApiError(401, "auth.invalid", "wrong admin token",
                            {"WWW-Authenticate": 'Bearer realm="tsmr", error="invalid_token"'})
 
@@ -584,6 +952,39 @@ def _admin_routes(v: Verifier) -> APIRouter:
 
     def missing(kind: str, name: str) -> ApiError:
         return ApiError(404, f"{kind}.unknown", f"no {kind} named {name!r} (or no such version)")
+
+    # TPM attestation keys ------------------------------------------------------------------------
+    @r.get("/tpm-aks", response_model=list[AkOut], tags=["tpm"])
+    def list_aks() -> list[AkOut]:
+        """Every enrolled TPM attestation key."""
+        return [AkOut(name=a.name, fingerprint=a.fingerprint, pem=a.pem, created_at=a.created_at)
+                for a in v.store.list_aks()]
+
+    @r.put("/tpm-aks/{name}", response_model=AkOut, status_code=201, tags=["tpm"], responses=_errors(409))
+    def enrol_ak(name: NamePath, body: AkIn) -> AkOut:
+        """Enrol (or replace) a TPM attestation key: quotes it signs are trusted as the TPM's from now on."""
+        from ..evidence import tpm
+
+        raw = body.key.strip().encode()
+        try:
+            key = tpm.load_ak_anchor(raw if raw.startswith(b"-----") else bytes.fromhex(raw.decode()), "key")
+        except (ValueError, TsmrError) as exc:
+            raise ApiError(422, "tpm-ak.invalid", f"not a PEM public key, AK certificate or TPM2B_PUBLIC hex: {exc}")
+        pem, fingerprint = tpm.ak_pem(key), tpm.ak_fingerprint(key)
+        try:
+            row = v.store.enrol_ak(name, pem, fingerprint)
+        except InputError as exc:
+            raise ApiError(409, "tpm-ak.conflict", str(exc)) from None
+        _event(logging.INFO, "tpm ak enrolled", name=name, fingerprint=fingerprint)
+        return AkOut(name=row.name, fingerprint=row.fingerprint, pem=row.pem, created_at=row.created_at)
+
+    @r.delete("/tpm-aks/{name}", status_code=204, tags=["tpm"], responses=_errors(404))
+    def remove_ak(name: NamePath) -> Response:
+        """Stop trusting an enrolled key (results it gave stay stored)."""
+        if not v.store.delete_ak(name):
+            raise ApiError(404, "tpm-ak.unknown", f"no TPM attestation key named {name!r}")
+        _event(logging.INFO, "tpm ak removed", name=name)
+        return Response(status_code=204)
 
     # Policies -------------------------------------------------------------------------------------
     @r.get("/policies", response_model=VersionList, tags=["policies"])
@@ -609,7 +1010,8 @@ def _admin_routes(v: Verifier) -> APIRouter:
            responses=_errors(413))
     def put_policy(name: NamePath, body: PolicyIn) -> VersionInfo:
         """Store a new version of a policy (the previous versions stay readable)."""
-        problem = check_policy(body.rego)
+        # PostgreSQL's text cannot hold NUL, and no Rego module has one.
+        problem = "the policy contains a NUL character" if "\x00" in body.rego else check_policy(body.rego)
         if problem:
             raise ApiError(422, "policy.invalid", problem)
         row = v.store.put("policy", name, body.rego)

@@ -39,13 +39,14 @@ from typing import Any, Iterator, Literal
 from sqlalchemy import (JSON, DateTime, Engine, Index, Integer, String, Text, TypeDecorator, UniqueConstraint,
                         create_engine, event, func, select, text, update)
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from ..errors import InputError
+from .. import safefs
+from ..errors import BackendError, InputError
 
-__all__ = ["Base", "Challenge", "StoredResult", "Policy", "RefValues", "Store", "default_url", "default_state_dir",
-           "make_engine", "upgrade", "MIGRATIONS_DIR", "Consumed"]
+__all__ = ["Base", "Challenge", "StoredResult", "Policy", "RefValues", "TpmAk", "Store", "default_url", "default_state_dir",
+           "make_engine", "upgrade", "MIGRATIONS_DIR", "Consumed", "DatabaseUnavailable", "database_errors"]
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Any 64-bit constant: the key of the advisory lock migrations hold on PostgreSQL.
@@ -126,6 +127,18 @@ class RefValues(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class TpmAk(Base):
+    """A TPM attestation key the operator enrolled: quotes it signs are the TPM's (by name, e.g. the node's)."""
+
+    __tablename__ = "tpm_aks"
+    __table_args__ = (UniqueConstraint("fingerprint", name="uq_tpm_aks_fingerprint"),)
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)  # SHA-256 of the SPKI DER, hex
+    pem: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
 Index("ix_policies_name", Policy.name)
 Index("ix_reference_values_name", RefValues.name)
 
@@ -175,13 +188,27 @@ def make_engine(url: str | None = None, *, state_dir: str | os.PathLike[str] | N
     if backend == "sqlite":
         path = parsed.database
         if path and path != ":memory:" and not path.startswith("file:"):
-            Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _create_sqlite_file(Path(path))
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _sqlite_setup(engine)
         return engine
     if backend == "postgresql":
         return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2)
     raise InputError(f"unsupported database {backend!r}: use sqlite:///PATH or postgresql+psycopg://...")
+
+
+def _create_sqlite_file(path: Path) -> None:
+    """Make the database file 0600 in a directory others cannot write (created 0700) before SQLite
+    opens it: SQLite would create it 0644, and follow a link planted where it should be."""
+    try:
+        dfd = safefs.open_dir(path.parent, what="verifier state directory", create_mode=0o700)
+        try:
+            fd, _ = safefs.open_file(dfd, path.name, os.O_RDWR | os.O_CREAT, path=path, what="verifier database")
+            os.close(fd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        raise BackendError.from_oserror(exc, backend="database", register=None, action=f"create {path}") from exc
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -210,7 +237,7 @@ def is_postgres(engine: Engine) -> bool:
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -255,6 +282,41 @@ def current_revision(engine: Engine) -> str | None:
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
+# -- failures -------------------------------------------------------------------------------------
+
+class DatabaseUnavailable(BackendError):
+    """The database cannot serve this request: unreachable, read-only, gone, or refusing the statement."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, backend="database")
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """One line about a database failure: the driver's first line, never the SQL or its parameters."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    return f"{type(orig).__name__}: {first[:300]}"
+
+
+@contextlib.contextmanager
+def database_errors(url: str = "") -> Iterator[None]:
+    """Turn what SQLAlchemy, the driver and the file system raise into :class:`DatabaseUnavailable`.
+
+    For start-up and the CLI: one sentence naming the database (password hidden) instead of
+    a traceback.  Data the database refuses (``DataError``) is the caller's, and passes through.
+    """
+    where = f" {redact_url(url)}" if url else ""
+    try:
+        yield
+    except DataError:
+        raise
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(f"database{where}: {describe_db_error(exc)}") from None
+    except OSError as exc:
+        raise DatabaseUnavailable(f"database{where}: {exc.strerror or exc}"
+                                  + (f" ({exc.filename})" if exc.filename else "")) from None
+
+
 # -- the store ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -272,6 +334,13 @@ class Store:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self._issued = 0
+        # A SQLite file, once pinned, must stay the file opened then: see pin().
+        self._sqlite_path: Path | None = None
+        self._identity: tuple[int, int] | None = None
+        db = engine.url.database
+        if engine.dialect.name == "sqlite" and db and db != ":memory:" and not db.startswith("file:"):
+            self._sqlite_path = Path(db).absolute()
+            event.listen(engine, "do_connect", self._connect_existing)
 
     @classmethod
     def open(cls, url: str | None = None, *, state_dir: str | os.PathLike[str] | None = None,
@@ -284,9 +353,53 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def pin(self) -> None:
+        """Hold a SQLite database to the file that exists now (call once it is migrated).
+
+        Deleting or replacing the file under a running verifier must not go unnoticed:
+        connections already open would keep writing into the unlinked file, and a new one
+        would create an empty database in its place.  After this, new connections open
+        the file without creating it, and every read, write and health check first makes
+        sure the path still names the same file (one stat).  No effect on PostgreSQL.
+        """
+        if self._sqlite_path is None:
+            return
+        try:
+            st = self._sqlite_path.stat()
+        except OSError as exc:
+            raise DatabaseUnavailable(f"database {self._sqlite_path}: {exc.strerror}") from None
+        self._identity = (st.st_dev, st.st_ino)
+
+    def _connect_existing(self, dialect: Any, conn_rec: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        if self._identity is None or self._sqlite_path is None or not cargs:
+            return
+        from urllib.parse import quote
+
+        cargs[0] = f"file:{quote(str(self._sqlite_path))}?mode=rw"
+        cparams["uri"] = True
+
+    def check_file(self) -> None:
+        """Raise :class:`DatabaseUnavailable` when a pinned SQLite file was deleted or replaced."""
+        if self._identity is None or self._sqlite_path is None:
+            return
+        try:
+            st = self._sqlite_path.stat()
+        except OSError as exc:
+            raise DatabaseUnavailable(f"the database file {self._sqlite_path} is gone ({exc.strerror})") from None
+        if (st.st_dev, st.st_ino) != self._identity:
+            raise DatabaseUnavailable(f"the database file {self._sqlite_path} was replaced while in use")
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Session]:
+        """A session for reading, once the database file is known to be the one pinned."""
+        self.check_file()
+        with self.sessions() as s:
+            yield s
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[Session]:
         """A session whose transaction takes SQLite's write lock up front (no effect on PostgreSQL)."""
+        self.check_file()
         with self.sessions() as s:
             s.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
             yield s
@@ -330,6 +443,17 @@ class Store:
             return Consumed("reused", row)
         return Consumed("expired", row)
 
+    def release(self, nonce: str, *, used_at: datetime) -> bool:
+        """Undo :meth:`consume` (the same ``used_at``) when no result could be stored for the nonce.
+
+        A nonce is spent by a stored result; a request that failed after consuming it
+        gives it back, so the attester can try again.  Whether it was given back.
+        """
+        with self._write() as s:
+            res = s.execute(update(Challenge).where(Challenge.nonce == nonce, Challenge.used_at == used_at)
+                            .values(used_at=None).execution_options(synchronize_session=False))
+        return int(res.rowcount or 0) == 1  # type: ignore[attr-defined]
+
     # -- results ----------------------------------------------------------------------------------
     def save_result(self, *, status: str, kind: str | None, nonce: str, ear: str, result: Any,
                     policy_id: str | None = None, refvals_id: str | None = None,
@@ -341,7 +465,7 @@ class Store:
         return row
 
     def get_result(self, id: str) -> StoredResult | None:
-        with self.sessions() as s:
+        with self._read() as s:
             return s.get(StoredResult, id)
 
     # -- versioned documents ----------------------------------------------------------------------
@@ -363,7 +487,7 @@ class Store:
     def get(self, kind: Kind, name: str, version: int | None = None) -> Policy | RefValues | None:
         """The latest live version of ``name`` (or the given version, if it is not deleted)."""
         model = _MODELS[kind]
-        with self.sessions() as s:
+        with self._read() as s:
             q = select(model).where(model.name == name, model.deleted_at.is_(None))
             if version is not None:
                 q = q.where(model.version == version)
@@ -371,14 +495,14 @@ class Store:
 
     def versions(self, kind: Kind, name: str) -> list[Policy | RefValues]:
         model = _MODELS[kind]
-        with self.sessions() as s:
+        with self._read() as s:
             return list(s.execute(select(model).where(model.name == name, model.deleted_at.is_(None))
                                   .order_by(model.version)).scalars())
 
     def names(self, kind: Kind) -> list[tuple[str, int, datetime]]:
         """(name, latest live version, its creation time) for every name with a live version."""
         model = _MODELS[kind]
-        with self.sessions() as s:
+        with self._read() as s:
             latest = (select(model.name, func.max(model.version).label("v"))
                       .where(model.deleted_at.is_(None)).group_by(model.name).subquery())
             rows = s.execute(select(model.name, model.version, model.created_at)
@@ -394,6 +518,57 @@ class Store:
                             .values(deleted_at=now or utcnow()).execution_options(synchronize_session=False))
         return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
+    def enrol_ak(self, name: str, pem: str, fingerprint: str, *, now: datetime | None = None) -> TpmAk:
+        """Enrol (or replace) the attestation key called ``name``; a key already enrolled under another name is refused."""
+        try:
+            with self._write() as s:
+                row = s.get(TpmAk, name)
+                if row is None:
+                    row = TpmAk(name=name, fingerprint=fingerprint, pem=pem, created_at=now or utcnow())
+                    s.add(row)
+                else:
+                    row.fingerprint, row.pem, row.created_at = fingerprint, pem, now or utcnow()
+                s.flush()
+                s.expunge(row)
+                return row
+        except IntegrityError:
+            raise InputError(f"this key is already enrolled under another name (fingerprint {fingerprint})") from None
+
+    def find_ak(self, fingerprint: str) -> TpmAk | None:
+        with self._read() as s:
+            row = s.execute(select(TpmAk).where(TpmAk.fingerprint == fingerprint)).scalar_one_or_none()
+            if row is not None:
+                s.expunge(row)
+            return row
+
+    def list_aks(self) -> list[TpmAk]:
+        with self._read() as s:
+            rows = list(s.execute(select(TpmAk).order_by(TpmAk.name)).scalars())
+            for row in rows:
+                s.expunge(row)
+            return rows
+
+    def delete_ak(self, name: str) -> bool:
+        with self._write() as s:
+            row = s.get(TpmAk, name)
+            if row is None:
+                return False
+            s.delete(row)
+            return True
+
     def ping(self) -> str | None:
-        """The schema revision; raises if the database does not answer."""
-        return current_revision(self.engine)
+        """The schema revision, once the database has shown it would take a write; raises if not.
+
+        The write probe updates the revision row to itself and rolls back: a read-only
+        database (a PostgreSQL standby or read-only session, a SQLite file opened read-only)
+        refuses it, while nothing is ever written.  On SQLite the write lock is taken for
+        the moment the probe lasts.
+        """
+        self.check_file()
+        with self.engine.connect() as raw:
+            conn = raw.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin() as tx:
+                revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+                tx.rollback()
+        return revision

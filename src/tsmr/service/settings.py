@@ -34,13 +34,28 @@ ENV = {
     "snp_ark": "TSMR_SNP_ARK",
     "snp_ask": "TSMR_SNP_ASK",
     "snp_vcek": "TSMR_SNP_VCEK",
+    "snp_crl": "TSMR_SNP_CRL",
+    "allow_debug": "TSMR_ALLOW_DEBUG",
+    "tpm_ak": "TSMR_TPM_AK",
+    "tpm_ca": "TSMR_TPM_CA",
     "challenge_ttl": "TSMR_CHALLENGE_TTL",
     "max_attest_bytes": "TSMR_MAX_ATTEST_BYTES",
     "max_body_bytes": "TSMR_MAX_BODY_BYTES",
+    # What one bundle may ask of the appraisal (tsmr.evidence.limits.Limits; same variables as the CLI).
+    "max_logs": "TSMR_MAX_LOGS",
+    "max_records": "TSMR_MAX_RECORDS",
+    "max_log_records": "TSMR_MAX_LOG_RECORDS",
+    "max_record_bytes": "TSMR_MAX_RECORD_BYTES",
+    "max_runtime_events": "TSMR_MAX_RUNTIME_EVENTS",
+    "time_budget": "TSMR_TIME_BUDGET",
     "json_logs": "TSMR_JSON_LOGS",
     "log_level": "TSMR_LOG_LEVEL",
     "migrate": "TSMR_MIGRATE",
     "metrics_dir": "TSMR_METRICS_DIR",
+    "policy": "TSMR_POLICY",
+    "refvals": "TSMR_REFVALS",
+    "challenge_rate": "TSMR_CHALLENGE_RATE",
+    "challenge_burst": "TSMR_CHALLENGE_BURST",
 }
 
 
@@ -50,7 +65,8 @@ class Settings:
 
     Trust anchors are paths: ``trust_root`` (TDX root CA, PEM, instead of Intel's),
     ``collateral`` (TDX PCCS-style collateral JSON), ``cpak`` (CCA platform key,
-    PEM or JWK), ``snp_ark`` / ``snp_ask`` / ``snp_vcek`` (SEV-SNP certificates).
+    PEM or JWK), ``snp_ark`` / ``snp_ask`` / ``snp_vcek`` (SEV-SNP certificates), ``snp_crl``
+    (AMD's CRL for the product, signed by the ARK).
     """
 
     database_url: str | None = None  # default: sqlite:///<state dir>/verifier.db
@@ -69,13 +85,36 @@ class Settings:
     snp_ark: str | None = None
     snp_ask: str | None = None
     snp_vcek: str | None = None
+    snp_crl: str | None = None  # AMD's CRL (DER or PEM), signed by the ARK
+    # Accept debuggable guests (TDX DEBUG, SEV-SNP policy DEBUG, CCA not secured); they are
+    # refused otherwise, and even when accepted every result says so (evidence.debug-allowed).
+    allow_debug: bool = False
+    # TPM: enrolled attestation keys, and CAs that AK certificates must chain to (files, os.pathsep-separated).
+    tpm_ak: str | None = None
+    tpm_ca: str | None = None
     challenge_ttl: float = 300.0  # seconds a nonce stays usable
     max_attest_bytes: int = 16 * MiB
     max_body_bytes: int = 1 * MiB
+    # Bundle limits and the appraisal's time budget: the defaults of tsmr.evidence.limits.Limits
+    # (0 switches one off).  Over a size limit, POST /attest answers 413 before the nonce is spent.
+    max_logs: int = 64
+    max_records: int = 100_000
+    max_log_records: int = 10_000
+    max_record_bytes: int = 65_536
+    max_runtime_events: int = 10_000
+    time_budget: float = 30.0
     json_logs: bool = False
     log_level: str = "INFO"
     migrate: bool = True  # run the migrations at startup
     metrics_dir: str | None = None  # shared by the workers of one `tsmr serve --workers N`
+    # The stored policy and reference values every attestation is appraised with.  The verifier
+    # decides them, never the attester: a request may name others only with the admin token.
+    policy: str = "default"
+    refvals: str = "default"
+    # POST /challenge per client address and worker: a token bucket of `challenge_burst` nonces
+    # refilled at `challenge_rate` per second (0 turns the limit off).
+    challenge_rate: float = 5.0
+    challenge_burst: int = 30
     verifier_developer: str = "tsmr"
     verifier_build: str | None = None  # default: "tsmr <version>"
 
@@ -129,16 +168,25 @@ class Settings:
     def read_admin_token(self) -> str | None:
         """The admin token (from the settings, else from its file); None means no admin endpoints."""
         if self.admin_token:
-            return self.admin_token
+            return _strong_token(self.admin_token, "the admin token ($TSMR_ADMIN_TOKEN)")
         if not self.admin_token_file:
             return None
+        from ..evidence.limits import read_input
+
+        raw = read_input(self.admin_token_file, "the admin token file", limit=64 << 10)
         try:
-            token = Path(self.admin_token_file).read_text().strip()
-        except OSError as exc:
-            raise InputError(f"cannot read the admin token file {self.admin_token_file}: {exc.strerror}") from None
-        if len(token) < 16:
-            raise InputError(f"the admin token in {self.admin_token_file} is shorter than 16 characters")
-        return token
+            token = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise InputError(f"the admin token file {self.admin_token_file} is not UTF-8 text") from None
+        return _strong_token(token, f"the admin token in {self.admin_token_file}")
+
+    def limits(self) -> Any:
+        """The appraisal limits these settings give (a :class:`tsmr.evidence.limits.Limits`)."""
+        from ..evidence.limits import Limits
+
+        return Limits(max_logs=self.max_logs, max_records=self.max_records, max_log_records=self.max_log_records,
+                      max_record_bytes=self.max_record_bytes, max_runtime_events=self.max_runtime_events,
+                      time_budget=self.time_budget)
 
     def build(self) -> str:
         if self.verifier_build:
@@ -146,6 +194,15 @@ class Settings:
         from .. import __version__
 
         return f"tsmr {__version__}"
+
+
+MIN_TOKEN_BYTES = 32  # 256 bits if random: out of reach of guessing through the API
+
+
+def _strong_token(token: str, what: str) -> str:
+    if len(token.encode("utf-8", "surrogateescape")) < MIN_TOKEN_BYTES:
+        raise InputError(f"{what} is shorter than {MIN_TOKEN_BYTES} bytes: use e.g. `openssl rand -hex 32`")
+    return token
 
 
 def _number(kind: type, raw: str, var: str) -> Any:
@@ -156,10 +213,9 @@ def _number(kind: type, raw: str, var: str) -> Any:
 
 
 def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {what} {path}: {exc.strerror}") from None
+    from ..evidence.limits import read_input
+
+    return read_input(path, what)
 
 
 def load_trust(settings: Settings) -> dict[str, Any]:
@@ -167,4 +223,6 @@ def load_trust(settings: Settings) -> dict[str, Any]:
     from ..evidence.trust import load_trust as load
 
     return load(trust_root=settings.trust_root, collateral=settings.collateral, vcek=settings.snp_vcek,
-                ask=settings.snp_ask, ark=settings.snp_ark, cpak=settings.cpak)
+                ask=settings.snp_ask, ark=settings.snp_ark, cpak=settings.cpak, crl=settings.snp_crl,
+                tpm_ak=list(filter(None, (settings.tpm_ak or "").split(os.pathsep))),
+                tpm_ca=list(filter(None, (settings.tpm_ca or "").split(os.pathsep))))
