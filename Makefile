@@ -80,6 +80,7 @@ bench: install-test
 	$(PY) bench/replay_ima.py
 	$(PY) bench/verify.py
 	$(PY) bench/service.py
+	$(PY) bench/limits.py
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .hypothesis build src/*.egg-info

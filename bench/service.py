@@ -70,7 +70,15 @@ def prepare_guest(state: Path, events: int) -> dict[str, Any]:
             log.append_many([f"example.com/bench step-{i} image=sha256:{i:064x}" for i in range(events)])
             runtime = log.read()
     got = acquire(bytes(32), backend="emulated:tdx", state_dir=str(state))
+    write_collateral(got.trust_anchor)
     return {"state": str(state), "ccel": ccel, "runtime": runtime, "trust_root": got.trust_anchor}
+
+
+def write_collateral(trust_root: str) -> Path:
+    """The emulator's collateral beside its test root, so that the verifier checks CRLs and TCB status too."""
+    from tsmr.evidence.emulated import EmulatedTDXSigner, write_emulated_collateral
+
+    return write_emulated_collateral(EmulatedTDXSigner(Path(trust_root).parent))
 
 
 def make_bundle_for(guest: dict[str, Any], nonce: bytes) -> dict[str, Any]:
@@ -101,6 +109,8 @@ def start_service(work: Path, database: str, trust_root: str, workers: int) -> t
     log = open(work / "serve.log", "ab")
     proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "--port", str(port), "--database", database,
                              "--state-dir", str(work / "verifier"), "--trust-root", trust_root,
+                             *(["--collateral", str(Path(trust_root).with_name("collateral.json"))]
+                               if Path(trust_root).with_name("collateral.json").exists() else []),
                              "--workers", str(workers), "--json-logs", "--log-level", "warning"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     log.close()
@@ -227,11 +237,10 @@ def summary(run: dict[str, Any], seconds: float) -> dict[str, Any]:
 # -- the baseline -----------------------------------------------------------------------------------
 
 def baseline(guest: dict[str, Any], seconds: float) -> dict[str, Any]:
-    from cryptography import x509
-
     from tsmr.appraisal import appraise
+    from tsmr.evidence.trust import load_trust
 
-    trust = {"trust_root": x509.load_pem_x509_certificate(Path(guest["trust_root"]).read_bytes())}
+    trust = load_trust(trust_root=guest["trust_root"], collateral=str(write_collateral(guest["trust_root"])))
     bundles = [make_bundle_for(guest, os.urandom(32)) for _ in range(20)]
     times: list[float] = []
     statuses = set()

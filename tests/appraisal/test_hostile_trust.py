@@ -235,3 +235,26 @@ def test_sync_that_declares_the_launch_value_is_no_gap(emulated_tdx: EmulatedTDX
 def test_make_bundle_roundtrip_keeps_ak_certificate_fields() -> None:
     doc = make_bundle(nonce=NONCE, evidence={"kind": "tpm", "ak_cert": "AA==", "ak_chain": ["AA=="]})
     assert doc["evidence"]["ak_cert"] == "AA==" and doc["evidence"]["ak_chain"] == ["AA=="]
+
+
+def test_cli_appraise_does_not_judge_unproven_lines(emulated_tdx: EmulatedTDX, tmp_path: Path) -> None:
+    emulated_tdx.append("example.com/app deploy busybox")
+    forged = _with_logs(emulated_tdx.bundle(NONCE), {"format": "tsmr", "register": "rtmr9",
+                                                     "data": b"example.com/app start\n"})
+    bundle, refvals = tmp_path / "bundle.json", tmp_path / "refvals.json"
+    bundle.write_text(json.dumps(forged))
+    refvals.write_text(json.dumps(REQUIRE_START))
+    qe = emulated_tdx.state / "emulator" / "tdx" / "qe"
+    from tsmr.evidence.emulated import EmulatedTDXSigner, write_emulated_collateral
+
+    collateral = write_emulated_collateral(EmulatedTDXSigner(qe), tmp_path / "collateral.json")
+    out = run_cli("appraise", str(bundle), "--nonce", NONCE.hex(), "--refvals", str(refvals), "--json",
+                  "--trust-root", str(qe / "root.pem"), "--collateral", str(collateral))
+    assert out.returncode == 1, out.stdout + out.stderr
+    result = json.loads(out.stdout)
+    ids = [f["id"] for f in result["findings"]]
+    assert "replay.not-signed" in ids and "refvals.event-missing" in ids and "replay.unlogged" in ids
+    assert result["events"] == {} and result["unproven"][0]["register"] == "rtmr9"
+    human = run_cli("appraise", str(bundle), "--nonce", NONCE.hex(), "--trust-root", str(qe / "root.pem"),
+                    "--collateral", str(collateral))
+    assert "unproven events (not judged)" in human.stdout and "the evidence does not sign rtmr9" in human.stdout

@@ -58,3 +58,29 @@ def test_debug_td_is_refused_unless_the_verifier_allows_debug(db_url: str, make_
                            env={"TSMR_ALLOW_DEBUG": "1"})
     with from_env.client() as c:
         assert _attest(c, emulator, DEBUG)["findings"] == ["evidence.debug-allowed"]
+
+
+def test_tcb_status_and_missing_collateral_are_never_affirmed(db_url: str, make_server: Callable[..., Server],
+                                                              emulator: Emulator, tmp_path: Any) -> None:
+    """An out-of-date platform, or one whose collateral the verifier lacks, is at best a warning."""
+    from tsmr.evidence.emulated import write_emulated_collateral
+
+    alone = tmp_path / "root-only"
+    alone.mkdir()
+    (alone / "root.pem").write_bytes(emulator.trust_root.read_bytes())  # no collateral.json beside it
+    signer = EmulatedTDXSigner(emulator.trust_root.parent)
+    stale = write_emulated_collateral(signer, tmp_path / "stale.json", status="OutOfDate",
+                                      advisories=("INTEL-SA-00837",))
+    revoked = write_emulated_collateral(signer, tmp_path / "revoked.json", status="Revoked")
+    cases = [("none", [], "evidence.collateral-missing", "warning"),
+             ("stale", ["--collateral", str(stale)], "evidence.tdx.tcb-status", "warning"),
+             ("revoked", ["--collateral", str(revoked)], "evidence.tdx.tcb_status", "contraindicated")]
+    for name, extra, finding, status in cases:
+        srv = make_server(name=name, database=db_url, trust_root=alone / "root.pem", extra=extra)
+        with srv.client() as c:
+            body = _attest(c, emulator, bytes(8))
+        assert body["status"] == status and body["findings"][0] == finding, (name, body["findings"])
+        assert body["result"]["trustworthiness"]["hardware"] == (32 if status == "warning" else 96)
+        if name == "stale":
+            assert "INTEL-SA-00837" in body["result"]["findings"][0]["context"]["advisory_ids"]
+        srv.stop()

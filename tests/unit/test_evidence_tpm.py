@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from forge import ecc_public as _ecc_public
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -201,15 +202,6 @@ def _ecdsa_sig(key: ec.EllipticCurvePrivateKey, msg: bytes) -> bytes:
     size = (key.curve.key_size + 7) // 8
     return struct.pack(">HH", tpm.TPM_ALG_ECDSA, HashAlg.SHA256) + _tpm2b(r.to_bytes(size, "big")) + _tpm2b(
         s.to_bytes(size, "big"))
-
-
-def _ecc_public(key: ec.EllipticCurvePublicKey) -> bytes:
-    n = key.public_numbers()
-    body = (struct.pack(">HHI", tpm.TPM_ALG_ECC, HashAlg.SHA256, 0x00050072) + _tpm2b(b"")
-            + struct.pack(">H", tpm.TPM_ALG_NULL) + struct.pack(">HH", tpm.TPM_ALG_ECDSA, HashAlg.SHA256)
-            + struct.pack(">H", 0x0003) + struct.pack(">H", tpm.TPM_ALG_NULL)
-            + _tpm2b(n.x.to_bytes(32, "big")) + _tpm2b(n.y.to_bytes(32, "big")))
-    return _tpm2b(body)
 
 
 @pytest.fixture(scope="module")

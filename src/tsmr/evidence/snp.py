@@ -282,25 +282,35 @@ def _cert(c: Any, what: str) -> x509.Certificate:
     return certs[0]
 
 
+def _signed_by(key: Any, signed: Any, tbs: bytes) -> str | None:
+    """Why ``signed`` (a certificate or CRL) is not signed by ``key`` over ``tbs``, or None when it is.
+
+    RSA issuers sign as the object says (AMD's KDS uses RSASSA-PSS); EC issuers with ECDSA.
+    """
+    try:
+        halg = signed.signature_hash_algorithm
+        if isinstance(key, rsa.RSAPublicKey):
+            params = signed.signature_algorithm_parameters
+            pad = params if isinstance(params, (padding.PSS, padding.PKCS1v15)) else padding.PKCS1v15()
+            key.verify(signed.signature, tbs, pad, halg)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signed.signature, tbs, ec.ECDSA(halg))
+        else:
+            return f"unsupported issuer key {type(key).__name__}"
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
+        return type(exc).__name__
+    return None
+
+
 def _check_issued(child: x509.Certificate, issuer: x509.Certificate, check: str, now: datetime | None) -> None:
     """Signature of ``child`` by ``issuer``'s key (RSA-PSS in AMD KDS certs), names, validity."""
     if child.issuer != issuer.subject:
         raise CollateralError(f"issuer {child.issuer.rfc4514_string()} is not "
                               f"{issuer.subject.rfc4514_string()}", check=check)
-    key = issuer.public_key()
-    try:
-        halg = child.signature_hash_algorithm
-        if isinstance(key, rsa.RSAPublicKey):
-            params = child.signature_algorithm_parameters
-            pad = params if isinstance(params, (padding.PSS, padding.PKCS1v15)) else padding.PKCS1v15()
-            key.verify(child.signature, child.tbs_certificate_bytes, pad, halg)
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(halg))
-        else:
-            raise CollateralError(f"unsupported issuer key {type(key).__name__}", check=check)
-    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
+    why = _signed_by(issuer.public_key(), child, child.tbs_certificate_bytes)
+    if why:
         raise CollateralError(f"certificate {child.subject.rfc4514_string()} is not signed by "
-                              f"{issuer.subject.rfc4514_string()} ({type(exc).__name__})", check=check) from None
+                              f"{issuer.subject.rfc4514_string()} ({why})", check=check)
     if now is not None:
         _check_validity(child, check, now)
 
@@ -499,20 +509,9 @@ def check_crl(crl: Any, *, ark: Any, certs: Sequence[tuple[str, Any]], now: date
     if c.issuer != ark_c.subject:
         raise CollateralError(f"the CRL is issued by {c.issuer.rfc4514_string()}, not by the ARK "
                               f"{ark_c.subject.rfc4514_string()}", check="snp.crl.issuer")
-    key = ark_c.public_key()
-    try:
-        halg = c.signature_hash_algorithm
-        if isinstance(key, rsa.RSAPublicKey):
-            params = c.signature_algorithm_parameters
-            pad = params if isinstance(params, (padding.PSS, padding.PKCS1v15)) else padding.PKCS1v15()
-            key.verify(c.signature, c.tbs_certlist_bytes, pad, halg)
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(c.signature, c.tbs_certlist_bytes, ec.ECDSA(halg))
-        else:
-            raise CollateralError(f"unsupported ARK key {type(key).__name__}", check="snp.crl.signature")
-    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
-        raise CollateralError(f"the CRL is not signed by the ARK ({type(exc).__name__})",
-                              check="snp.crl.signature") from None
+    why = _signed_by(ark_c.public_key(), c, c.tbs_certlist_bytes)
+    if why:
+        raise CollateralError(f"the CRL is not signed by the ARK ({why})", check="snp.crl.signature")
     if now is not None:
         if now.tzinfo is None:
             raise InputError("now must be timezone-aware")

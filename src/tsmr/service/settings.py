@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..evidence.limits import ENV as LIMITS_ENV
 from .db import default_state_dir, default_url
 
 __all__ = ["Settings", "load_trust", "ENV"]
@@ -42,12 +43,7 @@ ENV = {
     "max_attest_bytes": "TSMR_MAX_ATTEST_BYTES",
     "max_body_bytes": "TSMR_MAX_BODY_BYTES",
     # What one bundle may ask of the appraisal (tsmr.evidence.limits.Limits; same variables as the CLI).
-    "max_logs": "TSMR_MAX_LOGS",
-    "max_records": "TSMR_MAX_RECORDS",
-    "max_log_records": "TSMR_MAX_LOG_RECORDS",
-    "max_record_bytes": "TSMR_MAX_RECORD_BYTES",
-    "max_runtime_events": "TSMR_MAX_RUNTIME_EVENTS",
-    "time_budget": "TSMR_TIME_BUDGET",
+    **LIMITS_ENV,
     "json_logs": "TSMR_JSON_LOGS",
     "log_level": "TSMR_LOG_LEVEL",
     "migrate": "TSMR_MIGRATE",
