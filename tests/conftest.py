@@ -85,3 +85,19 @@ def emulator_mount(profile: str, state_dir: Path, *, extra: list[str] | None = N
             subprocess.run(["umount", "-l", str(mnt)], check=False)
         with contextlib.suppress(OSError):
             mnt.rmdir()
+
+
+@pytest.fixture(scope="module")
+def qe(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """An emulated TDX quoting enclave (test root, PCK chain, attestation key) of its own."""
+    from tsmr.evidence.emulated import EmulatedTDXSigner
+
+    return EmulatedTDXSigner(tmp_path_factory.mktemp("qe"))
+
+
+@pytest.fixture(scope="module")
+def sp(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """An emulated SEV-SNP security processor (test ARK, ASK, VCEK) of its own."""
+    from tsmr.evidence.emulated_snp import EmulatedSNPSigner
+
+    return EmulatedSNPSigner(tmp_path_factory.mktemp("sp"))

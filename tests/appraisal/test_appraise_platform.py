@@ -29,16 +29,6 @@ AFFIRMING, WARNING, CONTRA = 2, 32, 96
 NONCE = bytes(range(48))
 
 
-@pytest.fixture(scope="module")
-def qe(tmp_path_factory: pytest.TempPathFactory) -> EmulatedTDXSigner:
-    return EmulatedTDXSigner(tmp_path_factory.mktemp("qe"))
-
-
-@pytest.fixture(scope="module")
-def sp(tmp_path_factory: pytest.TempPathFactory) -> EmulatedSNPSigner:
-    return EmulatedSNPSigner(tmp_path_factory.mktemp("sp"))
-
-
 def _tdx(qe: EmulatedTDXSigner, **kw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     q = quote(qe, report_data=NONCE, tee_tcb_svn=kw.pop("tee_tcb_svn", None), td_attributes=kw.pop("td_attributes", bytes(8)))
     trust: dict[str, Any] = {"trust_root": qe.certs["root"]}

@@ -48,16 +48,6 @@ def _cli(*args: str) -> Any:
     return CliRunner().invoke(app, list(args))
 
 
-@pytest.fixture(scope="module")
-def qe(tmp_path_factory: pytest.TempPathFactory) -> EmulatedTDXSigner:
-    return EmulatedTDXSigner(tmp_path_factory.mktemp("qe"))
-
-
-@pytest.fixture(scope="module")
-def sp(tmp_path_factory: pytest.TempPathFactory) -> EmulatedSNPSigner:
-    return EmulatedSNPSigner(tmp_path_factory.mktemp("sp"))
-
-
 # ------------------------------------------------------------------ TDX: debug
 
 

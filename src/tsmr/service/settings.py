@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..evidence.limits import ENV as LIMITS_ENV
+from ..evidence.limits import ENV as LIMITS_ENV, Limits
 from .db import default_state_dir, default_url
 
 __all__ = ["Settings", "load_trust", "ENV"]
@@ -93,12 +93,12 @@ class Settings:
     max_body_bytes: int = 1 * MiB
     # Bundle limits and the appraisal's time budget: the defaults of tsmr.evidence.limits.Limits
     # (0 switches one off).  Over a size limit, POST /attest answers 413 before the nonce is spent.
-    max_logs: int = 64
-    max_records: int = 100_000
-    max_log_records: int = 10_000
-    max_record_bytes: int = 65_536
-    max_runtime_events: int = 10_000
-    time_budget: float = 30.0
+    max_logs: int = Limits.max_logs
+    max_records: int = Limits.max_records
+    max_log_records: int = Limits.max_log_records
+    max_record_bytes: int = Limits.max_record_bytes
+    max_runtime_events: int = Limits.max_runtime_events
+    time_budget: float = Limits.time_budget
     json_logs: bool = False
     log_level: str = "INFO"
     migrate: bool = True  # run the migrations at startup
