@@ -101,3 +101,13 @@ def sp(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def
     from tsmr.evidence.emulated_snp import EmulatedSNPSigner
 
     return EmulatedSNPSigner(tmp_path_factory.mktemp("sp"))
+
+
+@pytest.fixture
+def rs(state_dir: Path):  # type: ignore[no-untyped-def]
+    """An emulated TDX register set in the test's own state directory."""
+    from tsmr.backends.emulated import EmulatedRegisterSet
+
+    r = EmulatedRegisterSet("tdx")
+    yield r
+    r.close()

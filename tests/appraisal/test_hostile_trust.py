@@ -221,7 +221,8 @@ def test_tsmr_verify_fails_on_history_missing(emulated_tdx: EmulatedTDX, tmp_pat
 @pytest.mark.parametrize("value", ["00" * 48, "ff" * 48])
 def test_sync_that_declares_the_launch_value_is_no_gap(emulated_tdx: EmulatedTDX, value: str) -> None:
     """A first sync record must declare exactly the launch value: zero for RTMR3."""
-    doc = emulated_tdx.bundle(NONCE) if emulated_tdx.append("example.com/app x") is None else {}
+    emulated_tdx.append("example.com/app x")
+    doc = emulated_tdx.bundle(NONCE)
     log = f"SYNC sha384/{value}\nexample.com/app x\n".encode()
     r = appraise(_with_logs(doc, {"format": "tsmr", "register": "rtmr3", "data": log}), nonce=NONCE, now=NOW,
                  trust=emulated_tdx.trust)

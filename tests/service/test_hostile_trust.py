@@ -108,3 +108,28 @@ def test_enrol_refuses_junk_and_a_key_enrolled_twice(make_server: Callable[..., 
         r = c.put("/tpm-aks/node-2", json={"key": pem(key).decode()})
         assert r.status_code == 409 and r.json()["error"] == "tpm-ak.conflict"
         assert c.delete("/tpm-aks/node-2").status_code == 404
+
+
+def test_tpm_ak_enrolled_on_the_database_from_the_cli(make_server: Callable[..., Server], db_url: str,
+                                                       tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    quote = tmp_path / "first.json"
+    quote.write_text(json.dumps(tpm_bundle(bytes(32), key=key)))  # a quote taken on the trusted machine
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tsmr", "tpm-ak", *args, "--database", db_url],
+                              capture_output=True, text=True, timeout=120)
+
+    assert cli("enrol", "node-1", str(quote)).returncode == 0
+    again = cli("enrol", "node-2", str(quote))
+    assert again.returncode == 2 and "already enrolled" in again.stderr
+    listed = cli("list", "--json")
+    assert [a["name"] for a in json.loads(listed.stdout)] == ["node-1"]
+    srv = make_server(database=db_url, trust_root=None)
+    assert attest(srv, lambda n: tpm_bundle(n, key=key))["status"] == "affirming"
+    assert cli("remove", "node-1").returncode == 0 and cli("remove", "node-1").returncode == 2
+    assert attest(srv, lambda n: tpm_bundle(n, key=key))["findings"][0] == "evidence.tpm.ak.untrusted"

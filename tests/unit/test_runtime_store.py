@@ -18,13 +18,6 @@ H = HashAlg.SHA384
 
 
 @pytest.fixture
-def rs(state_dir: Path) -> EmulatedRegisterSet:
-    r = EmulatedRegisterSet("tdx")
-    yield r  # type: ignore[misc]
-    r.close()
-
-
-@pytest.fixture
 def log(rs: EmulatedRegisterSet, tmp_path: Path) -> RuntimeLog:
     lg = RuntimeLog(rs, "rtmr3", log_dir=tmp_path / "logs")
     yield lg  # type: ignore[misc]

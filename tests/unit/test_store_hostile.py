@@ -29,13 +29,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="planting files as ano
 
 
 @pytest.fixture
-def rs(state_dir: Path) -> EmulatedRegisterSet:
-    r = EmulatedRegisterSet("tdx")
-    yield r  # type: ignore[misc]
-    r.close()
-
-
-@pytest.fixture
 def victim(tmp_path: Path) -> Path:
     """A file only root may change; every attack below tries to make tsmr write to it."""
     p = tmp_path / "victim"
