@@ -389,3 +389,64 @@ def test_totality_mutated_lists(base: bytes, flips: list[tuple[int, int]], cut: 
     for at, value in flips:
         data[at % len(data)] = value
     _total(bytes(data[:len(data) - cut % 50]))
+
+
+# -- every bank, against keylime's numbers (tests/ima_vectors.py says how they were computed) ----------
+
+ALL_BANKS = (SHA1, SHA256, SHA384, HashAlg.SHA512)
+
+
+def _vectors(fixtures: Path) -> list[tuple[str, bytes, dict[HashAlg, str]]]:
+    from ima_vectors import KEYLIME_MIXED_PCR10, KEYLIME_PCR10, MIXED_LIST
+
+    cases = [(rel, (fixtures / rel).read_bytes(), want) for rel, want in KEYLIME_PCR10.items()]
+    return cases + [("mixed templates", MIXED_LIST, KEYLIME_MIXED_PCR10)]
+
+
+def test_every_bank_matches_keylime(fixtures: Path) -> None:
+    from tsmr.replay import replay as fold
+
+    for name, raw, want in _vectors(fixtures):
+        expect = {a: bytes.fromhex(v) for a, v in want.items()}
+        entries = ima.parse_ascii(raw)
+        assert all(e.alg == SHA1 for e in entries), name  # SHA-1 template hashes, replayed into every bank
+        assert ima.replay(raw, banks=ALL_BANKS) == expect, name
+        assert ima.replay(ima.encode_binary(entries), banks=ALL_BANKS) == expect, name  # the fast path
+        # the reference fold, over events that record every bank, and over events that record only SHA-1
+        assert fold(ima.to_events(entries, banks=ALL_BANKS)).registers == {"pcr10": expect}, name
+        assert fold(ima.to_events(entries), banks=ALL_BANKS).registers == {"pcr10": expect}, name
+        # one entry at a time: template_digest gives what each bank was extended with
+        for bank in ALL_BANKS:
+            assert chain(bank, [ima.template_digest(e, bank) for e in entries]) == expect[bank], (name, bank)
+
+
+def test_template_digest_per_bank() -> None:
+    e = ima.build_entry("ima-ng", [ima.digest_field(SHA256, bytes(32)), ima.name_field("/x")])
+    assert ima.template_digest(e, SHA1) == e.template_hash
+    assert ima.template_digest(e, SHA256) == hashlib.sha256(e.template_data or b"").digest()
+    assert ima.template_digest(e, SHA256, padded=True) == e.template_hash + bytes(12)  # kernels before 5.8
+    legacy = ima.build_entry("ima", [bytes(range(20)), b"/sbin/init"])
+    # the legacy template: digest and the name NUL-padded to 256 bytes, no lengths, in every bank
+    assert ima.template_digest(legacy, SHA384) == hashlib.sha384(bytes(range(20)) + b"/sbin/init".ljust(256, b"\0")).digest()
+    v = ima.build_entry("ima-ng", [ima.digest_field(SHA256, bytes(32)), ima.name_field("/log")], violation=True)
+    assert [ima.template_digest(v, b) for b in ALL_BANKS] == [ONES[b] for b in ALL_BANKS]
+    (text_only,) = ima.parse_ascii(b"10 " + b"11" * 20 + b" my-template aa bb\n")
+    assert ima.template_digest(text_only, SHA1) == bytes.fromhex("11" * 20)  # logged
+    assert ima.template_digest(text_only, SHA256) is None  # the data is unknown
+
+
+def test_events_record_the_banks_asked_for() -> None:
+    from ima_vectors import MIXED_LIST
+
+    entries = ima.parse_ascii(MIXED_LIST)
+    plain, wide = ima.to_events(entries), ima.to_events(entries, banks=(SHA256, SHA1, SHA256))
+    assert all(ev.algs == (SHA1,) for ev in plain)
+    assert all(ev.algs == (SHA1, SHA256) for ev in wide)  # each once, in bank order
+    for e, ev in zip(entries, wide):
+        if e.violation:  # shown as zeros in every bank (as the per-bank lists show it), extended as 0xFF
+            assert ev.digests == ((SHA1, bytes(20)), (SHA256, bytes(32))) and ev.digest(SHA256) == ONES[SHA256]
+        else:
+            assert dict(ev.digests)[SHA256] == hashlib.sha256(e.template_data or b"").digest()
+            assert ev.check(SHA256) is True and ev.check(SHA1) is True
+    (text_only,) = ima.parse_ascii(b"10 " + b"11" * 20 + b" my-template aa bb\n")
+    assert ima.to_events([text_only], banks=(SHA256,))[0].algs == (SHA1,)  # nothing to hash

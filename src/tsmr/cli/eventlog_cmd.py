@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Sequence
 
 import typer
 from rich.progress import Progress
@@ -26,11 +27,26 @@ eventlog_app = typer.Typer(
 FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help=f"Input format (default: detected): {', '.join(FORMATS)}.")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="tpm, tdx or cca: how indices map to registers (default: from the log).")]
 RegisterOpt = Annotated[str, typer.Option("--register", help="Register of a tsmr runtime log (its file does not say).")]
+BankOpt = Annotated[Optional[list[str]], typer.Option(
+    "--bank", help="Bank, e.g. sha256 (repeatable): IMA lists give the template digest of each (default sha1 and sha256).")]
 PROGRESS_MIN = 50_000
 
 
 def _load(path: str, fmt: str | None, arch: str | None, register: str, decode: bool = True) -> EventLog:
     return parse(read_input(path), fmt, arch=arch, decode=decode, register=register)
+
+
+def _with_ima_banks(log: EventLog, banks: Sequence[HashAlg]) -> EventLog:
+    """An IMA list's events with the template digest of every bank in ``banks`` (the kernel extends them all)."""
+    if not log.format.startswith("ima") or not banks:
+        return log
+    from ..formats import ima
+
+    return dataclasses.replace(log, events=tuple(ima.to_events(log.raw, banks=banks)))
+
+
+def _banks(names: Optional[list[str]]) -> list[HashAlg]:
+    return [HashAlg.from_name(n) for n in names or ()]
 
 
 def _short(d: bytes) -> str:
@@ -45,13 +61,15 @@ def show_cmd(
     arch: ArchOpt = None,
     register: RegisterOpt = "rtmr3",
     quirk: Annotated[Optional[list[str]], typer.Option("--quirk", help="Named quirk for digest checks (repeatable).")] = None,
+    bank: BankOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """One row per event: index, register, type, digests, whether each digest is the hash of
     the event's data (ok / BAD / - when the data does not determine it), and a decoded summary."""
     from ..eventlog import show
+    from ..formats.ima import DEFAULT_BANKS
 
-    log = _load(file, fmt, arch, register)
+    log = _with_ima_banks(_load(file, fmt, arch, register), _banks(bank) or DEFAULT_BANKS)
     with Progress(transient=True, disable=len(log.events) < PROGRESS_MIN or as_json, console=render.err) as prog:
         prog.add_task("decoding", total=None)
         shown = show(log, quirks=quirk or ())
@@ -104,6 +122,9 @@ def replay_cmd(
     register: RegisterOpt = "rtmr3",
     quirk: Annotated[Optional[list[str]], typer.Option("--quirk", help="Apply a named quirk (repeatable); see tsmr.quirks.")] = None,
     fast: Annotated[bool, typer.Option("--fast", help="One large TCG2/CCEL log: replay from the bytes, skipping findings.")] = False,
+    bank: Annotated[Optional[list[str]], typer.Option(
+        "--bank", help="Replay only this bank, e.g. sha256 (repeatable). Default: the banks the logs record, "
+        "and sha1 and sha256 for IMA lists on a TPM (the kernel extends every bank).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Replay logs into register values; with --expect, exit 1 and explain any mismatch.
@@ -126,8 +147,12 @@ def replay_cmd(
     else:
         logs = [_load(f, fmt, arch, register, decode=False) for f in files]
         the_arch = arch or next((lg.arch for lg in logs if lg.arch != "tpm"), "tpm")
+        from ..formats.ima import DEFAULT_BANKS
+
+        wanted = _banks(bank)
+        logs = [_with_ima_banks(lg, wanted or (DEFAULT_BANKS if the_arch == "tpm" else ())) for lg in logs]
         events = [e for lg in logs for e in lg.events]
-        result = replay(events, arch=the_arch, quirks=quirk or ())
+        result = replay(events, banks=wanted or None, arch=the_arch, quirks=quirk or ())
     out = result.to_json()
     failed = False
     from ..quirks import findings
@@ -144,7 +169,7 @@ def replay_cmd(
             from ..formats import ima
 
             try:
-                ima.replay(lg.raw, banks=(HashAlg.SHA1,), verify=True)
+                ima.replay(lg.raw, banks=_banks(bank) or ima.DEFAULT_BANKS, verify=True)
             except ima.TemplateHashError as exc:
                 bad_ima.extend(str(m) for m in exc.mismatches)
                 bad_ima.append(f"{exc.count} IMA entr{'y' if exc.count == 1 else 'ies'} with a wrong template hash")
