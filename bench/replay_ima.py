@@ -16,6 +16,8 @@ them.  The file is read back and each case runs on the bytes in memory:
   hash recomputed and compared, PCR 10 SHA-1 bank extended;
 * ``tsmr replay, verified, sha256 bank``: the same, but extending the SHA-256
   bank (what a TPM 2.0 quote usually covers): three hashes per entry;
+* ``tsmr replay, verified, default banks``: SHA-1 and SHA-256 together
+  (``ima.DEFAULT_BANKS``, what ``tsmr eventlog replay`` reports);
 * ``tsmr replay, unverified``: logged hashes folded, data not hashed;
 * ``IMAReplayer, 1 MiB chunks``: the streaming replayer fed from the file.
 
@@ -112,6 +114,7 @@ def run(path: Path, repeat: int) -> list[dict[str, Any]]:
         ("tsmr replay, verified (sha1 bank)", lambda: ima.replay(data)[HashAlg.SHA1], True),
         ("IMAReplayer, 1 MiB chunks from file", streamed, True),
         ("tsmr replay, verified, sha256 bank", lambda: ima.replay(data, banks=(HashAlg.SHA256,)), False),
+        ("tsmr replay, verified, default banks", lambda: ima.replay(data, banks=ima.DEFAULT_BANKS)[HashAlg.SHA1], True),
         ("tsmr replay, unverified (sha1 bank)", lambda: ima.replay(data, verify=False)[HashAlg.SHA1], True),
     ]
     rows: list[dict[str, Any]] = []
