@@ -132,16 +132,21 @@ def template_digest(entry: IMAEntry, bank: HashAlg, *, padded: bool = False) -> 
     (ima_add_violation).  ``padded``: a kernel before 5.8, which extended every
     bank with the SHA-1 template hash zero-padded (or cut) to the bank's size.
     """
-    bank = HashAlg(bank)
-    if entry.violation:
-        return b"\xff" * bank.digest_size
-    if bank == entry.alg:
-        return entry.template_hash
-    if padded:
-        return entry.template_hash[:bank.digest_size].ljust(bank.digest_size, b"\0")
-    if entry.template_data is None:
+    bank, own = HashAlg(bank), HashAlg(entry.alg)
+    if entry.template_data is None and not (entry.violation or bank == own or padded):
         return None
-    return bank.hash(entry.template_data)
+    return bank_digest(bank, own, entry.template_hash, entry.template_data or b"", entry.violation, padded)
+
+
+def bank_digest(bank: HashAlg, own: HashAlg, logged: bytes, data: bytes, violation: bool, padded: bool) -> bytes:
+    """The rule of :func:`template_digest` on raw values (``own``: the algorithm of the logged hash)."""
+    if violation:
+        return b"\xff" * bank.digest_size
+    if bank == own:
+        return logged
+    if padded:
+        return logged[:bank.digest_size].ljust(bank.digest_size, b"\0")
+    return bank.hash(data)
 
 
 def build_entry(template_name: str, fields: Sequence[bytes], *, pcr: int = 10, alg: HashAlg = HashAlg.SHA1,

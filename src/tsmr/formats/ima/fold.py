@@ -17,7 +17,7 @@ from ...errors import InputError, ReplayError
 from .ascii import _ASCII_HEAD_RE, parse_ascii
 from .binary import _as_bytes, _Layout, _read_entry
 from .decoder import _Stream
-from .entry import IMAEntry, TemplateHashError, TemplateHashMismatch
+from .entry import IMAEntry, TemplateHashError, TemplateHashMismatch, bank_digest
 from .templates import MAX_PCR, MAX_REPORTED_MISMATCHES, MAX_TEMPLATE_DATA_LEN
 
 
@@ -83,15 +83,7 @@ class IMAReplayer(_Stream):
                     self.mismatches.append(TemplateHashMismatch(seq, offset, pcr, name, fname, th, computed))
         values = self.values
         for b in self.banks:
-            if violation:
-                d = b"\xff" * b.digest_size
-            elif b == lay.alg:
-                d = th
-            elif self.padded:
-                d = th[:b.digest_size].ljust(b.digest_size, b"\0")
-            else:
-                d = b.hash(data)
-            values[b] = b.extend(values[b], d)
+            values[b] = b.extend(values[b], bank_digest(b, lay.alg, th, data, violation, self.padded))
 
     def _consume(self, buf: bytes, final: bool) -> int:
         """Fold the entries of ``buf``; return where the first incomplete entry starts."""
