@@ -394,6 +394,20 @@ def _replay_parsed(buf: bytes, arch: str) -> ReplayResult:
     return replay(tcg2.to_events(tcg2.parse(buf), arch=arch, decode=False), arch=arch)
 
 
+# Registers the platform sets at launch and no log extends: TDX MRTD, the CCA RIM, the SEV-SNP
+# launch measurement.  A log with no events for one of them says nothing about its value.
+LAUNCH_REGISTERS = frozenset({"mrtd", "rim", "measurement"})
+
+
+def not_covered(result: ReplayResult, register: str) -> bool:
+    """Whether ``register`` is a launch measurement the replayed logs do not cover (no event measures it)."""
+    return register in LAUNCH_REGISTERS and not result.counts.get(register)
+
+
+def _start_value(result: ReplayResult, register: str, alg: HashAlg) -> bytes:
+    return result.initial.get(register, {}).get(alg) or default_initial(register, alg)
+
+
 @dataclass(frozen=True)
 class Mismatch:
     register: str
@@ -404,11 +418,17 @@ class Mismatch:
 
 
 def compare(result: ReplayResult, expected: Mapping[str, Mapping[HashAlg, bytes]]) -> list[Mismatch]:
-    """Registers and banks whose replayed value differs from the expected one (without explanations)."""
+    """Registers and banks whose replayed value differs from the expected one (without explanations).
+
+    A register no event measures holds its starting value (zero, all 0xFF for
+    TPM PCR 17-22, or the caller's initial value), and is compared as such.
+    """
     out: list[Mismatch] = []
     for reg, banks in expected.items():
         for alg, value in banks.items():
             got = result.registers.get(reg, {}).get(alg)
+            if got is None and not result.counts.get(reg):
+                got = _start_value(result, reg, alg)
             if got is None or not hmac.compare_digest(got, value):
                 out.append(Mismatch(reg, alg, got, bytes(value), ""))
     return out
@@ -433,7 +453,7 @@ def explain(
         name = f"{m.register} {m.alg.kernel_name}"
         on_reg = [e for e in events if e.measured and map_register(e, arch) == m.register]
         if not on_reg:
-            out.append(Mismatch(m.register, m.alg, m.replayed, m.expected, f"{name}: the log has no events for this register"))
+            out.append(Mismatch(m.register, m.alg, m.replayed, m.expected, f"{name}: the log has no events for this register, and the value is not its starting value"))
             continue
         n = sum(1 for e in on_reg if e.digest(m.alg) is None)
         if n:
@@ -483,4 +503,5 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["replay", "replay_tcg2_bytes", "ReplayResult", "Gap", "Mismatch", "compare", "explain", "default_initial", "map_register"]
+__all__ = ["replay", "replay_tcg2_bytes", "ReplayResult", "Gap", "Mismatch", "compare", "explain", "default_initial",
+           "map_register", "not_covered", "LAUNCH_REGISTERS"]

@@ -54,6 +54,7 @@ from ..algorithms import HashAlg, find_digest
 from ..errors import InputError, ParseError
 from ..events import DATA, Event
 from ..registers import ccmr_to_register
+from . import tcg2  # the event type names live with the TCG2 codec
 
 FORMAT = "cel-tlv"
 
@@ -346,8 +347,6 @@ def _decode_cos(buf: bytes, start: int, stop: int) -> dict[str, Any]:
 
 
 def _decode_pcclient(buf: bytes, start: int, stop: int) -> dict[str, Any]:
-    from . import tcg2  # the event type names live with the TCG2 codec
-
     f = _fields(buf, start, stop, _PCCLIENT_FIELDS, "content", ("event_type", "event_data"))
     a, b = f["event_type"]
     etype = _uint(buf, a, b, 4, "event_type", "content.event_type")[0]
