@@ -123,9 +123,9 @@ def parse(
         return EventLog(fmt, tuple(events), "tdx" if any(e.register.startswith("rtmr") for e in events) else "tpm")
     if fmt == "cel-tlv":
         raw = cel_tlv.decode_base64(data) if cel_tlv.looks_like_base64_cel(data) else data
-        recs = cel_tlv.parse_tlv(raw)
-        events = cel_tlv.to_events(recs)
-        return EventLog(fmt, tuple(events), "tdx" if any(e.register.startswith(("rtmr", "mrtd")) for e in events) else "tpm", raw=recs)
+        tlv = cel_tlv.parse_tlv(raw)
+        events = cel_tlv.to_events(tlv)
+        return EventLog(fmt, tuple(events), "tdx" if any(e.register.startswith(("rtmr", "mrtd")) for e in events) else "tpm", raw=tlv)
     if fmt in ("ima-binary", "ima-ascii"):
         if fmt == "ima-binary":
             # Per-bank lists (binary_runtime_measurements_sha256, ...) and big-endian hosts: guess the layout.

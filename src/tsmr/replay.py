@@ -366,15 +366,15 @@ def replay_tcg2_bytes(data: bytes | bytearray | memoryview, *, arch: str = "tpm"
         pos = body + size
         if etype == no_action:
             if index == 0 and tpm and size == 17 and buf[body:body + 16] == b"StartupLocality\0":
-                for a in algs:
-                    start.setdefault((0, int(a)), bytes(a.digest_size - 1) + buf[body + 16:body + 17])
+                for hashed in algs:
+                    start.setdefault((0, int(hashed)), bytes(hashed.digest_size - 1) + buf[body + 16:body + 17])
             continue
         regs = state.get(index)
         if regs is None:
             regs = state[index] = {}
             measured[index] = 0
         measured[index] += 1
-        for k, a, _alg in known:
+        for k, a, _bank in known:
             d = v[2 * k + 1]
             cur = regs.get(a)
             if cur is None:
