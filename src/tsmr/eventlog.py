@@ -1,7 +1,8 @@
 """Reading any measurement log: format detection, parsing into unified events.
 
 >>> from tsmr.formats import tcg2
->>> from tsmr import HashAlg, eventlog, replay
+>>> from tsmr import HashAlg, eventlog
+>>> from tsmr.replay import replay
 >>> data = tcg2.encode_log([tcg2.TCG2Event(7, tcg2.EV_SEPARATOR, ((int(HashAlg.SHA256), HashAlg.SHA256.hash(bytes(4))),), bytes(4))], [HashAlg.SHA256])
 >>> log = eventlog.parse(data)
 >>> log.format, [(e.register, e.type, e.summary) for e in log.events]
@@ -27,6 +28,9 @@ from typing import Any, Sequence
 from .algorithms import HashAlg
 from .errors import InputError, ParseError
 from .events import DATA, Event
+from .formats import cel, cel_tlv, ima, systemd, tcg2, uefi
+from .quirks import check
+from .runtime_log.records import Kind, classify
 
 FORMATS = ("tcg2", "tcg2-sha1", "ccel", "cel-json", "cel-tlv", "systemd", "ima-binary", "ima-ascii", "tsmr")
 
@@ -65,16 +69,9 @@ def detect(data: bytes) -> str:
         return "systemd" if b'"content_type":"systemd"' in data[:4096].replace(b" ", b"") else "cel-json"
     if data[:5] in (b"SYNC ", b"INIT ") or data[:1] == b"#":
         return "tsmr"
-    try:
-        from .formats import ima
-
-        kind = ima.detect(data)
-        if kind:
-            return kind
-    except ImportError:  # pragma: no cover - reader not available
-        pass
-    from .formats import cel_tlv
-
+    kind = ima.detect(data)
+    if kind:
+        return kind
     if cel_tlv.looks_like_base64_cel(data):
         return "cel-tlv"
     if data[:1] == b"\x00" and len(data) >= 5:  # a CEL-TLV record starts with its recnum TLV (type 0)
@@ -94,40 +91,42 @@ def detect(data: bytes) -> str:
 def parse(
     data: bytes, format: str | None = None, *, arch: str | None = None, decode: bool = True, register: str = "rtmr3"
 ) -> EventLog:
-    """Parse a log into unified events; ``format`` (one of FORMATS) skips detection."""
+    """Parse a log into unified events; ``format`` (one of FORMATS) skips detection.
+
+    ``arch`` (tpm, tdx or cca) names the machine the log's registers belong to.
+    A TPM log keeps its PCRs whatever ``arch`` says (the replay maps them onto a
+    confidential VM's registers through the UEFI index table); a CC event log
+    (``ccel``, or a TCG2 log declaring one SHA-384 or SM3 bank) names its CC MR
+    indices after ``arch`` (``rtmrN`` for tdx, ``remN`` for cca).
+    """
     fmt = format or detect(data)
     if fmt not in FORMATS:
         raise InputError(f"unknown log format {fmt!r} (formats: {', '.join(FORMATS)})")
+    if arch not in (None, "tpm", "tdx", "cca"):
+        raise InputError(f"unknown architecture {arch!r}: use tpm, tdx or cca")
     if fmt in ("tcg2", "tcg2-sha1", "ccel"):
-        from .formats import tcg2
-
         log = tcg2.parse(data)
         algs = tuple(log.algorithms)
-        if arch is None:
-            arch = "tdx" if fmt == "ccel" else _tcg2_arch(algs)
-        fmt = "ccel" if arch == "tdx" and fmt == "tcg2" else fmt
-        events = tcg2.to_events(log, arch=arch, decode=decode)
-        return EventLog(fmt, tuple(events), arch, algs, raw=log)
+        cc_log = fmt == "ccel" or (not log.legacy and _tcg2_arch(algs) == "tdx")
+        if cc_log:
+            log_arch = arch or "tdx"
+            fmt = "ccel" if fmt == "tcg2" else fmt
+        else:
+            log_arch = "tpm"  # PCR indices: with another arch the replay maps them
+        events = tcg2.to_events(log, arch=log_arch, decode=decode)
+        return EventLog(fmt, tuple(events), log_arch, algs, raw=log)
     if fmt == "cel-json":
-        from .formats import cel
-
         recs = cel.parse_json(data)
         return EventLog(fmt, tuple(_cel_json_events(recs)), _cel_arch(recs), raw=recs)
     if fmt == "systemd":
-        from .formats import systemd
-
         events = systemd.to_events(systemd.parse(data))
         return EventLog(fmt, tuple(events), "tdx" if any(e.register.startswith("rtmr") for e in events) else "tpm")
     if fmt == "cel-tlv":
-        from .formats import cel_tlv
-
         raw = cel_tlv.decode_base64(data) if cel_tlv.looks_like_base64_cel(data) else data
-        recs = cel_tlv.parse_tlv(raw)
-        events = cel_tlv.to_events(recs)
-        return EventLog(fmt, tuple(events), "tdx" if any(e.register.startswith(("rtmr", "mrtd")) for e in events) else "tpm", raw=recs)
+        tlv = cel_tlv.parse_tlv(raw)
+        events = cel_tlv.to_events(tlv)
+        return EventLog(fmt, tuple(events), "tdx" if any(e.register.startswith(("rtmr", "mrtd")) for e in events) else "tpm", raw=tlv)
     if fmt in ("ima-binary", "ima-ascii"):
-        from .formats import ima
-
         if fmt == "ima-binary":
             # Per-bank lists (binary_runtime_measurements_sha256, ...) and big-endian hosts: guess the layout.
             alg, big = ima.guess_binary_layout(data) or (HashAlg.SHA1, False)
@@ -146,8 +145,6 @@ def show(log: EventLog, *, quirks: Sequence[str] = ()) -> dict[str, Any]:
     event's data (under the named quirks), False when one is not, and None when
     the data does not determine the digest (a PE image, a firmware volume ...).
     """
-    from .quirks import check
-
     rows = []
     for e in log.events:
         row = e.to_json()
@@ -168,10 +165,8 @@ def _tcg2_arch(algs: Sequence[HashAlg]) -> str:
 
 def tcg2_arch(data: bytes) -> str:
     """``tdx`` for a CC event log, ``tpm`` for a TPM log, from the Spec ID event alone."""
-    from .formats import tcg2
-
-    spec, _, _ = tcg2._parse_header(data)
-    return _tcg2_arch(spec.hash_algs)
+    spec, header, _ = tcg2.reader._parse_header(data)
+    return _tcg2_arch(spec.hash_algs) if header is not None else "tpm"
 
 
 def _cel_arch(recs: Sequence[Any]) -> str:
@@ -198,8 +193,6 @@ def _cel_json_events(recs: Sequence[Any]) -> list[Event]:
             if not data.startswith(b"# .EXTEND "):
                 rule = DATA
         elif r.content_type == "pcclient_std" and isinstance(content, dict) and type(content.get("event_type")) is int:
-            from .formats import tcg2, uefi
-
             try:
                 data = bytes.fromhex(str(content.get("event_data", "")))
             except ValueError:
@@ -220,8 +213,6 @@ def _cel_json_events(recs: Sequence[Any]) -> list[Event]:
 
 def runtime_log_events(data: bytes, *, register: str = "rtmr3") -> list[Event]:
     """A tsmr runtime log (or CoCo AAEL v1) as unified events; sync records carry their declared values."""
-    from .runtime_log.records import Kind, classify
-
     if data and not data.endswith(b"\n") and not data.startswith(b"INIT "):
         raise ParseError("the log ends in a partial line: it is truncated", format="tsmr-log", offset=len(data))
     lines = data.split(b"\n")

@@ -32,6 +32,8 @@ from typing import Callable, Mapping, Sequence
 from .algorithms import HashAlg
 from .errors import InputError
 from .events import Event
+from .findings import Finding, Severity
+from .registers import register_on
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,8 @@ def check(event: Event, alg: HashAlg, quirks: Sequence[str]) -> tuple[bool | Non
     return base, None
 
 
-@dataclass(frozen=True)
-class Finding:
-    """Something about a log that a verifier should know, with a stable id."""
-
-    id: str
-    message: str
+def _anomaly(id: str, message: str) -> Finding:
+    return Finding(id, Severity.WARNING, message, "executables")
 
 
 def findings(events: Sequence[Event], quirks: Sequence[str] = ()) -> tuple[list[Finding], list[str]]:
@@ -127,12 +125,12 @@ def findings(events: Sequence[Event], quirks: Sequence[str] = ()) -> tuple[list[
             if "duplicate-separators" in accepted:
                 applied.add("duplicate-separators")
             else:
-                out.append(Finding(f"log.{reg}.duplicate-separator", f"{reg} has {n} EV_SEPARATOR events; a TPM log has one per PCR 0-7"))
+                out.append(_anomaly(f"log.{reg}.duplicate-separator", f"{reg} has {n} EV_SEPARATOR events; a TPM log has one per PCR 0-7"))
     if apps and not ebs:
         if "no-exit-boot-services" in accepted:
             applied.add("no-exit-boot-services")
         else:
-            out.append(Finding("log.exit-boot-services-missing",
+            out.append(_anomaly("log.exit-boot-services-missing",
                                f"{apps} boot application(s) were loaded but the log has no Exit Boot Services event"))
     return out, sorted(applied)
 
@@ -147,9 +145,7 @@ def suggest(
     initial: Mapping[str, Mapping[HashAlg, bytes]] | None = None,
 ) -> str | None:
     """A sentence naming what would make the log replay to ``expected``, if something simple does."""
-    from .replay import map_register
-
-    on_reg = [e for e in events if e.measured and map_register(e, arch) == register]
+    on_reg = [e for e in events if e.measured and register_on(e.register, arch) == register]
     digests = [e.digest(alg) for e in on_reg]
     if any(d is None for d in digests):
         return None

@@ -302,6 +302,20 @@ def pcr_to_register(pcr: int, arch: str = "tdx") -> str:
     return ccmr_to_register(pcr_to_ccmr(pcr), arch)
 
 
+def register_on(name: str, arch: str | None) -> str:
+    """The register a measurement into ``name`` lands in on a machine of ``arch``.
+
+    With ``arch`` ``"tdx"`` or ``"cca"``, a TPM PCR maps onto the confidential
+    VM's register through the index table above (PCR 0 -> MRTD/RIM, 1 and 7 ->
+    RTMR0/REM0, ...); any other name, or another ``arch``, stays as it is.
+    """
+    if arch in ("tdx", "cca"):
+        p = pcr_index(name)
+        if p is not None:
+            return pcr_to_register(p, arch)
+    return name
+
+
 def pcr_index(name: str) -> int | None:
     m = re.fullmatch(r"pcr(\d{1,2})", name)
     if m and int(m.group(1)) <= 23:
@@ -330,5 +344,6 @@ __all__ = [
     "register_to_ccmr",
     "pcr_to_register",
     "pcr_index",
+    "register_on",
     "register_order",
 ]

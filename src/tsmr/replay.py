@@ -36,28 +36,25 @@ import hmac
 import sys
 import types
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
+from . import quirks as quirk_mod
 from .algorithms import HashAlg
 from .errors import InputError
 from .events import DATA, DERIVABLE_SOURCES, Event
-from .registers import pcr_index, pcr_to_register, register_order
+from .findings import Gap
+from .formats import tcg2
+from .formats.tcg2 import reader as tcg2_reader
+from .formats.tcg2 import records as tcg2_records
+from .registers import pcr_index, register_on, register_order
+from .runtime_log.replay import Replayer
 
 Values = dict[str, dict[HashAlg, bytes]]
 
-
-@dataclass(frozen=True)
-class Gap:
-    """A sync record that declares another value than the replay reached (an unlogged change)."""
-
-    register: str
-    alg: HashAlg
-    seq: int  # the sync record's position in its own log
-    source: str
-    replayed: bytes
-    declared: bytes
-    position: int = -1  # the sync record's position among all the events replayed
-    history_missing: bool = False  # the register's first record: what it held at launch was replaced
+# The banks a confidential VM's registers have: a TPM PCR event that lands on a TDX MR
+# (``arch="tdx"``) extends it in SHA-384 only, as the firmware and the kernel do.
+_ARCH_BANKS: dict[str, tuple[HashAlg, ...]] = {"tdx": (HashAlg.SHA384,)}
+_ARCHES = (None, "tpm", "tdx", "cca")
 
 
 @dataclass(frozen=True)
@@ -99,11 +96,39 @@ def default_initial(register: str, alg: HashAlg) -> bytes:
 
 def map_register(event: Event, arch: str | None) -> str:
     """The register an event lands in on a machine of ``arch`` (TPM PCRs map onto RTMRs/REMs)."""
-    if arch in ("tdx", "cca"):
-        p = pcr_index(event.register)
-        if p is not None:
-            return pcr_to_register(p, arch)
-    return event.register
+    return register_on(event.register, arch)
+
+
+# A register's state while folding: per bank [value, number of the register's events folded into it].
+_State = dict[str, dict[HashAlg, list]]  # type: ignore[type-arg]
+
+
+def _report(state: _State, counts: Mapping[str, int], want: Sequence[HashAlg] | None) -> tuple[
+        Values, dict[str, tuple[HashAlg, ...]]]:
+    """The one rule for which banks a replay reports.
+
+    A bank of a register is reported only if every measured event of that
+    register was folded into it (its digest recorded, or derived from the data
+    where the format allows, or the bank anchored by a sync record after the
+    events it lacks).  Banks some event lacks, and banks asked for (``want``)
+    that are not complete, are *missing*.
+    """
+    registers: Values = {}
+    missing: dict[str, tuple[HashAlg, ...]] = {}
+    for reg, regs in state.items():
+        total = counts.get(reg, 0)
+        done = {a: v for a, (v, k) in regs.items() if k == total}
+        lacking = sorted(set(regs) - set(done) | (set(want) - set(done) if want is not None else set()))
+        if done:
+            registers[reg] = done
+        if lacking:
+            missing[reg] = tuple(lacking)
+    return registers, missing
+
+
+def _check_arch(arch: str | None) -> None:
+    if arch not in _ARCHES:
+        raise InputError(f"unknown architecture {arch!r}: use tpm, tdx or cca")
 
 
 def replay(
@@ -124,34 +149,48 @@ def replay(
     sync record declaring another value is a gap with ``history_missing``.
     A bank is reported only if every measured event of its register gives a
     digest for it (recorded, or derived from the data where the format allows).
-    ``quirks`` are validated here; they change digest checks, not replay.
+    With ``arch="tdx"``, a TPM PCR event mapped onto a TDX register extends it
+    in SHA-384 only (the bank a TDX MR has), recorded or derived from the data.
+    A runtime log's records (sync records, events, ``.EXTEND`` directives) are
+    replayed by :class:`tsmr.runtime_log.replay.Replayer`, the one place their
+    rules live.  ``quirks`` are validated here; they change digest checks, not replay.
     """
-    from . import quirks as quirk_mod
-
     quirk_mod.resolve(quirks)
-    if arch not in (None, "tpm", "tdx", "cca"):
-        raise InputError(f"unknown architecture {arch!r}: use tpm, tdx or cca")
-    # state[reg][alg] = [value, number of events folded]; a bank is complete when that
-    # number equals the register's event count.
-    state: dict[str, dict[HashAlg, list]] = {}  # type: ignore[type-arg]
+    _check_arch(arch)
+    state: _State = {}
     counts: dict[str, int] = {}
     gaps: list[Gap] = []
     start: Values = {r: dict(v) for r, v in (initial or {}).items()}
+    for r, vals in start.items():
+        for alg, value in vals.items():
+            if len(value) != alg.digest_size:
+                raise InputError(f"initial value of {r} {alg.kernel_name} is {len(value)} bytes, must be {alg.digest_size}")
     want = tuple(banks) if banks is not None else None
     want_set = frozenset(want) if want is not None else None
     hashers = {a: a.constructor for a in HashAlg}
     mapped: dict[str, str] = {}
     cc_arch = arch in ("tdx", "cca")
+    arch_banks = _ARCH_BANKS.get(arch or "")
+    # A runtime log's records, per register, collected until another source's event lands there.
+    runs: dict[str, list[tuple[int, Event]]] = {}
 
     def first_value(reg: str, alg: HashAlg) -> bytes:
         return start.get(reg, {}).get(alg) or default_initial(reg, alg)
 
+    def flush(reg: str) -> None:
+        run = runs.pop(reg, None)
+        if run:
+            _replay_runtime(reg, run, state.setdefault(reg, {}), counts, gaps, want_set, launch, first_value)
+
     for position, ev in enumerate(events):
         reg = ev.register
+        only = None  # the banks a PCR event mapped onto a CC register extends
         if cc_arch:
             m = mapped.get(reg)
             if m is None:
                 m = mapped[reg] = map_register(ev, arch)
+            if m != reg:
+                only = arch_banks
             reg = m
         if not ev.measured:
             # TCG PC Client PFP 10.4.5.3: an EV_NO_ACTION "StartupLocality\0" + locality byte on PCR 0.
@@ -160,27 +199,33 @@ def replay(
                 for alg in ev.algs or tuple(HashAlg):
                     start.setdefault("pcr0", {})[alg] = bytes(alg.digest_size - 1) + data[16:17]
             continue
+        if ev.source == "tsmr":
+            runs.setdefault(reg, []).append((position, ev))
+            counts[reg] = counts.get(reg, 0) + 1
+            continue
+        if reg in runs:
+            flush(reg)
         regs = state.get(reg)
         if regs is None:
             regs = state[reg] = {}
         n = counts.get(reg, 0)
         counts[reg] = n + 1
-        if ev.source == "tsmr" and ev.type == "sync" and ev.details:
-            for name, hexv in ev.details.get("declares", {}).items():
-                alg = HashAlg.from_name(name)
+        if only is not None:
+            for alg in only:
                 if want_set is not None and alg not in want_set:
                     continue
-                declared = bytes.fromhex(hexv)
+                d = ev.digest(alg)
                 cur = regs.get(alg)
-                if cur is not None and cur[1] == n and not hmac.compare_digest(cur[0], declared):
-                    gaps.append(Gap(reg, alg, ev.seq, ev.source, cur[0], declared, position))
-                elif cur is None and n == 0 and launch:
-                    # The register's first record: its launch value is known, so the sync
-                    # record must declare exactly that; anything else hides what came before.
-                    at_launch = first_value(reg, alg)
-                    if not hmac.compare_digest(at_launch, declared):
-                        gaps.append(Gap(reg, alg, ev.seq, ev.source, at_launch, declared, position, True))
-                regs[alg] = [declared, n]  # an anchor: the bank is known from here on
+                if d is None:  # the event does not say what this bank got: the bank is incomplete
+                    if cur is None:
+                        regs[alg] = [first_value(reg, alg), n]
+                    continue
+                if cur is None:
+                    regs[alg] = [hashers[alg](first_value(reg, alg) + d).digest(), n + 1]
+                elif cur[1] == n:
+                    cur[0] = hashers[alg](cur[0] + d).digest()
+                    cur[1] += 1
+            continue
         if ev.fill is not None:
             for alg in want or (set(regs) | set(ev.algs)):
                 cur = regs.get(alg)
@@ -197,7 +242,7 @@ def replay(
                 cur[0] = hashers[alg](cur[0] + d).digest()
                 cur[1] += 1
         if ev.data_rule == DATA and ev.source in DERIVABLE_SOURCES:
-            # Banks the event does not record but its data determines (IMA, runtime logs).
+            # Banks the event does not record but its data determines (IMA, CEL, systemd).
             for alg in want or tuple(regs):
                 cur = regs.get(alg)
                 if cur is not None and cur[1] == n + 1:
@@ -208,17 +253,10 @@ def replay(
                 elif cur[1] == n:
                     cur[0] = hashers[alg](cur[0] + d).digest()
                     cur[1] += 1
-
-    registers: Values = {}
-    missing: dict[str, tuple[HashAlg, ...]] = {}
-    for reg, regs in state.items():
-        total = counts.get(reg, 0)
-        done = {a: v for a, (v, k) in regs.items() if k == total}
-        lacking = sorted(set(regs) - set(done) | (set(want) - set(done) if want is not None else set()))
-        if done:
-            registers[reg] = done
-        if lacking:
-            missing[reg] = tuple(lacking)
+    for reg in list(runs):
+        flush(reg)
+    gaps.sort(key=lambda g: g.position)
+    registers, missing = _report(state, counts, want)
     return ReplayResult(
         registers=registers,
         counts=counts,
@@ -229,23 +267,145 @@ def replay(
     )
 
 
-def replay_tcg2_bytes(data: bytes, *, arch: str = "tpm") -> ReplayResult:
-    """:func:`replay` of a TCG2 or CCEL log straight from its bytes: the same result, several
-    times faster on large logs, since no event objects are built (see tcg2.replay_bytes)."""
-    from .formats import tcg2
+def _replay_runtime(reg: str, run: list[tuple[int, Event]], regs: dict[HashAlg, list], counts: Mapping[str, int],  # type: ignore[type-arg]
+                    gaps: list[Gap], want: frozenset[HashAlg] | None, launch: bool,
+                    first_value: Callable[[str, HashAlg], bytes]) -> None:
+    """Fold a run of a runtime log's records on ``reg`` through the runtime log's own replayer.
 
+    The register's state before the run is what the replayer starts from: the
+    banks every earlier event on it was folded into are known; with ``launch``
+    the others are known too (their launch values); a bank that is still
+    unknown is anchored by the first sync record that declares it (spec
+    section 3).  Afterwards every bank the replayer knows is complete.
+    """
+    before = counts[reg] - len(run)  # the register's events before the run
+    known = {a: bytes(v) for a, (v, k) in regs.items() if k == before}
+    first = run[0][1]
+    first_declares = {HashAlg.from_name(n) for n in (first.details or {}).get("declares", {})} if first.type == "sync" else set()
+    from_launch = launch and before == 0  # the register's first record: its launch value is known
+    for alg in want or ():
+        # A bank asked for starts from its launch value, unless the first record anchors it.
+        if alg not in first_declares or from_launch:
+            known.setdefault(alg, first_value(reg, alg))
+    if from_launch:
+        for alg in first_declares:
+            known.setdefault(alg, first_value(reg, alg))
+    r = Replayer(initial=known)
+    r.feed(b"".join(e.data + b"\n" for _, e in run))
+    report = r.finish()
+    for g in report.gaps:
+        if want is not None and g.alg not in want:
+            continue
+        position, ev = run[g.line - 1]
+        gaps.append(Gap(g.alg, g.replayed, g.declared, ev.seq, reg, ev.source, position,
+                        history_missing=from_launch and g.line == 1))
+    total = counts[reg]
+    for alg, b in report.banks.items():
+        if b.value is not None and (want is None or alg in want):
+            regs[alg] = [b.value, total]
+
+
+def replay_tcg2_bytes(data: bytes | bytearray | memoryview, *, arch: str = "tpm") -> ReplayResult:
+    """:func:`replay` of a TCG2 or CCEL log straight from its bytes: the same result, several
+    times faster on large logs, since no event objects are built.
+
+    ``arch`` says what the log's indices are: ``"tpm"`` (PCRs) or ``"tdx"``/``"cca"``
+    (CC MR indices, a CCEL).  Logs this path does not cover (SHA-1-only logs,
+    records whose digests are not in the Spec ID's order, malformed records) go
+    through :func:`tsmr.formats.tcg2.parse` and :func:`replay`.  Banks are
+    reported by the same rule as :func:`replay`.
+    """
     if arch not in ("tpm", "tdx", "cca"):
         raise InputError(f"unknown architecture {arch!r}: use tpm, tdx or cca")
-    initial = {}
-    if arch == "tpm":
-        initial = {(i, a): b"\xff" * a.digest_size for i in range(17, 23) for a in HashAlg}
-    values, missing = tcg2.replay_bytes(data, initial=initial)
-    name = {i: tcg2.register_name(i, arch) for i in set(values) | set(missing)}
-    return ReplayResult(
-        registers={name[i]: v for i, v in values.items() if v},
-        counts={},
-        missing={name[i]: m for i, m in missing.items()},
-    )
+    buf = tcg2_reader._as_bytes(data)
+    spec, header, pos = tcg2_reader._parse_header(buf)
+    if header is None:
+        return _replay_parsed(buf, arch)
+    rec = tcg2_records
+    algs = spec.hash_algs
+    n = len(spec.algorithms)
+    ids = tuple(a for a, _ in spec.algorithms)
+    known_ids = {int(a) for a in algs}
+    known = [(k, ids[k], HashAlg(ids[k])) for k in range(n) if ids[k] in known_ids]
+    hashers = {int(a): a.constructor for a in algs}
+    layout = tcg2_reader._digest_layout(spec)
+    lsize = layout.size
+    unpack_layout = layout.unpack_from
+    unpack_head = rec._PCR_EVENT2_HEAD.unpack_from
+    hsize = rec._PCR_EVENT2_HEAD.size
+    is_padding = tcg2_reader._is_padding
+    u32_max = rec._U32_MAX
+    max_size = rec.MAX_EVENT_SIZE
+    no_action = rec.EV_NO_ACTION
+    end = len(buf)
+    n2 = 2 * n
+    # Per index: {alg_id: [value, events folded]}; measured[index]: measured events on it.
+    state: dict[int, dict[int, list]] = {}  # type: ignore[type-arg]
+    measured: dict[int, int] = {}
+    start: dict[tuple[int, int], bytes] = {}
+    tpm = arch == "tpm"  # index 0 is PCR 0, not MRTD: a StartupLocality event sets its start
+    if tpm:  # TPM2_Startup sets PCR 17-22 to all 0xFF
+        start = {(i, int(a)): b"\xff" * a.digest_size for i in range(17, 23) for a in algs}
+    while pos < end:
+        if end - pos < hsize:
+            if is_padding(buf, pos, end):
+                break
+            return _replay_parsed(buf, arch)
+        index, etype, count = unpack_head(buf, pos)
+        if (index == etype == 0 or index == etype == u32_max) and is_padding(buf, pos, end):
+            break
+        if count != n or end - pos - hsize < lsize:
+            return _replay_parsed(buf, arch)
+        v = unpack_layout(buf, pos + hsize)
+        if v[0:n2:2] != ids:
+            return _replay_parsed(buf, arch)
+        size = v[n2]
+        body = pos + hsize + lsize
+        if size > end - body or size > max_size:
+            return _replay_parsed(buf, arch)  # the full parser names the error
+        pos = body + size
+        if etype == no_action:
+            if index == 0 and tpm and size == 17 and buf[body:body + 16] == b"StartupLocality\0":
+                for hashed in algs:
+                    start.setdefault((0, int(hashed)), bytes(hashed.digest_size - 1) + buf[body + 16:body + 17])
+            continue
+        regs = state.get(index)
+        if regs is None:
+            regs = state[index] = {}
+            measured[index] = 0
+        measured[index] += 1
+        for k, a, _bank in known:
+            d = v[2 * k + 1]
+            cur = regs.get(a)
+            if cur is None:
+                regs[a] = [hashers[a]((start.get((index, a)) or bytes(len(d))) + d).digest(), 1]
+            else:
+                cur[0] = hashers[a](cur[0] + d).digest()
+                cur[1] += 1
+    name = {i: tcg2.register_name(i, arch) for i in state}
+    by_alg = {a: alg for _, a, alg in known}
+    named: _State = {name[i]: {by_alg[a]: cur for a, cur in regs.items()} for i, regs in state.items()}
+    counts = {name[i]: c for i, c in measured.items()}
+    registers, missing = _report(named, counts, None)
+    return ReplayResult(registers=registers, counts=counts, missing=missing)
+
+
+def _replay_parsed(buf: bytes, arch: str) -> ReplayResult:
+    return replay(tcg2.to_events(tcg2.parse(buf), arch=arch, decode=False), arch=arch)
+
+
+# Registers the platform sets at launch and no log extends: TDX MRTD, the CCA RIM, the SEV-SNP
+# launch measurement.  A log with no events for one of them says nothing about its value.
+LAUNCH_REGISTERS = frozenset({"mrtd", "rim", "measurement"})
+
+
+def not_covered(result: ReplayResult, register: str) -> bool:
+    """Whether ``register`` is a launch measurement the replayed logs do not cover (no event measures it)."""
+    return register in LAUNCH_REGISTERS and not result.counts.get(register)
+
+
+def _start_value(result: ReplayResult, register: str, alg: HashAlg) -> bytes:
+    return result.initial.get(register, {}).get(alg) or default_initial(register, alg)
 
 
 @dataclass(frozen=True)
@@ -258,11 +418,17 @@ class Mismatch:
 
 
 def compare(result: ReplayResult, expected: Mapping[str, Mapping[HashAlg, bytes]]) -> list[Mismatch]:
-    """Registers and banks whose replayed value differs from the expected one (without explanations)."""
+    """Registers and banks whose replayed value differs from the expected one (without explanations).
+
+    A register no event measures holds its starting value (zero, all 0xFF for
+    TPM PCR 17-22, or the caller's initial value), and is compared as such.
+    """
     out: list[Mismatch] = []
     for reg, banks in expected.items():
         for alg, value in banks.items():
             got = result.registers.get(reg, {}).get(alg)
+            if got is None and not result.counts.get(reg):
+                got = _start_value(result, reg, alg)
             if got is None or not hmac.compare_digest(got, value):
                 out.append(Mismatch(reg, alg, got, bytes(value), ""))
     return out
@@ -278,8 +444,6 @@ def explain(
     launch: bool = False,
 ) -> list[Mismatch]:
     """Replay, compare with ``expected``, and explain each mismatch in one sentence (``launch`` as for :func:`replay`)."""
-    from . import quirks as quirk_mod
-
     # Replay exactly the banks asked about, so that formats whose banks derive from the data
     # (IMA lists record one bank) give every one of them.
     want_banks = sorted({alg for banks in expected.values() for alg in banks})
@@ -289,7 +453,7 @@ def explain(
         name = f"{m.register} {m.alg.kernel_name}"
         on_reg = [e for e in events if e.measured and map_register(e, arch) == m.register]
         if not on_reg:
-            out.append(Mismatch(m.register, m.alg, m.replayed, m.expected, f"{name}: the log has no events for this register"))
+            out.append(Mismatch(m.register, m.alg, m.replayed, m.expected, f"{name}: the log has no events for this register, and the value is not its starting value"))
             continue
         n = sum(1 for e in on_reg if e.digest(m.alg) is None)
         if n:
@@ -339,4 +503,5 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["replay", "replay_tcg2_bytes", "ReplayResult", "Gap", "Mismatch", "compare", "explain", "default_initial", "map_register"]
+__all__ = ["replay", "replay_tcg2_bytes", "ReplayResult", "Gap", "Mismatch", "compare", "explain", "default_initial",
+           "map_register", "not_covered", "LAUNCH_REGISTERS"]

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from fixture_logs import CCEL_LOGS, TPM_LOGS
+from replay_helpers import tcg2_values
 from tsmr import HashAlg
 from tsmr.formats import tcg2
 
@@ -119,7 +120,7 @@ def compare(rel: str, yaml_text: str, log: tcg2.TCG2Log) -> int:
         assert (t[0], t[1], t_digests) == m, f"{rel} event {i}"
     loc = tcg2.startup_locality(log.events)
     initial = None if loc is None else {(0, a): bytes(a.digest_size - 1) + bytes([loc]) for a in log.algorithms}
-    values = tcg2.replay(log, initial=initial)
+    values = tcg2_values(log, initial=initial)
     assert pcrs, f"{rel}: no pcrs section"
     n = 0
     no_action_extended = set()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tsmr import HashAlg, ParseError
 from tsmr.formats import ccel, tcg2
+from tsmr.replay import replay
 
 
 def table_bytes(laml: int = 0x40000, lasa: int = 0xBEDBF000, cc_type: int = 2, fix_checksum: bool = True) -> bytes:
@@ -75,7 +76,7 @@ def test_log_area_with_padding_and_laml() -> None:
     for pad in (b"\xff", b"\x00"):
         log = ccel.parse_log(_log_area([ev], pad, 4096), ccel.parse_table(table_bytes(laml=4096)))
         assert log.events == (ev,)
-        assert ccel.registers(log) == {"rtmr0": {HashAlg.SHA384: HashAlg.SHA384.extend(bytes(48), ev.digests[0][1])}}
+        assert replay(ccel.to_events(log)).registers == {"rtmr0": {HashAlg.SHA384: HashAlg.SHA384.extend(bytes(48), ev.digests[0][1])}}
         assert [(e.source, e.register, e.type) for e in ccel.to_events(log)] == [("ccel", "rtmr0", "EV_SEPARATOR")]
     with pytest.raises(ParseError, match="LAML"):
         ccel.parse_log(_log_area([ev], b"\xff", 4096), ccel.parse_table(table_bytes(laml=64)))
@@ -117,7 +118,7 @@ def test_go_tdx_guest_ccel_replays_to_the_quote(fixtures: Path) -> None:
     assert len(data) == table.laml  # the full log area, 0xFF-padded
     log = ccel.parse_log(data, table)
     assert log.algorithms == (HashAlg.SHA384,) and log.header_event is not None and log.header_event.index == 1
-    values = ccel.registers(log)
+    values = replay(ccel.to_events(log)).registers
     # RTMR0..3 of the TD quote body (TDX quote v4: body at 0x30, RTMRs at body offset 0x148, 48 bytes each)
     quote = _read(fixtures, "go-tdx-guest/ccel/cos-113-tdx-quote.dat")
     rtmrs = [quote[0x30 + 0x148 + 48 * i:0x30 + 0x148 + 48 * (i + 1)] for i in range(4)]
@@ -139,5 +140,5 @@ def test_aael_events_in_a_ccel(fixtures: Path) -> None:
     assert aael[1].details["content_json"] == {"key": "value", "nested-key": {"sub-key": "value"}}
     assert all(e.data_rule == "data" and e.check(HashAlg.SHA384) for e in aael)
     computed = json.loads((fixtures / "COMPUTED_REPLAY.json").read_text())["trustee/eventlog/CCEL_AAEL_alibabacloud"]
-    values = ccel.registers(log)
+    values = replay(ccel.to_events(log)).registers
     assert {k.upper(): v[HashAlg.SHA384].hex() for k, v in values.items()} == computed["rtmrs"]

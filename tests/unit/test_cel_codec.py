@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tsmr import HashAlg, InputError, ParseError
+from tsmr.eventlog import parse
 from tsmr.formats import cel
+from tsmr.replay import replay
 from tsmr.formats.cel import CELRecord
 
 H256 = {w: hashlib.sha256(w.encode()).hexdigest() for w in ("enter-initrd", "leave-initrd", "sysinit", "ready")}
@@ -37,7 +39,7 @@ def test_systemd_sequence_known_answer() -> None:
     value = bytes(32)
     for w in ("enter-initrd", "leave-initrd", "sysinit", "ready"):
         value = hashlib.sha256(value + hashlib.sha256(w.encode()).digest()).digest()
-    assert cel.replay(records) == {("pcr", 11): {HashAlg.SHA256: value}}
+    assert replay(parse(SYSTEMD_LOG, "cel-json").events).registers == {"pcr11": {HashAlg.SHA256: value}}
 
 
 def test_cc_measure_log_with_rtmr_and_mapped_pcr() -> None:
@@ -176,26 +178,6 @@ def test_truncated_sequence_names_the_record() -> None:
     assert ei.value.offset is not None and ei.value.offset > SYSTEMD_LOG.rindex(b"\x1e")
 
 
-def test_replay_rules() -> None:
-    a, b = hashlib.sha256(b"a").digest(), hashlib.sha384(b"a").digest()
-    recs = [
-        CELRecord(0, "pcr", 9, ((HashAlg.SHA256, a), (HashAlg.SHA384, b)), "x", None),
-        CELRecord(1, "pcr", 9, ((HashAlg.SHA384, b),), "x", None),  # PCR 9 sha256 is now unknown
-        CELRecord(2, "pcr", 9, (), "x", None),  # no digests: nothing extended
-        CELRecord(3, "pcr", 9, ((HashAlg.SHA256, bytes(32)),), "pcclient_std",
-                  {"event_type": "EV_NO_ACTION", "event_data": ""}),  # never extended
-        CELRecord(4, "rem", 1, ((HashAlg.SHA256, a),), "x", None),
-    ]
-    start = {("rem", 1, HashAlg.SHA256): b"\x01" * 32, ("rtmr", 0, HashAlg.SHA384): b"\x02" * 48}
-    assert cel.replay(recs, initial=start) == {
-        ("pcr", 9): {HashAlg.SHA384: hashlib.sha384(hashlib.sha384(bytes(48) + b).digest() + b).digest()},
-        ("rem", 1): {HashAlg.SHA256: hashlib.sha256(b"\x01" * 32 + a).digest()},
-        ("rtmr", 0): {HashAlg.SHA384: b"\x02" * 48},
-    }
-    with pytest.raises(InputError):
-        cel.replay(recs, initial={("pcr", 1, HashAlg.SHA256): b"x"})
-
-
 @pytest.mark.parametrize(
     "rec",
     [
@@ -254,7 +236,7 @@ def _only_parse_errors(data: bytes) -> None:
         recs = cel.parse_json(data)
     except ParseError:
         return
-    cel.replay(recs)
+    replay(parse(data, "cel-json").events)
     assert cel.parse_json(cel.encode_json(recs)) == recs
 
 

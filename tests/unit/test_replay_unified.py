@@ -122,7 +122,9 @@ def test_explain_suggests_locality_and_dropped_event() -> None:
 
 
 def test_explain_other_cases() -> None:
-    (m,) = explain([ev(0, "pcr1", b"a")], {"pcr2": {S256: bytes(32)}})
+    # A register without events holds its starting value: zero matches (all 0xFF for PCR 17-22), nothing else does.
+    assert explain([ev(0, "pcr1", b"a")], {"pcr2": {S256: bytes(32)}, "pcr17": {S256: b"\xff" * 32}}) == []
+    (m,) = explain([ev(0, "pcr1", b"a")], {"pcr2": {S256: b"\x01" * 32}})
     assert "has no events for this register" in m.explanation
     (m,) = explain([ev(0, "pcr1", b"a", algs=(S1,), rule=None)], {"pcr1": {S256: bytes(32)}})
     assert "carry no sha256 digest" in m.explanation

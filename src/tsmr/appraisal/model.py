@@ -8,9 +8,11 @@ names the trustworthiness claim it affects, and the worst finding sets the statu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-__all__ = ["Finding", "Result", "STATUS_ORDER", "TRUST_CLAIMS", "TIER"]
+from ..findings import Finding, Severity
+
+__all__ = ["Finding", "Severity", "Result", "STATUS_ORDER", "TRUST_CLAIMS", "TIER"]
 
 # AR4SI trustworthiness claims (draft-ietf-rats-ar4si §2.3) by EAR short name.
 TRUST_CLAIMS = ("instance-identity", "configuration", "executables", "file-system", "hardware",
@@ -19,27 +21,6 @@ TRUST_CLAIMS = ("instance-identity", "configuration", "executables", "file-syste
 TIER = {"none": 0, "affirming": 2, "warning": 32, "contraindicated": 96}
 STATUS_ORDER = ("affirming", "warning", "contraindicated")  # "none" appears only when nothing was appraised
 SEVERITY_STATUS = {"info": "affirming", "warning": "warning", "error": "contraindicated"}
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One thing the appraisal found.
-
-    ``id`` is a stable dotted identifier (``evidence.signature``,
-    ``freshness.nonce-reused``, ``replay.mismatch``, ``policy.deny``, ...);
-    ``claim`` is the AR4SI trustworthiness claim it affects; ``context`` holds
-    the details (register, bank, expected and actual values, check name, ...).
-    """
-
-    id: str
-    severity: str  # "info", "warning" or "error"
-    message: str
-    claim: str = "configuration"
-    context: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "severity": self.severity, "message": self.message, "claim": self.claim,
-                "context": dict(self.context)}
 
 
 @dataclass

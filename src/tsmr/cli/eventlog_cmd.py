@@ -15,7 +15,8 @@ from ..algorithms import HashAlg
 from ..errors import InputError
 from ..eventlog import FORMATS, EventLog, parse
 from ..events import Event
-from ..replay import explain, replay
+from ..findings import ReplayStatus
+from ..replay import explain, not_covered, replay
 from . import render
 from .common import EXIT_VERIFY, JsonOpt, handle_errors, read_input, write_output
 
@@ -87,17 +88,39 @@ def show_cmd(
     render.out.print(table)
 
 
+# The bank of a register given as a bare hex value (``quote verify --json``: one bank per register).
+_BANK_BY_SIZE = {a.digest_size: a for a in (HashAlg.SHA1, HashAlg.SHA256, HashAlg.SHA384, HashAlg.SHA512)}
+
+
 def _load_expected(path: str) -> dict[str, dict[HashAlg, bytes]]:
+    """Register values to compare with: ``{"registers": {"pcr0": {"sha256": "<hex>"}}}`` (what ``replay
+    --json`` prints), or what ``tsmr quote verify --json`` prints (``claims.registers``, one value per
+    register, its bank given by its size; an SEV-SNP launch ``measurement``)."""
     try:
         obj = json.loads(read_input(path, "--expect"))
     except ValueError as exc:
         raise InputError(f"--expect {path}: {exc}") from None
-    if isinstance(obj, dict) and "registers" in obj:
+    if isinstance(obj, dict) and isinstance(obj.get("claims"), dict):  # tsmr quote verify --json
+        claims = obj["claims"]
+        regs = claims.get("registers")
+        obj = dict(regs) if isinstance(regs, dict) else {}
+        if isinstance(claims.get("measurement"), str):
+            obj.setdefault("measurement", claims["measurement"])
+        if not obj:
+            raise InputError(f"--expect {path}: the evidence's claims carry no register values (a TPM quote signs "
+                             'only a digest of its PCRs): give {"registers": {"pcr0": {"sha256": "<hex>"}}}')
+    elif isinstance(obj, dict) and "registers" in obj:
         obj = obj["registers"]
     if not isinstance(obj, dict):
-        raise InputError('--expect takes {"registers": {"pcr0": {"sha256": "<hex>"}}}')
+        raise InputError('--expect takes {"registers": {"pcr0": {"sha256": "<hex>"}}} or the output of '
+                         "tsmr quote verify --json")
     out: dict[str, dict[HashAlg, bytes]] = {}
     for reg, banks in obj.items():
+        if isinstance(banks, str):  # one value: the bank from its size
+            alg = _BANK_BY_SIZE.get(len(banks) // 2)
+            if alg is None or len(banks) % 2:
+                raise InputError(f"--expect: {reg} is not a hex digest of 20, 32, 48 or 64 bytes")
+            banks = {alg.kernel_name: banks}
         if not isinstance(banks, dict):
             raise InputError(f"--expect: {reg} must map banks to hex values")
         for alg, hexv in banks.items():
@@ -116,7 +139,7 @@ def _load_expected(path: str) -> dict[str, dict[HashAlg, bytes]]:
 @handle_errors
 def replay_cmd(
     files: Annotated[list[str], typer.Argument(help="Log files, merged in this order onto one register set (firmware first).")],
-    expect: Annotated[Optional[str], typer.Option("--expect", help='JSON {"registers": {"pcr0": {"sha256": "<hex>"}}} to compare with.')] = None,
+    expect: Annotated[Optional[str], typer.Option("--expect", help='JSON {"registers": {"pcr0": {"sha256": "<hex>"}}}, or the output of tsmr quote verify --json, to compare with.')] = None,
     fmt: FormatOpt = None,
     arch: ArchOpt = None,
     register: RegisterOpt = "rtmr3",
@@ -129,6 +152,13 @@ def replay_cmd(
 ) -> None:
     """Replay logs into register values; with --expect, exit 1 and explain any mismatch.
 
+    A register the logs have no events for holds its starting value (zero);
+    a launch measurement no log covers (TDX MRTD, the SEV-SNP measurement, the
+    CCA RIM) is reported as not covered, not as a mismatch.  With --arch tdx
+    (or cca), a TPM log's PCRs map onto the registers through the UEFI index
+    table (PCR 0 -> MRTD, 1 and 7 -> RTMR0, 2-6 -> RTMR1, 8-15 -> RTMR2, others
+    -> RTMR3), in SHA-384 only on TDX.
+
     Structural findings (a second separator in a PCR, no Exit Boot Services
     event) are reported; a named --quirk accepts one.
     """
@@ -136,17 +166,22 @@ def replay_cmd(
     from ..replay import replay_tcg2_bytes
 
     raw = read_input(files[0]) if fast else b""
+    want = _load_expected(expect) if expect else {}
     if fast:
         if len(files) != 1 or expect or (fmt or detect(raw)) not in ("tcg2", "tcg2-sha1", "ccel"):
             raise InputError("--fast replays one TCG2 or CCEL log, without --expect")
         # Straight from the bytes: no event objects, hence no findings or explanations.
-        the_arch = arch or ("tdx" if fmt == "ccel" else tcg2_arch(raw))
-        result = replay_tcg2_bytes(raw, arch=the_arch)
+        own = "tdx" if fmt == "ccel" else tcg2_arch(raw)
+        the_arch = arch or own
+        if own == "tpm" and the_arch != "tpm":  # PCRs mapped onto CC registers: the unified fold maps them
+            result = replay(parse(raw, fmt, arch=the_arch, decode=False).events, arch=the_arch)
+        else:
+            result = replay_tcg2_bytes(raw, arch=the_arch)
         logs: list[EventLog] = []
         events: list[Event] = []
     else:
         logs = [_load(f, fmt, arch, register, decode=False) for f in files]
-        the_arch = arch or next((lg.arch for lg in logs if lg.arch != "tpm"), "tpm")
+        the_arch = arch or next((lg.arch for lg in logs if lg.arch != "tpm"), None) or _arch_of(want)
         from ..formats.ima import DEFAULT_BANKS
 
         wanted = _banks(bank)
@@ -176,13 +211,22 @@ def replay_cmd(
     if bad_ima:
         out["ima_template_hash_mismatches"] = bad_ima
         failed = True
+    uncovered: list[dict[str, str]] = []
     if expect:
-        want = _load_expected(expect)
-        mismatches = explain(events, want, arch=the_arch, quirks=quirk or ())
+        covered = {}
+        for reg, banks in want.items():
+            if not_covered(result, reg):
+                uncovered.extend({"register": reg, "bank": a.kernel_name, "expected": v.hex(),
+                                  "status": ReplayStatus.NOT_COVERED} for a, v in banks.items())
+            else:
+                covered[reg] = banks
+        mismatches = explain(events, covered, arch=the_arch, quirks=quirk or ()) if covered else []
         out["expected"] = {"matched": not mismatches, "mismatches": [
             {"register": m.register, "bank": m.alg.kernel_name, "replayed": m.replayed.hex() if m.replayed else None,
              "expected": m.expected.hex(), "explanation": m.explanation} for m in mismatches]}
-        failed = bool(mismatches)
+        if uncovered:
+            out["expected"]["not_covered"] = uncovered  # type: ignore[index]
+        failed = failed or bool(mismatches)
     if as_json:
         render.print_json(out)
     else:
@@ -200,9 +244,20 @@ def replay_cmd(
         if expect:
             for m in out["expected"]["mismatches"]:  # type: ignore[index]
                 render.line(m["explanation"])
+            for u in uncovered:
+                render.line(f"{u['register']} {u['bank']}: not covered: a launch measurement, which no log extends")
             render.line("all expected values matched" if not failed else "MISMATCH")
     if failed:
         raise typer.Exit(EXIT_VERIFY)
+
+
+def _arch_of(expected: dict[str, dict[HashAlg, bytes]]) -> str:
+    """The architecture expected values name registers of: tdx for MRTD/RTMRs, cca for RIM/REMs, else tpm."""
+    if any(r == "mrtd" or r.startswith("rtmr") for r in expected):
+        return "tdx"
+    if any(r == "rim" or r.startswith("rem") for r in expected):
+        return "cca"
+    return "tpm"
 
 
 @eventlog_app.command("convert")

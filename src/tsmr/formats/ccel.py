@@ -21,7 +21,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..algorithms import HashAlg
 from ..errors import ParseError
 from ..events import Event
 from . import tcg2
@@ -120,18 +119,4 @@ def to_events(log: tcg2.TCG2Log, *, arch: str = "tdx", decode: bool = True) -> l
     return tcg2.to_events(log, arch=arch, decode=decode)
 
 
-def registers(log: tcg2.TCG2Log, *, arch: str = "tdx") -> dict[str, dict[HashAlg, bytes]]:
-    """Replay a CCEL into register values by name (``rtmr0`` ...), every register starting at zero.
-
-    Only CC MR indexes 0..4 are named; other indexes, if any, are left out.
-    MRTD (index 0) is measured by the TDX module, not extended from the log,
-    so it only appears here if the log (unusually) has measured events for it.
-    """
-    out: dict[str, dict[HashAlg, bytes]] = {}
-    for index, banks in tcg2.replay(log).items():
-        if 0 <= index <= 4:
-            out[tcg2.register_name(index, arch)] = banks
-    return out
-
-
-__all__ = ["CCELTable", "CC_TYPES", "parse_log", "parse_table", "registers", "to_events"]
+__all__ = ["CCELTable", "CC_TYPES", "parse_log", "parse_table", "to_events"]

@@ -331,58 +331,6 @@ def _parse_seq(data: bytes, start: int, allow_nv_index: bool = False) -> tuple[C
     return tuple(records)
 
 
-# -- replay -------------------------------------------------------------------------------------------
-
-
-def _is_no_action(rec: CELRecord) -> bool:
-    """A PCClient EV_NO_ACTION record (libcel spells it ``ev_no_action``); never extended."""
-    if rec.content_type != "pcclient_std" or not isinstance(rec.content, dict):
-        return False
-    et = rec.content.get("event_type")
-    return et == 3 if type(et) is int else isinstance(et, str) and et.lower() == "ev_no_action"
-
-
-def replay(
-    records: Iterable[CELRecord], *, initial: Mapping[tuple[str, int, HashAlg], bytes] | None = None
-) -> dict[tuple[str, int], dict[HashAlg, bytes]]:
-    """Recompute registers from records: per (index_type, index) and bank, fold ``H(value || digest)``.
-
-    Registers start at zero, or at ``initial[(index_type, index, alg)]``.  Records
-    without digests extend nothing and are skipped, as are ``pcclient_std``
-    EV_NO_ACTION records.  A bank of a register is reported only if every
-    (other) record of that register carries a digest for it.
-    """
-    start: dict[tuple[tuple[str, int], HashAlg], bytes] = {}
-    for (itype, index, alg), value in (initial or {}).items():
-        alg = HashAlg(alg)
-        if len(value) != alg.digest_size:
-            raise InputError(f"cel: initial value of {itype}{index}/{alg} is {len(value)} bytes, "
-                             f"must be {alg.digest_size}")
-        start[((itype, index), alg)] = bytes(value)
-    state: dict[tuple[str, int], dict[HashAlg, tuple[bytes, int]]] = {}
-    measured: dict[tuple[str, int], int] = {}
-    for rec in records:
-        if not rec.digests or _is_no_action(rec):
-            continue
-        key = (rec.index_type, rec.index)
-        regs = state.setdefault(key, {})
-        measured[key] = measured.get(key, 0) + 1
-        for alg, digest in rec.digests:
-            cur = regs.get(alg)
-            value, n = cur if cur is not None else (start.get((key, alg)) or alg.zero(), 0)
-            regs[alg] = (alg.extend(value, digest), n + 1)
-    out: dict[tuple[str, int], dict[HashAlg, bytes]] = {}
-    for (key, alg), value in start.items():
-        if key not in state:
-            out.setdefault(key, {})[alg] = value
-    for key, regs in state.items():
-        banks = out.setdefault(key, {})
-        for alg, (value, n) in regs.items():
-            if n == measured[key]:
-                banks[alg] = value
-    return out
-
-
 __all__ = [
     "CELRecord",
     "INDEX_TYPES",
@@ -391,5 +339,4 @@ __all__ = [
     "hash_alg_from_name",
     "hash_alg_name",
     "parse_json",
-    "replay",
 ]

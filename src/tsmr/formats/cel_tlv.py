@@ -54,6 +54,7 @@ from ..algorithms import HashAlg, find_digest
 from ..errors import InputError, ParseError
 from ..events import DATA, Event
 from ..registers import ccmr_to_register
+from . import tcg2  # the event type names live with the TCG2 codec
 
 FORMAT = "cel-tlv"
 
@@ -346,8 +347,6 @@ def _decode_cos(buf: bytes, start: int, stop: int) -> dict[str, Any]:
 
 
 def _decode_pcclient(buf: bytes, start: int, stop: int) -> dict[str, Any]:
-    from . import tcg2  # the event type names live with the TCG2 codec
-
     f = _fields(buf, start, stop, _PCCLIENT_FIELDS, "content", ("event_type", "event_data"))
     a, b = f["event_type"]
     etype = _uint(buf, a, b, 4, "event_type", "content.event_type")[0]
@@ -698,26 +697,6 @@ def to_events(records: Iterable[CELTLVRecord]) -> list[Event]:
     return [to_event(r, i) for i, r in enumerate(records)]
 
 
-def replay(records: Iterable[CELTLVRecord]) -> dict[str, dict[HashAlg, bytes]]:
-    """Fold ``H(value || digest)`` per register and bank from zero, skipping unmeasured records.
-
-    A bank is reported only if every measured record of that register carries
-    (or, for data-rule records, can derive) a digest for it.
-    """
-    state: dict[str, dict[HashAlg, tuple[bytes, int]]] = {}
-    counts: dict[str, int] = {}
-    for ev in to_events(records):
-        if not ev.measured:
-            continue
-        regs = state.setdefault(ev.register, {})
-        counts[ev.register] = counts.get(ev.register, 0) + 1
-        for alg in ev.algs:
-            digest = ev.digest(alg)
-            value, n = regs.get(alg, (alg.zero(), 0))
-            regs[alg] = (alg.extend(value, digest), n + 1)  # type: ignore[arg-type]
-    return {reg: {a: v for a, (v, n) in banks.items() if n == counts[reg]} for reg, banks in state.items()}
-
-
 __all__ = [
     "CELTLVRecord",
     "CONTENT_CEL_MGT",
@@ -745,7 +724,6 @@ __all__ = [
     "encode_tlv",
     "looks_like_base64_cel",
     "parse_tlv",
-    "replay",
     "to_event",
     "to_events",
 ]

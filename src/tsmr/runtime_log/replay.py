@@ -27,13 +27,14 @@ from typing import Callable, Iterable, Mapping
 
 from ..algorithms import HashAlg
 from ..errors import InputError, ParseError
+from ..findings import Gap, ReplayStatus
 from ..registers import bank_label
 from .records import EXTEND_PREFIX, FORMAT, HIDDEN_BYTES, INIT_PREFIX, MAX_RECORD_BYTES, Line, classify
 
-MATCHED = "matched"
-MISMATCHED = "mismatched"
-UNANCHORED = "unanchored"
-REPLAYED = "replayed"  # a state, but nothing to compare it with
+MATCHED = ReplayStatus.MATCHED
+MISMATCHED = ReplayStatus.MISMATCHED
+UNANCHORED = ReplayStatus.UNANCHORED
+REPLAYED = ReplayStatus.REPLAYED  # a state, but nothing to compare it with
 
 _BAD = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]")
 # First bytes of lines that may be something other than a plain event.
@@ -41,16 +42,6 @@ _SPECIAL_FIRST = frozenset(b"#SI ")
 # Every byte a log may hold (C0 controls and DEL are forbidden, LF separates lines).
 _ALLOWED = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\n"
 MAX_HIDDEN_LINES = 100  # lines with hidden characters listed in a report; more are only counted
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """An unlogged extension: at ``line`` a sync record declared ``declared``, the log replayed to ``replayed``."""
-
-    line: int
-    alg: HashAlg
-    replayed: bytes
-    declared: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +312,7 @@ class Replayer:
             self._track(alg)
             cur = state[alg]
             if cur is not None and not hmac.compare_digest(cur, declared):
-                self.gaps.append(Gap(lineno, alg, cur, declared))
+                self.gaps.append(Gap(alg, cur, declared, lineno))
             if cur is None:
                 self._anchor[alg] = lineno
             state[alg] = declared
