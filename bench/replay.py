@@ -20,9 +20,9 @@ import argparse
 import gc
 import hashlib
 import json
-import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +34,10 @@ from tsmr.eventlog import parse  # noqa: E402
 from tsmr.formats import tcg2  # noqa: E402
 from tsmr.replay import replay, replay_tcg2_bytes  # noqa: E402
 
-FIXTURES = Path(os.environ.get("TSMR_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+sys.path.insert(0, str(ROOT / "tests"))
+from fixtures_dir import fixtures_root  # noqa: E402  (the test suite's resolver: TSMR_FIXTURES or its default)
+
+FIXTURES = fixtures_root()
 REAL = [
     "go-eventlog/eventlogs/tpm/rhel8-uefi.bin",
     "go-eventlog/eventlogs/tpm/ubuntu-2104-no-secure-boot.bin",

@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("TSMR_FIXTURES", ROOT.parent / "shared" / "fixtures"))
-CCEL = FIXTURES / "go-tdx-guest" / "ccel" / "ccel_data.dat"
+sys.path.insert(0, str(ROOT / "tests"))
+from fixtures_dir import fixtures_root  # noqa: E402  (the test suite's resolver: TSMR_FIXTURES or its default)
+
+CCEL = fixtures_root() / "go-tdx-guest" / "ccel" / "ccel_data.dat"
 
 SERVE = """
 import typer

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -24,7 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("TSMR_FIXTURES", ROOT.parent / "shared" / "fixtures")) / "go-tdx-guest"
+sys.path.insert(0, str(ROOT / "tests"))
+from fixtures_dir import FixtureMissing, fixture_file  # noqa: E402  (the test suite's resolver)
+
 WHEN = datetime(2023, 7, 1, 1, tzinfo=timezone.utc)
 
 DCAP = r"""
@@ -92,8 +93,12 @@ def main() -> None:
     args = ap.parse_args()
     from tsmr.evidence import tdx
 
-    q = (FIXTURES / "tdx_prod_quote_SPR_E4.dat").read_bytes()
-    rd = lambda n: (FIXTURES / n).read_bytes()  # noqa: E731
+    try:
+        gtg = fixture_file("go-tdx-guest")
+    except FixtureMissing as e:
+        sys.exit(f"bench/verify.py: {e}")
+    q = (gtg / "tdx_prod_quote_SPR_E4.dat").read_bytes()
+    rd = lambda n: (gtg / n).read_bytes()  # noqa: E731
     col = tdx.Collateral.from_pcs(
         tcb_info_response=rd("sample_tcbInfo_response"), tcb_info_issuer_chain=rd("tcbinfo_issuer_chain.pem"),
         pck_crl=rd("pckcrl"), pck_crl_issuer_chain=rd("pckcrl_issuer_chain.pem"),
@@ -106,7 +111,7 @@ def main() -> None:
     if py is None:
         rows.append({"case": "dcap-qvl, with collateral", "per_second": None, "count": 0, "outcome": "dcap-qvl could not be installed"})
     else:
-        proc = subprocess.run([str(py), "-c", DCAP, str(FIXTURES), str(args.seconds)], capture_output=True, text=True)
+        proc = subprocess.run([str(py), "-c", DCAP, str(gtg), str(args.seconds)], capture_output=True, text=True)
         res = json.loads(proc.stdout) if proc.returncode == 0 else {"per_second": None, "count": 0, "outcome": proc.stderr[-200:]}
         rows.append({"case": "dcap-qvl, with collateral", **res})
     r, n, out = rate(lambda: tdx.verify_quote(q, now=WHEN), args.seconds)

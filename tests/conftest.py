@@ -1,4 +1,13 @@
-"""Shared fixtures: per-test emulator state, FUSE-mounted emulators, fixtures path."""
+"""Shared fixtures: the shared fixture data, per-test emulator state, FUSE-mounted emulators.
+
+Fixture data (real logs, quotes, certificates) is found in one way, here: tests take the
+``fixtures`` fixture (``fixtures / "go-tdx-guest/ccel/ccel_data.dat"``); module-level helpers
+use the same object, ``from conftest import FIXTURES``; a test can also say what it needs with
+``@pytest.mark.fixture_data("rel/path")``.  All of them resolve paths with tests/fixtures_dir.py
+(``TSMR_FIXTURES``, default ``../shared/fixtures``) and apply :func:`fixture_missing`: missing
+data skips the test with the path and the variable in the reason, and under ``CI=true`` fails
+it, so that a CI run without the data cannot pass by skipping.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +19,83 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-
-def fixtures_dir() -> Path:
-    return Path(os.environ.get("TSMR_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+from fixtures_dir import FixtureMissing, fixture_file, fixtures_root, in_ci  # noqa: E402
 
 
-@pytest.fixture
-def fixtures() -> Path:
-    d = fixtures_dir()
-    if not d.is_dir():
-        pytest.skip(f"real-world fixtures not found at {d} (set TSMR_FIXTURES)")
-    return d
+def fixture_missing(message: str) -> NoReturn:
+    """The rule for missing fixture data: fail under CI=true, else skip; ``message`` names path and variable."""
+    if in_ci():
+        pytest.fail(f"{message} [CI=true: missing fixture data fails the run]", pytrace=False)
+    pytest.skip(message)
+
+
+class Fixtures:
+    """The shared fixture data.  Every lookup checks that the data is there (see :func:`fixture_missing`).
+
+    ``fixtures / "a/b"`` is ``fixtures.path("a/b")``; :attr:`root` is the directory, unchecked,
+    for code that runs at collection time (parametrisation) and checks nothing itself.
+    """
+
+    @property
+    def root(self) -> Path:
+        return fixtures_root()
+
+    def path(self, rel: str = "") -> Path:
+        try:
+            return fixture_file(rel)
+        except FixtureMissing as e:
+            message = str(e)
+        fixture_missing(message)
+
+    def optional(self, rel: str) -> Path | None:
+        """For data a test can do without: None when missing (a failure under CI=true, as for all data)."""
+        try:
+            return fixture_file(rel)
+        except FixtureMissing as e:
+            message = str(e)
+        if in_ci():
+            fixture_missing(message)
+        return None
+
+    def __truediv__(self, rel: str) -> Path:
+        return self.path(rel)
+
+    def __fspath__(self) -> str:
+        return str(self.path())
+
+    def read(self, rel: str) -> bytes:
+        return self.path(rel).read_bytes()
+
+    def __repr__(self) -> str:
+        return f"Fixtures({self.root})"
+
+
+FIXTURES = Fixtures()
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Fixtures:
+    """The shared fixture data (``TSMR_FIXTURES``, default ``../shared/fixtures``): skips, or fails under CI, without it."""
+    FIXTURES.path()
+    return FIXTURES
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "fixture_data(*rel): the test needs these paths under TSMR_FIXTURES (skip, or fail under CI=true)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("fixture_data"):
+        for rel in mark.args:
+            FIXTURES.path(rel)
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ chunked replay == whole replay) the target asserts that too.
 Parsers are looked up lazily: :meth:`Target.unavailable` names what is missing
 (an optional module that is not there), and the runner skips the target.  Nothing here imports atheris, so tests can import this module.
 
-Seeds come from the shared fixtures (``TSMR_FIXTURES``, default
-``/work/shared/fixtures``) plus small synthetic inputs; they are written to a
+Seeds come from the shared fixtures (``TSMR_FIXTURES``, found by tests/fixtures_dir.py; without
+them only the synthetic seeds are used) plus small synthetic inputs; they are written to a
 temporary corpus directory by the runner and never stored in the repository.
 """
 
@@ -20,21 +20,20 @@ import base64
 import hashlib
 import importlib
 import json
-import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the fixtures resolver
+
+from fixtures_dir import fixtures_root  # noqa: E402
+
 SEED_MAX = 32 * 1024  # longer fixtures are cut: fuzzing wants small inputs; the prefix keeps the structure
 
 
-def fixtures_dir() -> Path:
-    return Path(os.environ.get("TSMR_FIXTURES", ROOT.parent / "shared" / "fixtures"))
-
-
 def _files(*patterns: str) -> list[bytes]:
-    base = fixtures_dir()
+    base = fixtures_root()
     out: list[bytes] = []
     if not base.is_dir():
         return out
@@ -378,7 +377,7 @@ def _aael_seeds() -> list[bytes]:
     seeds = [aael.encode_tagged("domain", "operation", "content"),
              aael.encode_tagged("github.com/confidential-containers", "PullImage",
                                 '{"digest":"sha256:00","image":"alpine"}')]
-    base = fixtures_dir() / "trustee" / "eventlog" / "CCEL_AAEL_alibabacloud_out.json"
+    base = fixtures_root() / "trustee" / "eventlog" / "CCEL_AAEL_alibabacloud_out.json"
     if base.is_file():
         for ev in json.loads(base.read_text())["uefi_event_logs"]:
             if ev.get("type_name") == "EV_EVENT_TAG":

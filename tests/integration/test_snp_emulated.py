@@ -35,7 +35,7 @@ from tsmr.errors import BackendError, CollateralError, EvidenceError, InputError
 from tsmr.evidence import snp
 from tsmr.evidence.emulated_snp import EMULATED_TCB, EmulatedSNPSigner, cert_table, emulated_snp_report
 
-from conftest import emulator_mount, fixtures_dir
+from conftest import FIXTURES, emulator_mount
 from emulated_collateral import snp_crl
 
 NONCE = bytes.fromhex("5eed") * 16
@@ -79,8 +79,8 @@ def _self_signed(cn: str) -> x509.Certificate:
 def other_arks() -> list[x509.Certificate]:
     """ARKs that are not the emulator's: one made here, and AMD's Milan ARK when the fixtures are present."""
     arks = [_self_signed("another ARK")]
-    milan = fixtures_dir() / "go-sev-guest" / "milan.testcer"
-    if milan.is_file():
+    milan = FIXTURES.optional("go-sev-guest/milan.testcer")
+    if milan is not None:
         arks.append(snp.split_chain(milan.read_bytes())[1])
     return arks
 

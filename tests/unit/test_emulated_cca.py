@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 from pathlib import Path
 
@@ -23,8 +22,9 @@ from tsmr.evidence.emulated_cca import (
     emulated_cca_token,
 )
 
-FIXTURES = Path(os.environ.get("TSMR_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
-RMM_LEGACY = FIXTURES / "ccatoken" / "cca_token_rmm_legacy.cbor"
+from conftest import FIXTURES  # noqa: E402
+
+RMM_LEGACY = "ccatoken/cca_token_rmm_legacy.cbor"
 
 CHALLENGE = bytes(range(64))
 _ALG_TEXT = {HashAlg.SHA256: "sha-256", HashAlg.SHA512: "sha-512"}
@@ -153,9 +153,7 @@ def test_tamper_signature_names_the_check(signer: EmulatedCCASigner, which: str)
 
 
 def test_claim_keys_match_rmm_fixture(signer: EmulatedCCASigner) -> None:
-    if not RMM_LEGACY.is_file():
-        pytest.skip(f"fixture {RMM_LEGACY} not found (set TSMR_FIXTURES to the shared fixtures directory)")
-    ref = cca.parse_token(RMM_LEGACY.read_bytes())
+    ref = cca.parse_token(FIXTURES.read(RMM_LEGACY))
     ours = cca.parse_token(_token(signer))
     for which in ("realm", "platform"):
         ref_keys = set(cbor2.loads(getattr(ref, which).payload))

@@ -11,10 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import struct
 import uuid
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -36,13 +34,11 @@ from tsmr.evidence import snp
 pytestmark = pytest.mark.filterwarnings("ignore:Parsed a serial number:UserWarning",
                                         "ignore::cryptography.utils.CryptographyDeprecationWarning")
 
-FIXTURES = Path(os.environ.get("TSMR_FIXTURES", "/work/shared/fixtures"))
-SDIR = FIXTURES / "go-sev-guest"
+from conftest import FIXTURES  # noqa: E402
 
-needs_fixture = pytest.mark.skipif(
-    not (SDIR / "attestation.bin").is_file(),
-    reason=f"go-sev-guest fixtures not found under {SDIR} (set TSMR_FIXTURES)",
-)
+SDIR = FIXTURES.root / "go-sev-guest"  # read once needs_fixture has checked it
+
+needs_fixture = pytest.mark.fixture_data("go-sev-guest/attestation.bin")
 
 
 @pytest.fixture(scope="module")

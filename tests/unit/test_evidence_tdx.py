@@ -1,6 +1,6 @@
 """Tests for tsmr.evidence.tdx: parsing and verification of Intel TDX quotes v4/v5.
 
-Fixtures come from $TSMR_FIXTURES (default /work/shared/fixtures), go-tdx-guest/* and
+Fixtures come from $TSMR_FIXTURES (see tests/conftest.py), go-tdx-guest/* and
 trustee/verifier-tdx/*; tests skip with the missing path named when they are absent.
 """
 
@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,18 +19,15 @@ pytest.importorskip("cryptography")
 from tsmr.errors import CollateralError, EvidenceError, ParseError, SignatureError
 from tsmr.evidence import tdx
 
-FIXTURES = Path(os.environ.get("TSMR_FIXTURES", "/work/shared/fixtures"))
-GTG = FIXTURES / "go-tdx-guest"
+from conftest import FIXTURES  # noqa: E402
+
 UTC = dt.UTC
 V4_TIME = dt.datetime(2023, 7, 1, 1, 0, tzinfo=UTC)  # go-tdx-guest verify_test currentTime
 V5_TIME = dt.datetime(2026, 2, 3, 1, 0, tzinfo=UTC)
 
 
 def _read(rel: str) -> bytes:
-    path = FIXTURES / rel
-    if not path.exists():
-        pytest.skip(f"{path} not found (set TSMR_FIXTURES)")
-    return path.read_bytes()
+    return FIXTURES.read(rel)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,7 @@ key, cover the paths the fixture cannot (ECC AKs, wrong magic/type, signer).
 from __future__ import annotations
 
 import json
-import os
 import struct
-from pathlib import Path
 
 import pytest
 from forge import ecc_public as _ecc_public
@@ -22,13 +20,11 @@ from tsmr.algorithms import HashAlg
 from tsmr.errors import EvidenceError, InputError, ParseError, SignatureError
 from tsmr.evidence import tpm
 
-FIXTURES = Path(os.environ.get("TSMR_FIXTURES", "/work/shared/fixtures"))
-QDIR = FIXTURES / "keylime" / "tpm2-quote"
+from conftest import FIXTURES  # noqa: E402
 
-needs_fixture = pytest.mark.skipif(
-    not (QDIR / "quote.out").is_file(),
-    reason=f"keylime tpm2-quote fixtures not found under {QDIR} (set TSMR_FIXTURES)",
-)
+QDIR = FIXTURES.root / "keylime" / "tpm2-quote"  # read once needs_fixture has checked it
+
+needs_fixture = pytest.mark.fixture_data("keylime/tpm2-quote/quote.out")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +30,15 @@ from tsmr.evidence.emulated import EmulatedTDXSigner
 from tsmr.evidence.emulated_cca import EmulatedCCASigner, _sign1_es384
 from tsmr.evidence.emulated_snp import DEFAULT_POLICY, EmulatedSNPSigner
 
-FIXTURES = Path(os.environ.get("TSMR_FIXTURES", "/work/shared/fixtures"))
+from conftest import FIXTURES  # noqa: E402
+
 NOW = dt.datetime.now(dt.timezone.utc)
 TRUSTEE_TIME = dt.datetime(2025, 11, 1, tzinfo=dt.timezone.utc)  # inside the trustee quotes' PCK validity
 DEBUG = b"\x01" + bytes(7)
 
 
 def _fixture(rel: str) -> Path:
-    path = FIXTURES / rel
-    if not path.exists():
-        pytest.skip(f"{path} not found (set TSMR_FIXTURES)")
-    return path
+    return FIXTURES.path(rel)
 
 
 def _cli(*args: str) -> Any:
