@@ -51,6 +51,7 @@ demo: install
 	TSMR_STATE_DIR=$(DEMO_STATE)/state TSMR_LOG_DIR=$(DEMO_STATE)/logs $(PY) examples/demo.py
 
 test: install-test
+	$(PY) -m mypy
 	$(PY) -m pytest -q --ignore=tests/kernel $(PYTEST_ARGS)
 
 # The kernel tier: Linux's own tsm-mr (tsm_mr_sample) in qemu against tsmr's sysfs backend.

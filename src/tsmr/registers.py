@@ -245,7 +245,7 @@ class BaseRegisterSet:
     def close(self) -> None:
         pass
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:

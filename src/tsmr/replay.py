@@ -100,7 +100,7 @@ def map_register(event: Event, arch: str | None) -> str:
 
 
 # A register's state while folding: per bank [value, number of the register's events folded into it].
-_State = dict[str, dict[HashAlg, list]]  # type: ignore[type-arg]
+_State = dict[str, dict[HashAlg, list]]
 
 
 def _report(state: _State, counts: Mapping[str, int], want: Sequence[HashAlg] | None) -> tuple[
@@ -267,7 +267,7 @@ def replay(
     )
 
 
-def _replay_runtime(reg: str, run: list[tuple[int, Event]], regs: dict[HashAlg, list], counts: Mapping[str, int],  # type: ignore[type-arg]
+def _replay_runtime(reg: str, run: list[tuple[int, Event]], regs: dict[HashAlg, list], counts: Mapping[str, int],
                     gaps: list[Gap], want: frozenset[HashAlg] | None, launch: bool,
                     first_value: Callable[[str, HashAlg], bytes]) -> None:
     """Fold a run of a runtime log's records on ``reg`` through the runtime log's own replayer.
@@ -340,7 +340,7 @@ def replay_tcg2_bytes(data: bytes | bytearray | memoryview, *, arch: str = "tpm"
     end = len(buf)
     n2 = 2 * n
     # Per index: {alg_id: [value, events folded]}; measured[index]: measured events on it.
-    state: dict[int, dict[int, list]] = {}  # type: ignore[type-arg]
+    state: dict[int, dict[int, list]] = {}
     measured: dict[int, int] = {}
     start: dict[tuple[int, int], bytes] = {}
     tpm = arch == "tpm"  # index 0 is PCR 0, not MRTD: a StartupLocality event sets its start

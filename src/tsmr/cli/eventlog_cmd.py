@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from typing import Annotated, Optional, Sequence
+from typing import Annotated, Optional, Sequence, cast
 
 import typer
+from rich.text import Text
 from rich.progress import Progress
 from rich.table import Table
 
@@ -83,7 +84,9 @@ def show_cmd(
         table.add_column(col, overflow="fold")
     for e, row in zip(log.events, rows):
         digests = " ".join(f"{a.kernel_name}:{_short(d)}" for a, d in e.digests)
-        ok = {True: "ok", False: render.styled("BAD", "red"), None: "-"}[row["digest_matches_data"]]
+        matches = row.get("digest_matches_data") if isinstance(row, dict) else None
+        cells: dict[object, str | Text] = {True: "ok", False: render.styled("BAD", "red"), None: "-"}
+        ok = cells[matches]
         table.add_row(str(e.seq), str(e.index), e.register if e.measured else f"({e.register})", e.type, digests, ok, e.summary)
     render.out.print(table)
 
@@ -230,9 +233,10 @@ def replay_cmd(
     if as_json:
         render.print_json(out)
     else:
-        for reg, banks in out["registers"].items():  # type: ignore[union-attr]
-            for alg, value in banks.items():
-                render.line(f"{reg} {alg}:{value}")
+        shown_regs = cast("dict[str, dict[str, str]]", out["registers"])
+        for reg, shown_banks in shown_regs.items():
+            for alg_name, value in shown_banks.items():
+                render.line(f"{reg} {alg_name}:{value}")
         for reg, algs in result.missing.items():
             render.warning(f"{reg}: some events carry no {', '.join(a.kernel_name for a in algs)} digest; that bank is not replayed")
         for g in result.gaps:

@@ -95,7 +95,10 @@ def parse_table(data: bytes | bytearray | memoryview, *, strict: bool = False) -
     if strict and not valid:
         raise ParseError(f"checksum 0x{fields[3]:02x} does not make the table sum to zero", format=FORMAT,
                          offset=9, field="CCEL.Checksum")
-    return CCELTable(*fields, checksum_valid=valid)
+    (_, _, revision, checksum, oem_id, oem_table_id, oem_revision, creator_id, creator_revision,
+     cc_type, cc_subtype, reserved, laml, lasa) = fields
+    return CCELTable(sig, length, revision, checksum, oem_id, oem_table_id, oem_revision, creator_id,
+                     creator_revision, cc_type, cc_subtype, reserved, laml, lasa, checksum_valid=valid)
 
 
 def parse_log(data: bytes | bytearray | memoryview, table: CCELTable | None = None) -> tcg2.TCG2Log:

@@ -200,8 +200,8 @@ def _parse_binary(buf: bytes, lay: _Layout, base: int, final: bool, out: list[IM
                 break
         r = _read_entry(buf, pos, lay, base, final, names)
         if r.__class__ is int:
-            return pos, r  # type: ignore[return-value]
-        pcr, th, name, data, nxt = r  # type: ignore[misc]
+            return pos, r
+        pcr, th, name, data, nxt = r
         if check_fields:
             try:
                 split_fields(name, data, big_endian=big)

@@ -126,9 +126,9 @@ class IMAReplayer(_Stream):
                         break
             r = _read_entry(buf, pos, lay, base, final, names)
             if r.__class__ is int:
-                self._need = r  # type: ignore[assignment]
+                self._need = r
                 break
-            pcr, th, name, data, nxt = r  # type: ignore[misc]
+            pcr, th, name, data, nxt = r
             if pcr == pcr_sel:
                 self._entry(seq, base + pos, pcr, th, name, data)
                 self.extended += 1

@@ -221,7 +221,7 @@ def _events(buf: bytes, pos: int, spec: SpecIdEvent, result: list[int] | None = 
     n = len(spec.algorithms)
     n2 = 2 * n
     ids = tuple(a for a, _ in spec.algorithms)
-    i0, i1, i2 = (ids + (None, None))[:3]
+    i0, i1, i2 = (ids + (-1, -1))[:3]  # -1: no such algorithm (never compared when n is smaller)
     layout = _digest_layout(spec)
     layout_size = layout.size
     unpack_layout = layout.unpack_from
@@ -243,6 +243,7 @@ def _events(buf: bytes, pos: int, spec: SpecIdEvent, result: list[int] | None = 
             break
         pos += head_size
         v = None
+        digests: tuple[tuple[int, bytes], ...] | None = None
         if count == n and end - pos >= layout_size:
             # Fast path: the table's algorithms in table order.  The one-, two- and
             # three-bank cases (CCEL; sha1+sha256(+sha384) TPMs) are spelled out
@@ -262,7 +263,7 @@ def _events(buf: bytes, pos: int, spec: SpecIdEvent, result: list[int] | None = 
             else:
                 size = v[n2]
                 pos += layout_size
-        if v is None:  # another order or a subset of the algorithms: the general decoder
+        if v is None or digests is None:  # another order or a subset of the algorithms: the general decoder
             digests, pos = _read_digests(buf, pos, end, count, sizes, n)
             if end - pos < 4:
                 raise ParseError(

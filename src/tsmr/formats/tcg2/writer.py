@@ -102,7 +102,7 @@ def encode(
     else:
         if not algorithms:
             raise InputError("tcg2: algorithms (the banks of the log) are required when encoding events")
-        spec, events, header = SpecIdEvent.for_algorithms(algorithms), log, None
+        spec, events, header = SpecIdEvent.for_algorithms(algorithms), tuple(log), None
     spec_bytes = encode_spec_id(spec)
     index, digest = 0, bytes(20)
     if header is not None:

@@ -33,7 +33,7 @@ from .media import device_path_text
 def parse_signature_lists(data: bytes) -> list[dict[str, Any]]:
     """EFI_SIGNATURE_LIST[] (UEFI 2.10 §32.4.1): type, count and owners of each list (PK, KEK, db, dbx, MokList)."""
     r = _Reader(data, "EFI_SIGNATURE_LIST")
-    out = []
+    out: list[dict[str, Any]] = []
     while r.left:
         if len(out) >= MAX_LIST_ITEMS:
             raise r.fail(f"more than MAX_LIST_ITEMS={MAX_LIST_ITEMS} lists", "SignatureType")
