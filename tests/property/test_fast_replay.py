@@ -47,3 +47,47 @@ def test_random_logs(algs: tuple, events: list, locality: int | None) -> None:  
     fast = replay_tcg2_bytes(data, arch="tpm")
     assert fast.registers == full.registers
     assert fast.missing == full.missing
+
+
+events_st = st.lists(st.tuples(st.integers(0, 4), st.sampled_from([3, 4, 5, 0x80000007]), st.binary(max_size=24)),
+                     min_size=1, max_size=25)
+
+
+@settings(max_examples=40, deadline=None)
+@given(events_st)
+def test_random_ccel_logs(events: list) -> None:  # type: ignore[type-arg]
+    """A CCEL (CC MR indices, SHA-384) through the fast path and the reference fold alike."""
+    alg = HashAlg.SHA384
+    evs = [tcg2.TCG2Event(idx, etype, ((int(alg), alg.hash(data)),), data) for idx, etype, data in events]
+    data = tcg2.encode_log(evs, (alg,))
+    full = replay(parse(data, "ccel", arch="tdx").events, arch="tdx")
+    fast = replay_tcg2_bytes(data, arch="tdx")
+    assert fast.registers == full.registers
+    assert fast.missing == full.missing
+    assert set(full.registers) <= {"mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 23), st.sampled_from([3, 4, 5, 0x80000007]), st.binary(min_size=1, max_size=24)),
+                min_size=1, max_size=25))
+def test_random_legacy_logs(events: list) -> None:  # type: ignore[type-arg]
+    """A SHA-1-only (TPM 1.2 style) log: the fast path hands it to the reference fold; same values."""
+    alg = HashAlg.SHA1
+    evs = [tcg2.TCG2Event(idx, etype, ((int(alg), alg.hash(data)),), data) for idx, etype, data in events]
+    data = tcg2.encode_legacy(evs)
+    full = replay(parse(data, "tcg2-sha1", arch="tpm").events, arch="tpm")
+    fast = replay_tcg2_bytes(data, arch="tpm")
+    assert fast.registers == full.registers
+    assert fast.missing == full.missing
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 23), st.sampled_from([3, 4, 5]), st.binary(max_size=24)), min_size=1, max_size=20))
+def test_random_tpm_logs_mapped_to_tdx(events: list) -> None:  # type: ignore[type-arg]
+    """A TPM log with a SHA-384 bank, replayed onto TDX registers through the UEFI CC-MR table."""
+    algs = (HashAlg.SHA256, HashAlg.SHA384)
+    evs = [tcg2.TCG2Event(idx, etype, tuple((int(a), a.hash(data)) for a in algs), data) for idx, etype, data in events]
+    data = tcg2.encode_log(evs, algs)
+    full = replay(parse(data, "tcg2", arch="tdx").events, arch="tdx")
+    assert set(full.registers) <= {"mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"}
+    assert all(set(banks) == {HashAlg.SHA384} for banks in full.registers.values())
