@@ -1,7 +1,8 @@
 """Reading any measurement log: format detection, parsing into unified events.
 
 >>> from tsmr.formats import tcg2
->>> from tsmr import HashAlg, eventlog, replay
+>>> from tsmr import HashAlg, eventlog
+>>> from tsmr.replay import replay
 >>> data = tcg2.encode_log([tcg2.TCG2Event(7, tcg2.EV_SEPARATOR, ((int(HashAlg.SHA256), HashAlg.SHA256.hash(bytes(4))),), bytes(4))], [HashAlg.SHA256])
 >>> log = eventlog.parse(data)
 >>> log.format, [(e.register, e.type, e.summary) for e in log.events]
