@@ -93,7 +93,8 @@ class Result:
     findings: tuple[Finding, ...]  # worst first
     trustworthiness: Mapping[str, int]  # AR4SI vector: claim -> value
     registers: tuple[Mapping[str, Any], ...] = ()  # register, bank, signed, replayed, status, explanation, reference
-    events: Mapping[str, tuple[Mapping[str, Any], ...]] = field(default_factory=dict)  # proven runtime-log events by domain
+    # proven runtime-log events by domain
+    events: Mapping[str, tuple[Mapping[str, Any], ...]] = field(default_factory=dict)
     unproven: tuple[Mapping[str, Any], ...] = ()  # runtime-log events nothing signed proves, with why
     claims: Mapping[str, Any] = field(default_factory=dict)  # the evidence's claims as JSON values
     quirks: tuple[str, ...] = ()  # log quirks applied during replay
