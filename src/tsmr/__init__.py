@@ -11,22 +11,39 @@ Logs of any format, replayed into register values (an example that runs)::
     >>> log = tsmr.eventlog.parse(b"SYNC sha384/" + b"0" * 96 + b"\\nexample.com/app start\\n")
     >>> log.format, [e.type for e in log.events]
     ('tsmr', ['sync', 'event'])
-    >>> tsmr.replay(log.events).registers["rtmr3"][tsmr.HashAlg.SHA384].hex()[:16]
+    >>> tsmr.replay.replay(log.events).registers["rtmr3"][tsmr.HashAlg.SHA384].hex()[:16]
     '36c56e79ea2d2412'
+
+``tsmr.open`` is reached through the package and left out of ``__all__``, so
+``from tsmr import *`` keeps Python's own :func:`open`.  ``tsmr.eventlog`` and
+``tsmr.replay`` are modules: replay with ``tsmr.replay.replay(events)``.  Every
+exception tsmr raises is importable from here; all but the
+:class:`EmulatedBackendWarning` derive from :class:`TsmrError`.
 """
 
 from .algorithms import HashAlg, extend
 from .errors import (
     BackendError,
+    CollateralError,
+    DatabaseUnavailable,
+    EvidenceError,
     InputError,
     ParseError,
+    PolicyError,
+    ReplayError,
+    SignatureError,
     TsmrError,
     UnknownRegisterError,
 )
 from .registers import Bank, Flag, Register, RegisterSet
 from .backends.detect import EmulatedBackendWarning, open_backend as open
-from . import eventlog, replay  # tsmr.replay(events) calls tsmr.replay.replay
+from . import eventlog, replay
 from .replay import explain
+from .formats.ima import TemplateHashError
+from .runtime_log.records import RecordError
+from .evidence.bundle import TrustAnchorMissing
+from .evidence.limits import AppraisalCancelled, LimitExceeded, TimeBudgetExceeded
+from .agent.client import AgentError, AgentRequestError, AgentUnavailableError
 
 __version__ = "0.1.0"
 
@@ -37,15 +54,30 @@ __all__ = [
     "Bank",
     "Register",
     "RegisterSet",
-    "TsmrError",
-    "InputError",
-    "UnknownRegisterError",
-    "BackendError",
-    "ParseError",
-    "open",
     "eventlog",
     "replay",
     "explain",
+    # the exception tree: TsmrError and everything under it
+    "TsmrError",
+    "InputError",
+    "UnknownRegisterError",
+    "RecordError",
+    "LimitExceeded",
+    "TimeBudgetExceeded",
+    "TrustAnchorMissing",
+    "AgentRequestError",
+    "BackendError",
+    "DatabaseUnavailable",
+    "AgentUnavailableError",
+    "ParseError",
+    "ReplayError",
+    "TemplateHashError",
+    "EvidenceError",
+    "SignatureError",
+    "CollateralError",
+    "PolicyError",
+    "AgentError",
+    "AppraisalCancelled",
     "EmulatedBackendWarning",
     "__version__",
 ]

@@ -69,6 +69,13 @@ class BackendError(TsmrError):
         return cls(msg, backend=backend, register=register, errno=code)
 
 
+class DatabaseUnavailable(BackendError):
+    """The verifier's database cannot serve this request: unreachable, read-only, gone, or refusing the statement."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, backend="database")
+
+
 class ParseError(TsmrError, ValueError):
     """Bytes or text could not be decoded as the named format."""
 
@@ -118,6 +125,7 @@ __all__ = [
     "InputError",
     "UnknownRegisterError",
     "BackendError",
+    "DatabaseUnavailable",
     "ParseError",
     "ReplayError",
     "EvidenceError",

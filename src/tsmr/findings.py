@@ -9,6 +9,7 @@ output and stored results read the same as plain strings did.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Mapping
@@ -75,6 +76,8 @@ class Finding:
             except ValueError:
                 sev = Severity.ERROR
             object.__setattr__(self, "severity", sev)
+        if not isinstance(self.context, MappingProxyType):  # read-only, like the rest of a finding
+            object.__setattr__(self, "context", MappingProxyType(dict(self.context)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "severity": self.severity, "message": self.message, "claim": self.claim,

@@ -33,8 +33,6 @@ prefix matches; and which named quirk, if any, would explain it.
 from __future__ import annotations
 
 import hmac
-import sys
-import types
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -493,15 +491,6 @@ def explain(
         out.append(Mismatch(m.register, m.alg, m.replayed, m.expected, text))
     return out
 
-
-class _CallableModule(types.ModuleType):
-    """``tsmr.replay(events)`` is :func:`replay`, and ``tsmr.replay.explain`` etc. stay reachable."""
-
-    def __call__(self, *args: object, **kwargs: object) -> ReplayResult:
-        return replay(*args, **kwargs)  # type: ignore[arg-type]
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["replay", "replay_tcg2_bytes", "ReplayResult", "Gap", "Mismatch", "compare", "explain", "default_initial",
            "map_register", "not_covered", "LAUNCH_REGISTERS"]

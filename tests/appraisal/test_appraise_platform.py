@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pytest
 from typer.testing import CliRunner
@@ -37,7 +37,7 @@ def _tdx(qe: EmulatedTDXSigner, **kw: Any) -> tuple[dict[str, Any], dict[str, An
     return make_bundle(nonce=NONCE, evidence={"kind": "tdx", "data": q}), trust
 
 
-def _others(vector: dict[str, int], claim: str) -> set[int]:
+def _others(vector: Mapping[str, int], claim: str) -> set[int]:
     return {v for k, v in vector.items() if k != claim}
 
 
@@ -52,7 +52,7 @@ def test_tcb_status_short_of_up_to_date_is_a_hardware_warning(qe: EmulatedTDXSig
     assert f.context == {"tcb_status": status, "qe_tcb_status": "UpToDate", "tdx_module_tcb_status": None,
                          "advisory_ids": ["INTEL-SA-00837", "INTEL-SA-00960"]}
     assert r.trustworthiness["hardware"] == WARNING and _others(r.trustworthiness, "hardware") == {AFFIRMING}
-    assert r.claims["tcb_status"] == status and r.claims["advisory_ids"] == ["INTEL-SA-00837", "INTEL-SA-00960"]
+    assert r.claims["tcb_status"] == status and r.claims["advisory_ids"] == ("INTEL-SA-00837", "INTEL-SA-00960")
 
 
 

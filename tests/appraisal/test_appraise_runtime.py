@@ -29,9 +29,9 @@ def test_learned_runtime_events_affirm_and_a_changed_record_does_not(emulated_td
     r = appraise(doc, nonce=NONCE, now=NOW, trust=emulated_tdx.trust, reference_values=rv)
     assert r.status == "affirming" and r.finding_ids() == [] and r.refvals_id == "known-good"
     assert set(r.events) == {"example.com/app", COCO}
-    assert r.events["example.com/app"] == [{"register": "rtmr3", "seq": 2, "domain": "example.com/app",
+    assert r.events["example.com/app"] == ({"register": "rtmr3", "seq": 2, "domain": "example.com/app",
                                             "operation": "deploy", "content": '{"image":"alpine"}',
-                                            "line": 'example.com/app deploy {"image":"alpine"}'}]
+                                            "line": 'example.com/app deploy {"image":"alpine"}'},)
     assert [(x["register"], x["status"], x["reference"]) for x in r.registers if x["register"] == "rtmr3"] == [
         ("rtmr3", "matched", "matched")]
 

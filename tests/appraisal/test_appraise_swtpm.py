@@ -93,10 +93,10 @@ def test_firmware_log_anomaly_and_the_quirk_that_accepts_it(tmp_path: Path) -> N
     trust = enrolled(got.evidence)
 
     r = appraise(doc, nonce=NONCE, now=NOW, trust=trust)
-    assert r.finding_ids() == ["log.duplicate-separator"] and r.status == "warning" and r.quirks == []
+    assert r.finding_ids() == ["log.duplicate-separator"] and r.status == "warning" and r.quirks == ()
     assert r.findings[0].context == {"register": "pcr7"}
     assert [(x["register"], x["bank"], x["status"]) for x in r.registers if x["status"] != "signed-only"] == [
         ("pcr7", "sha256", "matched")]
     accepted = {"format": "tsmr-refvals", "version": 1, "id": "q", "quirks": ["duplicate-separators"]}
     r = appraise(doc, nonce=NONCE, now=NOW, reference_values=accepted, trust=trust)
-    assert r.finding_ids() == [] and r.quirks == ["duplicate-separators"] and r.status == "affirming"
+    assert r.finding_ids() == [] and r.quirks == ("duplicate-separators",) and r.status == "affirming"

@@ -43,7 +43,7 @@ def test_quote_signed_by_a_fresh_key_is_refused() -> None:
     r = appraise(doc, nonce=NONCE, now=NOW)
     assert r.status == "contraindicated"
     assert r.finding_ids()[0] == "evidence.tpm.ak.untrusted"
-    assert r.trustworthiness["hardware"] == 96 and r.registers == []
+    assert r.trustworthiness["hardware"] == 96 and r.registers == ()
 
 
 def test_only_the_enrolled_key_is_trusted() -> None:
@@ -204,7 +204,7 @@ def test_a_log_anchored_at_zero_still_affirms(emulated_tdx: EmulatedTDX) -> None
     doc = emulated_tdx.bundle(NONCE)
     r = appraise(doc, nonce=NONCE, now=NOW, trust=emulated_tdx.trust, reference_values=None)
     assert r.status == "affirming" and r.finding_ids() == []
-    assert [e["operation"] for e in r.events["example.com/app"]] == ["deploy"] and r.unproven == []
+    assert [e["operation"] for e in r.events["example.com/app"]] == ["deploy"] and r.unproven == ()
 
 
 def test_tsmr_verify_fails_on_history_missing(emulated_tdx: EmulatedTDX, tmp_path: Path) -> None:

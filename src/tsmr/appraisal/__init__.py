@@ -5,7 +5,7 @@
     from tsmr.appraisal import appraise, ReferenceValues
     result = appraise(bundle, nonce=issued, now=now, trust=trust, policy=rego_source,
                       reference_values=ReferenceValues.from_json(text))
-    result.status          # "affirming", "warning" or "contraindicated"
+    result.status          # an EarStatus: "affirming", "warning" or "contraindicated"
     result.finding_ids()   # e.g. ["replay.gap", "freshness.not-checked"]
     result.to_dict()       # JSON-ready
 
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from .core import DEFAULT_POLICY, appraise
 from .appraisers import Appraiser, load_appraisers
-from .model import Finding, Result
+from .model import EarStatus, Finding, Result
 from .policy import check_policy
 from .refvals import ReferenceValues, learn
 
-__all__ = ["appraise", "Finding", "Result", "ReferenceValues", "load_appraisers", "DEFAULT_POLICY", "Appraiser",
-           "check_policy", "learn"]
+__all__ = ["appraise", "EarStatus", "Finding", "Result", "ReferenceValues", "load_appraisers", "DEFAULT_POLICY",
+           "Appraiser", "check_policy", "learn"]

@@ -124,10 +124,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..algorithms import HashAlg
 from ..errors import EvidenceError, InputError, ParseError
+from ..events import Event
 from ..evidence.limits import Budget, LimitExceeded, Limits
 from .appraisers import covers, load_appraisers
 from .facts import claims_json, content_json, group_by_domain, runtime_events, signed_json
-from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, Finding, Result
+from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result
 from .platform import platform_findings
 from .policy import DEFAULT_POLICY, compile_policy, evaluate
 from .refvals import ReferenceValues
@@ -295,7 +296,7 @@ def appraise(
         claims = claims_json(verified.claims)
         accepted = refvals.quirks if refvals is not None else ()
         # 4. replay
-        events = []
+        events: list[Event] = []
         for n, log in enumerate(logs):
             try:
                 events.extend(budget.counted(log_events(log, n), n, _log_name(log)))
@@ -371,7 +372,7 @@ def appraise(
     decision = evaluate(source, policy_input, {"reference_values": refvals.to_json()} if refvals is not None else None)
     run.findings.extend(decision.findings)
 
-    findings = sorted(run.findings, key=lambda f: -_SEVERITY_RANK.get(f.severity, 2))
+    findings = tuple(sorted(run.findings, key=lambda f: -_SEVERITY_RANK.get(f.severity, 2)))
     status = _status(findings)
     if policy_id is None:
         policy_id = "tsmr-default" if policy is None else "sha256:" + hashlib.sha256(policy.encode()).hexdigest()[:16]
@@ -381,11 +382,11 @@ def appraise(
         nonce=bundle_nonce.hex() if bundle_nonce is not None else "",
         findings=findings,
         trustworthiness=_vector(findings, verified is not None),
-        registers=rows,
-        events=group_by_domain(events_json),
-        unproven=unproven_json,
+        registers=tuple(rows),
+        events={domain: tuple(evs) for domain, evs in group_by_domain(events_json).items()},
+        unproven=tuple(unproven_json),
         claims=claims,
-        quirks=list(applied),
+        quirks=tuple(applied),
         policy_id=policy_id,
         refvals_id=refvals_id if refvals_id is not None else (refvals.id if refvals is not None else None),
     )
@@ -402,9 +403,9 @@ def _log_name(log: Any) -> str | None:
     return str(name) if name is not None else None
 
 
-def _status(findings: Sequence[Finding]) -> str:
+def _status(findings: Sequence[Finding]) -> EarStatus:
     worst = max((_SEVERITY_RANK.get(f.severity, 2) for f in findings), default=0)
-    return STATUS_ORDER[worst] if worst < len(STATUS_ORDER) else "contraindicated"
+    return STATUS_ORDER[worst] if worst < len(STATUS_ORDER) else EarStatus.CONTRAINDICATED
 
 
 def _vector(findings: Sequence[Finding], evaluated: bool) -> dict[str, int]:

@@ -8,48 +8,101 @@ names the trustworthiness claim it affects, and the worst finding sets the statu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from ..findings import Finding, Severity
 
-__all__ = ["Finding", "Severity", "Result", "STATUS_ORDER", "TRUST_CLAIMS", "TIER"]
+__all__ = ["EarStatus", "Finding", "Severity", "Result", "STATUS_ORDER", "TRUST_CLAIMS", "TIER"]
 
 # AR4SI trustworthiness claims (draft-ietf-rats-ar4si §2.3) by EAR short name.
 TRUST_CLAIMS = ("instance-identity", "configuration", "executables", "file-system", "hardware",
                 "runtime-opaque", "storage-opaque", "sourced-data")
+
+
+class EarStatus(StrEnum):
+    """An appraisal's status, the EAR ``ear.status`` claim (draft-ietf-rats-ear §3.2; AR4SI §2.3.1 tiers).
+
+    The members are strings: ``EarStatus.AFFIRMING == "affirming"``, and JSON
+    carries the lower-case value.
+    """
+
+    NONE = "none"  # nothing was appraised
+    AFFIRMING = "affirming"
+    WARNING = "warning"
+    CONTRAINDICATED = "contraindicated"
+
+
 # Tiers of a trustworthiness value (AR4SI §2.3.1): 0 none, 2-31 affirming, 32-95 warning, 96-127 contraindicated.
-TIER = {"none": 0, "affirming": 2, "warning": 32, "contraindicated": 96}
-STATUS_ORDER = ("affirming", "warning", "contraindicated")  # "none" appears only when nothing was appraised
+TIER: dict[str, int] = {EarStatus.NONE: 0, EarStatus.AFFIRMING: 2, EarStatus.WARNING: 32, EarStatus.CONTRAINDICATED: 96}
+# From best to worst; "none" appears only when nothing was appraised.
+STATUS_ORDER = (EarStatus.AFFIRMING, EarStatus.WARNING, EarStatus.CONTRAINDICATED)
 SEVERITY_STATUS = {"info": "affirming", "warning": "warning", "error": "contraindicated"}
 
 
-@dataclass
-class Result:
-    """The outcome of :func:`tsmr.appraisal.appraise`: JSON-ready through :meth:`to_dict`."""
+def _frozen(value: Any) -> Any:
+    """A JSON value made read-only all the way down: objects as mapping proxies, arrays as tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
 
-    status: str  # affirming / warning / contraindicated
+
+def _thawed(value: Any) -> Any:
+    """The plain JSON value (dicts and lists) of a :func:`_frozen` one."""
+    if isinstance(value, Mapping):
+        return {k: _thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thawed(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of :func:`tsmr.appraisal.appraise`: JSON-ready through :meth:`to_dict`.
+
+    A result is immutable: the sequences are tuples and the mappings read-only
+    (:class:`types.MappingProxyType`), down to the JSON values of rows, events
+    and claims.  Lists and dicts given to the constructor are converted so.
+    """
+
+    status: EarStatus
     kind: str | None  # evidence kind (tdx, snp, cca, tpm), None if the evidence could not be read
     nonce: str  # hex, the bundle's
-    findings: list[Finding]
-    trustworthiness: dict[str, int]  # AR4SI vector: claim -> value
-    registers: list[dict[str, Any]] = field(default_factory=list)  # register, bank, signed, replayed, status, explanation
-    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # proven runtime-log events by domain
-    unproven: list[dict[str, Any]] = field(default_factory=list)  # runtime-log events nothing signed proves, with why
-    claims: dict[str, Any] = field(default_factory=dict)  # the evidence's claims as JSON values
-    quirks: list[str] = field(default_factory=list)  # log quirks applied during replay
+    findings: tuple[Finding, ...]  # worst first
+    trustworthiness: Mapping[str, int]  # AR4SI vector: claim -> value
+    registers: tuple[Mapping[str, Any], ...] = ()  # register, bank, signed, replayed, status, explanation, reference
+    # proven runtime-log events by domain
+    events: Mapping[str, tuple[Mapping[str, Any], ...]] = field(default_factory=dict)
+    unproven: tuple[Mapping[str, Any], ...] = ()  # runtime-log events nothing signed proves, with why
+    claims: Mapping[str, Any] = field(default_factory=dict)  # the evidence's claims as JSON values
+    quirks: tuple[str, ...] = ()  # log quirks applied during replay
     policy_id: str | None = None
     refvals_id: str | None = None
 
+    def __post_init__(self) -> None:
+        # A frozen dataclass sets its own fields here only: once, before anyone holds the result.
+        set_ = object.__setattr__
+        set_(self, "status", EarStatus(self.status))
+        set_(self, "findings", tuple(self.findings))
+        set_(self, "trustworthiness", MappingProxyType(dict(self.trustworthiness)))
+        for name in ("registers", "events", "unproven", "claims"):
+            set_(self, name, _frozen(getattr(self, name)))
+        set_(self, "quirks", tuple(self.quirks))
+
     @property
     def ok(self) -> bool:
-        return self.status == "affirming"
+        return self.status == EarStatus.AFFIRMING
 
     def finding_ids(self) -> list[str]:
         return [f.id for f in self.findings]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "kind": self.kind, "nonce": self.nonce,
+        """The result as plain JSON values (new dicts and lists, which the caller may change)."""
+        return {"status": str(self.status), "kind": self.kind, "nonce": self.nonce,
                 "findings": [f.to_dict() for f in self.findings], "trustworthiness": dict(self.trustworthiness),
-                "registers": list(self.registers), "events": dict(self.events), "unproven": list(self.unproven),
-                "claims": self.claims,
+                "registers": _thawed(self.registers), "events": _thawed(self.events),
+                "unproven": _thawed(self.unproven), "claims": _thawed(self.claims),
                 "quirks": list(self.quirks), "policy_id": self.policy_id, "refvals_id": self.refvals_id}

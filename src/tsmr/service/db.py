@@ -43,7 +43,7 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from .. import safefs
-from ..errors import BackendError, InputError
+from ..errors import BackendError, DatabaseUnavailable, InputError
 
 __all__ = ["Base", "Challenge", "StoredResult", "Policy", "RefValues", "TpmAk", "Store", "default_url", "default_state_dir",
            "make_engine", "upgrade", "MIGRATIONS_DIR", "Consumed", "DatabaseUnavailable", "database_errors"]
@@ -283,13 +283,6 @@ def current_revision(engine: Engine) -> str | None:
 
 
 # -- failures -------------------------------------------------------------------------------------
-
-class DatabaseUnavailable(BackendError):
-    """The database cannot serve this request: unreachable, read-only, gone, or refusing the statement."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, backend="database")
-
 
 def describe_db_error(exc: BaseException) -> str:
     """One line about a database failure: the driver's first line, never the SQL or its parameters."""
