@@ -105,8 +105,14 @@ def parse(
         algs = tuple(log.algorithms)
         if arch is None:
             arch = "tdx" if fmt == "ccel" else _tcg2_arch(algs)
-        fmt = "ccel" if arch == "tdx" and fmt == "tcg2" else fmt
         events = tcg2.to_events(log, arch=arch, decode=decode)
+        if fmt == "tcg2":  # a runtime log's TCG2 export is TCG2 whatever its banks, its directives shown as such
+            from .runtime_log.export import read_tcg2_export
+
+            exported = read_tcg2_export(events)
+            if exported is not None:
+                return EventLog(fmt, tuple(exported), arch, algs, raw=log)
+        fmt = "ccel" if arch == "tdx" and fmt == "tcg2" else fmt
         return EventLog(fmt, tuple(events), arch, algs, raw=log)
     if fmt == "cel-json":
         from .formats import cel
