@@ -30,6 +30,7 @@ from .errors import InputError, ParseError
 from .events import DATA, Event
 from .formats import cel, cel_tlv, ima, systemd, tcg2, uefi
 from .quirks import check
+from .runtime_log.export import read_tcg2_export
 from .runtime_log.records import Kind, classify
 
 FORMATS = ("tcg2", "tcg2-sha1", "ccel", "cel-json", "cel-tlv", "systemd", "ima-binary", "ima-ascii", "tsmr")
@@ -108,12 +109,14 @@ def parse(
         log = tcg2.parse(data)
         algs = tuple(log.algorithms)
         cc_log = fmt == "ccel" or (not log.legacy and _tcg2_arch(algs) == "tdx")
-        if cc_log:
-            log_arch = arch or "tdx"
-            fmt = "ccel" if fmt == "tcg2" else fmt
-        else:
-            log_arch = "tpm"  # PCR indices: with another arch the replay maps them
+        log_arch = (arch or "tdx") if cc_log else "tpm"  # PCR indices: with another arch the replay maps them
         events = tcg2.to_events(log, arch=log_arch, decode=decode)
+        if fmt == "tcg2":  # a runtime log's TCG2 export is TCG2 whatever its banks, its directives shown as such
+            exported = read_tcg2_export(events)
+            if exported is not None:
+                return EventLog(fmt, tuple(exported), log_arch, algs, raw=log)
+        if cc_log and fmt == "tcg2":
+            fmt = "ccel"
         return EventLog(fmt, tuple(events), log_arch, algs, raw=log)
     if fmt == "cel-json":
         recs = cel.parse_json(data)

@@ -76,6 +76,36 @@ def sequence(rs, directory: str | None) -> list[dict[str, object]]:  # type: ign
     return out
 
 
+DIGEST_ONLY = hashlib.sha384(b"tsmr extend rtmr1 --digest").digest()
+
+
+def logged_extend(rs, directory: str, log_dir: str, extend=None) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """``tsmr extend rtmr1 --digest D`` with its logging on, on a fresh log, then the kernel's own write of D
+    (the register must change the same way both times: H(value || D)), then an event and a verification.
+
+    ``extend(D)`` is the logged extend; by default the library call ``tsmr extend`` makes (the host runs
+    the command itself against the emulator mounted as a tsm-mr directory).
+    """
+    def rtmr1() -> str:
+        return rs.read("rtmr1", [HashAlg.SHA384])[HashAlg.SHA384].hex()
+
+    out: dict[str, object] = {"digest": DIGEST_ONLY.hex(), "before": rtmr1()}
+    if extend is None:
+        with RuntimeLog(rs, "rtmr1", log_dir=log_dir) as log:
+            log.extend_digest({HashAlg.SHA384: DIGEST_ONLY})
+    else:
+        extend(DIGEST_ONLY)
+    out["after_logged_extend"] = rtmr1()
+    out["kernel_write"] = raw_write(directory, "rtmr1:sha384", DIGEST_ONLY)
+    out["after_kernel_write"] = rtmr1()
+    with RuntimeLog(rs, "rtmr1", log_dir=log_dir) as log:
+        log.append("example.com/kernel-test after-digest-only-extend")
+        verdict = log.verify()
+        out["verify"] = {"ok": verdict.ok, "findings": verdict.explain("rtmr1")}
+        out["lines"] = log.read().decode().splitlines()
+    return out
+
+
 def configfs_tsm() -> dict[str, object]:
     """Linux's configfs-tsm with no attestation provider (qemu is no TEE): what a client meets."""
     from tsmr.backends.configfs import ConfigfsTsm
@@ -100,8 +130,9 @@ def configfs_tsm() -> dict[str, object]:
 def main() -> None:
     report: dict[str, object] = {"uname": os.uname().release}
     try:
-        with SysfsRegisterSet(SAMPLE) as kernel:
+        with SysfsRegisterSet(SAMPLE) as kernel, tempfile.TemporaryDirectory() as logs:
             report["kernel"] = sequence(kernel, SAMPLE)
+            report["logged_extend"] = logged_extend(kernel, SAMPLE, logs)
         with tempfile.TemporaryDirectory() as tmp:
             with EmulatedRegisterSet("sample", tmp) as emu:
                 report["emulator"] = sequence(emu, None)

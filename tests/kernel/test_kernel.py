@@ -1,16 +1,18 @@
 """Assertions on the kernel tier's report (tests/kernel/run.py writes it; make test-kernel runs both).
 
 The guest ran one sequence of operations on Linux's own tsm_mr_sample module through
-tsmr's sysfs backend, the same sequence on the emulator's ``sample`` profile, and the
-runtime log on rtmr1:sha384.  Here the same sequence also runs on the host against the
+tsmr's sysfs backend, the same sequence on the emulator's ``sample`` profile, a logged
+digest-only extend next to the kernel's own digest write, and the runtime log on rtmr1:sha384.  Here the same sequence also runs on the host against the
 emulator mounted through FUSE: all three must agree, value for value and errno for errno.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = Path(os.environ.get("TSMR_KERNEL_REPORT", ROOT / ".state" / "kernel-report.json"))
+TSMR = os.path.join(os.path.dirname(sys.executable), "tsmr")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -81,6 +84,40 @@ def test_kernel_and_fuse_mounted_emulator_agree(report: dict, tmp_path: Path) ->
     assert fuse.keys() == kernel.keys()
     for op in kernel:
         assert fuse[op] == kernel[op], f"{op}: FUSE {fuse[op]} != kernel {kernel[op]}"
+
+
+def test_logged_extend_changes_the_register_as_the_kernel_digest_write(report: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    """`tsmr extend rtmr1 --digest D` with logging on changes the real rtmr1 as the kernel's own write of D
+    does, H(value || D) and nothing else; the log (a directive, then the sync record of the next event)
+    verifies.  The tsmr command itself, on the emulator mounted as a tsm-mr directory after the same
+    sequence, gives every value the kernel gave."""
+    from conftest import emulator_mount
+    from guest import logged_extend, sequence
+    from tsmr.backends.emulated import EmulatedRegisterSet
+    from tsmr.backends.sysfs import SysfsRegisterSet
+
+    got = report["logged_extend"]
+    d = bytes.fromhex(got["digest"])
+    after = hashlib.sha384(bytes.fromhex(got["before"]) + d).hexdigest()
+    assert got["after_logged_extend"] == after
+    assert got["kernel_write"] == {"written": 48}
+    assert got["after_kernel_write"] == hashlib.sha384(bytes.fromhex(after) + d).hexdigest()
+    assert got["verify"] == {"ok": True, "findings": []}
+    assert got["lines"] == [f"# .EXTEND sha384/{d.hex()}", f"SYNC sha384/{got['after_kernel_write']}",
+                            "example.com/kernel-test after-digest-only-extend"]
+
+    state, logs = tmp_path / "state", tmp_path / "logs"
+    EmulatedRegisterSet("sample", state).close()
+    with emulator_mount("sample", state) as mnt, SysfsRegisterSet(mnt) as rs:
+        sequence(rs, str(mnt))
+
+        def tsmr_extend(digest: bytes) -> None:
+            cmd = [TSMR, "extend", "rtmr1", "--digest", digest.hex(), "--backend", f"sysfs:{mnt}", "--log-dir", str(logs)]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+
+        fuse = logged_extend(rs, str(mnt), str(logs), tsmr_extend)
+    assert fuse == got
 
 
 def test_runtime_log_on_the_real_rtmr1(report: dict) -> None:  # type: ignore[type-arg]

@@ -73,6 +73,32 @@ def test_extend_directive_only_touches_listed_banks() -> None:
     assert r.banks[S].value == chain(bytes(32), [s])
 
 
+def test_a_log_may_begin_with_directives_anchored_by_a_later_sync_record() -> None:
+    """Directives before the first sync record leave an unknown state unknown; the sync record anchors it."""
+    d1, d2 = b"\x07" * 32, b"\x08" * 32
+    register = hashlib.sha256(hashlib.sha256(b"\x05" * 32 + d1).digest() + d2).digest()  # whatever it held before
+    s = sync_line({S: register})
+    data = log(extend_line({S: d1}), extend_line({S: d2}), s, b"e f")
+    r = replay(data, expected={S: chain(register, [s, b"e f"])})
+    assert r.ok and r.banks[S].anchor_line == 3 and r.records == 4 and not r.gaps
+    # directives alone prove nothing: the state stays unknown
+    r = replay(log(extend_line({S: d1}), extend_line({S: d2})), algs=[S], expected={S: register})
+    assert r.banks[S].status == UNANCHORED and r.banks[S].value is None and not r.gaps and not r.ok
+
+
+def test_directives_before_the_first_sync_extend_a_known_initial_value() -> None:
+    """A verifier that knows the launch value replays the directives into it: a sync record that then
+    declares the register's value is no gap, one that declares another value is (history missing)."""
+    d1 = b"\x07" * 32
+    after = hashlib.sha256(bytes(32) + d1).digest()
+    s = sync_line({S: after})
+    r = replay(log(extend_line({S: d1}), s, b"e f"), initial={S: bytes(32)}, expected={S: chain(after, [s, b"e f"])})
+    assert r.ok and not r.gaps and r.banks[S].anchor_line == 0
+    s_other = sync_line({S: b"\x09" * 32})
+    r = replay(log(extend_line({S: d1}), s_other), initial={S: bytes(32)})
+    assert [(g.line, g.replayed) for g in r.gaps] == [(2, after)]
+
+
 def test_mismatch_names_the_last_line_the_register_covers() -> None:
     s = sync_line({S: bytes(32)})
     lines = [s, b"a 1", b"a 2", b"a 3"]

@@ -53,11 +53,58 @@ def test_out_of_band_extend_is_detected_and_recorded(log: RuntimeLog, rs: Emulat
     assert report.banks[H].status == "matched" and [g.line for g in report.gaps] == [3]
 
 
-def test_extend_digest_logs_a_directive(log: RuntimeLog, rs: EmulatedRegisterSet) -> None:
+def test_extend_digest_logs_a_directive_and_extends_only_the_digest(log: RuntimeLog, rs: EmulatedRegisterSet) -> None:
+    """A digest-only extend changes the register as the kernel's digest write does, H(value || digest),
+    with no sync record before it; the log's state stays unknown until the next event's sync record."""
     d = hashlib.sha384(b"blob").digest()
     res = log.extend_digest({H: d})
-    assert res.lines[-1] == f"# .EXTEND sha384/{d.hex()}"
+    directive = f"# .EXTEND sha384/{d.hex()}"
+    assert res.lines == (directive,) and not res.synced and not res.gap and res.first_line == 1
+    assert rs.read("rtmr3")[H] == hashlib.sha384(bytes(48) + d).digest() == res.values[H]
+    assert log.path.read_text() == directive + "\n"
+    report = log.verify()
+    assert report.banks[H].status == "unanchored" and not report.gaps  # a directive anchors nothing
+    d2 = hashlib.sha384(b"blob 2").digest()
+    assert log.extend_digest({H: d2}).lines == (f"# .EXTEND sha384/{d2.hex()}",)
+    before = rs.read("rtmr3")[H]
+    assert before == hashlib.sha384(hashlib.sha384(bytes(48) + d).digest() + d2).digest()
+    res = log.append("app start")
+    sync = f"SYNC sha384/{before.hex()}"
+    assert res.lines == (sync, "app start") and res.synced and not res.gap and res.first_line == 3
+    report = log.verify()
+    assert report.ok and report.banks[H].anchor_line == 3
+    # the next directive, on a known state, needs no sync record either
+    assert log.extend_digest({H: d}).lines == (f"# .EXTEND sha384/{d.hex()}",)
     assert log.verify().ok
+
+
+def test_directive_after_an_unlogged_extend_leaves_the_gap_to_the_next_event(
+        log: RuntimeLog, rs: EmulatedRegisterSet) -> None:
+    log.append("a 1")
+    rs.extend("rtmr3", {H: b"\x01" * 48})  # not logged
+    d = b"\x02" * 48
+    before = rs.read("rtmr3")[H]
+    res = log.extend_digest({H: d})
+    assert res.lines == (f"# .EXTEND sha384/{d.hex()}",) and not res.synced
+    assert rs.read("rtmr3")[H] == hashlib.sha384(before + d).digest()
+    assert log.verify().banks[H].status == "mismatched"
+    res = log.append("a 2")
+    assert res.synced and res.gap and res.first_line == 4
+    report = log.verify()
+    assert report.banks[H].status == "matched" and [g.line for g in report.gaps] == [4]
+
+
+def test_a_directive_only_log_is_a_new_log_for_the_idle_record(log: RuntimeLog, rs: EmulatedRegisterSet,
+                                                               tmp_path: Path) -> None:
+    """The tail a directive leaves unknown is not cached as the register's value (another writer, with
+    its own object, must still write the sync record before its first event)."""
+    log.extend_digest({H: b"\x03" * 48})
+    log.close()
+    with RuntimeLog(rs, "rtmr3", log_dir=tmp_path / "logs") as other:
+        value = rs.read("rtmr3")[H]
+        res = other.append("x y")
+        assert res.lines == (f"SYNC sha384/{value.hex()}", "x y") and res.synced and not res.gap
+        assert other.verify().ok
     with pytest.raises(InputError, match="48-byte digest, got 3"):
         log.extend_digest({H: b"abc"})
     with pytest.raises(InputError, match="no extendable sha256 bank"):
@@ -164,6 +211,41 @@ def test_recovery_after_k_of_n_extends(rs: EmulatedRegisterSet, tmp_path: Path, 
         assert lg.verify().ok
         lines = path.read_text().splitlines()
         assert lines[2:] == [f"r {i}" for i in range(1, k + 1)]
+
+
+@pytest.mark.parametrize("extended", [False, True])
+@pytest.mark.parametrize("fresh", [True, False])
+def test_recovery_of_an_intent_holding_a_directive(rs: EmulatedRegisterSet, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch, extended: bool, fresh: bool) -> None:
+    """A writer killed in a digest-only extend, before or after the register's extend: recovery keeps the
+    directive exactly when the register has it, and the log (begun with it, if fresh) verifies after the
+    next event's sync record."""
+    path = tmp_path / "l.log"
+    if not fresh:
+        with RuntimeLog(rs, "rtmr3", path=path) as lg:
+            lg.append("before")
+    start = rs.read("rtmr3")[H]
+    d = b"\x05" * 48
+    with monkeypatch.context() as m:
+        if extended:  # the register was extended, the log not appended
+            m.setattr(RuntimeLog, "_append_durable", lambda self, data: (_ for _ in ()).throw(Crash()))
+        else:
+            crash_after_extends(rs, 0, m)
+        with RuntimeLog(rs, "rtmr3", path=path) as lg, pytest.raises(Crash):
+            lg.extend_digest({H: d})
+    assert rs.read("rtmr3")[H] == (hashlib.sha384(start + d).digest() if extended else start)
+    with RuntimeLog(rs, "rtmr3", path=path) as lg:
+        result = lg.recover()
+        assert result is not None and result.lines_in_intent == 1  # the directive alone, no sync record
+        assert (result.action, result.lines_appended) == (("redone", 1) if extended else ("discarded", 0))
+        lines = path.read_text().splitlines() if path.exists() else []
+        assert lines[2 if not fresh else 0:] == ([f"# .EXTEND sha384/{d.hex()}"] if extended else [])
+        value = rs.read("rtmr3")[H]
+        res = lg.append("after")
+        assert res.synced == fresh and not res.gap
+        if fresh:
+            assert res.lines == (f"SYNC sha384/{value.hex()}", "after")
+        assert lg.verify().ok
 
 
 def test_recovery_after_a_partial_append(rs: EmulatedRegisterSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

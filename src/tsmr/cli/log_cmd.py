@@ -41,12 +41,15 @@ def _read_stdin_records() -> list[str]:
         raise InputError(f"standard input is not UTF-8 (byte {exc.start})") from None
     if text.endswith("\n"):
         text = text[:-1]
-    records = text.split("\n") if text else []
-    for i, rec in enumerate(records, 1):
+    records = []
+    for i, rec in enumerate(text.split("\n") if text else [], 1):
+        if not rec:
+            continue  # a blank line is no record (the log format skips them too)
         try:
             check_record(rec)
         except InputError as exc:
             raise InputError(f"standard input line {i}: {exc}") from None
+        records.append(rec)
     return records
 
 
@@ -54,7 +57,7 @@ def _read_stdin_records() -> list[str]:
 @handle_errors
 def append_cmd(
     register: Annotated[str, typer.Argument(help="Register, e.g. rtmr3 or pcr16.")],
-    records: Annotated[list[str], typer.Argument(help="Records, one per argument; '-' reads one record per line from standard input.")],
+    records: Annotated[list[str], typer.Argument(help="Records, one per argument; '-' reads one record per line from standard input (blank lines skipped).")],
     backend: BackendOpt = None,
     log_dir: LogDirOpt = None,
     state_dir: StateDirOpt = None,

@@ -15,6 +15,7 @@ from .. import __version__
 from ..algorithms import HashAlg
 from ..errors import InputError
 from ..registers import Register, bank_label
+from ..runtime_log.reset import remove_logs
 from ..runtime_log.store import RuntimeLog
 from . import render
 from .common import BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, open_backend_cli as _open
@@ -163,9 +164,12 @@ def extend_cmd(
 ) -> None:
     """Extend a register with raw digests: value = H(value || digest) in each bank given.
 
-    The extend is recorded in the register's runtime log as a '# .EXTEND'
-    directive, so the log keeps verifying; --no-log skips that (the next
-    log append then records the gap). Prefer 'tsmr log append' for events.
+    The register changes exactly as by the kernel's digest write. The extend is
+    also recorded in the register's runtime log as a '# .EXTEND' directive (a
+    comment: nothing else is extended), so the log keeps replaying; the next
+    'tsmr log append' writes a sync record first if the log has none yet.
+    --no-log skips the directive (the next append then records a gap).
+    Prefer 'tsmr log append' for events.
     """
     with _open(backend, state_dir) as rs:
         reg = rs.register(register)
@@ -178,11 +182,6 @@ def extend_cmd(
             with RuntimeLog(rs, register, log_dir=log_dir) as log:
                 res = log.extend_digest({a: d for a, d in plan.items() if a is not None})
                 logged = {"path": str(log.path), "lines": list(res.lines), "synced": res.synced}
-            if res.synced and not as_json:
-                render.warning(
-                    f"a sync record was logged (and extended) before the digest: line {res.first_line} of {log.path}; "
-                    "use --no-log for a bare extend"
-                )
         readable = [a for a in plan if reg.bank(a).flags & reg.bank(a).flags.READABLE]
         vals = rs.read(register, readable) if readable else {}
         if as_json:
@@ -280,18 +279,22 @@ def emulate_collateral(
 
 @emulate_app.command("reset")
 @handle_errors
-def emulate_reset(profile: ProfileOpt = "tdx", state_dir: StateDirOpt = None, as_json: JsonOpt = False, backend: BackendOpt = None) -> None:
-    """Restore a profile's initial values, as a reboot would, and clear its journal."""
+def emulate_reset(profile: ProfileOpt = "tdx", state_dir: StateDirOpt = None, log_dir: LogDirOpt = None,
+                  as_json: JsonOpt = False, backend: BackendOpt = None) -> None:
+    """Restore a profile's initial values and clear its journal, as a reboot would; its runtime logs
+    (in --log-dir, as a reboot clears /run) are removed too."""
     from ..backends.emulated import EmulatedRegisterSet
 
     if backend:
         raise InputError("emulate reset works on the built-in emulator only; use --profile")
     with EmulatedRegisterSet(profile, state_dir, create=False) as rs:
+        removed = remove_logs(rs.provider, log_dir)  # refuses, changing nothing, while an agent owns a log
         rs.reset()
+    logs = sorted(str(p) for p in removed if p.name.endswith(".log"))
     if as_json:
-        render.print_json({"profile": profile, "reset": True})
+        render.print_json({"profile": profile, "reset": True, "logs_removed": logs})
     else:
-        render.out.print(f"emulator profile {profile} reset")
+        render.out.print(f"emulator profile {profile} reset" + (f"; its runtime logs removed: {', '.join(logs)}" if logs else ""))
 
 
 @emulate_app.command("mount")

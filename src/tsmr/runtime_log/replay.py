@@ -3,9 +3,12 @@
 Per bank the state is *unknown* until the first sync record, or an initial
 value supplied by the verifier.  Then, line by line: blank lines and plain
 comments do nothing; ``# .EXTEND`` extends the listed banks with the listed
-bytes; a sync record reports a *gap* if the state is known and differs from
-the declared value, takes the declared value, and is then extended like an
-event; an event extends every known bank with ``H(line)``.
+bytes where the state is known, and leaves an unknown state unknown (a log
+may begin with directives: the writer puts no sync record before them, and
+the sync record before the next event anchors the state); a sync record
+reports a *gap* if the state is known and differs from the declared value,
+takes the declared value, and is then extended like an event; an event
+extends every known bank with ``H(line)``.
 
 :class:`Replayer` is incremental (``feed`` any chunks, then ``finish``), so a
 log of millions of lines replays in memory bounded by one chunk and one line.

@@ -12,8 +12,13 @@ with its own length and checksum, so making an intent durable is a data-only
 file, then:
 
 1. *recovers* if an intent is present (below);
-2. reads the register; if the log is new, or the register differs from the
-   log's tail, the batch starts with ``SYNC <values>`` (recording the gap);
+2. reads the register; if the batch holds event records and the log's
+   replayed tail is unknown (a new log, or one holding only ``# .EXTEND``
+   directives) or differs from the register, ``SYNC <values>`` goes before
+   its first event record (recording the gap, if the tail was known).  A
+   directive gets no sync record: a digest-only extend changes the register
+   exactly as the kernel's digest write does, and leaves an unknown tail
+   unknown;
 3. writes the intent (log offset, register values before, the lines) and
    ``fdatasync``s it: from here on the batch can be completed or undone;
 4. extends the register once per hashed line (``H(line)`` per bank, or the
@@ -570,7 +575,11 @@ class RuntimeLog:
         return self._commit(raws)
 
     def extend_digest(self, digests: Mapping[HashAlg, bytes]) -> AppendResult:
-        """A digest-only extend, logged as a ``# .EXTEND`` directive (spec section 2.4)."""
+        """A digest-only extend, logged as a ``# .EXTEND`` directive (spec section 2.4).
+
+        The register changes exactly as by the kernel's digest write, ``H(value || digest)`` in
+        each bank given: no sync record is written before a directive (the next event record
+        gets one if the log's state is unknown or differs from the register)."""
         for alg, d in digests.items():
             if alg not in self.algs:
                 raise InputError(f"register {self.register} has no extendable {alg} bank (banks: {', '.join(map(str, self.algs))})")
@@ -583,6 +592,14 @@ class RuntimeLog:
         return self._commit([])
 
     def _commit(self, raws: list[bytes]) -> AppendResult:
+        """Write ``raws`` (event records or ``# .EXTEND`` directives) as one batch.
+
+        A sync record goes before the batch's first event record when the log has no known state
+        (a new log, or one holding only directives) or its replayed state differs from the
+        register; never before a directive, which must change the register exactly as the
+        kernel's digest write does (spec section 2.3).  ``raws`` empty: a sync record alone, if
+        the register moved (or the log has none yet).
+        """
         with self._lock():
             self._check_writer()
             self._check_file()
@@ -590,20 +607,13 @@ class RuntimeLog:
             self._remember_size()
             size, nlines, tail = self._tail_state()
             cur = self._read_register()
-            lines: list[bytes] = []
-            if size == 0 or tail != cur:
-                lines.append(sync_line(cur))
-            lines.extend(raws)
+            lines, synced_at, gap, values, replayed = self._plan(raws, tail if size else None, cur)
             if not lines:
                 return AppendResult(nlines + 1, (), False, False, cur)
             self._write_intent(size, cur, lines)
-            values = dict(cur)
             try:
                 for raw in lines:
-                    digests = self._digests(raw)
-                    self.regs.extend(self.register, digests)
-                    for alg, d in digests.items():
-                        values[alg] = alg.extend(values[alg], d)
+                    self.regs.extend(self.register, self._digests(raw))
             except BaseException:
                 # Leave the intent: recovery (now, or by the next writer) decides what happened.
                 self._tail = None
@@ -611,9 +621,35 @@ class RuntimeLog:
             self._append_durable(b"".join(line + b"\n" for line in lines))
             self._remember_size()
             new_size = size + sum(len(line) + 1 for line in lines)
-            self._store_tail((new_size, nlines + len(lines), values))
-            synced = lines[0].startswith(b"SYNC ")
-            return AppendResult(nlines + 1, tuple(line.decode() for line in lines), synced, synced and size > 0, values)
+            self._store_tail((new_size, nlines + len(lines), replayed))
+            synced = synced_at is not None
+            return AppendResult(nlines + 1, tuple(line.decode() for line in lines), synced, gap, values)
+
+    def _plan(
+        self, raws: list[bytes], tail: dict[HashAlg, bytes] | None, cur: dict[HashAlg, bytes]
+    ) -> tuple[list[bytes], int | None, bool, dict[HashAlg, bytes], dict[HashAlg, bytes] | None]:
+        """The lines of a batch, where its sync record is (or None), whether that records a gap, the
+        register after the batch, and the log's replayed state after it (None: still unknown)."""
+        lines: list[bytes] = []
+        synced_at: int | None = None
+        gap = False
+        reg: dict[HashAlg, bytes] = dict(cur)
+        state = None if tail is None else dict(tail)
+        for raw in raws if raws else [None]:
+            directive = raw is not None and raw.startswith(EXTEND_PREFIX)
+            if synced_at is None and not directive and state != reg:
+                synced_at = len(lines)
+                gap = state is not None
+                lines.append(sync_line(reg))
+                reg = self._fold(reg, lines[-1])
+                state = dict(reg)
+            if raw is None:
+                break
+            lines.append(raw)
+            reg = self._fold(reg, raw)
+            if state is not None:
+                state = self._fold(state, raw)
+        return lines, synced_at, gap, reg, state
 
     def _settle_for_reading(self) -> None:
         if self._recover_locked() is not None:
