@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tsmr import HashAlg
-from tsmr.runtime_log.replay import replay, replay_file
+from tsmr.runtime_log.replay import replay
 
 Z384 = "0" * 96
 Z256 = "0" * 64
@@ -77,7 +77,7 @@ def test_trustee_aael_file_without_final_lf_is_reported_truncated(fixtures: Path
     from tsmr.errors import ParseError
 
     with pytest.raises(ParseError, match="no final LF"):
-        replay_file(str(fixtures / "trustee/aael/AAEL_data_1"))
+        replay((fixtures / "trustee/aael/AAEL_data_1").read_bytes())
 
 
 def test_cli_replays_aael_v1_files(fixtures: Path) -> None:

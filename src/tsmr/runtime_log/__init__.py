@@ -1,7 +1,7 @@
 """The tsmr runtime event log: records (pure), replay (pure), store (files and locking)."""
 
 from .records import Kind, Line, RecordError, canonical_json, check_record, classify, event
-from .replay import ReplayReport, Replayer, replay, replay_file
+from .replay import ReplayReport, Replayer, replay
 from .store import AppendResult, RecoveryResult, RuntimeLog, default_log_dir
 
 __all__ = [
@@ -15,7 +15,6 @@ __all__ = [
     "ReplayReport",
     "Replayer",
     "replay",
-    "replay_file",
     "AppendResult",
     "RecoveryResult",
     "RuntimeLog",

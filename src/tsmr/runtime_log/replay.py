@@ -372,9 +372,4 @@ def replay(
     return r.finish(accept_unterminated=accept_unterminated)
 
 
-def replay_file(path: str, **kwargs: object) -> ReplayReport:
-    with open(path, "rb") as fh:
-        return replay(iter(lambda: fh.read(1 << 20), b""), **kwargs)  # type: ignore[arg-type]
-
-
-__all__ = ["Replayer", "ReplayReport", "BankResult", "Gap", "replay", "replay_file", "MATCHED", "MISMATCHED", "UNANCHORED", "REPLAYED"]
+__all__ = ["Replayer", "ReplayReport", "BankResult", "Gap", "replay", "MATCHED", "MISMATCHED", "UNANCHORED", "REPLAYED"]
