@@ -16,7 +16,7 @@ from ..eventlog import FORMATS, EventLog, parse
 from ..events import Event
 from ..replay import explain, replay
 from . import render
-from .common import EXIT_VERIFY, JsonOpt, handle_errors, read_input, write_output
+from .common import JsonOpt, handle_errors, read_input, refuse, write_output
 
 eventlog_app = typer.Typer(
     help="Read measurement logs of any format (TCG2, CCEL, CEL, IMA, systemd, tsmr/AAEL): show, replay, convert.",
@@ -177,7 +177,7 @@ def replay_cmd(
                 render.line(m["explanation"])
             render.line("all expected values matched" if not failed else "MISMATCH")
     if failed:
-        raise typer.Exit(EXIT_VERIFY)
+        refuse()
 
 
 @eventlog_app.command("convert")
