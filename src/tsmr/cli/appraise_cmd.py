@@ -15,7 +15,7 @@ from rich.table import Table
 
 from . import render
 from .common import (ArkOpt, AskOpt, AtOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, TrustRootOpt, VcekOpt,
-                     appraisal_outcome, handle_errors, parse_nonce, read_bundle, refuse, verification_time,
+                     handle_errors, judge, parse_nonce, read_bundle, refuse, verification_time,
                      write_output)
 from .common import (MaxLogRecordsOpt, MaxLogsOpt, MaxRuntimeEventsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt,
                      limits_from, read_text)
@@ -91,7 +91,7 @@ def appraise_cmd(
         render.print_json(result.to_dict())
     else:
         _report(bundle, result)
-    appraisal_outcome(result.status, result.finding_ids())
+    judge(result.finding_ids(), passed=result.status == "affirming")
 
 
 def _report(name: str, result: Any) -> None:

@@ -12,7 +12,7 @@ from rich.table import Table
 from ..errors import EvidenceError, InputError
 from . import render
 from .common import (ArkOpt, AskOpt, AtOpt, BackendOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, LogDirOpt,
-                     StateDirOpt, TrustRootOpt, VcekOpt, appraisal_outcome, parse_nonce, read_bundle, refuse,
+                     StateDirOpt, TrustRootOpt, VcekOpt, judge, parse_nonce, read_bundle, refuse,
                      verification_time, write_output)
 from .common import AllowDebugOpt, SnpCrlOpt
 from .common import (MaxLogRecordsOpt, MaxLogsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt, limits_from,
@@ -180,7 +180,7 @@ def _finish(doc: dict[str, Any], output: str | None, verifier: str | None, ear: 
         render.line(f"nonce: {nonce}")
         render_appraisal(body, title=f"{verifier}: result {body.get('id', '?')}")
     findings = [f for f in body.get("findings") or [] if isinstance(f, str)]
-    appraisal_outcome(str(body.get("status")), findings)
+    judge(findings, passed=body.get("status") == "affirming")
 
 
 def render_appraisal(body: dict[str, Any], *, title: str) -> None:

@@ -16,8 +16,8 @@ The exit-code contract of every ``tsmr`` command is decided here, in
   (:class:`~tsmr.errors.BackendError`, :class:`OSError`).
 
 Commands report their result first (a table, a ``FAILED`` line, JSON) and
-then raise :class:`Refused` or :class:`Unreadable`, or call
-:func:`appraisal_outcome` with an appraisal's status and finding ids; library
+then raise :class:`Refused` or :class:`Unreadable`, or call :func:`judge`
+with a result's failed checks (an appraisal's finding ids); library
 errors they do not handle reach :func:`handle_errors`, which prints one
 sentence (and a JSON object under ``--json``) and exits with the code.
 """
@@ -51,7 +51,8 @@ EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
 class Refused(Exception):
     """A check said no: the evidence, a signature, collateral, a replay or a policy (exit 1).
 
-    Raised by a command after it has reported what failed, so nothing more is printed.
+    Raised by a command after it has reported what failed; a message, if any, is printed as
+    the error line.
     """
 
 
@@ -76,8 +77,11 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (OSError, EXIT_BACKEND),  # the system: a file that cannot be written, a full disk
 )
 
-# Appraisal findings that mean the input itself could not be read (bad input, not a "no").
-UNREADABLE_FINDINGS = ("bundle.malformed", "evidence.malformed", "log.malformed")
+# Check and finding ids that mean the input itself could not be read: bad input (2), not a "no" (1).
+UNREADABLE_CHECKS = frozenset({
+    "bundle.malformed", "evidence.malformed", "log.malformed",  # appraisal findings
+    "ear.format", "ear.encoding",  # an EAR that is not a JWS of JSON
+})
 
 
 def exit_code(exc: BaseException) -> int:
@@ -88,18 +92,21 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_USAGE
 
 
-def appraisal_outcome(status: str, finding_ids: Iterable[str]) -> None:
-    """Exit as an appraisal's result says, after the command has shown it (and written what was asked).
+def judge(checks: Iterable[str], *, passed: bool) -> None:
+    """Exit as a result says, after the command has shown it (and written what was asked).
 
-    Affirming returns (exit 0).  A bundle, evidence or log that does not parse is bad
-    input (exit 2) whatever the status; any other result short of affirming is a "no"
-    (exit 1).
+    ``checks`` are the ids of the failed checks or the findings, ``passed`` whether the
+    result is a yes (an affirming appraisal, an EAR that meets every requirement).  A
+    check that means the input could not be read (:data:`UNREADABLE_CHECKS`) is bad
+    input (exit 2) whatever else was found; otherwise a result that did not pass is a
+    "no" (exit 1), and one that did returns (exit 0).
     """
-    unreadable = [f for f in finding_ids if f in UNREADABLE_FINDINGS]
+    unreadable = [c for c in checks if c in UNREADABLE_CHECKS]
     if unreadable:
-        raise Unreadable(", ".join(dict.fromkeys(unreadable)))
-    if status != "affirming":
-        raise Refused(status)
+        raise Unreadable(f"the input could not be read ({', '.join(dict.fromkeys(unreadable))}): the result above "
+                         "says nothing about the platform")
+    if not passed:
+        raise Refused()
 
 
 def refuse() -> NoReturn:
@@ -175,7 +182,9 @@ def handle_errors(fn: F) -> F:
                         if issubclass(w.category, EmulatedBackendWarning):
                             render.warning(str(w.message))
         except (Refused, Unreadable) as exc:
-            raise typer.Exit(exit_code(exc)) from None  # already reported by the command
+            if str(exc):  # the command reported the result; this says why the code is what it is
+                render.error(str(exc))
+            raise typer.Exit(exit_code(exc)) from None
         except TsmrError as exc:
             _fail(str(exc), type(exc).__name__, exit_code(exc), as_json)
         except OSError as exc:

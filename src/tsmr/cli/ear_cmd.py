@@ -27,7 +27,7 @@ from rich.table import Table
 
 from ..errors import InputError, SignatureError
 from . import render
-from .common import AtOpt, JsonOpt, handle_errors, parse_nonce, read_input, refuse, verification_time
+from .common import AtOpt, JsonOpt, handle_errors, judge, parse_nonce, read_input, verification_time
 
 __all__ = ["ear_app"]
 
@@ -114,7 +114,7 @@ def verify_cmd(
     """Verify an EAR offline: signature (by kid, from the JWKS), issue time, nonce, status and policy.
 
     Exit 0 when it verifies (and meets --nonce, --require, --policy-id and --refvals-id), 1 when it
-    does not, naming the check.
+    does not, naming the check; 2 when the EAR is not a JWS of JSON (ear.format, ear.encoding).
     """
     import base64
 
@@ -189,8 +189,7 @@ def verify_cmd(
             render.error(f"{check}: {message}")
         if ok:
             render.out.print(render.styled("the EAR verifies", "green"))
-    if not ok:
-        refuse()
+    judge([check for check, _ in problems], passed=ok)
 
 
 @ear_app.command("key")
