@@ -45,7 +45,7 @@ def appraise_cmd(
     bundle: Annotated[str, typer.Argument(help="A bundle written by 'tsmr attest' (or any tsmr-bundle document).")],
     policy: Annotated[Optional[str], typer.Option("--policy", help="Rego policy file (package tsmr); default: allow when no finding is an error.")] = None,
     refvals: Annotated[Optional[str], typer.Option("--refvals", help="Reference values (JSON, e.g. from 'tsmr refvals learn').")] = None,
-    nonce: Annotated[Optional[str], typer.Option("--nonce", help="The nonce you issued, hex or base64url (without it freshness is not checked).")] = None,
+    nonce: Annotated[Optional[str], typer.Option("--nonce", help="The nonce you issued, hex (without it freshness is not checked).")] = None,
     at: AtOpt = None,
     trust_root: TrustRootOpt = None,
     collateral: CollateralOpt = None,

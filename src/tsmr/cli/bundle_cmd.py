@@ -78,7 +78,7 @@ def challenge_cmd(
 
 
 def attest_cmd(
-    nonce: Annotated[Optional[str], typer.Option("--nonce", help="The relying party's nonce, hex or base64url (with --verifier: fetched from it).")] = None,
+    nonce: Annotated[Optional[str], typer.Option("--nonce", help="The relying party's nonce, hex (with --verifier: fetched from it).")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Where to write the bundle (JSON).")] = None,
     verifier: VerifierOpt = None,
     ear: Annotated[Optional[str], typer.Option("--ear", help="With --verifier: write the signed result (EAR JWT) here.")] = None,
@@ -219,7 +219,7 @@ def render_appraisal(body: dict[str, Any], *, title: str) -> None:
 def verify_cmd(
     bundle: Annotated[str, typer.Argument(help="A bundle written by 'tsmr attest' (or any tsmr-bundle document).")],
     nonce: Annotated[Optional[str], typer.Option(
-        "--nonce", help="The nonce you issued, hex or base64url: the bundle must be over it (without it freshness "
+        "--nonce", help="The nonce you issued, hex: the bundle must be over it (without it freshness "
                         "is not checked).")] = None,
     at: AtOpt = None,
     trust_root: TrustRootOpt = None,

@@ -235,16 +235,17 @@ _HEX = re.compile(r"(?:0x)?(?:[0-9a-fA-F]{2})+")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 
 
-def parse_nonce(text: str, option: str = "--nonce") -> tuple[bytes, str]:
-    """A nonce given as hex (what ``tsmr challenge`` prints) or base64url (an EAR's ``eat_nonce``).
+def parse_nonce(text: str, option: str = "--nonce", *, base64url: bool = False) -> tuple[bytes, str]:
+    """A nonce as hex (what ``tsmr challenge`` prints and bundles carry), or base64url where allowed.
 
     Returns the bytes and the encoding read: ``hex`` when the text is an even number of
-    hex digits (``0x`` allowed), else ``base64url`` (padding optional).
+    hex digits (``0x`` allowed), else, with ``base64url`` (an EAR's ``eat_nonce``),
+    ``base64url`` (padding optional).
     """
     t = text.strip()
     if _HEX.fullmatch(t):
         return bytes.fromhex(t.removeprefix("0x")), "hex"
-    if _BASE64URL.fullmatch(t) and len(t.rstrip("=")) % 4 != 1:
+    if base64url and _BASE64URL.fullmatch(t) and len(t.rstrip("=")) % 4 != 1:
         try:
             value = base64.urlsafe_b64decode(t.rstrip("=") + "=" * (-len(t.rstrip("=")) % 4))
         except (binascii.Error, ValueError):
@@ -252,7 +253,8 @@ def parse_nonce(text: str, option: str = "--nonce") -> tuple[bytes, str]:
         else:
             if value:
                 return value, "base64url"
-    raise InputError(f"{option} {text[:80]!r} is neither hex nor base64url")
+    raise InputError(f"{option} {text[:80]!r} is neither hex nor base64url" if base64url
+                     else f"{option} {text[:80]!r} is not hex")
 
 
 def verification_time(at: str | None) -> datetime:

@@ -125,7 +125,7 @@ def verify_cmd(
     want_nonce: bytes | None = None
     encoding = ""
     if nonce is not None:
-        want_nonce, encoding = parse_nonce(nonce)
+        want_nonce, encoding = parse_nonce(nonce, base64url=True)
     text = read_input(token, "the EAR").decode("ascii", errors="replace").strip()
     trusted = _trusted_keys(jwks, key or [])
     now = verification_time(at)
