@@ -86,7 +86,7 @@ def test_quote_and_bundle_verify_refuse_the_debug_td(tmp_path: Path) -> None:
     bundle.write_text(json.dumps(doc))
     r = _cli("verify", str(bundle), *at, "--json")
     assert r.exit_code == 1 and json.loads(r.stdout)["check"] == "tdx.debug"
-    r = _cli("verify", str(bundle), *at, "--allow-debug", "--json")
+    r = _cli("verify", str(bundle), *at, "--allow-debug", "--json", "--nonce", doc["nonce"])
     out = json.loads(r.stdout)  # (the exit code is the replay's: no log explains RTMR0-1)
     assert out["verified"] is True and out["not_checked"] == ["tdx.crl"]
     assert [w["id"] for w in out["warnings"]] == ["evidence.debug-allowed"]

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import typer
 from rich.table import Table
 
-from ..errors import InputError
+from ..errors import BackendError, InputError
 from . import render
 from .common import BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, write_output
 
@@ -68,7 +68,8 @@ def agent_cmd(
     if not cfg.rules:
         render.warning("no access rules are configured: every request but /v1/health will be refused")
     code = serve(cfg, ready=lambda path: render.line(f"tsmr agent: serving {', '.join(cfg.registers)} on {path}"))
-    raise typer.Exit(code)
+    if code:  # stopped by a failure of its own, which it has logged
+        raise BackendError(f"the agent stopped with status {code}", backend="agent")
 
 
 def record_cmd(

@@ -13,10 +13,10 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from ..errors import InputError
 from . import render
-from .common import (EXIT_VERIFY, ArkOpt, AskOpt, AtOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, TrustRootOpt, VcekOpt,
-                     handle_errors, read_bundle, verification_time, write_output)
+from .common import (ArkOpt, AskOpt, AtOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, TrustRootOpt, VcekOpt,
+                     handle_errors, judge, parse_nonce, read_bundle, refuse, verification_time,
+                     write_output)
 from .common import (MaxLogRecordsOpt, MaxLogsOpt, MaxRuntimeEventsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt,
                      limits_from, read_text)
 from .common import AllowDebugOpt, SnpCrlOpt
@@ -69,7 +69,8 @@ def appraise_cmd(
 
     Prints the registers, the runtime events by domain and every finding with
     its id; exit 0 when the result is affirming, 1 when it is not, 2 for
-    unusable input (including a policy that does not compile).
+    unusable input (a bundle, evidence or log that does not parse, a policy
+    that does not compile: the result is still shown).
     """
     from ..appraisal import appraise
 
@@ -81,12 +82,7 @@ def appraise_cmd(
         from ..appraisal import ReferenceValues
 
         rv = ReferenceValues.from_json(_read_text(refvals, "--refvals"))
-    expected = None
-    if nonce is not None:
-        try:
-            expected = bytes.fromhex(nonce.strip().removeprefix("0x"))
-        except ValueError:
-            raise InputError("--nonce is not hexadecimal") from None
+    expected = parse_nonce(nonce)[0] if nonce is not None else None
     trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
                        tpm_ak=tpm_ak or (), tpm_ca=tpm_ca or (), crl=crl)
     result = appraise(doc, policy=source, reference_values=rv, nonce=expected, now=verification_time(at), trust=trust,
@@ -95,8 +91,7 @@ def appraise_cmd(
         render.print_json(result.to_dict())
     else:
         _report(bundle, result)
-    if result.status != "affirming":
-        raise typer.Exit(EXIT_VERIFY)
+    judge(result.finding_ids(), passed=result.status == "affirming")
 
 
 def _report(name: str, result: Any) -> None:
@@ -188,7 +183,7 @@ def learn_cmd(
             render.print_json({"learned": False, "check": exc.check, "error": str(exc)})
         else:
             render.error(f"the bundle's evidence does not verify: {exc}")
-        raise typer.Exit(EXIT_VERIFY)
+        refuse()
     text = rv.dumps()
     if output == "-":
         write_output(None, text.encode())

@@ -11,8 +11,9 @@ from rich.table import Table
 
 from ..errors import EvidenceError, InputError
 from . import render
-from .common import (EXIT_VERIFY, ArkOpt, AskOpt, AtOpt, BackendOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, LogDirOpt,
-                     StateDirOpt, TrustRootOpt, VcekOpt, read_bundle, verification_time, write_output)
+from .common import (ArkOpt, AskOpt, AtOpt, BackendOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, LogDirOpt,
+                     StateDirOpt, TrustRootOpt, VcekOpt, judge, parse_nonce, read_bundle, refuse,
+                     verification_time, write_output)
 from .common import AllowDebugOpt, SnpCrlOpt
 from .common import (MaxLogRecordsOpt, MaxLogsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt, limits_from,
                      read_input)
@@ -97,6 +98,11 @@ def attest_cmd(
     Evidence comes from configfs-tsm (TDX, SEV-SNP, CCA), the TPM, or the
     emulator; the logs are the firmware log (TPM or CCEL), IMA's, and this
     provider's runtime logs, whichever exist and are readable.
+
+    With --verifier the nonce it issued is printed (and is "nonce" under
+    --json): give it to 'tsmr ear verify --nonce' to check the result answers
+    this attestation.  The exit code is the verifier's verdict: 0 affirming,
+    1 any other status or a refused nonce, 2 a bundle it could not read.
     """
     from ..evidence.acquire import acquire, platform_logs
     from ..evidence.bundle import make_bundle
@@ -107,10 +113,7 @@ def attest_cmd(
     if nonce is None and verifier is None:
         raise InputError("--nonce is needed (or --verifier, which issues one)")
     if nonce is not None:
-        try:
-            value = bytes.fromhex(nonce)
-        except ValueError:
-            raise InputError("--nonce is not hexadecimal") from None
+        value = parse_nonce(nonce)[0]
     else:
         assert verifier is not None
         value = challenge_nonce(verifier)
@@ -120,7 +123,7 @@ def attest_cmd(
         if backend or configfs or privlevel is not None or service_provider or service_guid:
             raise InputError("with --agent the agent's configuration chooses the backend and options")
         doc = AgentClient(agent).evidence(value)
-        _finish(doc, output, verifier, ear, as_json, summary={"output": output, "source": "agent",
+        _finish(doc, output, verifier, ear, as_json, summary={"output": output, "nonce": value.hex(), "source": "agent",
                                                                "kind": doc.get("evidence", {}).get("kind")})
         return
     got = acquire(value, backend=backend, state_dir=state_dir, configfs=configfs, privlevel=privlevel,
@@ -138,7 +141,7 @@ def attest_cmd(
                          "name": str(path)})
     doc = make_bundle(nonce=value, evidence=got.evidence, logs=logs)
     _finish(doc, output, verifier, ear, as_json,
-            summary={"output": output, "kind": got.kind, "source": got.source,
+            summary={"output": output, "nonce": value.hex(), "kind": got.kind, "source": got.source,
                      "logs": [lg.get("name") for lg in logs], "trust_anchor": got.trust_anchor})
 
 
@@ -156,19 +159,28 @@ def _finish(doc: dict[str, Any], output: str | None, verifier: str | None, ear: 
         return
     from ..errors import BackendError
 
+    nonce = str(doc.get("nonce"))
     status, body = _http_json("POST", verifier.rstrip("/") + "/attest", {"bundle": doc})
     if status >= 500 or not isinstance(body, dict):
         raise BackendError(f"verifier {verifier}: /attest answered {status}: {body}", backend="verifier")
     if status >= 400:
-        raise InputError(f"verifier {verifier} refused the bundle ({status}): {body.get('detail', body)}")
+        code = str(body.get("error", ""))
+        message = f"verifier {verifier} refused the bundle over nonce {nonce} ({status} {code}): {body.get('detail', body)}"
+        if code.startswith("freshness."):  # a nonce never issued, used already or expired: a "no", not bad input
+            if as_json:
+                render.print_json({"nonce": nonce, "status": status, **body})
+            render.error(message)
+            refuse()
+        raise InputError(message)
     if ear and body.get("ear"):
         write_output(ear, (body["ear"] + "\n").encode())
     if as_json:
-        render.print_json(body)
+        render.print_json({"nonce": nonce, **body})
     else:
+        render.line(f"nonce: {nonce}")
         render_appraisal(body, title=f"{verifier}: result {body.get('id', '?')}")
-    if body.get("status") != "affirming":
-        raise typer.Exit(EXIT_VERIFY)
+    findings = [f for f in body.get("findings") or [] if isinstance(f, str)]
+    judge(findings, passed=body.get("status") == "affirming")
 
 
 def render_appraisal(body: dict[str, Any], *, title: str) -> None:
@@ -206,6 +218,9 @@ def render_appraisal(body: dict[str, Any], *, title: str) -> None:
 
 def verify_cmd(
     bundle: Annotated[str, typer.Argument(help="A bundle written by 'tsmr attest' (or any tsmr-bundle document).")],
+    nonce: Annotated[Optional[str], typer.Option(
+        "--nonce", help="The nonce you issued, hex: the bundle must be over it (without it freshness "
+                        "is not checked).")] = None,
     at: AtOpt = None,
     trust_root: TrustRootOpt = None,
     collateral: CollateralOpt = None,
@@ -226,27 +241,34 @@ def verify_cmd(
 ) -> None:
     """Verify a bundle's evidence and replay its logs against the signed registers; exit 1 on any failure.
 
-    Says what could not be checked (CRLs and TCB status without --collateral,
-    SEV-SNP revocation without --crl) and a TCB status short of UpToDate;
-    debuggable guests fail unless --allow-debug.
+    Says what could not be checked (freshness without --nonce, CRLs and TCB
+    status without --collateral, SEV-SNP revocation without --crl) and a TCB
+    status short of UpToDate; debuggable guests fail unless --allow-debug.
+    A bundle over another nonce than --nonce fails freshness.nonce-mismatch.
     """
-    from ..evidence.bundle import verify_bundle
+    import hmac
+
+    from ..evidence.bundle import check_document, verify_bundle
 
     limits = limits_from(max_logs, max_records, max_log_records, max_record_bytes, None, time_budget)
+    expected = parse_nonce(nonce)[0] if nonce is not None else None
     doc = read_bundle(bundle)
     trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
                        tpm_ak=tpm_ak or (), tpm_ca=tpm_ca or (), crl=crl)
     when = verification_time(at)
     try:
         result = verify_bundle(doc, now=when, trust=trust, allow_debug=allow_debug, limits=limits)
+        if expected is not None and not hmac.compare_digest(expected, check_document(doc)):
+            raise EvidenceError(f"the bundle is over nonce {doc.get('nonce')}, not over --nonce {expected.hex()}",
+                                check="freshness.nonce-mismatch")
     except EvidenceError as exc:
         if as_json:
             render.print_json({"verified": False, "check": exc.check, "error": str(exc)})
         else:
             render.line(f"FAILED {exc.check}: {exc}")
-        raise typer.Exit(EXIT_VERIFY)
+        refuse()
     rows = [r.__dict__ for r in result.rows]
-    not_checked, warnings = caveats(result.kind, result.claims, nonce_given=True)
+    not_checked, warnings = caveats(result.kind, result.claims, nonce_given=expected is not None)
     if as_json:
         render.print_json({"verified": True, "kind": result.kind, "ok": result.ok, "registers": rows,
                            "not_checked": [c for c, _ in not_checked], "warnings": [f.to_dict() for f in warnings]})
@@ -260,4 +282,4 @@ def verify_cmd(
             table.add_row(r.register, r.bank, status, r.signed or "-", r.explanation)
         render.out.print(table)
     if not result.ok:
-        raise typer.Exit(EXIT_VERIFY)
+        refuse()

@@ -1,23 +1,148 @@
-"""What every CLI command shares: options, error handling, exit codes."""
+"""What every CLI command shares: options, error handling, exit codes.
+
+The exit-code contract of every ``tsmr`` command is decided here, in
+:func:`exit_code`, and nowhere else:
+
+- 0: success;
+- 1: the evidence, a signature, collateral, a replay or a policy said no
+  (:class:`Refused`, :class:`~tsmr.errors.EvidenceError`, an IMA template
+  hash that is not the hash of its data);
+- 2: bad input or usage: an unreadable, truncated or malformed file, a missing
+  file, a wrong option (:class:`~tsmr.errors.InputError`,
+  :class:`~tsmr.errors.ParseError`, :class:`Unreadable`; Typer's own usage
+  errors are 2 too);
+- 3: the backend or the system failed: a device, the TPM, a verifier or a
+  database that cannot be reached, a file that cannot be written
+  (:class:`~tsmr.errors.BackendError`, :class:`OSError`).
+
+Commands report their result first (a table, a ``FAILED`` line, JSON) and
+then raise :class:`Refused` or :class:`Unreadable`, or call :func:`judge`
+with a result's failed checks (an appraisal's finding ids); library
+errors they do not handle reach :func:`handle_errors`, which prints one
+sentence (and a JSON object under ``--json``) and exits with the code.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import errno as _errno
 import functools
 import json
 import os
+import re
 import sys
 import warnings
 from datetime import datetime, timezone
-from typing import Annotated, Any, Callable, Optional, TypeVar
+from typing import Annotated, Any, Callable, Iterable, NoReturn, Optional, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from ..backends.detect import EmulatedBackendWarning, open_backend
-from ..errors import BackendError, InputError, TsmrError
+from ..errors import BackendError, EvidenceError, InputError, TsmrError
+from ..formats.ima import TemplateHashError
 from ..registers import BaseRegisterSet
 from . import render
 
 EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
+
+
+class Refused(Exception):
+    """A check said no: the evidence, a signature, collateral, a replay or a policy (exit 1).
+
+    Raised by a command after it has reported what failed; a message, if any, is printed as
+    the error line.
+    """
+
+
+class Unreadable(Exception):
+    """The input could not be read as what it should be (exit 2), and the command has reported what it could.
+
+    An appraisal whose bundle, evidence or log does not parse is one: its result (and the
+    EAR a verifier signed for it) is still shown and written, but the exit code says
+    "bad input", as ``tsmr verify`` and ``tsmr quote verify`` say for the same bytes.
+    """
+
+
+# The contract, most specific class first: the first entry an exception is an instance of decides.
+_EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (Refused, EXIT_VERIFY),
+    (Unreadable, EXIT_USAGE),
+    (EvidenceError, EXIT_VERIFY),  # signatures, certificates, collateral, bindings
+    (TemplateHashError, EXIT_VERIFY),  # an IMA log that parses but does not hash to itself
+    (BackendError, EXIT_BACKEND),
+    (InputError, EXIT_USAGE),
+    (TsmrError, EXIT_USAGE),  # ParseError, ReplayError, PolicyError: the input cannot be used
+    (OSError, EXIT_BACKEND),  # the system: a file that cannot be written, a full disk
+)
+
+# Check and finding ids that mean the input itself could not be read: bad input (2), not a "no" (1).
+UNREADABLE_CHECKS = frozenset({
+    "bundle.malformed", "evidence.malformed", "log.malformed",  # appraisal findings
+    "ear.format", "ear.encoding",  # an EAR that is not a JWS of JSON
+})
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code the contract gives ``exc`` (2 for anything it does not name)."""
+    for cls, code in _EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return EXIT_USAGE
+
+
+def judge(checks: Iterable[str], *, passed: bool) -> None:
+    """Exit as a result says, after the command has shown it (and written what was asked).
+
+    ``checks`` are the ids of the failed checks or the findings, ``passed`` whether the
+    result is a yes (an affirming appraisal, an EAR that meets every requirement).  A
+    check that means the input could not be read (:data:`UNREADABLE_CHECKS`) is bad
+    input (exit 2) whatever else was found; otherwise a result that did not pass is a
+    "no" (exit 1), and one that did returns (exit 0).
+    """
+    unreadable = [c for c in checks if c in UNREADABLE_CHECKS]
+    if unreadable:
+        raise Unreadable(f"the input could not be read ({', '.join(dict.fromkeys(unreadable))}): the result above "
+                         "says nothing about the platform")
+    if not passed:
+        raise Refused()
+
+
+def refuse() -> NoReturn:
+    """Exit 1: the command has reported which check said no."""
+    raise Refused()
+
+
+class CommandGroup(TyperGroup):
+    """The ``tsmr`` application's group: its help shows flags as flags.
+
+    Typer's help shows a type after every option, and for a flag (``--json``,
+    ``--help``) that type is ``<bool>``, as if the flag took a value.  Each
+    flag here gets an empty metavar, which the help shows instead, on this group
+    and on every command and group reached through it.
+    """
+
+    def get_params(self, ctx: Any) -> Any:
+        params = super().get_params(ctx)
+        _flags_without_type(params)
+        return params
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        stack = [command] if command is not None else []
+        while stack:
+            cmd = stack.pop()
+            _flags_without_type(cmd.get_params(ctx))
+            stack.extend(getattr(cmd, "commands", {}).values())
+        return command
+
+
+def _flags_without_type(params: Iterable[Any]) -> None:
+    for p in params:
+        if getattr(p, "is_flag", False) and getattr(p, "metavar", "") is None:
+            p.metavar = ""
+
 
 BackendOpt = Annotated[
     Optional[str],
@@ -42,7 +167,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handle_errors(fn: F) -> F:
-    """Turn library errors into one sentence and an exit code; never a traceback."""
+    """Turn every outcome into its exit code (:func:`exit_code`); errors as one sentence, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -56,35 +181,80 @@ def handle_errors(fn: F) -> F:
                     for w in caught:
                         if issubclass(w.category, EmulatedBackendWarning):
                             render.warning(str(w.message))
-        except InputError as exc:
-            _fail(exc, EXIT_USAGE, as_json)
-        except BackendError as exc:
-            _fail(exc, EXIT_BACKEND, as_json)
+        except (Refused, Unreadable) as exc:
+            if str(exc):  # the command reported the result; this says why the code is what it is
+                render.error(str(exc))
+            raise typer.Exit(exit_code(exc)) from None
         except TsmrError as exc:
-            _fail(exc, EXIT_USAGE, as_json)
+            _fail(str(exc), type(exc).__name__, exit_code(exc), as_json)
+        except OSError as exc:
+            _fail(_os_message(exc), type(exc).__name__, exit_code(exc), as_json)
         except KeyboardInterrupt:
             raise typer.Exit(130)
 
     return wrapper  # type: ignore[return-value]
 
 
-def _fail(exc: Exception, code: int, as_json: bool) -> None:
-    render.error(str(exc))
+def _os_message(exc: OSError) -> str:
+    name = _errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}" + (f" ({name})" if name else "")
+
+
+def _fail(message: str, kind: str, code: int, as_json: bool) -> NoReturn:
+    render.error(message)
     if as_json:
-        render.print_json({"error": str(exc), "type": type(exc).__name__, "exit_code": code})
+        render.print_json({"error": message, "type": kind, "exit_code": code})
     raise typer.Exit(code)
 
 
 def write_output(output: str | None, data: bytes) -> None:
-    """Write ``data`` to ``output`` atomically (temporary file, then rename), or to standard output."""
+    """Write ``data`` to ``output`` atomically (temporary file, then rename), or to standard output.
+
+    A path that cannot name a file (its directory is missing, or it is a directory) is bad
+    usage (exit 2); any other failure to write is the system's (exit 3).
+    """
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return
     tmp = f"{output}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, output)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, output)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if exc.errno in (_errno.ENOENT, _errno.ENOTDIR, _errno.EISDIR):
+            raise InputError(f"cannot write {output}: {exc.strerror}") from None
+        raise BackendError.from_oserror(exc, backend="file system", register=None, action=f"writing {output}") from None
+
+
+_HEX = re.compile(r"(?:0x)?(?:[0-9a-fA-F]{2})+")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+
+
+def parse_nonce(text: str, option: str = "--nonce", *, base64url: bool = False) -> tuple[bytes, str]:
+    """A nonce as hex (what ``tsmr challenge`` prints and bundles carry), or base64url where allowed.
+
+    Returns the bytes and the encoding read: ``hex`` when the text is an even number of
+    hex digits (``0x`` allowed), else, with ``base64url`` (an EAR's ``eat_nonce``),
+    ``base64url`` (padding optional).
+    """
+    t = text.strip()
+    if _HEX.fullmatch(t):
+        return bytes.fromhex(t.removeprefix("0x")), "hex"
+    if base64url and _BASE64URL.fullmatch(t) and len(t.rstrip("=")) % 4 != 1:
+        try:
+            value = base64.urlsafe_b64decode(t.rstrip("=") + "=" * (-len(t.rstrip("=")) % 4))
+        except (binascii.Error, ValueError):
+            pass
+        else:
+            if value:
+                return value, "base64url"
+    raise InputError(f"{option} {text[:80]!r} is neither hex nor base64url" if base64url
+                     else f"{option} {text[:80]!r} is not hex")
 
 
 def verification_time(at: str | None) -> datetime:

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from ..errors import InputError, SignatureError
 from . import render
-from .common import EXIT_VERIFY, AtOpt, JsonOpt, handle_errors, read_input, verification_time
+from .common import AtOpt, JsonOpt, handle_errors, judge, parse_nonce, read_input, verification_time
 
 __all__ = ["ear_app"]
 
@@ -97,7 +97,9 @@ def verify_cmd(
     key: Annotated[Optional[list[str]], typer.Option(
         "--key", help="A trusted key: PEM public key, private key or certificate, or a JWK. Repeatable.",
         show_default=False)] = None,
-    nonce: Annotated[Optional[str], typer.Option("--nonce", help="The nonce the result must answer (hex).")] = None,
+    nonce: Annotated[Optional[str], typer.Option(
+        "--nonce", help="The nonce the result must answer: hex (as 'tsmr challenge' and 'tsmr attest' print it) "
+                        "or base64url (as the EAR's eat_nonce carries it).")] = None,
     require: Annotated[Optional[str], typer.Option(
         "--require", help="Worst ear.status accepted in every submodule: affirming or warning.")] = None,
     policy_id: Annotated[Optional[str], typer.Option(
@@ -112,7 +114,7 @@ def verify_cmd(
     """Verify an EAR offline: signature (by kid, from the JWKS), issue time, nonce, status and policy.
 
     Exit 0 when it verifies (and meets --nonce, --require, --policy-id and --refvals-id), 1 when it
-    does not, naming the check.
+    does not, naming the check; 2 when the EAR is not a JWS of JSON (ear.format, ear.encoding).
     """
     import base64
 
@@ -121,11 +123,9 @@ def verify_cmd(
     if require is not None and require not in STATUS_ORDER[:2]:
         raise InputError(f"--require takes affirming or warning, not {require!r}")
     want_nonce: bytes | None = None
+    encoding = ""
     if nonce is not None:
-        try:
-            want_nonce = bytes.fromhex(nonce)
-        except ValueError:
-            raise InputError("--nonce must be hexadecimal") from None
+        want_nonce, encoding = parse_nonce(nonce, base64url=True)
     text = read_input(token, "the EAR").decode("ascii", errors="replace").strip()
     trusted = _trusted_keys(jwks, key or [])
     now = verification_time(at)
@@ -143,7 +143,9 @@ def verify_cmd(
         except ValueError:
             got_bytes = None
         if got_bytes != want_nonce:
-            problems.append(("ear.nonce", "the EAR answers another nonce" if got else "the EAR carries no nonce"))
+            given = f"--nonce (read as {encoding}, {len(want_nonce)} bytes)"
+            problems.append(("ear.nonce", f"the EAR answers another nonce than {given}" if got
+                             else f"the EAR carries no nonce, and {given} was asked for"))
     if claims and require is not None:
         limit = STATUS_ORDER.index(require)
         for name, sub in submods.items():
@@ -170,6 +172,7 @@ def verify_cmd(
              "findings": sub.get("tsmr.findings", [])} for name, sub in submods.items() if isinstance(sub, dict)]
     if as_json:
         render.print_json({"ok": ok, "problems": [{"check": c, "message": m} for c, m in problems],
+                           **({"nonce": {"hex": want_nonce.hex(), "read_as": encoding}} if want_nonce is not None else {}),
                            "issued_at": _time(claims.get("iat")), "verifier": claims.get("ear.verifier-id"),
                            "submods": rows, "claims": claims or None})
     else:
@@ -186,8 +189,7 @@ def verify_cmd(
             render.error(f"{check}: {message}")
         if ok:
             render.out.print(render.styled("the EAR verifies", "green"))
-    if not ok:
-        raise typer.Exit(EXIT_VERIFY)
+    judge([check for check, _ in problems], passed=ok)
 
 
 @ear_app.command("key")

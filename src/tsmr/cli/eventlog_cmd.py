@@ -19,7 +19,7 @@ from ..events import Event
 from ..findings import ReplayStatus
 from ..replay import explain, not_covered, replay
 from . import render
-from .common import EXIT_VERIFY, JsonOpt, handle_errors, read_input, write_output
+from .common import JsonOpt, handle_errors, read_input, refuse, write_output
 
 eventlog_app = typer.Typer(
     help="Read measurement logs of any format (TCG2, CCEL, CEL, IMA, systemd, tsmr/AAEL): show, replay, convert.",
@@ -252,7 +252,7 @@ def replay_cmd(
                 render.line(f"{u['register']} {u['bank']}: not covered: a launch measurement, which no log extends")
             render.line("all expected values matched" if not failed else "MISMATCH")
     if failed:
-        raise typer.Exit(EXIT_VERIFY)
+        refuse()
 
 
 def _arch_of(expected: dict[str, dict[HashAlg, bytes]]) -> str:

@@ -16,7 +16,7 @@ from ..runtime_log.records import character_name, check_record, parse_values
 from ..runtime_log.replay import ReplayReport, Replayer
 from ..runtime_log.store import RuntimeLog
 from . import render
-from .common import EXIT_VERIFY, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, open_backend_cli, write_output
+from .common import BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, open_backend_cli, refuse, write_output
 
 log_app = typer.Typer(
     help="Keep a verifiable runtime event log for a register: one record per line, each extended into the register.",
@@ -152,7 +152,7 @@ def _report_out(report: ReplayReport, register: str, as_json: bool, allow_gaps: 
             render.line(sentence)
         render.line(f"{report.records} record(s) in {report.lines} line(s): {'FAILED' if failed else 'OK'}")
     if failed:
-        raise typer.Exit(EXIT_VERIFY)
+        refuse()
 
 
 @log_app.command("verify")

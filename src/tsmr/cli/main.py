@@ -1,7 +1,8 @@
 """The ``tsmr`` command line: argument parsing and rendering over the library.
 
-Exit codes: 0 success, 1 a verification failed, 2 bad usage or input,
-3 a backend (device, file, service) failed.
+Exit codes (decided in :func:`tsmr.cli.common.exit_code`): 0 success; 1 the
+evidence, a signature, collateral, a replay or a policy said no; 2 bad input
+or usage; 3 the backend or the system (device, verifier, database) failed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..registers import Register, bank_label
 from ..runtime_log.reset import remove_logs
 from ..runtime_log.store import RuntimeLog
 from . import render
-from .common import BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, open_backend_cli as _open
+from .common import BackendOpt, CommandGroup, JsonOpt, LogDirOpt, StateDirOpt, handle_errors, open_backend_cli as _open
 from .eventlog_cmd import eventlog_app
 from .log_cmd import log_app
 from .ear_cmd import ear_app
@@ -32,6 +33,7 @@ from .bundle_cmd import attest_cmd, challenge_cmd, verify_cmd
 
 app = typer.Typer(
     name="tsmr",
+    cls=CommandGroup,
     help="Read and extend measurement registers (TDX RTMRs, Arm CCA REMs, TPM PCRs) through one interface.",
     no_args_is_help=True,
     add_completion=False,

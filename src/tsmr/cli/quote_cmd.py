@@ -14,7 +14,6 @@ from ..jsonvalue import plain
 from ..evidence.trust import read_file as _read
 from . import render
 from .common import (
-    EXIT_VERIFY,
     ArkOpt,
     AskOpt,
     AtOpt,
@@ -28,6 +27,7 @@ from .common import (
     TrustRootOpt,
     VcekOpt,
     handle_errors,
+    refuse,
     verification_time,
     write_output,
 )
@@ -319,7 +319,7 @@ def verify_cmd(
             render.print_json({"kind": k, "verified": False, "check": exc.check, "error": str(exc)})
         else:
             render.line(f"FAILED {exc.check or k}: {exc}")
-        raise typer.Exit(EXIT_VERIFY)
+        refuse()
     not_checked, warnings = caveats(k, claims, nonce_given=expected is not None)
     if as_json:
         render.print_json({"kind": k, "verified": True, "not_checked": [c for c, _ in not_checked],

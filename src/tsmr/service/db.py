@@ -39,7 +39,7 @@ from typing import Any, Iterator, Literal
 from sqlalchemy import (JSON, DateTime, Engine, Index, Integer, String, Text, TypeDecorator, UniqueConstraint,
                         create_engine, event, func, select, text, update)
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from .. import safefs
@@ -193,7 +193,13 @@ def make_engine(url: str | None = None, *, state_dir: str | os.PathLike[str] | N
         _sqlite_setup(engine)
         return engine
     if backend == "postgresql":
-        return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2)
+        try:
+            return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2)
+        except ImportError as exc:  # the dialect imports its driver here: psycopg for postgresql+psycopg
+            driver = exc.name or parsed.get_driver_name()
+            raise DatabaseUnavailable(
+                f"database {redact_url(url)}: the PostgreSQL driver {driver} is not installed: "
+                "pip install 'tsmr[postgresql]'") from None
     raise InputError(f"unsupported database {backend!r}: use sqlite:///PATH or postgresql+psycopg://...")
 
 
@@ -291,6 +297,22 @@ def describe_db_error(exc: BaseException) -> str:
     return f"{type(orig).__name__}: {first[:300]}"
 
 
+def _connect_hint(url: str, exc: BaseException) -> str:
+    """What to do about a server that cannot be connected to (nothing for other operational errors)."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    if not any(s in text for s in ("connection refused", "could not connect", "connection failed",
+                                   "no such host", "name or service not known", "timeout expired")):
+        return ""
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - no address to name then
+        return ""
+    if parsed.get_backend_name() != "postgresql":
+        return ""
+    address = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+    return f"; start PostgreSQL or let it accept connections at {address}, or give another --database"
+
+
 @contextlib.contextmanager
 def database_errors(url: str = "") -> Iterator[None]:
     """Turn what SQLAlchemy, the driver and the file system raise into :class:`DatabaseUnavailable`.
@@ -303,6 +325,8 @@ def database_errors(url: str = "") -> Iterator[None]:
         yield
     except DataError:
         raise
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"database{where}: {describe_db_error(exc)}{_connect_hint(url, exc)}") from None
     except SQLAlchemyError as exc:
         raise DatabaseUnavailable(f"database{where}: {describe_db_error(exc)}") from None
     except OSError as exc:
