@@ -19,9 +19,11 @@ import pytest
 import tsmr
 from tsmr.appraisal import EarStatus, Finding, Result, appraise, ear
 
-# Exception classes that carry an HTTP status inside a server, which turns them into a response
-# before anything leaves it: no caller of tsmr ever sees them, so they are not part of the API.
-SERVER_INTERNAL = {"tsmr.agent.server.HttpError", "tsmr.service.app.ApiError"}
+# Exception classes that never leave the program that raises them, so they are not part of the API:
+# HttpError and ApiError carry an HTTP status inside a server, which turns them into a response;
+# Refused and Unreadable carry a command's outcome to the CLI's one exit-code handler.
+SERVER_INTERNAL = {"tsmr.agent.server.HttpError", "tsmr.service.app.ApiError",
+                   "tsmr.cli.common.Refused", "tsmr.cli.common.Unreadable"}
 
 
 def _modules() -> Iterator[types.ModuleType]:
