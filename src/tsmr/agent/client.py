@@ -108,11 +108,11 @@ class AgentClient:
 
     # -- endpoints -------------------------------------------------------------
     def health(self) -> dict[str, Any]:
-        return self.request("GET", "/v1/health")  # type: ignore[no-any-return]
+        return self.request("GET", "/v1/health")
 
     def registers(self) -> dict[str, Any]:
         """``{"provider": ..., "registers": [{"name": ..., "banks": {"sha384": hex}}]}``."""
-        return self.request("GET", "/v1/registers")  # type: ignore[no-any-return]
+        return self.request("GET", "/v1/registers")
 
     def read_log(self, register: str) -> str:
         """The register's runtime log, as text."""
@@ -144,12 +144,12 @@ class AgentClient:
             body = {"domain": domain, "operation": operation}
             if content is not _UNSET:
                 body["content"] = content
-        return self.request("POST", f"/v1/logs/{quote(register, safe='')}/records", body)  # type: ignore[no-any-return]
+        return self.request("POST", f"/v1/logs/{quote(register, safe='')}/records", body)
 
     def evidence(self, nonce: bytes | str) -> dict[str, Any]:
         """A tsmr-bundle over ``nonce`` (bytes, or hex text), with the agent's runtime logs."""
         text = nonce.hex() if isinstance(nonce, (bytes, bytearray)) else str(nonce)
-        return self.request("POST", "/v1/evidence", {"nonce": text})  # type: ignore[no-any-return]
+        return self.request("POST", "/v1/evidence", {"nonce": text})
 
 
 __all__ = ["AgentClient", "AgentError", "AgentRequestError", "AgentUnavailableError"]

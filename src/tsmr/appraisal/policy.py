@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import PolicyError
-from .model import TRUST_CLAIMS, Finding
+from .model import TRUST_CLAIMS, Finding, Severity
 
 __all__ = ["DEFAULT_POLICY", "Decision", "check_policy", "compile_policy", "evaluate"]
 
@@ -142,7 +142,7 @@ def _query(rego: Any) -> Any:
     try:
         if not rs.rego_output_ok(impl):
             node = rs.rego_output_node(impl)
-            msgs = []
+            msgs: list[str] = []
             _collect_errors(rs, node, msgs)
             raise PolicyError(f"the policy could not be evaluated: {'; '.join(dict.fromkeys(msgs)) or 'error'}")
         text = rs.rego_output_string(impl)
@@ -212,7 +212,7 @@ def _decision(value: Any) -> Decision:
         raise PolicyError(f"the policy's allow must be a boolean, not {type(allow).__name__}")
     findings: list[Finding] = []
     if allow is False:
-        findings.append(Finding("policy.deny", "error", "the policy does not allow this evidence", "configuration",
+        findings.append(Finding("policy.deny", Severity.ERROR, "the policy does not allow this evidence", "configuration",
                                 {"rule": "allow"}))
     deny = value.get("deny")
     if deny is not None:
@@ -225,7 +225,7 @@ def _decision(value: Any) -> Decision:
 
 def _deny_finding(entry: Any) -> Finding:
     if isinstance(entry, str):
-        return Finding("policy.deny", "error", entry or "denied by the policy", "configuration", {"rule": "deny"})
+        return Finding("policy.deny", Severity.ERROR, entry or "denied by the policy", "configuration", {"rule": "deny"})
     if isinstance(entry, dict):
         msg = entry.get("msg", entry.get("message"))
         rule = entry.get("id")

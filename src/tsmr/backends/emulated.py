@@ -208,7 +208,7 @@ class EmulatedRegisterSet(BaseRegisterSet):
         os.pwrite(state, _HEADER.pack(_MAGIC, self._generation, seq, jlen) + buf, 0)
         return seq, jlen
 
-    def _locked(self, exclusive: bool):  # type: ignore[no-untyped-def]
+    def _locked(self, exclusive: bool):
         return _Flock(self._fd()[0], exclusive)
 
     def _snapshot(self) -> bytearray:
@@ -240,7 +240,7 @@ class EmulatedRegisterSet(BaseRegisterSet):
             self._snapshot()
         return super().registers()
 
-    def _value(self, buf: bytes, spec: AttrSpec) -> bytes:
+    def _value(self, buf: bytes | bytearray, spec: AttrSpec) -> bytes:
         if spec.derive is not None:
             return spec.derive(bytes(buf))
         return bytes(buf[spec.offset : spec.offset + spec.size])

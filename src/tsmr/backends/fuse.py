@@ -59,7 +59,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from ..errors import BackendError, InputError
 
@@ -648,7 +648,7 @@ def serve(provider: AttributeProvider | None, mountpoint: str | os.PathLike[str]
         if holder:
             holder[0].stop()
 
-    previous: dict[int, object] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
@@ -670,7 +670,7 @@ def serve(provider: AttributeProvider | None, mountpoint: str | os.PathLike[str]
             server.close()
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
 
 
 def _fuse_mount_type(path: str) -> str | None:

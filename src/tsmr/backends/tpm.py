@@ -259,7 +259,7 @@ class TpmRegisterSet(BaseRegisterSet):
             if got == 0:  # a TPM that returns nothing would loop forever
                 raise BackendError(
                     f"tpm: reading {reg.name} failed: the TPM returned no digest for bank(s) "
-                    f"{', '.join(a.kernel_name for a in pending)}",  # type: ignore[union-attr]
+                    f"{', '.join(a.kernel_name for a in pending)}",
                     backend="tpm", register=reg.name,
                 )
             pending = [a for a in pending if a not in out]

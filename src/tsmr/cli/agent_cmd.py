@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(agent_client_app, name="agent-client")
 
 
-def _client(agent: str | None):  # type: ignore[no-untyped-def]
+def _client(agent: str | None):
     from ..agent.client import AgentClient
 
     return AgentClient(agent)

@@ -135,7 +135,8 @@ def verify_cmd(
         claims = ear.verify(text, trusted, now=now)
     except SignatureError as exc:
         problems.append((exc.check or "ear", str(exc)))
-    submods = claims.get("submods") if isinstance(claims.get("submods"), dict) else {}
+    raw_submods = claims.get("submods")
+    submods: dict[Any, Any] = raw_submods if isinstance(raw_submods, dict) else {}
     if claims and want_nonce is not None:
         got = claims.get("eat_nonce")
         try:

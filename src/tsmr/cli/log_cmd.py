@@ -26,7 +26,7 @@ log_app = typer.Typer(
 GAPS_HELP = "Do not fail because of gaps (extends that were not logged), only on a mismatch."
 
 
-def _open_log(reg: str, backend: str | None, state_dir: str | None, log_dir: str | None):  # type: ignore[no-untyped-def]
+def _open_log(reg: str, backend: str | None, state_dir: str | None, log_dir: str | None):
     rs = open_backend_cli(backend, state_dir)
     return rs, RuntimeLog(rs, reg, log_dir=log_dir)
 

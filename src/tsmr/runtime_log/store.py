@@ -191,7 +191,8 @@ class RuntimeLog:
         if self._log_fd is not None:
             return self._log_fd
         dfd = self._open_dir(strict=True)
-        log_fd = intent_fd = None
+        log_fd: int | None = None
+        intent_fd: int | None = None
         try:
             # 0600: the agent's read rules are the way to let others read a log.
             log_fd, created = safefs.open_file(dfd, self.path.name, os.O_RDWR | os.O_APPEND | os.O_CREAT,
@@ -205,9 +206,9 @@ class RuntimeLog:
             if created:  # the directory entries must be durable before we rely on them
                 os.fsync(dfd)
         except BaseException as exc:
-            for fd in (log_fd, intent_fd):
-                if fd is not None:
-                    os.close(fd)
+            for opened in (log_fd, intent_fd):
+                if opened is not None:
+                    os.close(opened)
             if isinstance(exc, OSError):
                 raise BackendError.from_oserror(exc, backend="log", register=self.register, action=f"open log {self.path} for") from exc
             raise
@@ -390,10 +391,10 @@ class RuntimeLog:
         vals = self.regs.read(self.register, self.algs)
         return {a: v for a, v in vals.items() if a is not None}
 
-    def _digests(self, raw: bytes) -> dict[HashAlg, bytes]:
+    def _digests(self, raw: bytes) -> dict[HashAlg | None, bytes]:
         if raw.startswith(EXTEND_PREFIX):
-            return {a: v for a, v in parse_values(raw[len(EXTEND_PREFIX):], what=".EXTEND")}
-        return {a: a.hash(raw) for a in self.algs}
+            return {HashAlg(a): v for a, v in parse_values(raw[len(EXTEND_PREFIX):], what=".EXTEND")}
+        return {HashAlg(a): a.hash(raw) for a in self.algs}
 
     def _fold(self, values: dict[HashAlg, bytes], raw: bytes) -> dict[HashAlg, bytes]:
         out = dict(values)

@@ -34,7 +34,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, cast
 
 from sqlalchemy import (JSON, DateTime, Engine, Index, Integer, String, Text, TypeDecorator, UniqueConstraint,
                         create_engine, event, func, select, text, update)
@@ -508,13 +508,14 @@ class Store:
             q = select(model).where(model.name == name, model.deleted_at.is_(None))
             if version is not None:
                 q = q.where(model.version == version)
-            return s.execute(q.order_by(model.version.desc()).limit(1)).scalar_one_or_none()
+            return cast("Policy | RefValues | None", s.execute(q.order_by(model.version.desc()).limit(1)).scalar_one_or_none())
 
     def versions(self, kind: Kind, name: str) -> list[Policy | RefValues]:
         model = _MODELS[kind]
         with self._read() as s:
-            return list(s.execute(select(model).where(model.name == name, model.deleted_at.is_(None))
-                                  .order_by(model.version)).scalars())
+            rows = s.execute(select(model).where(model.name == name, model.deleted_at.is_(None))
+                             .order_by(model.version)).scalars()
+            return [cast("Policy | RefValues", r) for r in rows]
 
     def names(self, kind: Kind) -> list[tuple[str, int, datetime]]:
         """(name, latest live version, its creation time) for every name with a live version."""

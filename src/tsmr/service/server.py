@@ -24,7 +24,7 @@ __all__ = ["NoDelayHTTPProtocol", "PROTOCOL"]
 PROTOCOL = "tsmr.service.server:NoDelayHTTPProtocol"  # import string: survives uvicorn's worker spawn
 
 
-class NoDelayHTTPProtocol(_Base):  # type: ignore[misc, valid-type]
+class NoDelayHTTPProtocol(_Base):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         sock: Any = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ...errors import InputError
-from ..model import Finding
+from ..model import Finding, Severity
 
 __all__ = ["AllowlistAppraiser"]
 
@@ -113,8 +113,7 @@ class AllowlistAppraiser:
             if action != "deny":
                 continue
             why = f"rule {rule[0]} denies it" if rule else "no rule allows it"
-            out.append(Finding(
-                "appraiser.allowlist.deny", "error",
+            out.append(Finding("appraiser.allowlist.deny", Severity.ERROR,
                 f"{ev['register']} record {ev['seq']} ({domain} {ev['operation']}): {why}", "executables",
                 {"register": ev["register"], "seq": ev["seq"], "domain": domain, "operation": ev["operation"],
                  "content": ev["content"], "rule": rule[0] if rule else None}))

@@ -46,7 +46,7 @@ import re
 from typing import Any, Mapping
 
 from ...errors import InputError
-from ..model import Finding
+from ..model import Finding, Severity
 
 __all__ = ["CocoAppraiser", "DOMAIN", "KNOWN_OPERATIONS"]
 
@@ -75,7 +75,7 @@ def _config(config: Mapping[str, Any]) -> dict[str, Any]:
         images = config["images"]
         if not isinstance(images, list):
             raise _bad("images", "must be an array")
-        entries = []
+        entries: list[tuple[str, tuple[str, ...] | None]] = []
         for n, item in enumerate(images):
             if isinstance(item, str) and item:
                 entries.append((item, None))
@@ -122,7 +122,7 @@ class CocoAppraiser:
 
     def appraise(self, events: list[dict[str, Any]], config: Mapping[str, Any]) -> list[Finding]:
         cfg = _config(config)
-        soft = "error" if cfg["strict"] else "warning"
+        soft = Severity.ERROR if cfg["strict"] else Severity.WARNING
         out: list[Finding] = []
         for ev in events:
             if ev["domain"] != DOMAIN:
@@ -157,7 +157,7 @@ class CocoAppraiser:
                                        "configuration", _context(ev)))
                     continue
                 if cfg["init_data"] is not None and digest.lower() not in cfg["init_data"]:
-                    out.append(Finding("appraiser.coco.init-data-denied", "error",
+                    out.append(Finding("appraiser.coco.init-data-denied", Severity.ERROR,
                                        f"{_where(ev)}: init data {digest} is not among the allowed digests",
                                        "configuration", _context(ev, digest=digest.lower())))
             elif op not in cfg["operations"]:
@@ -180,5 +180,5 @@ class CocoAppraiser:
             why = f"image {image} must be pinned to a digest, and this event carries none"
         else:
             why = f"image {image} has digest {digest}, which is not among the allowed digests"
-        return [Finding("appraiser.coco.image-denied", "error", f"{_where(ev)}: {why}", "executables",
+        return [Finding("appraiser.coco.image-denied", Severity.ERROR, f"{_where(ev)}: {why}", "executables",
                         _context(ev, image=image, digest=digest))]
