@@ -28,7 +28,7 @@ from .backends.detect import EmulatedBackendWarning, open_backend as open
 from . import eventlog, replay  # tsmr.replay(events) calls tsmr.replay.replay
 from .replay import explain
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "HashAlg",

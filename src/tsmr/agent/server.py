@@ -333,7 +333,7 @@ class Agent:
         if not self.config.may_get_evidence(peer):
             raise HttpError(403, "forbidden", f"{peer.describe()} may not request evidence")
         nonce = parse_evidence_body(body)
-        from ..evidence.acquire import acquire, platform_logs
+        from ..system.acquire import acquire, platform_logs
         from ..evidence.bundle import make_bundle
 
         with self._evidence_lock, self._all_locks():

@@ -15,12 +15,11 @@ from rich.table import Table
 
 from ..errors import InputError
 from . import render
-from .common import (EXIT_VERIFY, ArkOpt, AskOpt, AtOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, TrustRootOpt, VcekOpt,
-                     handle_errors, read_bundle, verification_time, write_output)
+from .common import EXIT_VERIFY, AtOpt, JsonOpt, handle_errors, read_bundle, verification_time, write_output
 from .common import (MaxLogRecordsOpt, MaxLogsOpt, MaxRuntimeEventsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt,
                      limits_from, read_text)
-from .common import AllowDebugOpt, SnpCrlOpt
-from .quote_cmd import load_trust
+from .common import AllowDebugOpt
+from .trust_options import TrustOptions, trust_options
 
 __all__ = ["register", "refvals_app", "appraise_cmd", "learn_cmd"]
 
@@ -41,27 +40,20 @@ def _read_text(path: str, what: str) -> str:
     return read_text(path, what)  # bounded, like every input of the command line
 
 
+@trust_options()
 def appraise_cmd(
     bundle: Annotated[str, typer.Argument(help="A bundle written by 'tsmr attest' (or any tsmr-bundle document).")],
     policy: Annotated[Optional[str], typer.Option("--policy", help="Rego policy file (package tsmr); default: allow when no finding is an error.")] = None,
     refvals: Annotated[Optional[str], typer.Option("--refvals", help="Reference values (JSON, e.g. from 'tsmr refvals learn').")] = None,
     nonce: Annotated[Optional[str], typer.Option("--nonce", help="The nonce you issued, hex (without it freshness is not checked).")] = None,
     at: AtOpt = None,
-    trust_root: TrustRootOpt = None,
-    collateral: CollateralOpt = None,
-    vcek: VcekOpt = None,
-    ask: AskOpt = None,
-    ark: ArkOpt = None,
-    cpak: CpakOpt = None,
-    tpm_ak: TpmAkOpt = None,
-    tpm_ca: TpmCaOpt = None,
+    trust: TrustOptions = TrustOptions(),
     max_logs: MaxLogsOpt = None,
     max_records: MaxRecordsOpt = None,
     max_log_records: MaxLogRecordsOpt = None,
     max_record_bytes: MaxRecordBytesOpt = None,
     max_runtime_events: MaxRuntimeEventsOpt = None,
     time_budget: TimeBudgetOpt = None,
-    crl: SnpCrlOpt = None,
     allow_debug: AllowDebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -87,9 +79,8 @@ def appraise_cmd(
             expected = bytes.fromhex(nonce.strip().removeprefix("0x"))
         except ValueError:
             raise InputError("--nonce is not hexadecimal") from None
-    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
-                       tpm_ak=tpm_ak or (), tpm_ca=tpm_ca or (), crl=crl)
-    result = appraise(doc, policy=source, reference_values=rv, nonce=expected, now=verification_time(at), trust=trust,
+    anchors = trust.anchors()
+    result = appraise(doc, policy=source, reference_values=rv, nonce=expected, now=verification_time(at), trust=anchors,
                       policy_id=Path(policy).name if policy else None, limits=limits, allow_debug=allow_debug)
     if as_json:
         render.print_json(result.to_dict())
@@ -155,19 +146,13 @@ def _report(name: str, result: Any) -> None:
 
 @refvals_app.command("learn")
 @handle_errors
+@trust_options()
 def learn_cmd(
     bundle: Annotated[str, typer.Argument(help="A bundle from a known-good machine.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Where to write the reference values (JSON); '-' for standard output.")],
     id: Annotated[Optional[str], typer.Option("--id", help="The reference values' id (default: derived from their content).")] = None,
     at: AtOpt = None,
-    trust_root: TrustRootOpt = None,
-    collateral: CollateralOpt = None,
-    vcek: VcekOpt = None,
-    ask: AskOpt = None,
-    ark: ArkOpt = None,
-    cpak: CpakOpt = None,
-    tpm_ak: TpmAkOpt = None,
-    tpm_ca: TpmCaOpt = None,
+    trust: TrustOptions = TrustOptions(),
     as_json: JsonOpt = False,
 ) -> None:
     """Learn reference values from a known-good bundle: signed registers, identity claims and runtime events.
@@ -179,10 +164,9 @@ def learn_cmd(
     from ..errors import EvidenceError
 
     doc = read_bundle(bundle)
-    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
-                       tpm_ak=tpm_ak or (), tpm_ca=tpm_ca or ())
+    anchors = trust.anchors()
     try:
-        rv = learn(doc, now=verification_time(at), trust=trust, id=id)
+        rv = learn(doc, now=verification_time(at), trust=anchors, id=id)
     except EvidenceError as exc:
         if as_json:
             render.print_json({"learned": False, "check": exc.check, "error": str(exc)})

@@ -11,13 +11,14 @@ from rich.table import Table
 
 from ..errors import EvidenceError, InputError
 from . import render
-from .common import (EXIT_VERIFY, ArkOpt, AskOpt, AtOpt, BackendOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, LogDirOpt,
-                     StateDirOpt, TrustRootOpt, VcekOpt, read_bundle, verification_time, write_output)
-from .common import AllowDebugOpt, SnpCrlOpt
+from .common import (EXIT_VERIFY, AtOpt, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, read_bundle, verification_time,
+                     write_output)
+from .common import AllowDebugOpt
 from .common import (MaxLogRecordsOpt, MaxLogsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt, limits_from,
                      read_input)
-from .quote_cmd import (ConfigfsOpt, GuidOpt, ManifestVerOpt, PrivlevelOpt, ServiceOpt, anchor_flag, caveats, load_trust,
+from .quote_cmd import (ConfigfsOpt, GuidOpt, ManifestVerOpt, PrivlevelOpt, ServiceOpt, anchor_flag, caveats,
                         render_caveats)
+from .trust_options import TrustOptions, trust_options
 
 VerifierOpt = Annotated[Optional[str], typer.Option(
     "--verifier", help="A tsmr verifier's URL (e.g. http://127.0.0.1:8080): get a challenge there and send it the bundle.")]
@@ -98,7 +99,7 @@ def attest_cmd(
     emulator; the logs are the firmware log (TPM or CCEL), IMA's, and this
     provider's runtime logs, whichever exist and are readable.
     """
-    from ..evidence.acquire import acquire, platform_logs
+    from ..system.acquire import acquire, platform_logs
     from ..evidence.bundle import make_bundle
     from ..runtime_log.store import default_log_dir
 
@@ -204,18 +205,11 @@ def render_appraisal(body: dict[str, Any], *, title: str) -> None:
                                      f"  (EAR: {len(body['ear'])} bytes, signed)" if body.get("ear") else ""))
 
 
+@trust_options()
 def verify_cmd(
     bundle: Annotated[str, typer.Argument(help="A bundle written by 'tsmr attest' (or any tsmr-bundle document).")],
     at: AtOpt = None,
-    trust_root: TrustRootOpt = None,
-    collateral: CollateralOpt = None,
-    vcek: VcekOpt = None,
-    ask: AskOpt = None,
-    ark: ArkOpt = None,
-    cpak: CpakOpt = None,
-    tpm_ak: TpmAkOpt = None,
-    tpm_ca: TpmCaOpt = None,
-    crl: SnpCrlOpt = None,
+    trust: TrustOptions = TrustOptions(),
     allow_debug: AllowDebugOpt = False,
     max_logs: MaxLogsOpt = None,
     max_records: MaxRecordsOpt = None,
@@ -234,11 +228,10 @@ def verify_cmd(
 
     limits = limits_from(max_logs, max_records, max_log_records, max_record_bytes, None, time_budget)
     doc = read_bundle(bundle)
-    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
-                       tpm_ak=tpm_ak or (), tpm_ca=tpm_ca or (), crl=crl)
+    anchors = trust.anchors()
     when = verification_time(at)
     try:
-        result = verify_bundle(doc, now=when, trust=trust, allow_debug=allow_debug, limits=limits)
+        result = verify_bundle(doc, now=when, trust=anchors, allow_debug=allow_debug, limits=limits)
     except EvidenceError as exc:
         if as_json:
             render.print_json({"verified": False, "check": exc.check, "error": str(exc)})
