@@ -53,6 +53,7 @@ from ..evidence.anchors import TrustAnchors
 from ..evidence.bundle import replay_logs, verify_evidence
 from ..quirks import resolve as resolve_quirks
 from ..registers import check_register_name, register_order
+from .facts import IDENTITY_CLAIMS, claims_json, runtime_events
 
 __all__ = ["FORMAT", "VERSION", "SCHEMA", "EventRef", "ReferenceValues", "learn"]
 
@@ -310,7 +311,6 @@ def learn(
     learned from a bundle that explains itself.  ``id`` defaults to one derived
     from the learned values.
     """
-    from .facts import IDENTITY_CLAIMS, claims_json, runtime_events
 
     verified = verify_evidence(bundle, now=now, trust=trust)
     replayed = replay_logs(bundle, verified.kind, verified.signed, quirks=quirks)

@@ -66,6 +66,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import InputError, TsmrError
+from ..formats import aael
 
 __all__ = ["Limits", "Budget", "LimitExceeded", "TimeBudgetExceeded", "AppraisalCancelled", "DEFAULT_LIMITS", "ENV"]
 
@@ -263,7 +264,5 @@ def _is_runtime_event(e: Any) -> bool:
         data = e.data
         return not (data[:1] == b"#" or data.startswith((b"SYNC ", b"INIT ")))
     if kind in ("EV_EVENT_TAG", "aael"):
-        from ..formats import aael
-
         return aael.is_tagged_aael(e.data)
     return False

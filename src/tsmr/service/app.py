@@ -86,6 +86,7 @@ from starlette.routing import Match
 
 from ..appraisal import ear
 from ..errors import InputError, TsmrError
+from ..evidence import tpm
 from ..evidence.anchors import TrustAnchors
 from ..version import __version__
 from ..evidence.limits import AppraisalCancelled, LimitExceeded
@@ -865,8 +866,6 @@ def _trust_for(v: Verifier, bundle: Mapping[str, Any]) -> TrustAnchors:
     ev = bundle.get("evidence")
     if not isinstance(ev, Mapping) or ev.get("kind") != "tpm" or not isinstance(ev.get("ak_public"), str):
         return v.trust
-    from ..evidence import tpm
-
     try:
         fingerprint = tpm.ak_fingerprint(bytes.fromhex(ev["ak_public"]))
     except (ValueError, TsmrError):
@@ -963,8 +962,6 @@ def _admin_routes(v: Verifier) -> APIRouter:
     @r.put("/tpm-aks/{name}", response_model=AkOut, status_code=201, tags=["tpm"], responses=_errors(409))
     def enrol_ak(name: NamePath, body: AkIn) -> AkOut:
         """Enrol (or replace) a TPM attestation key: quotes it signs are trusted as the TPM's from now on."""
-        from ..evidence import tpm
-
         raw = body.key.strip().encode()
         try:
             key = tpm.load_ak_anchor(raw if raw.startswith(b"-----") else bytes.fromhex(raw.decode()), "key")

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..system.inputs import read_input
+from ..system.trust import load_anchors, read_file
 from ..version import __version__
 from ..evidence.limits import ENV as LIMITS_ENV, Limits
 from .db import default_state_dir, default_url
@@ -155,8 +157,6 @@ class Settings:
     def published_keys(self) -> list[Any]:
         """The public keys of ``publish_keys``, read and checked."""
         from ..appraisal import ear
-        from ..system.trust import read_file
-
         out: list[Any] = []
         for path in filter(None, (self.publish_keys or "").split(os.pathsep)):
             out.extend(ear.load_public_keys(read_file(path, "the EAR key to publish"), what=path))
@@ -168,8 +168,6 @@ class Settings:
             return _strong_token(self.admin_token, "the admin token ($TSMR_ADMIN_TOKEN)")
         if not self.admin_token_file:
             return None
-        from ..system.inputs import read_input
-
         raw = read_input(self.admin_token_file, "the admin token file", limit=64 << 10)
         try:
             token = raw.decode("utf-8").strip()
@@ -187,8 +185,6 @@ class Settings:
 
     def trust_anchors(self) -> Any:
         """The :class:`~tsmr.evidence.TrustAnchors` the trust settings name, read from their files."""
-        from ..system.trust import load_anchors
-
         return load_anchors(trust_root=self.trust_root, collateral=self.collateral, vcek=self.snp_vcek,
                             ask=self.snp_ask, ark=self.snp_ark, cpak=self.cpak, crl=self.snp_crl,
                             tpm_ak=list(filter(None, (self.tpm_ak or "").split(os.pathsep))),
