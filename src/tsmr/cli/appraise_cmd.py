@@ -16,10 +16,8 @@ from rich.table import Table
 from ..errors import InputError
 from . import render
 from .common import EXIT_VERIFY, AtOpt, JsonOpt, handle_errors, read_bundle, verification_time, write_output
-from .common import (MaxLogRecordsOpt, MaxLogsOpt, MaxRuntimeEventsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt,
-                     limits_from, read_text)
-from .common import AllowDebugOpt
-from .trust_options import TrustOptions, trust_options
+from .common import AllowDebugOpt, read_text
+from .option_groups import TrustOptions, limit_options, trust_options
 
 __all__ = ["register", "refvals_app", "appraise_cmd", "learn_cmd"]
 
@@ -41,6 +39,7 @@ def _read_text(path: str, what: str) -> str:
 
 
 @trust_options()
+@limit_options()
 def appraise_cmd(
     bundle: Annotated[str, typer.Argument(help="A bundle written by 'tsmr attest' (or any tsmr-bundle document).")],
     policy: Annotated[Optional[str], typer.Option("--policy", help="Rego policy file (package tsmr); default: allow when no finding is an error.")] = None,
@@ -48,12 +47,7 @@ def appraise_cmd(
     nonce: Annotated[Optional[str], typer.Option("--nonce", help="The nonce you issued, hex (without it freshness is not checked).")] = None,
     at: AtOpt = None,
     trust: TrustOptions = TrustOptions(),
-    max_logs: MaxLogsOpt = None,
-    max_records: MaxRecordsOpt = None,
-    max_log_records: MaxLogRecordsOpt = None,
-    max_record_bytes: MaxRecordBytesOpt = None,
-    max_runtime_events: MaxRuntimeEventsOpt = None,
-    time_budget: TimeBudgetOpt = None,
+    limits: Any = None,
     allow_debug: AllowDebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -65,7 +59,6 @@ def appraise_cmd(
     """
     from ..appraisal import appraise
 
-    limits = limits_from(max_logs, max_records, max_log_records, max_record_bytes, max_runtime_events, time_budget)
     doc = read_bundle(bundle)
     source = _read_text(policy, "--policy") if policy else None
     rv = None

@@ -14,11 +14,10 @@ from . import render
 from .common import (EXIT_VERIFY, AtOpt, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, read_bundle, verification_time,
                      write_output)
 from .common import AllowDebugOpt
-from .common import (MaxLogRecordsOpt, MaxLogsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt, limits_from,
-                     read_input)
+from .common import read_input
 from .quote_cmd import (ConfigfsOpt, GuidOpt, ManifestVerOpt, PrivlevelOpt, ServiceOpt, anchor_flag, caveats,
                         render_caveats)
-from .trust_options import TrustOptions, trust_options
+from .option_groups import TrustOptions, limit_options, trust_options
 
 VerifierOpt = Annotated[Optional[str], typer.Option(
     "--verifier", help="A tsmr verifier's URL (e.g. http://127.0.0.1:8080): get a challenge there and send it the bundle.")]
@@ -206,16 +205,13 @@ def render_appraisal(body: dict[str, Any], *, title: str) -> None:
 
 
 @trust_options()
+@limit_options(runtime_events=False)
 def verify_cmd(
     bundle: Annotated[str, typer.Argument(help="A bundle written by 'tsmr attest' (or any tsmr-bundle document).")],
     at: AtOpt = None,
     trust: TrustOptions = TrustOptions(),
     allow_debug: AllowDebugOpt = False,
-    max_logs: MaxLogsOpt = None,
-    max_records: MaxRecordsOpt = None,
-    max_log_records: MaxLogRecordsOpt = None,
-    max_record_bytes: MaxRecordBytesOpt = None,
-    time_budget: TimeBudgetOpt = None,
+    limits: Any = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a bundle's evidence and replay its logs against the signed registers; exit 1 on any failure.
@@ -226,7 +222,6 @@ def verify_cmd(
     """
     from ..evidence.bundle import verify_bundle
 
-    limits = limits_from(max_logs, max_records, max_log_records, max_record_bytes, None, time_budget)
     doc = read_bundle(bundle)
     anchors = trust.anchors()
     when = verification_time(at)

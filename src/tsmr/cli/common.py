@@ -159,7 +159,7 @@ def read_bundle(path: str) -> Any:
         raise InputError(f"{path} is nested too deeply to be a bundle") from None
 
 
-# Appraisal limits (tsmr.evidence.limits.Limits, tsmr.system.inputs.limits_from_env): the same for 'tsmr appraise', 'tsmr verify' and
+# Appraisal limits (tsmr.evidence.limits.Limits; cli.option_groups.limit_options): the same for 'tsmr appraise', 'tsmr verify' and
 # 'tsmr serve'; an option wins over its TSMR_* variable, which wins over the default.
 MaxLogsOpt = Annotated[Optional[int], typer.Option(
     "--max-logs", min=0, help="Most logs in a bundle (default 64, $TSMR_MAX_LOGS; 0: no limit).", show_default=False)]
@@ -180,13 +180,3 @@ TimeBudgetOpt = Annotated[Optional[float], typer.Option(
     "--time-budget", min=0, help="Seconds an appraisal may take (default 30, $TSMR_TIME_BUDGET; 0: no limit).",
     show_default=False)]
 
-
-def limits_from(max_logs: int | None = None, max_records: int | None = None, max_log_records: int | None = None,
-                max_record_bytes: int | None = None, max_runtime_events: int | None = None,
-                time_budget: float | None = None) -> Any:
-    """The appraisal limits: the options given, else the ``TSMR_*`` variables, else the defaults."""
-    from ..system.inputs import limits_from_env
-
-    return limits_from_env(max_logs=max_logs, max_records=max_records, max_log_records=max_log_records,
-                           max_record_bytes=max_record_bytes, max_runtime_events=max_runtime_events,
-                           time_budget=time_budget)

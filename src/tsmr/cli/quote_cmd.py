@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from typing import Annotated, Any, Optional
 
 import typer
@@ -26,7 +25,7 @@ from .common import (
     verification_time,
     write_output,
 )
-from .trust_options import TrustOptions, trust_options
+from .option_groups import TrustOptions, trust_options
 
 quote_app = typer.Typer(help="Get, show and verify evidence: TDX quotes, SEV-SNP reports, Arm CCA tokens, TPM quotes.",
                         no_args_is_help=True)
@@ -175,7 +174,7 @@ def show_cmd(
     if k == "tdx":
         from ..evidence import tdx
 
-        obj = tdx.parse_quote(data)
+        obj: Any = tdx.parse_quote(data)
     elif k == "snp":
         from ..evidence import snp
 
@@ -258,9 +257,10 @@ def verify_cmd(
     when = verification_time(at)
     # --certs FILE is the report's certificate table (the guest's auxblob); a directory holds the chain.
     table = None
-    if trust.certs and not os.path.isdir(trust.certs):
-        table = _read(trust.certs, "the SEV-SNP certificates")
-        trust = replace(trust, certs=None)
+    certs = trust.get("certs")
+    if certs and not os.path.isdir(certs):
+        table = _read(certs, "the SEV-SNP certificates")
+        trust = trust.without("certs")
     anchors = trust.anchors(certs_complete=True)
     parts = None
     if k == "tpm":

@@ -20,8 +20,7 @@ from rich.table import Table
 from ..errors import BackendError, InputError
 from . import render
 from .common import JsonOpt, handle_errors, read_input, write_output
-from .trust_options import TrustOptions, trust_options
-from .common import MaxLogRecordsOpt, MaxLogsOpt, MaxRuntimeEventsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt
+from .option_groups import TrustOptions, limit_options, trust_options
 
 __all__ = ["register", "add_refvals_commands", "serve_cmd", "policy_app"]
 
@@ -35,6 +34,7 @@ VersionOpt = Annotated[Optional[int], typer.Option("--version", min=1, help="A v
 
 
 @trust_options()
+@limit_options(values=True)
 def serve_cmd(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback unless you mean otherwise).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8080,
@@ -71,12 +71,7 @@ def serve_cmd(
     state_dir: VerifierStateOpt = None,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line.")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
-    max_logs: MaxLogsOpt = None,
-    max_records: MaxRecordsOpt = None,
-    max_log_records: MaxLogRecordsOpt = None,
-    max_record_bytes: MaxRecordBytesOpt = None,
-    max_runtime_events: MaxRuntimeEventsOpt = None,
-    time_budget: TimeBudgetOpt = None,
+    limits: Any = None,
 ) -> None:
     """Run the HTTP verifier: POST /challenge, POST /attest, GET /results/{id}, JWKS, health and metrics.
 
@@ -103,10 +98,7 @@ def serve_cmd(
     overrides["json_logs"] = json_logs or os.environ.get("TSMR_JSON_LOGS", "").lower() in ("1", "true", "yes")
     overrides["log_level"] = log_level.upper()
     # Bundle limits and the time budget (413 / 422 from POST /attest); unset ones come from TSMR_MAX_*.
-    overrides.update({k: v for k, v in {"max_logs": max_logs, "max_records": max_records,
-                                        "max_log_records": max_log_records, "max_record_bytes": max_record_bytes,
-                                        "max_runtime_events": max_runtime_events, "time_budget": time_budget}.items()
-                      if v is not None})
+    overrides.update(limits)
     settings = Settings.from_env(**overrides).resolved()
     _check_name(settings.policy)
     _check_name(settings.refvals)

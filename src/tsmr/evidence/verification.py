@@ -46,7 +46,7 @@ class TpmQuoteParts:
 
     signature: bytes
     ak_public: bytes
-    pcrs: Mapping[HashAlg, Mapping[int, bytes]] | None = None
+    pcrs: Mapping[Any, Mapping[int, bytes]] | None = None  # banks by HashAlg (or its name or TPM_ALG_ID)
     ak_cert: bytes | None = None
     ak_chain: tuple[bytes, ...] = ()
 
@@ -146,7 +146,7 @@ def verify(
         if tpm is None:
             raise InputError("a TPM quote needs its signature and attestation key")
         claims = tpm_mod.verify_quote(data, tpm.signature, tpm.ak_public, nonce=nonce,
-                                      pcrs=dict(tpm.pcrs) if tpm.pcrs else None)
+                                      pcrs=tpm.pcrs or None)
         # The quote's AK signed it; only the verifier's own anchors say it is a TPM's.
         tpm_mod.check_ak_trusted(tpm.ak_public, now=now, enrolled=anchors.tpm_aks, cas=anchors.tpm_cas,
                                  cert=tpm.ak_cert, chain=list(tpm.ak_chain))

@@ -88,7 +88,7 @@ def _looked_for(role: str) -> str:
     return " or ".join(SNP_CERT_FILES[role])
 
 
-def certificates(path: str, *, require: Sequence[str] = ()) -> dict[str, bytes]:
+def certificates(path: str, *, require: Sequence[str] = ()) -> dict[str, Any]:
     """SEV-SNP certificates from a directory (vcek/vlek, ask, ark files, or a KDS cert_chain) or a certificate table.
 
     Returns ``{"vcek": ..., "ask": ..., "ark": ...}`` (those found).  An ARK
@@ -98,7 +98,7 @@ def certificates(path: str, *, require: Sequence[str] = ()) -> dict[str, bytes]:
     ``require`` is an InputError naming the file names looked for
     (:data:`SNP_CERT_FILES`).
     """
-    out: dict[str, bytes] = {}
+    out: dict[str, Any] = {}
     p = Path(path)
     if p.is_dir():
         files = sorted(e for e in p.iterdir() if e.is_file())
@@ -173,7 +173,7 @@ def load_anchors(*, trust_root: str | None = None, collateral: str | None = None
                 fields["tdx_collateral"] = tdx.Collateral.from_json(json.loads(read_file(collateral, "the TDX collateral")))
         except ValueError as exc:
             raise InputError(f"TDX collateral {collateral}: {exc}") from None
-    snp_certs: dict[str, bytes] = {}
+    snp_certs: dict[str, Any] = {}
     if vcek:
         snp_certs["vcek"] = read_file(vcek, "the SEV-SNP VCEK")
     if ask:
