@@ -57,7 +57,7 @@ def worst_records_guest(state: Path) -> dict[str, Any]:
     from tsmr.algorithms import HashAlg
     from tsmr.backends.emulated import EmulatedRegisterSet
     from tsmr.eventlog import parse
-    from tsmr.evidence.acquire import acquire
+    from tsmr.system.acquire import acquire
     from tsmr.evidence.limits import DEFAULT_LIMITS as L
     from tsmr.formats import tcg2
     from tsmr.runtime_log.store import RuntimeLog
@@ -84,7 +84,7 @@ def worst_records_guest(state: Path) -> dict[str, Any]:
 def worst_bytes_guest(state: Path, body_limit: int = 16 * MiB) -> dict[str, Any]:
     """Runtime-log records of max_record_bytes, as many as fit in the request body."""
     from tsmr.backends.emulated import EmulatedRegisterSet
-    from tsmr.evidence.acquire import acquire
+    from tsmr.system.acquire import acquire
     from tsmr.evidence.limits import DEFAULT_LIMITS as L
     from tsmr.runtime_log.store import RuntimeLog
 
@@ -102,7 +102,7 @@ def worst_bytes_guest(state: Path, body_limit: int = 16 * MiB) -> dict[str, Any]
 
 def refused_guest(state: Path, lines: int = 40_000) -> dict[str, Any]:
     from tsmr.backends.emulated import EmulatedRegisterSet
-    from tsmr.evidence.acquire import acquire
+    from tsmr.system.acquire import acquire
     from tsmr.runtime_log.store import RuntimeLog
 
     with EmulatedRegisterSet("tdx", str(state)) as rs:
@@ -122,14 +122,15 @@ import json, statistics, sys, time
 from datetime import datetime, timezone
 from pathlib import Path
 from cryptography import x509
+from tsmr.evidence import TrustAnchors
 from tsmr.appraisal import appraise
 from tsmr.evidence.limits import LimitExceeded
 
 args = json.loads(sys.argv[1])
 warm = json.loads(Path(args["warm"]).read_text())
 bundle = json.loads(Path(args["bundle"]).read_text())
-trust_warm = {"trust_root": x509.load_pem_x509_certificate(Path(args["warm_root"]).read_bytes())}
-trust = {"trust_root": x509.load_pem_x509_certificate(Path(args["root"]).read_bytes())}
+trust_warm = TrustAnchors(tdx_root=x509.load_pem_x509_certificate(Path(args["warm_root"]).read_bytes()))
+trust = TrustAnchors(tdx_root=x509.load_pem_x509_certificate(Path(args["root"]).read_bytes()))
 now = lambda: datetime.now(timezone.utc)
 def vm(key):  # this process's own counters (ru_maxrss would carry the parent's peak over exec)
     for line in open("/proc/self/status"):

@@ -59,7 +59,7 @@ def prepare_guest(state: Path, events: int) -> dict[str, Any]:
     from tsmr.algorithms import HashAlg
     from tsmr.backends.emulated import EmulatedRegisterSet
     from tsmr.eventlog import parse
-    from tsmr.evidence.acquire import acquire
+    from tsmr.system.acquire import acquire
     from tsmr.runtime_log.store import RuntimeLog
 
     ccel = CCEL.read_bytes() if CCEL.exists() else None
@@ -78,13 +78,13 @@ def prepare_guest(state: Path, events: int) -> dict[str, Any]:
 
 def write_collateral(trust_root: str) -> Path:
     """The emulator's collateral beside its test root, so that the verifier checks CRLs and TCB status too."""
-    from tsmr.evidence.emulated import EmulatedTDXSigner, write_emulated_collateral
+    from tsmr.backends.emulated_evidence.tdx import EmulatedTDXSigner, write_emulated_collateral
 
     return write_emulated_collateral(EmulatedTDXSigner(Path(trust_root).parent))
 
 
 def make_bundle_for(guest: dict[str, Any], nonce: bytes) -> dict[str, Any]:
-    from tsmr.evidence.acquire import acquire
+    from tsmr.system.acquire import acquire
     from tsmr.evidence.bundle import make_bundle
 
     got = acquire(nonce, backend="emulated:tdx", state_dir=guest["state"])
@@ -240,9 +240,9 @@ def summary(run: dict[str, Any], seconds: float) -> dict[str, Any]:
 
 def baseline(guest: dict[str, Any], seconds: float) -> dict[str, Any]:
     from tsmr.appraisal import appraise
-    from tsmr.evidence.trust import load_trust
+    from tsmr.system.trust import load_anchors
 
-    trust = load_trust(trust_root=guest["trust_root"], collateral=str(write_collateral(guest["trust_root"])))
+    trust = load_anchors(trust_root=guest["trust_root"], collateral=str(write_collateral(guest["trust_root"])))
     bundles = [make_bundle_for(guest, os.urandom(32)) for _ in range(20)]
     times: list[float] = []
     statuses = set()

@@ -158,7 +158,7 @@ def emulator_mount(profile: str, state_dir: Path, *, extra: list[str] | None = N
 @pytest.fixture(scope="module")
 def qe(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """An emulated TDX quoting enclave (test root, PCK chain, attestation key) of its own."""
-    from tsmr.evidence.emulated import EmulatedTDXSigner
+    from tsmr.backends.emulated_evidence.tdx import EmulatedTDXSigner
 
     return EmulatedTDXSigner(tmp_path_factory.mktemp("qe"))
 
@@ -166,7 +166,7 @@ def qe(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def
 @pytest.fixture(scope="module")
 def sp(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """An emulated SEV-SNP security processor (test ARK, ASK, VCEK) of its own."""
-    from tsmr.evidence.emulated_snp import EmulatedSNPSigner
+    from tsmr.backends.emulated_evidence.snp import EmulatedSNPSigner
 
     return EmulatedSNPSigner(tmp_path_factory.mktemp("sp"))
 

@@ -1,7 +1,7 @@
 """Collateral for the emulator's test chains: TDX TCB info, QE identity and CRLs; an SEV-SNP CRL.
 
 The emulator issues TDX collateral under its test root itself
-(:func:`tsmr.evidence.emulated.emulated_collateral`), with the TCB levels the caller asks for,
+(:func:`tsmr.backends.emulated_evidence.tdx.emulated_collateral`), with the TCB levels the caller asks for,
 so that every TCB status can be reached by real verification.
 
 It also re-signs an emulated quote with another TEE_TCB_SVN (the emulator always reports zeros),
@@ -23,14 +23,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from tsmr.evidence import tdx
-from tsmr.evidence.emulated import EmulatedTDXSigner, _rs, emulated_collateral
+from tsmr.backends.emulated_evidence.tdx import EmulatedTDXSigner, _rs, emulated_collateral
 
 _HEADER = 48
 _BODY = 584
 
 
 def collateral_doc(signer: EmulatedTDXSigner, **kw: Any) -> dict[str, Any]:
-    """A PCCS-style collateral document for the emulated platform (see tsmr.evidence.emulated.emulated_collateral)."""
+    """A PCCS-style collateral document for the emulated platform (see tsmr.backends.emulated_evidence.tdx.emulated_collateral)."""
     return emulated_collateral(signer, **kw)
 
 

@@ -45,7 +45,7 @@ from .evidence.bundle import TrustAnchorMissing
 from .evidence.limits import AppraisalCancelled, LimitExceeded, TimeBudgetExceeded
 from .agent.client import AgentError, AgentRequestError, AgentUnavailableError
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "HashAlg",

@@ -10,6 +10,7 @@ from cryptography import x509
 from typer.testing import CliRunner
 
 from .agent_harness import NOBODY, AgentFactory, post, raw_request, run_as
+from tsmr.evidence import TrustAnchors
 from tsmr.agent.client import AgentClient, AgentRequestError, _UnixHTTPConnection
 from tsmr.algorithms import HashAlg
 from tsmr.cli import agent_cmd
@@ -195,12 +196,12 @@ def test_evidence_bundle_verifies_with_every_logged_register_matched(agents: Age
     assert doc["format"] == "tsmr-bundle" and doc["nonce"] == nonce.hex() and doc["evidence"]["kind"] == "tdx"
     assert sorted(lg["register"] for lg in doc["logs"]) == ["rtmr2", "rtmr3"]
     root = x509.load_pem_x509_certificate((agents.state_dir / "emulator" / "tdx" / "qe" / "root.pem").read_bytes())
-    result = verify_bundle(doc, now=datetime.now(timezone.utc), trust={"trust_root": root})
+    result = verify_bundle(doc, now=datetime.now(timezone.utc), trust=TrustAnchors(tdx_root=root))
     assert result.ok and {(r.register, r.status) for r in result.rows if r.status != "signed-only"} == {
         ("rtmr2", "matched"), ("rtmr3", "matched")}
     doc["nonce"] = "ff" * 32  # bound to the nonce
     with pytest.raises(Exception):
-        verify_bundle(doc, now=datetime.now(timezone.utc), trust={"trust_root": root})
+        verify_bundle(doc, now=datetime.now(timezone.utc), trust=TrustAnchors(tdx_root=root))
 
 
 def test_record_command(agents: AgentFactory) -> None:

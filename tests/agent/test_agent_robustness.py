@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from cryptography import x509
 
 from .agent_harness import AgentFactory
+from tsmr.evidence import TrustAnchors
 from tsmr.agent.client import AgentError
 from tsmr.evidence.bundle import verify_bundle
 
@@ -182,7 +183,7 @@ def test_concurrent_clients_each_record_once_and_evidence_stays_consistent(agent
     root = x509.load_pem_x509_certificate((agents.state_dir / "emulator" / "tdx" / "qe" / "root.pem").read_bytes())
     assert len(bundles) == 4
     for doc in bundles:
-        result = verify_bundle(doc, now=datetime.now(timezone.utc), trust={"trust_root": root})
+        result = verify_bundle(doc, now=datetime.now(timezone.utc), trust=TrustAnchors(tdx_root=root))
         assert result.ok, result.rows
 
 

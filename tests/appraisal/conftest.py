@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tsmr.evidence import TrustAnchors
 from tsmr.evidence.bundle import make_bundle
 
 WHEN = datetime(2025, 6, 1, tzinfo=timezone.utc)  # inside the go-tdx-guest collateral's validity
@@ -43,7 +44,7 @@ class EmulatedTDX:
     rs: Any
     log: Any
     state: Path
-    trust: dict[str, Any] = field(default_factory=dict)
+    trust: TrustAnchors = field(default_factory=TrustAnchors)
 
     def append(self, *records: str) -> None:
         self.log.append_many(list(records))
@@ -51,16 +52,16 @@ class EmulatedTDX:
     def bundle(self, nonce: bytes) -> dict[str, Any]:
         from cryptography import x509
 
-        from tsmr.evidence.acquire import acquire
+        from tsmr.system.acquire import acquire
 
         got = acquire(nonce, backend="emulated:tdx", state_dir=str(self.state))
         from emulated_collateral import collateral
-        from tsmr.evidence.emulated import EmulatedTDXSigner
+        from tsmr.backends.emulated_evidence.tdx import EmulatedTDXSigner
 
         root = self.state / "emulator" / "tdx" / "qe" / "root.pem"
         # The emulator's collateral (UpToDate): without collateral the result would only be a warning.
-        self.trust = {"trust_root": x509.load_pem_x509_certificate(root.read_bytes()),
-                      "collateral": collateral(EmulatedTDXSigner(root.parent))}
+        self.trust = TrustAnchors(tdx_root=x509.load_pem_x509_certificate(root.read_bytes()),
+                                  tdx_collateral=collateral(EmulatedTDXSigner(root.parent)))
         return make_bundle(nonce=nonce, evidence=got.evidence,
                            logs=[{"format": "tsmr", "register": "rtmr3", "data": self.log.read(), "name": "rtmr3.log"}])
 

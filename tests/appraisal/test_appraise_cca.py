@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from tsmr.evidence import TrustAnchors
 from tsmr.appraisal import appraise, learn
 from tsmr.errors import InputError
 from tsmr.evidence.bundle import make_bundle
@@ -21,7 +22,7 @@ NOW = datetime.now(timezone.utc)
 
 def test_cca_token_with_runtime_log(state_dir: Path, tmp_path: Path) -> None:
     from tsmr.backends.emulated import EmulatedRegisterSet
-    from tsmr.evidence.acquire import acquire
+    from tsmr.system.acquire import acquire
     from tsmr.runtime_log.store import RuntimeLog
 
     with EmulatedRegisterSet("cca", state_dir) as rs, RuntimeLog(rs, "rem3", log_dir=tmp_path) as log:
@@ -29,7 +30,7 @@ def test_cca_token_with_runtime_log(state_dir: Path, tmp_path: Path) -> None:
         data = log.read()
     got = acquire(NONCE, backend="emulated:cca", state_dir=str(state_dir))
     assert got.trust_anchor is not None
-    trust = {"cpak": load_pem_public_key(Path(got.trust_anchor).read_bytes())}
+    trust = TrustAnchors(cca_cpak=load_pem_public_key(Path(got.trust_anchor).read_bytes()))
     doc = make_bundle(nonce=NONCE, evidence=got.evidence, logs=[{"format": "tsmr", "register": "rem3", "data": data}])
 
     r = appraise(doc, nonce=NONCE, now=NOW, trust=trust)
@@ -50,7 +51,7 @@ def test_cca_token_with_runtime_log(state_dir: Path, tmp_path: Path) -> None:
     assert "replay.mismatch" in r.finding_ids() and "refvals.event-missing" in r.finding_ids()
 
     # a token checked against another platform key; and no platform key at all (the verifier's configuration)
-    stranger = {"cpak": ec.generate_private_key(ec.SECP384R1()).public_key()}
+    stranger = TrustAnchors(cca_cpak=ec.generate_private_key(ec.SECP384R1()).public_key())
     r = appraise(doc, nonce=NONCE, now=NOW, trust=stranger)
     assert r.finding_ids() == ["evidence.cca.platform.signature", "policy.deny"] and r.trustworthiness["hardware"] == 96
     # a token over another challenge: the binding is instance identity, not hardware

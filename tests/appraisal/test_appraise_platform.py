@@ -16,12 +16,13 @@ import pytest
 from typer.testing import CliRunner
 
 from emulated_collateral import collateral, quote, snp_crl
+from tsmr.evidence import TrustAnchors
 from tsmr.appraisal import appraise
 from tsmr.cli.main import app
 from tsmr.evidence import snp, tdx
 from tsmr.evidence.bundle import make_bundle
-from tsmr.evidence.emulated import EmulatedTDXSigner
-from tsmr.evidence.emulated_snp import DEFAULT_POLICY, EmulatedSNPSigner
+from tsmr.backends.emulated_evidence.tdx import EmulatedTDXSigner
+from tsmr.backends.emulated_evidence.snp import DEFAULT_POLICY, EmulatedSNPSigner
 
 NOW = datetime.now(timezone.utc)
 TRUSTEE_TIME = datetime(2025, 11, 1, tzinfo=timezone.utc)
@@ -29,11 +30,10 @@ AFFIRMING, WARNING, CONTRA = 2, 32, 96
 NONCE = bytes(range(48))
 
 
-def _tdx(qe: EmulatedTDXSigner, **kw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def _tdx(qe: EmulatedTDXSigner, **kw: Any) -> tuple[dict[str, Any], TrustAnchors]:
     q = quote(qe, report_data=NONCE, tee_tcb_svn=kw.pop("tee_tcb_svn", None), td_attributes=kw.pop("td_attributes", bytes(8)))
-    trust: dict[str, Any] = {"trust_root": qe.certs["root"]}
-    if kw.pop("with_collateral", True):
-        trust["collateral"] = collateral(qe, **kw)
+    trust = TrustAnchors(tdx_root=qe.certs["root"],
+                         tdx_collateral=collateral(qe, **kw) if kw.pop("with_collateral", True) else None)
     return make_bundle(nonce=NONCE, evidence={"kind": "tdx", "data": q}), trust
 
 
@@ -123,25 +123,25 @@ def _snp(sp: EmulatedSNPSigner, policy: int = DEFAULT_POLICY) -> dict[str, Any]:
 
 def test_snp_crl_missing_given_revoked(sp: EmulatedSNPSigner) -> None:
     doc = _snp(sp)
-    r = appraise(doc, nonce=NONCE, now=NOW, trust={"ark": sp.der("ark")})
+    r = appraise(doc, nonce=NONCE, now=NOW, trust=TrustAnchors(snp_ark=sp.der("ark")))
     assert r.status == "warning" and r.finding_ids() == ["evidence.collateral-missing"]
     assert r.findings[0].context == {"kind": "snp", "not_checked": ["snp.crl"]} and r.trustworthiness["hardware"] == WARNING
-    r = appraise(doc, nonce=NONCE, now=NOW, trust={"ark": sp.der("ark"), "snp_crl": snp_crl(sp.dir)})
+    r = appraise(doc, nonce=NONCE, now=NOW, trust=TrustAnchors(snp_ark=sp.der("ark"), snp_crl=snp_crl(sp.dir)))
     assert r.status == "affirming" and r.finding_ids() == []
     for name in ("vcek", "ask"):
         crl = snp_crl(sp.dir, revoked=[sp.certs[name].serial_number])
-        r = appraise(doc, nonce=NONCE, now=NOW, trust={"ark": sp.der("ark"), "snp_crl": crl})
+        r = appraise(doc, nonce=NONCE, now=NOW, trust=TrustAnchors(snp_ark=sp.der("ark"), snp_crl=crl))
         assert r.status == "contraindicated" and r.finding_ids() == ["evidence.snp.crl.revoked", "policy.deny"]
         assert r.findings[0].claim == "hardware" and r.trustworthiness["hardware"] == CONTRA
     other = EmulatedSNPSigner(sp.dir.parent / "other-sp")  # an ARK's CRL, but not the trusted ARK's
-    r = appraise(doc, nonce=NONCE, now=NOW, trust={"ark": sp.der("ark"), "snp_crl": snp_crl(other.dir)})
+    r = appraise(doc, nonce=NONCE, now=NOW, trust=TrustAnchors(snp_ark=sp.der("ark"), snp_crl=snp_crl(other.dir)))
     assert r.finding_ids()[0] in ("evidence.snp.crl.issuer", "evidence.snp.crl.signature")
     assert r.status == "contraindicated"
 
 
 def test_snp_debug_guest(sp: EmulatedSNPSigner) -> None:
     doc = _snp(sp, DEFAULT_POLICY | snp.POLICY_DEBUG)
-    trust = {"ark": sp.der("ark"), "snp_crl": snp_crl(sp.dir)}
+    trust = TrustAnchors(snp_ark=sp.der("ark"), snp_crl=snp_crl(sp.dir))
     r = appraise(doc, nonce=NONCE, now=NOW, trust=trust)
     assert r.finding_ids() == ["evidence.snp.policy.debug", "policy.deny"] and r.status == "contraindicated"
     r = appraise(doc, nonce=NONCE, now=NOW, trust=trust, allow_debug=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from swtpm import Swtpm
+from tsmr.evidence import TrustAnchors
 from tsmr.appraisal import appraise, learn
 from tsmr.evidence.bundle import make_bundle
 
@@ -22,16 +23,16 @@ NONCE = b"\xaa" * 16
 NOW = datetime.now(timezone.utc)
 
 
-def enrolled(evidence: dict) -> dict:
+def enrolled(evidence: dict) -> TrustAnchors:
     """The verifier's trust in this swtpm's attestation key, as an operator enrols it."""
     from tsmr.evidence.tpm import load_ak_anchor
 
-    return {"tpm_aks": [load_ak_anchor(bytes.fromhex(evidence["ak_public"]))]}
+    return TrustAnchors(tpm_aks=[load_ak_anchor(bytes.fromhex(evidence["ak_public"]))])
 
 
 def test_tpm_quote_with_runtime_log(tmp_path: Path) -> None:
     from tsmr.backends.tpm import TpmRegisterSet
-    from tsmr.evidence.acquire import acquire
+    from tsmr.system.acquire import acquire
     from tsmr.runtime_log.store import RuntimeLog
 
     with Swtpm() as tpm:
@@ -78,7 +79,7 @@ def test_firmware_log_anomaly_and_the_quirk_that_accepts_it(tmp_path: Path) -> N
     """Two EV_SEPARATORs on PCR 7: a log.duplicate-separator warning, unless the reference values accept the quirk."""
     from tsmr.algorithms import HashAlg
     from tsmr.backends.tpm import TpmRegisterSet
-    from tsmr.evidence.acquire import acquire
+    from tsmr.system.acquire import acquire
     from tsmr.formats import tcg2
 
     sep = HashAlg.SHA256.hash(bytes(4))

@@ -42,15 +42,15 @@ def test_example_policy_on_emulated_snp_reports(tmp_path: Path) -> None:
 
     from tsmr.appraisal import appraise
     from tsmr.evidence.bundle import make_bundle
-    from tsmr.evidence.emulated_snp import DEFAULT_POLICY, EmulatedSNPSigner
-    from tsmr.evidence.trust import load_trust
+    from tsmr.backends.emulated_evidence.snp import DEFAULT_POLICY, EmulatedSNPSigner
+    from tsmr.system.trust import load_anchors
 
     from emulated_collateral import snp_crl
 
     signer = EmulatedSNPSigner(tmp_path / "sp")
     crl = tmp_path / "amd.crl"
     crl.write_bytes(snp_crl(signer.dir))
-    trust = load_trust(ark=str(signer.ark_pem), crl=str(crl))
+    trust = load_anchors(ark=str(signer.ark_pem), crl=str(crl))
     nonce = bytes(range(32))
     rego = (EXAMPLES / "policy.rego").read_text()
     statuses = {}

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from forge import pem, tpm_bundle
 
+from tsmr.evidence import TrustAnchors
 from tsmr.appraisal import appraise
 from tsmr.evidence.bundle import make_bundle
 
@@ -51,8 +52,8 @@ def test_only_the_enrolled_key_is_trusted() -> None:
 
     key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     doc = tpm_bundle(NONCE, key=key)
-    assert appraise(doc, nonce=NONCE, now=NOW, trust={"tpm_aks": [load_ak_anchor(pem(key))]}).status == "affirming"
-    r = appraise(doc, nonce=NONCE, now=NOW, trust={"tpm_aks": [load_ak_anchor(pem(other))]})
+    assert appraise(doc, nonce=NONCE, now=NOW, trust=TrustAnchors(tpm_aks=[load_ak_anchor(pem(key))])).status == "affirming"
+    r = appraise(doc, nonce=NONCE, now=NOW, trust=TrustAnchors(tpm_aks=[load_ak_anchor(pem(other))]))
     assert r.finding_ids()[0] == "evidence.tpm.ak.untrusted" and r.status == "contraindicated"
 
 
@@ -76,22 +77,22 @@ def test_ak_certificate_must_chain_to_the_configured_ca() -> None:
     doc = tpm_bundle(NONCE, key=ak)
     der = lambda c: base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()  # noqa: E731
     doc["evidence"].update(ak_cert=der(ak_cert), ak_chain=[der(inter)])
-    assert appraise(doc, nonce=NONCE, now=NOW, trust={"tpm_cas": [ca]}).status == "affirming"
+    assert appraise(doc, nonce=NONCE, now=NOW, trust=TrustAnchors(tpm_cas=[ca])).status == "affirming"
 
     # the attacker's own CA issues a certificate with the same names
     fake_key = ec.generate_private_key(ec.SECP384R1())
     fake = _cert("tpm ca", fake_key, "tpm ca", fake_key, ca=True)
-    r = appraise(doc, nonce=NONCE, now=NOW, trust={"tpm_cas": [fake]})
+    r = appraise(doc, nonce=NONCE, now=NOW, trust=TrustAnchors(tpm_cas=[fake]))
     assert r.finding_ids()[0] == "evidence.tpm.ak.untrusted"
     # a real certificate for another key, carried beside a quote signed by the attacker's key
     forged = tpm_bundle(NONCE)
     forged["evidence"].update(ak_cert=der(ak_cert), ak_chain=[der(inter)])
-    r = appraise(forged, nonce=NONCE, now=NOW, trust={"tpm_cas": [ca]})
+    r = appraise(forged, nonce=NONCE, now=NOW, trust=TrustAnchors(tpm_cas=[ca]))
     assert r.finding_ids()[0] == "evidence.tpm.ak.certificate"
     # an end-entity certificate cannot act as an intermediate
     leafy = _cert("tpm intermediate", int_key, "tpm ca", ca_key, ca=False)
     doc["evidence"]["ak_chain"] = [der(leafy)]
-    assert appraise(doc, nonce=NONCE, now=NOW, trust={"tpm_cas": [ca]}).finding_ids()[0] == "evidence.tpm.ak.certificate"
+    assert appraise(doc, nonce=NONCE, now=NOW, trust=TrustAnchors(tpm_cas=[ca])).finding_ids()[0] == "evidence.tpm.ak.certificate"
 
 
 def test_cli_refuses_a_fresh_key_and_accepts_an_enrolled_one(tmp_path: Path) -> None:
@@ -246,7 +247,7 @@ def test_cli_appraise_does_not_judge_unproven_lines(emulated_tdx: EmulatedTDX, t
     bundle.write_text(json.dumps(forged))
     refvals.write_text(json.dumps(REQUIRE_START))
     qe = emulated_tdx.state / "emulator" / "tdx" / "qe"
-    from tsmr.evidence.emulated import EmulatedTDXSigner, write_emulated_collateral
+    from tsmr.backends.emulated_evidence.tdx import EmulatedTDXSigner, write_emulated_collateral
 
     collateral = write_emulated_collateral(EmulatedTDXSigner(qe), tmp_path / "collateral.json")
     out = run_cli("appraise", str(bundle), "--nonce", NONCE.hex(), "--refvals", str(refvals), "--json",

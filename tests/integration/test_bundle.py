@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from swtpm import Swtpm
+from tsmr.evidence import TrustAnchors
 from tsmr.errors import EvidenceError
 from tsmr.evidence.bundle import SCHEMA, make_bundle, verify_bundle
 
@@ -151,19 +152,19 @@ def test_snp_bundle_with_certificate_table_and_svsm_manifest(fixtures: Path) -> 
     doc = make_bundle(nonce=nonce, evidence={"kind": "snp", "data": report, "auxblob": auxblob,
                                              "manifestblob": manifest, "service_provider": "svsm"})
     json.dumps(doc)  # the bundle is plain JSON
-    result = verify_bundle(doc, now=WHEN, trust={"ark": der["ark"]})
+    result = verify_bundle(doc, now=WHEN, trust=TrustAnchors(snp_ark=der["ark"]))
     assert result.kind == "snp" and result.claims.report_data == snp.svsm_report_data(nonce, manifest)
     with pytest.raises(InputError, match="ark"):
         verify_bundle(doc, now=WHEN)  # the table's own ARK is not an anchor
     other_keys, other = _snp_chain()
     with pytest.raises(EvidenceError) as ei:
-        verify_bundle(doc, now=WHEN, trust={"ark": other["ark"].public_bytes(Encoding.DER)})
+        verify_bundle(doc, now=WHEN, trust=TrustAnchors(snp_ark=other["ark"].public_bytes(Encoding.DER)))
     assert ei.value.check == "snp.chain.ark"
     bad = dict(doc, evidence=dict(doc["evidence"], manifestblob=base64.b64encode(manifest + b"!").decode()))
     with pytest.raises(EvidenceError) as ei:
-        verify_bundle(bad, now=WHEN, trust={"ark": der["ark"]})
+        verify_bundle(bad, now=WHEN, trust=TrustAnchors(snp_ark=der["ark"]))
     assert ei.value.check == "snp.report_data"
     stale = dict(doc, nonce="43" * 32)
     with pytest.raises(EvidenceError) as ei:
-        verify_bundle(stale, now=WHEN, trust={"ark": der["ark"]})
+        verify_bundle(stale, now=WHEN, trust=TrustAnchors(snp_ark=der["ark"]))
     assert ei.value.check == "snp.report_data"

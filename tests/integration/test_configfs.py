@@ -96,7 +96,7 @@ def test_writes_without_a_read_stop_at_the_wraparound():
 def test_in_process_emulated_reports(state_dir):
     import tsmr
     from tsmr.evidence import cca, tdx
-    from tsmr.evidence.emulated_cca import EmulatedCCASigner
+    from tsmr.backends.emulated_evidence.cca import EmulatedCCASigner
 
     with tsmr.open("emulated:tdx") as regs:
         regs.extend("rtmr2", {tsmr.HashAlg.SHA384: bytes(range(48))})

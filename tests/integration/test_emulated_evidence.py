@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from tsmr.evidence import TrustAnchors
 from tsmr import HashAlg
 from tsmr.backends.emulated import EmulatedRegisterSet
 from tsmr.errors import CollateralError, SignatureError
 from tsmr.evidence import tdx
-from tsmr.evidence.emulated import emulated_tdx_quote
+from tsmr.backends.emulated_evidence.tdx import emulated_tdx_quote
 
 TSMR = os.path.join(os.path.dirname(sys.executable), "tsmr")
 NOW = datetime.now(timezone.utc)
@@ -80,6 +81,6 @@ def test_bundle_reports_gaps(state_dir: Path, tmp_path: Path) -> None:
         data = log.read()
     doc = make_bundle(nonce=b"n", evidence={"kind": "tdx", "data": quote},
                       logs=[{"format": "tsmr", "register": "rtmr3", "data": data}])
-    result = verify_bundle(doc, now=NOW, trust={"trust_root": x509.load_pem_x509_certificate(root_pem.read_bytes())})
+    result = verify_bundle(doc, now=NOW, trust=TrustAnchors(tdx_root=x509.load_pem_x509_certificate(root_pem.read_bytes())))
     assert [(r.register, r.status) for r in result.rows if r.register == "rtmr3"] == [("rtmr3", "matched"), ("rtmr3", "gap")]
     assert not result.ok

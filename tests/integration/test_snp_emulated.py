@@ -33,7 +33,7 @@ from tsmr.backends.emulated import EmulatedRegisterSet, initialise
 from tsmr.backends.profiles import SNP_EMULATED_MEASUREMENT
 from tsmr.errors import BackendError, CollateralError, EvidenceError, InputError, SignatureError
 from tsmr.evidence import snp
-from tsmr.evidence.emulated_snp import EMULATED_TCB, EmulatedSNPSigner, cert_table, emulated_snp_report
+from tsmr.backends.emulated_evidence.snp import EMULATED_TCB, EmulatedSNPSigner, cert_table, emulated_snp_report
 
 from conftest import FIXTURES, emulator_mount
 from emulated_collateral import snp_crl

@@ -53,7 +53,7 @@ class Emulator:
     """An emulated TDX guest with a runtime log on rtmr3: makes bundles over any nonce."""
 
     def __init__(self, state: Path) -> None:
-        from tsmr.evidence.acquire import acquire
+        from tsmr.system.acquire import acquire
 
         self.state = state
         self.log_dir = state / "logs"
@@ -63,7 +63,7 @@ class Emulator:
         # Collateral (UpToDate) under the same test root, beside it: a verifier trusting the root is given
         # both (Server below), as a real one has Intel's root and the PCS collateral.
         from emulated_collateral import write_collateral
-        from tsmr.evidence.emulated import EmulatedTDXSigner
+        from tsmr.backends.emulated_evidence.tdx import EmulatedTDXSigner
 
         self.collateral = write_collateral(EmulatedTDXSigner(self.trust_root.parent),
                                            self.trust_root.with_name("collateral.json"))
@@ -78,7 +78,7 @@ class Emulator:
         self.records += len(records)
 
     def bundle(self, nonce: str | bytes, *, extra_logs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        from tsmr.evidence.acquire import acquire
+        from tsmr.system.acquire import acquire
         from tsmr.evidence.bundle import make_bundle
 
         raw = bytes.fromhex(nonce) if isinstance(nonce, str) else nonce

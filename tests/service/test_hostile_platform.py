@@ -12,7 +12,7 @@ import httpx
 
 from tsmr.appraisal import ear
 from tsmr.evidence.bundle import make_bundle
-from tsmr.evidence.emulated import EmulatedTDXSigner
+from tsmr.backends.emulated_evidence.tdx import EmulatedTDXSigner
 
 from .conftest import Emulator, Server
 
@@ -63,7 +63,7 @@ def test_debug_td_is_refused_unless_the_verifier_allows_debug(db_url: str, make_
 def test_tcb_status_and_missing_collateral_are_never_affirmed(db_url: str, make_server: Callable[..., Server],
                                                               emulator: Emulator, tmp_path: Any) -> None:
     """An out-of-date platform, or one whose collateral the verifier lacks, is at best a warning."""
-    from tsmr.evidence.emulated import write_emulated_collateral
+    from tsmr.backends.emulated_evidence.tdx import write_emulated_collateral
 
     alone = tmp_path / "root-only"
     alone.mkdir()

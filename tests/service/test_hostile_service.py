@@ -249,7 +249,7 @@ def test_hostile_json_never_spends_the_nonce(db_url: str, make_server: Callable[
 def test_a_failed_appraisal_gives_the_nonce_back(db_url: str, make_server: Callable[..., Server],
                                                  tmp_path: Path) -> None:
     """Evidence that cannot be evaluated (SEV-SNP without the ARK the verifier must be given) after the nonce was consumed."""
-    from tsmr.evidence.acquire import acquire
+    from tsmr.system.acquire import acquire
     from tsmr.evidence.bundle import make_bundle
 
     srv = make_server(database=db_url, trust_root=None)

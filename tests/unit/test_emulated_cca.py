@@ -1,4 +1,4 @@
-"""Emulated Arm CCA attestation tokens (tsmr.evidence.emulated_cca) against the CCA verifier."""
+"""Emulated Arm CCA attestation tokens (tsmr.backends.emulated_evidence.cca) against the CCA verifier."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tsmr import HashAlg, InputError
 from tsmr.backends.emulated import EmulatedRegisterSet, initialise
 from tsmr.errors import EvidenceError, ParseError, SignatureError
 from tsmr.evidence import cca
-from tsmr.evidence.emulated_cca import (
+from tsmr.backends.emulated_evidence.cca import (
     EmulatedCCASigner,
     _sign1_es384,
     emulated_cca_token,

@@ -417,7 +417,7 @@ def test_verify_mutated_raises_only_tsmr_errors(v4, pos, val):
 # go-tdx-guest sample TCB info matches no level of the real quote's platform).
 
 
-from tsmr.evidence.emulated import sgx_extension as _sgx_extension  # noqa: E402
+from tsmr.backends.emulated_evidence.tdx import sgx_extension as _sgx_extension  # noqa: E402
 
 
 @pytest.fixture(scope="module")

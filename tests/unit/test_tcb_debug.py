@@ -8,6 +8,7 @@ and every CRL outcome is reached by real verification.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -21,14 +22,15 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from typer.testing import CliRunner
 
 from emulated_collateral import collateral, collateral_doc, quote, snp_crl
+from tsmr.evidence import TrustAnchors
 from tsmr.appraisal.platform import platform_findings
 from tsmr.cli.main import app
 from tsmr.errors import CollateralError, EvidenceError
 from tsmr.evidence import cca, snp, tdx
 from tsmr.evidence.bundle import make_bundle, verify_bundle, verify_evidence
-from tsmr.evidence.emulated import EmulatedTDXSigner
-from tsmr.evidence.emulated_cca import EmulatedCCASigner, _sign1_es384
-from tsmr.evidence.emulated_snp import DEFAULT_POLICY, EmulatedSNPSigner
+from tsmr.backends.emulated_evidence.tdx import EmulatedTDXSigner
+from tsmr.backends.emulated_evidence.cca import EmulatedCCASigner, _sign1_es384
+from tsmr.backends.emulated_evidence.snp import DEFAULT_POLICY, EmulatedSNPSigner
 
 from conftest import FIXTURES  # noqa: E402
 
@@ -261,9 +263,9 @@ def test_snp_crl_through_bundles_and_the_command_line(sp: EmulatedSNPSigner, tmp
     nonce = bytes(range(32))
     report = sp.report(report_data=nonce.ljust(64, b"\0"), measurement=b"\x11" * 48)
     doc = make_bundle(nonce=nonce, evidence={"kind": "snp", "data": report, "auxblob": sp.cert_table()})
-    trust = {"ark": sp.der("ark"), "snp_crl": snp_crl(sp.dir)}
+    trust = TrustAnchors(snp_ark=sp.der("ark"), snp_crl=snp_crl(sp.dir))
     assert verify_evidence(doc, now=NOW, trust=trust).claims.crl_checked
-    revoked = dict(trust, snp_crl=snp_crl(sp.dir, revoked=[sp.certs["vcek"].serial_number]))
+    revoked = dataclasses.replace(trust, snp_crl=snp_crl(sp.dir, revoked=[sp.certs["vcek"].serial_number]))
     with pytest.raises(CollateralError) as ei:
         verify_evidence(doc, now=NOW, trust=revoked)
     assert ei.value.check == "snp.crl.revoked"

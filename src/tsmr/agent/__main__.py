@@ -1,4 +1,8 @@
-"""``python -m tsmr.agent``: the same daemon as ``tsmr agent``."""
+"""``python -m tsmr.agent``: the same daemon as ``tsmr agent``.
+
+A program, not a library module: nothing imports it, so it may use the command
+line's definition of the daemon's options (the one place they are written).
+"""
 
 from __future__ import annotations
 

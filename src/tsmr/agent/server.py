@@ -86,10 +86,13 @@ from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
 from .. import safefs
+from ..backends.detect import open_backend
 from ..errors import BackendError, InputError, TsmrError
+from ..evidence.bundle import make_bundle
 from ..registers import bank_label
 from ..runtime_log.records import RecordError, check_record, event, split_event
 from ..runtime_log.store import RuntimeLog
+from ..system.acquire import acquire, platform_logs
 from .config import AgentConfig, Peer
 
 MAX_RECORDS_PER_REQUEST = 1024
@@ -200,8 +203,6 @@ class Agent:
     """The registers, logs and policy; what the HTTP layer calls after parsing a request."""
 
     def __init__(self, config: AgentConfig) -> None:
-        from ..backends.detect import open_backend
-
         if not config.registers:
             raise InputError("the agent owns no registers: list them in the configuration (\"registers\") or with --register")
         self.config = config
@@ -333,9 +334,6 @@ class Agent:
         if not self.config.may_get_evidence(peer):
             raise HttpError(403, "forbidden", f"{peer.describe()} may not request evidence")
         nonce = parse_evidence_body(body)
-        from ..evidence.acquire import acquire, platform_logs
-        from ..evidence.bundle import make_bundle
-
         with self._evidence_lock, self._all_locks():
             if self._closed:
                 raise HttpError(503, "shutting_down", "the agent is shutting down")

@@ -125,7 +125,10 @@ from typing import Any, Callable, Mapping, Sequence
 from ..algorithms import HashAlg
 from ..errors import EvidenceError, InputError, ParseError
 from ..events import Event
+from ..evidence.anchors import TrustAnchorMissing, TrustAnchors
+from ..evidence.bundle import FORMAT, check_document, log_events, replay_logs, verify_evidence
 from ..evidence.limits import Budget, LimitExceeded, Limits
+from ..quirks import findings as quirk_findings
 from .appraisers import covers, load_appraisers
 from .facts import claims_json, content_json, group_by_domain, runtime_events, signed_json
 from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result
@@ -179,7 +182,7 @@ def appraise(
     reference_values: ReferenceValues | Mapping[str, Any] | None = None,
     nonce: bytes | None = None,
     now: datetime,
-    trust: Mapping[str, Any] | None = None,
+    trust: TrustAnchors | None = None,
     nonce_expires_at: datetime | None = None,
     nonce_used: bool = False,
     appraisers: Sequence[Any] | None = None,
@@ -193,8 +196,8 @@ def appraise(
 
     ``nonce`` is the nonce the verifier issued (None: freshness is not checked),
     ``nonce_expires_at`` and ``nonce_used`` what the verifier knows of it;
-    ``now`` is the verification time; ``trust`` the anchors and collateral
-    (as :func:`tsmr.evidence.bundle.verify_evidence` takes them); ``policy``
+    ``now`` is the verification time; ``trust`` the verifier's
+    :class:`~tsmr.evidence.TrustAnchors` (as :func:`tsmr.evidence.verify` takes them); ``policy``
     Rego source (default :data:`DEFAULT_POLICY`); ``appraisers`` replaces
     the discovered plugins (:func:`load_appraisers`); ``allow_debug`` lets
     debuggable guests verify (they are ``evidence.debug-allowed`` warnings
@@ -203,7 +206,7 @@ def appraise(
     Raises :class:`~tsmr.errors.PolicyError` for a policy that does not
     compile or evaluate, :class:`~tsmr.errors.InputError` for invalid reference
     values or appraiser configuration, and
-    :class:`~tsmr.evidence.bundle.TrustAnchorMissing` when ``trust`` lacks what
+    :class:`~tsmr.evidence.TrustAnchorMissing` when ``trust`` lacks what
     the evidence needs; bad evidence and bundles are findings.
 
     ``limits`` bound the work (:class:`~tsmr.evidence.limits.Limits`, default
@@ -214,9 +217,6 @@ def appraise(
     at the same points and stops the appraisal with
     :class:`~tsmr.evidence.limits.AppraisalCancelled` when it returns true.
     """
-    from .. import quirks as quirk_mod
-    from ..evidence.bundle import FORMAT, TrustAnchorMissing, check_document, log_events, replay_logs, verify_evidence
-
     budget = Budget(limits, cancelled=cancelled)
     budget.check_document(bundle)  # counted before anything is verified or parsed
     now = _aware(now)
@@ -312,7 +312,7 @@ def appraise(
         budget.check_time("replay")
         replayed = replay_logs(bundle, verified.kind, verified.signed, events=events, quirks=accepted)
         budget.check_time("reference values")
-        anomalies, applied = quirk_mod.findings(events, accepted)
+        anomalies, applied = quirk_findings(events, accepted)
         for a in anomalies:
             parts = a.id.split(".")
             if len(parts) == 3:  # log.<register>.<anomaly>: the register goes to the context

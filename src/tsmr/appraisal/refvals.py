@@ -49,7 +49,11 @@ from typing import Any, Mapping
 
 from ..algorithms import HashAlg
 from ..errors import InputError
-from ..registers import register_order
+from ..evidence.anchors import TrustAnchors
+from ..evidence.bundle import replay_logs, verify_evidence
+from ..quirks import resolve as resolve_quirks
+from ..registers import check_register_name, register_order
+from .facts import IDENTITY_CLAIMS, claims_json, runtime_events
 
 __all__ = ["FORMAT", "VERSION", "SCHEMA", "EventRef", "ReferenceValues", "learn"]
 
@@ -195,8 +199,6 @@ class ReferenceValues:
 
 
 def _registers(obj: Any) -> dict[str, dict[str, tuple[str, ...]]]:
-    from ..registers import check_register_name
-
     if not isinstance(obj, Mapping):
         raise _fail("registers", "must be an object")
     out: dict[str, dict[str, tuple[str, ...]]] = {}
@@ -284,12 +286,10 @@ def _appraisers(obj: Any) -> dict[str, dict[str, Any]]:
 
 
 def _quirks(obj: Any) -> tuple[str, ...]:
-    from .. import quirks
-
     if not isinstance(obj, list) or not all(isinstance(q, str) for q in obj):
         raise _fail("quirks", "must be an array of quirk names")
     try:
-        quirks.resolve(obj)
+        resolve_quirks(obj)
     except InputError as exc:
         raise _fail("quirks", str(exc)) from None
     return tuple(obj)
@@ -299,7 +299,7 @@ def learn(
     bundle: Mapping[str, Any],
     *,
     now: datetime,
-    trust: Mapping[str, Any] | None = None,
+    trust: TrustAnchors | None = None,
     id: str | None = None,
     quirks: tuple[str, ...] = (),
 ) -> ReferenceValues:
@@ -311,8 +311,6 @@ def learn(
     learned from a bundle that explains itself.  ``id`` defaults to one derived
     from the learned values.
     """
-    from ..evidence.bundle import replay_logs, verify_evidence
-    from .facts import IDENTITY_CLAIMS, claims_json, runtime_events
 
     verified = verify_evidence(bundle, now=now, trust=trust)
     replayed = replay_logs(bundle, verified.kind, verified.signed, quirks=quirks)

@@ -26,10 +26,10 @@ The semantics follow ``drivers/virt/coco/tsm-report.c`` and configfs itself:
   does: they are not in the tree, and writing or reading them is ENOENT.
 
 The providers are the emulator's: ``tdx_guest`` (TDX Quote v4 over the
-emulated registers, :mod:`tsmr.evidence.emulated`), ``arm_cca_guest`` (a
-CCA token, :mod:`tsmr.evidence.emulated_cca`) and ``sev_guest`` (an SEV-SNP
+emulated registers, :mod:`tsmr.backends.emulated_evidence.tdx`), ``arm_cca_guest`` (a
+CCA token, :mod:`tsmr.backends.emulated_evidence.cca`) and ``sev_guest`` (an SEV-SNP
 ATTESTATION_REPORT with its certificate table,
-:mod:`tsmr.evidence.emulated_snp`), all under test keys that a verifier
+:mod:`tsmr.backends.emulated_evidence.snp`), all under test keys that a verifier
 accepts only when told to trust them.
 """
 
@@ -44,9 +44,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from ..errors import InputError
+from ..errors import BackendError, InputError
 from . import fuse
 from .configfs import INBLOB_MAX, PRIVLEVEL_MAX, Report
+from .emulated_evidence.cca import EmulatedCCASigner, emulated_cca_token
+from .emulated_evidence.snp import EmulatedSNPSigner, emulated_snp_report
+from .emulated_evidence.tdx import EmulatedTDXSigner, emulated_tdx_quote
 
 __all__ = ["ReportDesc", "ReportSource", "TsmReportItem", "EmulatedTsm", "ConfigfsServer", "source_for",
            "trust_anchor", "visible", "EmulatedTdxGuest", "EmulatedCcaGuest", "EmulatedSnpGuest", "mount", "serve"]
@@ -184,8 +187,6 @@ class EmulatedTdxGuest:
         self.regs = regs
 
     def report_new(self, desc: ReportDesc) -> tuple[bytes, bytes | None, bytes | None]:
-        from ..evidence.emulated import emulated_tdx_quote
-
         if len(desc.inblob) != 64:  # the driver takes exactly TDX_REPORTDATA_LEN bytes
             raise _oserror(errno.EINVAL)
         quote, _ = emulated_tdx_quote(self.regs, desc.inblob)
@@ -202,8 +203,6 @@ class EmulatedCcaGuest:
         self.regs = regs
 
     def report_new(self, desc: ReportDesc) -> tuple[bytes, bytes | None, bytes | None]:
-        from ..evidence.emulated_cca import emulated_cca_token
-
         if not 32 <= len(desc.inblob) <= 64:
             raise _oserror(errno.EINVAL)
         token, _ = emulated_cca_token(self.regs, desc.inblob)
@@ -228,8 +227,6 @@ class EmulatedSnpGuest:
         self.regs = regs
 
     def report_new(self, desc: ReportDesc) -> tuple[bytes, bytes | None, bytes | None]:
-        from ..evidence.emulated_snp import emulated_snp_report
-
         if len(desc.inblob) != 64:  # the driver takes exactly SNP_REPORT_USER_DATA_SIZE bytes
             raise _oserror(errno.EINVAL)
         if desc.service_provider is not None:  # no SVSM: the kernel's SVSM attestation call is EINVAL
@@ -259,15 +256,9 @@ def trust_anchor(regs: Any) -> str:
     """
     profile = getattr(regs, "profile_name", None)
     if profile == "cca":
-        from ..evidence.emulated_cca import EmulatedCCASigner
-
         return str(EmulatedCCASigner(regs.dir / "rmm").cpak_pem)
     if profile == "snp":
-        from ..evidence.emulated_snp import EmulatedSNPSigner
-
         return str(EmulatedSNPSigner(regs.dir / "sp").ark_pem)
-    from ..evidence.emulated import EmulatedTDXSigner
-
     return str(EmulatedTDXSigner(regs.dir / "qe").root_pem)
 
 
@@ -297,8 +288,6 @@ class EmulatedTsm:
             out, aux = item.read_blob("outblob"), item.read_blob("auxblob")
             manifest = item.read_blob("manifestblob") if visible(self.source, "manifestblob") else b""
         except OSError as exc:
-            from ..errors import BackendError
-
             raise BackendError.from_oserror(exc, backend="emulated", register=None,
                                             action=f"{self.source.name} report") from exc
         return Report(provider=self.source.name, inblob=bytes(inblob), outblob=out, auxblob=aux or None,

@@ -14,13 +14,10 @@ import typer
 from rich.table import Table
 
 from . import render
-from .common import (ArkOpt, AskOpt, AtOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, TrustRootOpt, VcekOpt,
-                     handle_errors, judge, parse_nonce, read_bundle, refuse, verification_time,
+from .common import (AtOpt, JsonOpt, handle_errors, judge, parse_nonce, read_bundle, refuse, verification_time,
                      write_output)
-from .common import (MaxLogRecordsOpt, MaxLogsOpt, MaxRuntimeEventsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt,
-                     limits_from, read_text)
-from .common import AllowDebugOpt, SnpCrlOpt
-from .quote_cmd import load_trust
+from .common import AllowDebugOpt, read_text
+from .option_groups import TrustOptions, limit_options, trust_options
 
 __all__ = ["register", "refvals_app", "appraise_cmd", "learn_cmd"]
 
@@ -41,27 +38,16 @@ def _read_text(path: str, what: str) -> str:
     return read_text(path, what)  # bounded, like every input of the command line
 
 
+@trust_options()
+@limit_options()
 def appraise_cmd(
     bundle: Annotated[str, typer.Argument(help="A bundle written by 'tsmr attest' (or any tsmr-bundle document).")],
     policy: Annotated[Optional[str], typer.Option("--policy", help="Rego policy file (package tsmr); default: allow when no finding is an error.")] = None,
     refvals: Annotated[Optional[str], typer.Option("--refvals", help="Reference values (JSON, e.g. from 'tsmr refvals learn').")] = None,
     nonce: Annotated[Optional[str], typer.Option("--nonce", help="The nonce you issued, hex (without it freshness is not checked).")] = None,
     at: AtOpt = None,
-    trust_root: TrustRootOpt = None,
-    collateral: CollateralOpt = None,
-    vcek: VcekOpt = None,
-    ask: AskOpt = None,
-    ark: ArkOpt = None,
-    cpak: CpakOpt = None,
-    tpm_ak: TpmAkOpt = None,
-    tpm_ca: TpmCaOpt = None,
-    max_logs: MaxLogsOpt = None,
-    max_records: MaxRecordsOpt = None,
-    max_log_records: MaxLogRecordsOpt = None,
-    max_record_bytes: MaxRecordBytesOpt = None,
-    max_runtime_events: MaxRuntimeEventsOpt = None,
-    time_budget: TimeBudgetOpt = None,
-    crl: SnpCrlOpt = None,
+    trust: TrustOptions = TrustOptions(),
+    limits: Any = None,
     allow_debug: AllowDebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -74,7 +60,6 @@ def appraise_cmd(
     """
     from ..appraisal import appraise
 
-    limits = limits_from(max_logs, max_records, max_log_records, max_record_bytes, max_runtime_events, time_budget)
     doc = read_bundle(bundle)
     source = _read_text(policy, "--policy") if policy else None
     rv = None
@@ -83,9 +68,8 @@ def appraise_cmd(
 
         rv = ReferenceValues.from_json(_read_text(refvals, "--refvals"))
     expected = parse_nonce(nonce)[0] if nonce is not None else None
-    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
-                       tpm_ak=tpm_ak or (), tpm_ca=tpm_ca or (), crl=crl)
-    result = appraise(doc, policy=source, reference_values=rv, nonce=expected, now=verification_time(at), trust=trust,
+    anchors = trust.anchors()
+    result = appraise(doc, policy=source, reference_values=rv, nonce=expected, now=verification_time(at), trust=anchors,
                       policy_id=Path(policy).name if policy else None, limits=limits, allow_debug=allow_debug)
     if as_json:
         render.print_json(result.to_dict())
@@ -150,19 +134,13 @@ def _report(name: str, result: Any) -> None:
 
 @refvals_app.command("learn")
 @handle_errors
+@trust_options()
 def learn_cmd(
     bundle: Annotated[str, typer.Argument(help="A bundle from a known-good machine.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Where to write the reference values (JSON); '-' for standard output.")],
     id: Annotated[Optional[str], typer.Option("--id", help="The reference values' id (default: derived from their content).")] = None,
     at: AtOpt = None,
-    trust_root: TrustRootOpt = None,
-    collateral: CollateralOpt = None,
-    vcek: VcekOpt = None,
-    ask: AskOpt = None,
-    ark: ArkOpt = None,
-    cpak: CpakOpt = None,
-    tpm_ak: TpmAkOpt = None,
-    tpm_ca: TpmCaOpt = None,
+    trust: TrustOptions = TrustOptions(),
     as_json: JsonOpt = False,
 ) -> None:
     """Learn reference values from a known-good bundle: signed registers, identity claims and runtime events.
@@ -174,10 +152,9 @@ def learn_cmd(
     from ..errors import EvidenceError
 
     doc = read_bundle(bundle)
-    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
-                       tpm_ak=tpm_ak or (), tpm_ca=tpm_ca or ())
+    anchors = trust.anchors()
     try:
-        rv = learn(doc, now=verification_time(at), trust=trust, id=id)
+        rv = learn(doc, now=verification_time(at), trust=anchors, id=id)
     except EvidenceError as exc:
         if as_json:
             render.print_json({"learned": False, "check": exc.check, "error": str(exc)})

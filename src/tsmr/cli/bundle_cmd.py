@@ -11,14 +11,13 @@ from rich.table import Table
 
 from ..errors import EvidenceError, InputError
 from . import render
-from .common import (ArkOpt, AskOpt, AtOpt, BackendOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, LogDirOpt,
-                     StateDirOpt, TrustRootOpt, VcekOpt, judge, parse_nonce, read_bundle, refuse,
+from .common import (AtOpt, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, judge, parse_nonce, read_bundle, refuse,
                      verification_time, write_output)
-from .common import AllowDebugOpt, SnpCrlOpt
-from .common import (MaxLogRecordsOpt, MaxLogsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt, limits_from,
-                     read_input)
-from .quote_cmd import (ConfigfsOpt, GuidOpt, ManifestVerOpt, PrivlevelOpt, ServiceOpt, anchor_flag, caveats, load_trust,
+from .common import AllowDebugOpt
+from .common import read_input
+from .quote_cmd import (ConfigfsOpt, GuidOpt, ManifestVerOpt, PrivlevelOpt, ServiceOpt, anchor_flag, caveats,
                         render_caveats)
+from .option_groups import TrustOptions, limit_options, trust_options
 
 VerifierOpt = Annotated[Optional[str], typer.Option(
     "--verifier", help="A tsmr verifier's URL (e.g. http://127.0.0.1:8080): get a challenge there and send it the bundle.")]
@@ -104,7 +103,7 @@ def attest_cmd(
     this attestation.  The exit code is the verifier's verdict: 0 affirming,
     1 any other status or a refused nonce, 2 a bundle it could not read.
     """
-    from ..evidence.acquire import acquire, platform_logs
+    from ..system.acquire import acquire, platform_logs
     from ..evidence.bundle import make_bundle
     from ..runtime_log.store import default_log_dir
 
@@ -216,27 +215,17 @@ def render_appraisal(body: dict[str, Any], *, title: str) -> None:
                                      f"  (EAR: {len(body['ear'])} bytes, signed)" if body.get("ear") else ""))
 
 
+@trust_options()
+@limit_options(runtime_events=False)
 def verify_cmd(
     bundle: Annotated[str, typer.Argument(help="A bundle written by 'tsmr attest' (or any tsmr-bundle document).")],
     nonce: Annotated[Optional[str], typer.Option(
         "--nonce", help="The nonce you issued, hex: the bundle must be over it (without it freshness "
                         "is not checked).")] = None,
     at: AtOpt = None,
-    trust_root: TrustRootOpt = None,
-    collateral: CollateralOpt = None,
-    vcek: VcekOpt = None,
-    ask: AskOpt = None,
-    ark: ArkOpt = None,
-    cpak: CpakOpt = None,
-    tpm_ak: TpmAkOpt = None,
-    tpm_ca: TpmCaOpt = None,
-    crl: SnpCrlOpt = None,
+    trust: TrustOptions = TrustOptions(),
     allow_debug: AllowDebugOpt = False,
-    max_logs: MaxLogsOpt = None,
-    max_records: MaxRecordsOpt = None,
-    max_log_records: MaxLogRecordsOpt = None,
-    max_record_bytes: MaxRecordBytesOpt = None,
-    time_budget: TimeBudgetOpt = None,
+    limits: Any = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a bundle's evidence and replay its logs against the signed registers; exit 1 on any failure.
@@ -250,14 +239,12 @@ def verify_cmd(
 
     from ..evidence.bundle import check_document, verify_bundle
 
-    limits = limits_from(max_logs, max_records, max_log_records, max_record_bytes, None, time_budget)
     expected = parse_nonce(nonce)[0] if nonce is not None else None
     doc = read_bundle(bundle)
-    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
-                       tpm_ak=tpm_ak or (), tpm_ca=tpm_ca or (), crl=crl)
+    anchors = trust.anchors()
     when = verification_time(at)
     try:
-        result = verify_bundle(doc, now=when, trust=trust, allow_debug=allow_debug, limits=limits)
+        result = verify_bundle(doc, now=when, trust=anchors, allow_debug=allow_debug, limits=limits)
         if expected is not None and not hmac.compare_digest(expected, check_document(doc)):
             raise EvidenceError(f"the bundle is over nonce {doc.get('nonce')}, not over --nonce {expected.hex()}",
                                 check="freshness.nonce-mismatch")

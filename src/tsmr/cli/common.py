@@ -298,14 +298,14 @@ def read_input(path: str, what: str = "") -> bytes:
     """The bytes of a file, or of standard input for ``-``; an InputError naming ``what`` if it cannot be read.
 
     Every file and standard input the commands read goes through here (or through
-    :func:`tsmr.evidence.limits.read_input`, which this is): reading stops at
+    :func:`tsmr.system.inputs.read_input`, which this is): reading stops at
     the input limit (64 MiB, ``TSMR_MAX_INPUT``), so ``/dev/zero`` or an endless
     pipe is refused with exit 2 instead of filling memory, and a FIFO nobody
     writes to is given up after ``TSMR_INPUT_TIMEOUT`` seconds (60).  Read to
     the end of file rather than to the size ``stat`` gives, which is 0 for
     sysfs logs.
     """
-    from ..evidence.limits import read_input as bounded
+    from ..system.inputs import read_input as bounded
 
     return bounded(path, what)
 
@@ -329,7 +329,7 @@ def read_bundle(path: str) -> Any:
         raise InputError(f"{path} is nested too deeply to be a bundle") from None
 
 
-# Appraisal limits (tsmr.evidence.limits.Limits): the same for 'tsmr appraise', 'tsmr verify' and
+# Appraisal limits (tsmr.evidence.limits.Limits; cli.option_groups.limit_options): the same for 'tsmr appraise', 'tsmr verify' and
 # 'tsmr serve'; an option wins over its TSMR_* variable, which wins over the default.
 MaxLogsOpt = Annotated[Optional[int], typer.Option(
     "--max-logs", min=0, help="Most logs in a bundle (default 64, $TSMR_MAX_LOGS; 0: no limit).", show_default=False)]
@@ -350,13 +350,3 @@ TimeBudgetOpt = Annotated[Optional[float], typer.Option(
     "--time-budget", min=0, help="Seconds an appraisal may take (default 30, $TSMR_TIME_BUDGET; 0: no limit).",
     show_default=False)]
 
-
-def limits_from(max_logs: int | None = None, max_records: int | None = None, max_log_records: int | None = None,
-                max_record_bytes: int | None = None, max_runtime_events: int | None = None,
-                time_budget: float | None = None) -> Any:
-    """The appraisal limits: the options given, else the ``TSMR_*`` variables, else the defaults."""
-    from ..evidence.limits import Limits
-
-    return Limits.from_env(max_logs=max_logs, max_records=max_records, max_log_records=max_log_records,
-                           max_record_bytes=max_record_bytes, max_runtime_events=max_runtime_events,
-                           time_budget=time_budget)

@@ -32,7 +32,7 @@ def _open_log(reg: str, backend: str | None, state_dir: str | None, log_dir: str
 
 
 def _read_stdin_records() -> list[str]:
-    from ..evidence.limits import read_input
+    from ..system.inputs import read_input
 
     data = read_input("-", "the records on")
     try:
@@ -200,7 +200,7 @@ def replay_cmd(
     init = _parse_bank_values(initial, "--initial")
     want = _parse_bank_values(expect, "--expect")
     r = Replayer(initial=init, expected=want)
-    from ..evidence.limits import iter_input
+    from ..system.inputs import iter_input
 
     # Streamed, so no size limit (memory stays at one chunk and one line); a FIFO without a writer
     # times out like every other input.

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import __version__
+from ..version import __version__
 from ..algorithms import HashAlg
 from ..errors import InputError
 from ..registers import Register, bank_label
@@ -237,7 +237,7 @@ def emulate_init(
             anchor = trust_anchor(rs)  # made now, so that verifiers can be told to trust it up front
         collateral = None
         if profile == "tdx":
-            from ..evidence.emulated import EmulatedTDXSigner, write_emulated_collateral
+            from ..backends.emulated_evidence.tdx import EmulatedTDXSigner, write_emulated_collateral
 
             collateral = str(write_emulated_collateral(EmulatedTDXSigner(rs.dir / "qe")))
     if as_json:
@@ -264,7 +264,7 @@ def emulate_collateral(
 ) -> None:
     """Issue TDX collateral for the emulated platform under its test root (valid 30 days), for --collateral."""
     from ..backends.emulated import EmulatedRegisterSet
-    from ..evidence.emulated import EmulatedTDXSigner, write_emulated_collateral
+    from ..backends.emulated_evidence.tdx import EmulatedTDXSigner, write_emulated_collateral
 
     statuses = ("UpToDate", "OutOfDate", "ConfigurationNeeded", "OutOfDateConfigurationNeeded", "SWHardeningNeeded",
                 "ConfigurationAndSWHardeningNeeded", "OutOfDateConfigurationAndSWHardeningNeeded", "Revoked")

@@ -9,28 +9,23 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import EvidenceError, InputError
-from ..evidence.trust import load_trust
+from ..evidence import TpmQuoteParts, verify
+from ..evidence.tpm import load_ak_anchor
 from ..jsonvalue import plain
-from ..evidence.trust import read_file as _read
+from ..system.trust import read_file as _read
 from . import render
 from .common import (
-    ArkOpt,
-    AskOpt,
     AtOpt,
     BackendOpt,
-    CollateralOpt,
     AllowDebugOpt,
-    CpakOpt, TpmAkOpt, TpmCaOpt,
     JsonOpt,
-    SnpCrlOpt,
     StateDirOpt,
-    TrustRootOpt,
-    VcekOpt,
     handle_errors,
     refuse,
     verification_time,
     write_output,
 )
+from .option_groups import TrustOptions, trust_options
 
 quote_app = typer.Typer(help="Get, show and verify evidence: TDX quotes, SEV-SNP reports, Arm CCA tokens, TPM quotes.",
                         no_args_is_help=True)
@@ -123,7 +118,7 @@ def get_cmd(
     (TDX), --cpak (CCA) or --ark (SEV-SNP, with --certs and the certificate
     table written by --aux) pointing at the key it names.
     """
-    from ..evidence.acquire import acquire
+    from ..system.acquire import acquire
 
     value = _hex(nonce, "--nonce") or b""
     try:
@@ -179,7 +174,7 @@ def show_cmd(
     if k == "tdx":
         from ..evidence import tdx
 
-        obj = tdx.parse_quote(data)
+        obj: Any = tdx.parse_quote(data)
     elif k == "snp":
         from ..evidence import snp
 
@@ -230,24 +225,16 @@ def ak_cmd(
 
 @quote_app.command("verify")
 @handle_errors
+@trust_options(certs=True)
 def verify_cmd(
     file: Annotated[str, typer.Argument(help="Evidence file (a TPM quote: TPMS_ATTEST, or the JSON of 'quote get').")],
     nonce: Annotated[Optional[str], typer.Option("--nonce", help="Expected nonce / report data / challenge, hex.")] = None,
     kind: Annotated[Optional[str], typer.Option("--kind", help=f"One of {', '.join(KINDS)} (default: detected).")] = None,
-    collateral: CollateralOpt = None,
-    trust_root: TrustRootOpt = None,
     at: AtOpt = None,
+    trust: TrustOptions = TrustOptions(),
     ak: Annotated[Optional[str], typer.Option("--ak", help="TPM: the attestation key you trust, PEM or TPM2B_PUBLIC (a quote's own key is trusted only when enrolled with --tpm-ak).")] = None,
     signature: Annotated[Optional[str], typer.Option("--signature", help="TPM: TPMT_SIGNATURE file.")] = None,
-    vcek: VcekOpt = None,
-    ask: AskOpt = None,
-    ark: ArkOpt = None,
-    cpak: CpakOpt = None,
-    tpm_ak: TpmAkOpt = None,
-    tpm_ca: TpmCaOpt = None,
-    certs: Annotated[Optional[str], typer.Option("--certs", help="SNP: a directory of vcek/ask/ark (or cert_chain) files, or the report's certificate table (auxblob).")] = None,
     manifest: Annotated[Optional[str], typer.Option("--manifest", help="SNP via SVSM: the manifestblob; REPORT_DATA must be SHA-512(nonce || manifest).")] = None,
-    crl: SnpCrlOpt = None,
     allow_debug: AllowDebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -268,52 +255,25 @@ def verify_cmd(
     k = kind or detect_kind(data)
     expected = _hex(nonce, "--nonce")
     when = verification_time(at)
-    trust = load_trust(trust_root=trust_root, collateral=collateral, vcek=vcek, ask=ask, ark=ark, cpak=cpak,
-                       certs=certs, tpm_ak=tpm_ak or (), tpm_ca=tpm_ca or (), crl=crl)
+    # --certs FILE is the report's certificate table (the guest's auxblob); a directory holds the chain.
+    table = None
+    certs = trust.get("certs")
+    if certs and not os.path.isdir(certs):
+        table = _read(certs, "the SEV-SNP certificates")
+        trust = trust.without("certs")
+    anchors = trust.anchors(certs_complete=True)
+    parts = None
+    if k == "tpm":
+        data, sig, ak_bytes, pcrs = _tpm_parts(data, signature, ak)
+        if ak:  # the key given is the key trusted
+            anchors = anchors.with_tpm_aks(load_ak_anchor(ak_bytes, f"--ak {ak}"))
+        parts = TpmQuoteParts(signature=sig, ak_public=ak_bytes, pcrs=pcrs)
+    elif k not in KINDS:
+        raise InputError(f"unknown kind {k!r} (kinds: {', '.join(KINDS)})")
     try:
-        if k == "tdx":
-            from ..evidence import tdx
-
-            claims: Any = tdx.verify_quote(data, now=when, report_data=expected, allow_debug=allow_debug,
-                                           **{n: trust[n] for n in ("trust_root", "collateral") if n in trust})
-        elif k == "snp":
-            from ..evidence import snp
-
-            anchors = {n: trust[n] for n in ("vcek", "ask", "ark") if n in trust}
-            if "table_ark" in trust:  # the guest's ARK: checked against --ark, never trusted by itself
-                if "ark" not in trust:
-                    raise InputError("the certificate table's ARK is not trusted by itself: give --ark")
-                anchors["trusted_arks"], anchors["ark"] = [trust["ark"]], trust["table_ark"]
-            missing = [n for n in ("vcek", "ask", "ark") if n not in anchors]
-            if missing:
-                raise InputError(f"an SEV-SNP report needs {', '.join('--' + n for n in missing)} (or --certs)")
-            binding = expected
-            if manifest:
-                if expected is None:
-                    raise InputError("--manifest needs --nonce: REPORT_DATA is SHA-512(nonce || manifest)")
-                binding = snp.svsm_report_data(expected, _read(manifest, "--manifest"))
-            elif expected is not None:
-                binding = expected.ljust(64, b"\0")
-            claims = snp.verify_report(data, report_data=binding, now=when, crl=trust.get("snp_crl"),
-                                       allow_debug=allow_debug, **anchors)
-        elif k == "cca":
-            from ..evidence import cca
-
-            if "cpak" not in trust:
-                raise InputError("--cpak (the platform attestation key) is needed for a CCA token")
-            # configfs-tsm zero-pads a shorter challenge into the 64-byte realm challenge.
-            claims = cca.verify_token(data, cpak=trust["cpak"],
-                                      challenge=expected.ljust(64, b"\0") if expected is not None else None,
-                                      allow_debug=allow_debug)
-        elif k == "tpm":
-            from ..evidence import tpm
-
-            attest, sig, ak_bytes, pcrs = _tpm_parts(data, signature, ak)
-            claims = tpm.verify_quote(attest, sig, ak_bytes, nonce=expected, pcrs=pcrs)
-            if not ak:  # the quote's own key: anchored only by an enrolled AK or a configured CA
-                tpm.check_ak_trusted(ak_bytes, now=when, enrolled=trust.get("tpm_aks", ()), cas=trust.get("tpm_cas", ()))
-        else:
-            raise InputError(f"unknown kind {k!r} (kinds: {', '.join(KINDS)})")
+        claims = verify(k, data, nonce=expected, now=when, anchors=anchors, allow_debug=allow_debug,
+                        auxblob=table if k == "snp" else None,
+                        manifest=_read(manifest, "--manifest") if manifest and k == "snp" else None, tpm=parts).claims
     except EvidenceError as exc:
         if as_json:
             render.print_json({"kind": k, "verified": False, "check": exc.check, "error": str(exc)})

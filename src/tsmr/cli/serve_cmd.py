@@ -19,11 +19,8 @@ from rich.table import Table
 
 from ..errors import BackendError, InputError
 from . import render
-from .common import (ArkOpt, AskOpt, CollateralOpt, CpakOpt, TpmAkOpt, TpmCaOpt, JsonOpt, TrustRootOpt, VcekOpt, handle_errors, read_input,
-                     write_output)
-
-from .common import SnpCrlOpt
-from .common import MaxLogRecordsOpt, MaxLogsOpt, MaxRuntimeEventsOpt, MaxRecordBytesOpt, MaxRecordsOpt, TimeBudgetOpt
+from .common import JsonOpt, handle_errors, read_input, write_output
+from .option_groups import TrustOptions, limit_options, trust_options
 
 __all__ = ["register", "add_refvals_commands", "serve_cmd", "policy_app"]
 
@@ -36,6 +33,8 @@ VerifierStateOpt = Annotated[Optional[str], typer.Option(
 VersionOpt = Annotated[Optional[int], typer.Option("--version", min=1, help="A version (default: the latest).")]
 
 
+@trust_options()
+@limit_options(values=True)
 def serve_cmd(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback unless you mean otherwise).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8080,
@@ -51,18 +50,10 @@ def serve_cmd(
     admin_token_file: Annotated[Optional[str], typer.Option(
         "--admin-token-file", help="File holding the admin bearer token (else $TSMR_ADMIN_TOKEN; with neither, "
                                    "there are no admin endpoints).")] = None,
-    trust_root: TrustRootOpt = None,
-    collateral: CollateralOpt = None,
-    cpak: CpakOpt = None,
-    ark: ArkOpt = None,
-    ask: AskOpt = None,
-    vcek: VcekOpt = None,
-    crl: SnpCrlOpt = None,
+    trust: TrustOptions = TrustOptions(),
     allow_debug: Annotated[bool, typer.Option(
         "--allow-debug", help="Accept debuggable guests (TDX DEBUG, SEV-SNP policy DEBUG, CCA not secured; "
                               "else $TSMR_ALLOW_DEBUG); every result still warns evidence.debug-allowed.")] = False,
-    tpm_ak: TpmAkOpt = None,
-    tpm_ca: TpmCaOpt = None,
     challenge_ttl: Annotated[Optional[float], typer.Option("--challenge-ttl", min=1.0, help="Seconds a nonce stays usable (default 300).")] = None,
     policy: Annotated[Optional[str], typer.Option(
         "--policy", help="The stored policy every attestation is appraised with (default: $TSMR_POLICY, else "
@@ -80,12 +71,7 @@ def serve_cmd(
     state_dir: VerifierStateOpt = None,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line.")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
-    max_logs: MaxLogsOpt = None,
-    max_records: MaxRecordsOpt = None,
-    max_log_records: MaxLogRecordsOpt = None,
-    max_record_bytes: MaxRecordBytesOpt = None,
-    max_runtime_events: MaxRuntimeEventsOpt = None,
-    time_budget: TimeBudgetOpt = None,
+    limits: Any = None,
 ) -> None:
     """Run the HTTP verifier: POST /challenge, POST /attest, GET /results/{id}, JWKS, health and metrics.
 
@@ -97,16 +83,13 @@ def serve_cmd(
     from ..appraisal import ear
     from ..service.app import JsonFormatter, create_app
     from ..service.db import Store, database_errors, make_engine, redact_url, upgrade
-    from ..service.settings import Settings, load_trust
+    from ..service.settings import Settings
 
     overrides: dict[str, Any] = {k: v for k, v in {
-        "database_url": database, "key_path": key, "admin_token_file": admin_token_file, "trust_root": trust_root,
-        "collateral": collateral, "cpak": cpak, "snp_ark": ark, "snp_ask": ask, "snp_vcek": vcek, "snp_crl": crl,
+        "database_url": database, "key_path": key, "admin_token_file": admin_token_file, **trust.settings(),
         "challenge_ttl": challenge_ttl, "state_dir": state_dir, "policy": policy, "refvals": refvals,
         "challenge_rate": challenge_rate, "challenge_burst": challenge_burst,
         "publish_keys": os.pathsep.join(os.path.abspath(k) for k in publish_key) if publish_key else None,
-        "tpm_ak": os.pathsep.join(os.path.abspath(k) for k in tpm_ak) if tpm_ak else None,
-        "tpm_ca": os.pathsep.join(os.path.abspath(k) for k in tpm_ca) if tpm_ca else None,
     }.items() if v is not None}
     if key_alg != "ES256" or "TSMR_EAR_ALG" not in os.environ:
         overrides["key_alg"] = key_alg
@@ -115,10 +98,7 @@ def serve_cmd(
     overrides["json_logs"] = json_logs or os.environ.get("TSMR_JSON_LOGS", "").lower() in ("1", "true", "yes")
     overrides["log_level"] = log_level.upper()
     # Bundle limits and the time budget (413 / 422 from POST /attest); unset ones come from TSMR_MAX_*.
-    overrides.update({k: v for k, v in {"max_logs": max_logs, "max_records": max_records,
-                                        "max_log_records": max_log_records, "max_record_bytes": max_record_bytes,
-                                        "max_runtime_events": max_runtime_events, "time_budget": time_budget}.items()
-                      if v is not None})
+    overrides.update(limits)
     settings = Settings.from_env(**overrides).resolved()
     _check_name(settings.policy)
     _check_name(settings.refvals)
@@ -143,7 +123,7 @@ def serve_cmd(
         raise BackendError.from_oserror(exc, backend="verifier", register=None,
                                         action=f"creating the EAR key {settings.key_path}") from None
     settings.published_keys()
-    load_trust(settings)
+    settings.trust_anchors()
     token = settings.read_admin_token()
     if host not in ("127.0.0.1", "::1", "localhost"):
         render.warning(f"listening on {host}: put TLS in front of the verifier (it speaks plain HTTP)")

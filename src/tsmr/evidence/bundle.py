@@ -35,6 +35,9 @@ from ..eventlog import parse as parse_log
 from ..events import Event
 from ..replay import default_initial, explain, map_register, replay
 from ..registers import register_order
+from .anchors import TrustAnchorMissing, TrustAnchors
+from .limits import Budget
+from .verification import KINDS, TpmQuoteParts, VerifiedEvidence, verify
 
 FORMAT = "tsmr-bundle"
 VERSION = 1
@@ -86,10 +89,6 @@ SCHEMA: dict[str, Any] = {
 }
 
 MAX_BUNDLE_BYTES = 64 << 20
-
-
-class TrustAnchorMissing(InputError):
-    """The verifier was not given the trust anchors this kind of evidence needs (its configuration, not the evidence)."""
 
 
 @dataclass(frozen=True)
@@ -146,16 +145,6 @@ def _hex(value: Any, where: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class VerifiedEvidence:
-    """What :func:`verify_evidence` established: the kind, the verifier's claims, the signed registers."""
-
-    kind: str
-    claims: Any
-    signed: dict[str, dict[HashAlg, bytes]]  # register -> bank -> value, as the evidence signs them
-    nonce: bytes  # the bundle's nonce, which the evidence was checked to be bound to
-
-
-@dataclass(frozen=True)
 class LogReplay:
     """What :func:`replay_logs` found: one row per register and bank (and per gap), and the events replayed.
 
@@ -189,102 +178,47 @@ def verify_evidence(
     doc: Mapping[str, Any],
     *,
     now: datetime,
-    trust: Mapping[str, Any] | None = None,
+    trust: TrustAnchors | None = None,
     allow_debug: bool = False,
 ) -> VerifiedEvidence:
     """Verify the evidence of a bundle, bound to the bundle's nonce; the logs are not looked at.
 
-    ``trust`` passes the verifier's anchors and collateral: ``tdx``: ``trust_root``,
-    ``collateral``; ``snp``: ``vcek``, ``ask``, ``ark``; ``cca``: ``cpak``;
-    ``tpm``: ``tpm_aks`` (enrolled AK public keys) and ``tpm_cas`` (CA certificates
-    an AK certificate in the bundle must chain to).  What anchors each kind:
-    TDX, the Intel SGX Root CA (or the ``trust_root`` given instead); SEV-SNP,
-    the ARK given (never one from the guest); CCA, the platform key given;
-    TPM, an enrolled AK or a configured CA.  Evidence without its anchor fails.
-    SEV-SNP also takes ``snp_crl``, AMD's CRL signed by the ARK.  A debuggable
-    guest (TDX TD_ATTRIBUTES.DEBUG, SEV-SNP policy DEBUG, a CCA platform that is
-    not secured) fails ``tdx.debug`` / ``snp.policy.debug`` / ``cca.debug``
-    unless ``allow_debug``.
-    Raises the verifier's :class:`~tsmr.errors.EvidenceError` when the evidence
-    does not verify, :class:`~tsmr.errors.ParseError` when the bundle or the
-    evidence cannot be read, and :class:`TrustAnchorMissing` (an
-    :class:`~tsmr.errors.InputError`) when ``trust`` lacks what this kind of
-    evidence needs.
+    The bundle's evidence object is decoded and handed to :func:`tsmr.evidence.verify`
+    with the verifier's anchors ``trust`` (none given: no anchors), which says what
+    anchors each kind and raises what it raises; a TPM quote must come with the PCR
+    values it covers (``bundle.pcrs``).  Raises :class:`~tsmr.errors.ParseError`
+    naming the field when the bundle cannot be read.
     """
-    trust = dict(trust or {})
+    anchors = TrustAnchors() if trust is None else trust
+    if not isinstance(anchors, TrustAnchors):
+        raise TypeError("trust must be a tsmr.evidence.TrustAnchors")
     nonce = check_document(doc)
     ev = doc["evidence"]
     kind = ev.get("kind")
-    signed: dict[str, dict[HashAlg, bytes]] = {}
-    if kind == "tdx":
-        from . import tdx
+    if kind not in KINDS:
+        raise ParseError(f"unknown evidence kind {kind!r}", format=FORMAT, field="evidence.kind")
 
-        report_data = nonce.ljust(64, b"\0") if nonce else None
-        claims: Any = tdx.verify_quote(_b64(ev.get("data"), "evidence.data"), now=now, report_data=report_data,
-                                       allow_debug=allow_debug,
-                                       **{k: v for k, v in trust.items() if k in ("trust_root", "collateral")})
-        signed = {name: {HashAlg.SHA384: value} for name, value in claims.registers.items()}
-    elif kind == "snp":
-        from . import snp
+    def blob(key: str) -> bytes | None:
+        return _b64(ev[key], f"evidence.{key}") if ev.get(key) is not None else None
 
-        anchors = {k: v for k, v in trust.items() if k in ("vcek", "ask", "ark", "trusted_arks")}
-        if ev.get("auxblob") is not None:
-            # The guest's certificate table supplies what the caller did not; its ARK
-            # came from the guest too, so only a caller-given ARK is trusted.
-            table = {e.name: e.data for e in snp.parse_cert_table(_b64(ev["auxblob"], "evidence.auxblob"))}
-            for name in ("vcek", "ask"):
-                if name not in anchors and name in table:
-                    anchors[name] = table[name]
-            if "vcek" not in anchors and "vlek" in table:
-                anchors["vcek"] = table["vlek"]
-            if "ark" in anchors and "trusted_arks" not in anchors:
-                anchors["trusted_arks"] = [anchors["ark"]]
-                if "ark" in table:
-                    anchors["ark"] = table["ark"]
-        missing = [n for n in ("vcek", "ask", "ark") if n not in anchors]
-        if missing:
-            raise TrustAnchorMissing(f"an SEV-SNP bundle needs the {', '.join(missing)} certificate(s) (the trusted ARK is "
-                             "never taken from the guest's certificate table)")
-        if ev.get("manifestblob") is not None:  # an SVSM service: REPORT_DATA = SHA-512(nonce || manifest)
-            binding = snp.svsm_report_data(nonce, _b64(ev["manifestblob"], "evidence.manifestblob"))
-        else:
-            binding = nonce.ljust(64, b"\0") if nonce else None
-        claims = snp.verify_report(_b64(ev.get("data"), "evidence.data"), report_data=binding, now=now,
-                                   crl=trust.get("snp_crl"), allow_debug=allow_debug, **anchors)
-        signed = {"measurement": {HashAlg.SHA384: claims.measurement}}  # the launch digest; SNP has no RTMRs
-    elif kind == "cca":
-        from . import cca
-
-        if "cpak" not in trust:
-            raise TrustAnchorMissing("a CCA bundle needs the platform key (trust['cpak'])")
-        # The realm challenge is 64 bytes; configfs-tsm zero-pads a shorter inblob.
-        claims = cca.verify_token(_b64(ev.get("data"), "evidence.data"), cpak=trust["cpak"],
-                                  challenge=nonce.ljust(64, b"\0") if nonce else None, allow_debug=allow_debug)
-        alg = {"sha-256": HashAlg.SHA256, "sha-512": HashAlg.SHA512, "sha-384": HashAlg.SHA384}.get(str(claims.hash_algorithm))
-        if alg is not None:
-            signed = {name: {alg: value} for name, value in claims.registers.items() if len(value) == alg.digest_size}
-    elif kind == "tpm":
-        from . import tpm
-
-        pcrs = _tpm_pcrs(ev.get("pcrs") or {})
-        claims = tpm.verify_quote(_hex(ev.get("attest"), "evidence.attest"), _hex(ev.get("signature"), "evidence.signature"),
-                                  _hex(ev.get("ak_public"), "evidence.ak_public"), nonce=nonce, pcrs=pcrs or None)
-        if not claims.pcr_digest_checked:
-            raise EvidenceError("the bundle carries no PCR values for the quote", check="bundle.pcrs")
-        # The bundle's AK signed the quote; only the verifier's own anchors say it is a TPM's.
-        ak_cert = _b64(ev["ak_cert"], "evidence.ak_cert") if ev.get("ak_cert") is not None else None
+    parts = None
+    if kind == "tpm":
+        data = _hex(ev.get("attest"), "evidence.attest")
         chain = ev.get("ak_chain") or []
         if not isinstance(chain, list):
             raise ParseError("ak_chain must be an array", format=FORMAT, field="evidence.ak_chain")
-        tpm.check_ak_trusted(_hex(ev.get("ak_public"), "evidence.ak_public"), now=now,
-                             enrolled=trust.get("tpm_aks", ()), cas=trust.get("tpm_cas", ()), cert=ak_cert,
-                             chain=[_b64(c, f"evidence.ak_chain[{i}]") for i, c in enumerate(chain[:8])])
-        for alg, vals in pcrs.items():
-            for i, v in vals.items():
-                signed.setdefault(f"pcr{i}", {})[alg] = v
+        parts = TpmQuoteParts(signature=_hex(ev.get("signature"), "evidence.signature"),
+                              ak_public=_hex(ev.get("ak_public"), "evidence.ak_public"),
+                              pcrs=_tpm_pcrs(ev.get("pcrs") or {}), ak_cert=blob("ak_cert"),
+                              ak_chain=tuple(_b64(c, f"evidence.ak_chain[{i}]") for i, c in enumerate(chain[:8])))
     else:
-        raise ParseError(f"unknown evidence kind {kind!r}", format=FORMAT, field="evidence.kind")
-    return VerifiedEvidence(str(kind), claims, signed, nonce)
+        data = _b64(ev.get("data"), "evidence.data")
+    verified = verify(str(kind), data, nonce=nonce, now=now, anchors=anchors, allow_debug=allow_debug,
+                      auxblob=blob("auxblob") if kind == "snp" else None,
+                      manifest=blob("manifestblob") if kind == "snp" else None, tpm=parts)
+    if kind == "tpm" and not verified.claims.pcr_digest_checked:
+        raise EvidenceError("the bundle carries no PCR values for the quote", check="bundle.pcrs")
+    return verified
 
 
 def _tpm_pcrs(pcrs_doc: Any) -> dict[HashAlg, dict[int, bytes]]:
@@ -444,21 +378,19 @@ def verify_bundle(
     doc: Mapping[str, Any],
     *,
     now: datetime,
-    trust: Mapping[str, Any] | None = None,
+    trust: TrustAnchors | None = None,
     allow_debug: bool = False,
     limits: Any = None,
 ) -> BundleResult:
     """Verify the evidence of a bundle, then replay its logs against the signed registers.
 
-    ``trust`` passes the verifier's anchors and collateral: ``tdx``: ``trust_root``,
-    ``collateral``; ``snp``: ``vcek``, ``ask``, ``ark``; ``cca``: ``cpak``.
+    ``trust`` is the verifier's :class:`~tsmr.evidence.TrustAnchors` (as
+    :func:`tsmr.evidence.verify` takes them).
     Evidence failures raise; register mismatches are rows of the result.
     (:func:`verify_evidence` and :func:`replay_logs` are the two steps.)
     ``limits`` (:class:`~tsmr.evidence.limits.Limits`, default the defaults)
     bound the logs: over one, :class:`~tsmr.evidence.limits.LimitExceeded`.
     """
-    from .limits import Budget
-
     budget = Budget(limits)
     budget.check_document(doc)  # before the evidence is verified or any log parsed
     verified = verify_evidence(doc, now=now, trust=trust, allow_debug=allow_debug)

@@ -86,10 +86,13 @@ from starlette.routing import Match
 
 from ..appraisal import ear
 from ..errors import InputError, TsmrError
+from ..evidence import tpm
+from ..evidence.anchors import TrustAnchors
+from ..version import __version__
 from ..evidence.limits import AppraisalCancelled, LimitExceeded
 from .db import DatabaseUnavailable, Store, describe_db_error, make_engine, redact_url, upgrade, utcnow
 from .metrics import CONTENT_TYPE, Metrics
-from .settings import Settings, load_trust
+from .settings import Settings
 
 __all__ = ["create_app", "app_from_env", "Settings"]
 
@@ -653,7 +656,7 @@ class Verifier:
         self.kid = ear.thumbprint(self.key)
         # The signing key first, then the keys published beside it (retired or upcoming).
         self.jwks = ear.jwks([self.key.public_key(), *settings.published_keys()])
-        self.trust = load_trust(settings)
+        self.trust = settings.trust_anchors()
         self.admin_token = settings.read_admin_token()
         self.admin_digest = (hashlib.sha256(self.admin_token.encode("utf-8", "surrogateescape")).digest()
                              if self.admin_token is not None else None)
@@ -675,13 +678,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _event(logging.INFO, "verifier ready", database=redact_url(settings.database_url or ""), kid=v.kid,
-               admin_endpoints=v.admin_token is not None, trust=sorted(v.trust), policy=settings.policy,
+               admin_endpoints=v.admin_token is not None, trust=v.trust.given(), policy=settings.policy,
                refvals=settings.refvals)
         _watch_shutdown(v.stopping)
         yield
         v.store.close()
-
-    from .. import __version__
 
     # Any route can refuse a body: a bad Content-Length (400), or one over the limit (413); any route
     # can find the database unavailable (503).
@@ -860,13 +861,11 @@ def _appraise_and_store(v: Verifier, bundle: dict[str, Any], *, nonce: str, raw_
     return result, result_id, token, doc
 
 
-def _trust_for(v: Verifier, bundle: Mapping[str, Any]) -> Mapping[str, Any]:
+def _trust_for(v: Verifier, bundle: Mapping[str, Any]) -> TrustAnchors:
     """The verifier's anchors, plus the enrolled TPM attestation key the bundle's quote names, if any."""
     ev = bundle.get("evidence")
     if not isinstance(ev, Mapping) or ev.get("kind") != "tpm" or not isinstance(ev.get("ak_public"), str):
         return v.trust
-    from ..evidence import tpm
-
     try:
         fingerprint = tpm.ak_fingerprint(bytes.fromhex(ev["ak_public"]))
     except (ValueError, TsmrError):
@@ -874,7 +873,7 @@ def _trust_for(v: Verifier, bundle: Mapping[str, Any]) -> Mapping[str, Any]:
     row = v.store.find_ak(fingerprint)
     if row is None:
         return v.trust
-    return dict(v.trust, tpm_aks=[*v.trust.get("tpm_aks", ()), tpm.load_ak_anchor(row.pem.encode())])
+    return v.trust.with_tpm_aks(tpm.load_ak_anchor(row.pem.encode()))
 
 
 def _give_back(v: Verifier, nonce: str, used_at: datetime) -> bool:
@@ -963,8 +962,6 @@ def _admin_routes(v: Verifier) -> APIRouter:
     @r.put("/tpm-aks/{name}", response_model=AkOut, status_code=201, tags=["tpm"], responses=_errors(409))
     def enrol_ak(name: NamePath, body: AkIn) -> AkOut:
         """Enrol (or replace) a TPM attestation key: quotes it signs are trusted as the TPM's from now on."""
-        from ..evidence import tpm
-
         raw = body.key.strip().encode()
         try:
             key = tpm.load_ak_anchor(raw if raw.startswith(b"-----") else bytes.fromhex(raw.decode()), "key")

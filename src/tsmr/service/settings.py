@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..system.inputs import read_input
+from ..system.trust import load_anchors, read_file
+from ..version import __version__
 from ..evidence.limits import ENV as LIMITS_ENV, Limits
 from .db import default_state_dir, default_url
 
-__all__ = ["Settings", "load_trust", "ENV"]
+__all__ = ["Settings", "ENV"]
 
 MiB = 1 << 20
 
@@ -154,8 +157,6 @@ class Settings:
     def published_keys(self) -> list[Any]:
         """The public keys of ``publish_keys``, read and checked."""
         from ..appraisal import ear
-        from ..evidence.trust import read_file
-
         out: list[Any] = []
         for path in filter(None, (self.publish_keys or "").split(os.pathsep)):
             out.extend(ear.load_public_keys(read_file(path, "the EAR key to publish"), what=path))
@@ -167,8 +168,6 @@ class Settings:
             return _strong_token(self.admin_token, "the admin token ($TSMR_ADMIN_TOKEN)")
         if not self.admin_token_file:
             return None
-        from ..evidence.limits import read_input
-
         raw = read_input(self.admin_token_file, "the admin token file", limit=64 << 10)
         try:
             token = raw.decode("utf-8").strip()
@@ -184,11 +183,16 @@ class Settings:
                       max_record_bytes=self.max_record_bytes, max_runtime_events=self.max_runtime_events,
                       time_budget=self.time_budget)
 
+    def trust_anchors(self) -> Any:
+        """The :class:`~tsmr.evidence.TrustAnchors` the trust settings name, read from their files."""
+        return load_anchors(trust_root=self.trust_root, collateral=self.collateral, vcek=self.snp_vcek,
+                            ask=self.snp_ask, ark=self.snp_ark, cpak=self.cpak, crl=self.snp_crl,
+                            tpm_ak=list(filter(None, (self.tpm_ak or "").split(os.pathsep))),
+                            tpm_ca=list(filter(None, (self.tpm_ca or "").split(os.pathsep))))
+
     def build(self) -> str:
         if self.verifier_build:
             return self.verifier_build
-        from .. import __version__
-
         return f"tsmr {__version__}"
 
 
@@ -208,17 +212,3 @@ def _number(kind: type, raw: str, var: str) -> Any:
         raise InputError(f"{var}={raw!r} is not a number") from None
 
 
-def _read(path: str, what: str) -> bytes:
-    from ..evidence.limits import read_input
-
-    return read_input(path, what)
-
-
-def load_trust(settings: Settings) -> dict[str, Any]:
-    """The trust anchors and collateral named by the settings, keyed as the evidence verifiers take them."""
-    from ..evidence.trust import load_trust as load
-
-    return load(trust_root=settings.trust_root, collateral=settings.collateral, vcek=settings.snp_vcek,
-                ask=settings.snp_ask, ark=settings.snp_ark, cpak=settings.cpak, crl=settings.snp_crl,
-                tpm_ak=list(filter(None, (settings.tpm_ak or "").split(os.pathsep))),
-                tpm_ca=list(filter(None, (settings.tpm_ca or "").split(os.pathsep))))

@@ -36,8 +36,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
-from .emulated import _tlv
+from ...algorithms import HashAlg
+from ...errors import InputError
+from ..emulated import EmulatedRegisterSet
+from .tdx import _tlv
 
 __all__ = ["EmulatedSNPSigner", "emulated_snp_report", "cert_table", "REPORT_VERSION", "EMULATED_TCB",
            "PRODUCT_NAME"]
@@ -142,10 +144,7 @@ class EmulatedSNPSigner:
                 os.close(lock)
         self.certs = {n: x509.load_pem_x509_certificate((self.dir / f"{n}.pem").read_bytes()) for n in _CERTS}
         self.vcek_key: Any = serialization.load_pem_private_key(self._key_path("vcek").read_bytes(), None)
-        from . import snp
-
-        hwid = snp._vcek_hwid(self.certs["vcek"])
-        tcb = snp.vcek_tcb(self.certs["vcek"])
+        hwid, tcb = _vcek_extensions(self.certs["vcek"])
         if hwid is None or len(hwid) != 64 or set(tcb) != set(_OID_SPL):
             raise InputError(f"{self.dir / 'vcek.pem'} is not an emulator VCEK (no 64-byte hwID or TCB extensions)")
         self.chip_id: bytes = hwid
@@ -234,6 +233,24 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
+def _vcek_extensions(vcek: Any) -> tuple[bytes | None, dict[str, int]]:
+    """The hwID and the SPLs of one of this emulator's VCEKs, as :func:`_kds_chain` wrote them."""
+    from cryptography import x509
+
+    def raw(oid: str) -> bytes | None:
+        try:
+            return bytes(vcek.extensions.get_extension_for_oid(x509.ObjectIdentifier(oid)).value.value)
+        except (x509.ExtensionNotFound, AttributeError):
+            return None
+
+    tcb: dict[str, int] = {}
+    for spl, oid in _OID_SPL.items():
+        value = raw(oid)
+        if value is not None and len(value) >= 3 and value[0] == 0x02 and value[1] == len(value) - 2:
+            tcb[spl] = int.from_bytes(value[2:], "big", signed=True)  # a DER INTEGER
+    return raw(_OID_HWID), tcb
+
+
 def _kds_chain(keys: dict[str, Any], *, chip_id: bytes, tcb: dict[str, int]) -> dict[str, Any]:
     """ARK (self-signed) -> ASK -> VCEK, signed RSASSA-PSS/SHA-384 as AMD's KDS certificates are."""
     from cryptography import x509
@@ -292,9 +309,6 @@ def emulated_snp_report(regs: Any, report_data: bytes, *, vmpl: int = 0) -> tupl
     The report's MEASUREMENT and HOST_DATA are the register set's read-only
     ``measurement`` and ``host_data`` (fixed when the emulator was initialised).
     """
-    from ..algorithms import HashAlg
-    from ..backends.emulated import EmulatedRegisterSet
-
     if not isinstance(regs, EmulatedRegisterSet) or regs.profile_name != "snp":
         raise InputError("emulated SEV-SNP reports come from the emulated:snp backend")
     measurement = regs.read("measurement")[HashAlg.SHA384]

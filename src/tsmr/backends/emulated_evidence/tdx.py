@@ -18,7 +18,8 @@ import struct
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import InputError
+from ...errors import InputError
+from ..emulated import EmulatedRegisterSet
 
 _HEADER = struct.Struct("<HHIHH16s20s")  # version, att key type, TEE type, QE SVN, PCE SVN, QE vendor, user data
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
@@ -261,8 +262,6 @@ def write_emulated_collateral(signer: EmulatedTDXSigner, path: str | os.PathLike
 
 def emulated_tdx_quote(regs, report_data: bytes) -> tuple[bytes, Path]:  # type: ignore[no-untyped-def]
     """A quote of an ``emulated:tdx`` register set over its current values; and the test root to trust."""
-    from ..backends.emulated import EmulatedRegisterSet
-
     if not isinstance(regs, EmulatedRegisterSet) or regs.profile_name != "tdx":
         raise InputError("emulated TDX quotes come from the emulated:tdx backend")
     values = {}

@@ -22,6 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..backends.configfs import DEFAULT_ROOT, ConfigfsTsm, Report, report_data
+from ..backends.configfs_emulated import EmulatedTsm, source_for, trust_anchor
+from ..backends.detect import open_backend
+from ..backends.emulated import EmulatedRegisterSet
+from ..backends.sysfs import find_measurement_dirs
+from ..backends.tpm import TpmRegisterSet
 from ..errors import InputError
 
 __all__ = ["Acquired", "acquire", "platform_logs", "TPM_LOG", "IMA_LOG", "CCEL_LOG"]
@@ -109,15 +114,11 @@ def acquire(
     service_manifest_version: int | None = None,
 ) -> Acquired:
     """Evidence over ``nonce`` from the source chosen as the module says."""
-    from ..backends.detect import open_backend
-
     spec = backend or os.environ.get("TSMR_BACKEND") or None
     root = configfs or os.environ.get("TSMR_CONFIGFS_TSM") or None
     opts = (privlevel, service_provider, service_guid, service_manifest_version)
     if spec is None and (root is not None or os.path.isdir(os.path.join(DEFAULT_ROOT, "report"))):
         provider = None
-        from ..backends.sysfs import find_measurement_dirs
-
         dirs = find_measurement_dirs()
         if dirs:
             with open_backend(f"sysfs:{dirs[0]}", state_dir=state_dir) as rs:
@@ -126,9 +127,6 @@ def acquire(
         return Acquired(_configfs_evidence(report), "configfs", provider, report=report)
 
     with open_backend(spec, state_dir=state_dir) as rs:
-        from ..backends.emulated import EmulatedRegisterSet
-        from ..backends.tpm import TpmRegisterSet
-
         if isinstance(rs, TpmRegisterSet):
             if any(o is not None for o in opts):
                 raise InputError("privlevel and service options are for configfs-tsm reports, not TPM quotes")
@@ -143,14 +141,10 @@ def acquire(
         if pcrs:
             raise InputError("--pcrs selects TPM PCRs; this backend is not a TPM")
         if isinstance(rs, EmulatedRegisterSet) and root is None:
-            from ..backends.configfs_emulated import EmulatedTsm, source_for, trust_anchor
-
             report = _request(EmulatedTsm(source_for(rs)), nonce, *opts)
             return Acquired(_configfs_evidence(report), "emulated", rs.provider, trust_anchor(rs), report=report)
         anchor = None
         if isinstance(rs, EmulatedRegisterSet):
-            from ..backends.configfs_emulated import trust_anchor
-
             anchor = trust_anchor(rs)
         report = _request(ConfigfsTsm(root), nonce, *opts)
         return Acquired(_configfs_evidence(report), "configfs", rs.provider, anchor, report=report)

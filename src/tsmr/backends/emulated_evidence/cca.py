@@ -26,7 +26,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import InputError
+from ...algorithms import HashAlg
+from ...errors import InputError
+from ..emulated import EmulatedRegisterSet
 
 # Realm measurement algorithms an RMM offers (DEN0137 RmiHashAlgorithm: SHA-256, SHA-512),
 # by the text the token carries, with their digest sizes.
@@ -160,9 +162,6 @@ def _sign1_es384(key, payload: bytes) -> bytes:  # type: ignore[no-untyped-def]
 
 def emulated_cca_token(regs, challenge: bytes) -> tuple[bytes, Path]:  # type: ignore[no-untyped-def]
     """A token of an ``emulated:cca`` register set over its current values; and the CPAK to trust."""
-    from ..algorithms import HashAlg
-    from ..backends.emulated import EmulatedRegisterSet
-
     if not isinstance(regs, EmulatedRegisterSet) or regs.profile_name != "cca":
         raise InputError("emulated CCA tokens come from the emulated:cca backend")
     names = {HashAlg.SHA256: "sha-256", HashAlg.SHA512: "sha-512"}
