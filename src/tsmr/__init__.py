@@ -41,7 +41,7 @@ from . import eventlog, replay
 from .replay import explain
 from .formats.ima import TemplateHashError
 from .runtime_log.records import RecordError
-from .evidence.bundle import TrustAnchorMissing
+from .evidence.anchors import TrustAnchorMissing
 from .evidence.limits import AppraisalCancelled, LimitExceeded, TimeBudgetExceeded
 from .agent.client import AgentError, AgentRequestError, AgentUnavailableError
 

@@ -35,7 +35,8 @@ class ReplayStatus(StrEnum):
     sync record and no initial value, so the log proves nothing about it;
     ``not-covered``: an expected value no log can explain (a launch measurement
     such as TDX MRTD).  A bundle's register rows also use ``not-signed``,
-    ``signed-only``, ``unlogged``, ``gap`` and ``history-missing``.
+    ``signed-only``, ``unlogged``, ``gap``, ``history-missing`` and ``data-mismatch`` (a
+    record whose recorded digest is not the hash of its data).
     """
 
     MATCHED = "matched"
@@ -48,6 +49,7 @@ class ReplayStatus(StrEnum):
     UNLOGGED = "unlogged"
     GAP = "gap"
     HISTORY_MISSING = "history-missing"
+    DATA_MISMATCH = "data-mismatch"
 
 
 @dataclass(frozen=True)

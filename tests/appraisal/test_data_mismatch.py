@@ -57,3 +57,28 @@ def test_cel_record_changed_under_its_digest_is_not_judged(emulated_tdx: Emulate
     assert [e["content"] for e in r.events.get("example.com/app", ())] == ["v1"]
     assert [e["line"] for e in r.unproven] == ["example.com/app deploy v1"]
     assert "not the hash of its data" in r.unproven[0]["reason"]
+
+
+def test_ima_entry_changed_under_its_sha1_template_hash_is_not_proven() -> None:
+    """A SHA-1 quote of PCR 10 and an IMA list whose entry kept its template hash but names another file."""
+    from dataclasses import replace
+
+    from tsmr.evidence.bundle import replay_logs
+    from tsmr.formats import ima
+
+    def entry(path: bytes, digest: bytes) -> ima.IMAEntry:
+        return ima.build_entry("ima-ng", [ima.digest_field(HashAlg.SHA256, digest), ima.name_field(path)])
+
+    honest = [entry(b"/usr/bin/good", bytes([1]) * 32), entry(b"/usr/bin/evil", bytes([2]) * 32)]
+    pcr10 = ima.replay(honest, banks=(HashAlg.SHA1,))[HashAlg.SHA1]
+    signed = {"pcr10": {HashAlg.SHA1: pcr10}}
+    # the second entry now claims another file, under the template hash of the first
+    forged = [honest[0], replace(honest[1], template_data=honest[0].template_data)]
+    got = replay_logs({}, "tpm", signed, events=ima.to_events(ima.parse_binary(ima.encode_binary(forged))))
+    assert [(r.register, r.bank, r.status) for r in got.rows] == [
+        ("pcr10", "sha1", "matched"), ("pcr10", "sha1", "data-mismatch")]
+    assert [e.seq for e in got.proven] == [0]
+    assert [(e.seq, "not the hash of its data" in why) for e, why in got.unproven] == [(1, True)]
+    # the honest list proves both entries
+    got = replay_logs({}, "tpm", signed, events=ima.to_events(ima.parse_binary(ima.encode_binary(honest))))
+    assert [r.status for r in got.rows] == ["matched"] and len(got.proven) == 2

@@ -71,6 +71,9 @@ id                                 severity  claim               when
                                                                  (the front of its log was cut)
 ``replay.not-signed``              error     executables         a log covers a register the evidence
                                                                  does not sign
+``replay.data-mismatch``           error     executables         a record's recorded digest is not the
+                                                                 hash of its data (CEL, IMA, systemd):
+                                                                 the record is not judged
 ``replay.unlogged``                error     executables         a signed register changed since launch,
                                                                  and neither a log nor a reference value
                                                                  accounts for it
@@ -337,6 +340,9 @@ def appraise(
             elif r.status == "not-signed":
                 run.add("replay.not-signed", "error", f"{r.register} {r.bank}: a log covers it, but {r.explanation}; "
                         "its events prove nothing", "executables", **ctx)
+            elif r.status == "data-mismatch":
+                run.add("replay.data-mismatch", "error", f"{r.register} {r.bank}: {r.explanation}; the record is "
+                        "not judged", "executables", **ctx)
             elif r.status == "unlogged" and (r.register, r.bank) not in pinned:
                 # Its value is known only as a hash: without a log or a reference value for it,
                 # whatever was measured there stays unjudged (and leaving the log out must not

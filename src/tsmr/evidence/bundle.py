@@ -33,6 +33,7 @@ from ..algorithms import HashAlg
 from ..errors import EvidenceError, InputError, ParseError
 from ..eventlog import parse as parse_log
 from ..events import Event
+from ..findings import ReplayStatus
 from ..replay import default_initial, explain, map_register, replay
 from ..registers import register_order
 from .anchors import TrustAnchorMissing, TrustAnchors
@@ -97,7 +98,7 @@ class Row:
     bank: str
     signed: str | None
     replayed: str | None
-    status: str  # matched / mismatched / not-signed / gap / history-missing / unlogged / signed-only
+    status: ReplayStatus  # matched / mismatched / not-signed / gap / history-missing / unlogged / signed-only / data-mismatch
     explanation: str = ""
 
 
@@ -110,7 +111,7 @@ class BundleResult:
     @property
     def ok(self) -> bool:
         """Every log replayed to its signed register from launch, and no extended register lacks a log."""
-        return all(r.status in ("matched", "signed-only") for r in self.rows)
+        return all(r.status in (ReplayStatus.MATCHED, ReplayStatus.SIGNED_ONLY) for r in self.rows)
 
 
 def make_bundle(*, nonce: bytes, evidence: Mapping[str, Any], logs: list[Mapping[str, Any]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
@@ -311,7 +312,7 @@ def replay_logs(
         if reg not in signed:
             unproven_reason[reg] = f"the evidence does not sign {reg}"
             for alg, value in sorted(replayed.items()):
-                rows.append(Row(reg, alg.kernel_name, None, value.hex(), "not-signed",
+                rows.append(Row(reg, alg.kernel_name, None, value.hex(), ReplayStatus.NOT_SIGNED,
                                 "the evidence does not carry this register"))
             continue
         ok, checked, unreplayable = True, False, []
@@ -321,12 +322,14 @@ def replay_logs(
                 unreplayable.append((alg, want))
                 continue
             text = explanations.get((reg, alg), "")
-            rows.append(Row(reg, alg.kernel_name, want.hex(), value.hex(), "mismatched" if text else "matched", text))
+            status = ReplayStatus.MISMATCHED if text else ReplayStatus.MATCHED
+            rows.append(Row(reg, alg.kernel_name, want.hex(), value.hex(), status, text))
             checked, ok = True, ok and not text
         for alg, want in unreplayable:
             # Another signed bank proves the events; with none, nothing does.
             text = explanations.get((reg, alg)) or f"{reg} {alg.kernel_name}: the log cannot be replayed in this bank"
-            rows.append(Row(reg, alg.kernel_name, want.hex(), None, "signed-only" if checked else "mismatched", text))
+            status = ReplayStatus.SIGNED_ONLY if checked else ReplayStatus.MISMATCHED
+            rows.append(Row(reg, alg.kernel_name, want.hex(), None, status, text))
         ok = ok and checked
         if ok:
             proven_regs.add(reg)
@@ -338,10 +341,11 @@ def replay_logs(
                 continue
             launch = result.initial.get(reg, {}).get(alg) or default_initial(reg, alg)
             if logged_register(kind, reg) and not hmac.compare_digest(value, launch):
-                rows.append(Row(reg, alg.kernel_name, value.hex(), None, "unlogged",
+                rows.append(Row(reg, alg.kernel_name, value.hex(), None, ReplayStatus.UNLOGGED,
                                 f"no log covers this register, and it changed since launch ({launch.hex()[:16]}...)"))
             else:
-                rows.append(Row(reg, alg.kernel_name, value.hex(), None, "signed-only", "no log covers this register"))
+                rows.append(Row(reg, alg.kernel_name, value.hex(), None, ReplayStatus.SIGNED_ONLY,
+                                "no log covers this register"))
     last_gap: dict[str, int] = {}
     for g in result.gaps:  # unlogged measurements: the register matches, but not everything in it is known
         last_gap[g.register] = max(last_gap.get(g.register, -1), g.position)
@@ -349,14 +353,13 @@ def replay_logs(
             text = (f"its first record, {g.seq} of its {g.source} log, declares another value than the register "
                     f"held at launch ({g.replayed.hex()[:16]}...): earlier records were removed, or it was "
                     "extended before the log began")
-            rows.append(Row(g.register, g.alg.kernel_name, None, g.declared.hex(), "history-missing", text))
+            rows.append(Row(g.register, g.alg.kernel_name, None, g.declared.hex(), ReplayStatus.HISTORY_MISSING, text))
             # The log does not replay from the launch value: what it shows may be the harmless half.
             proven_regs.discard(g.register)
             unproven_reason[g.register] = f"the front of the log of {g.register} is missing"
         else:
-            rows.append(Row(g.register, g.alg.kernel_name, None, g.declared.hex(), "gap",
+            rows.append(Row(g.register, g.alg.kernel_name, None, g.declared.hex(), ReplayStatus.GAP,
                             f"changed without being logged before record {g.seq} of its {g.source} log"))
-    rows.sort(key=lambda r: (register_order(r.register), r.bank, r.status in ("gap", "history-missing")))
 
     proven: list[Event] = []
     unproven: list[tuple[Event, str]] = []
@@ -367,10 +370,23 @@ def replay_logs(
         reason = None if reg in proven_regs else unproven_reason.get(reg, f"nothing signed covers {reg}")
         if reason is None and position < last_gap.get(reg, -1):
             reason = f"a later sync record of {reg} replaces the value this event led to"
+        if reg in signed:
+            # A format whose digest is the hash of the data (CEL, IMA, systemd, runtime logs): a record
+            # that keeps its digest and changes its data still replays; the data must hash to it.
+            for alg, _ in ev.digests:
+                if ev.check(alg) is False:
+                    text = (f"record {ev.seq} of its {ev.source} log: the recorded {alg.kernel_name} digest "
+                            "is not the hash of its data")
+                    rows.append(Row(reg, alg.kernel_name, None, None, ReplayStatus.DATA_MISMATCH, text))
+                    reason = (f"its recorded {alg.kernel_name} digest is not the hash of its data: "
+                              "the data is not what was measured")
+                    break
         if reason is None:
             proven.append(ev)
         else:
             unproven.append((ev, reason))
+    after = (ReplayStatus.GAP, ReplayStatus.HISTORY_MISSING, ReplayStatus.DATA_MISMATCH)
+    rows.sort(key=lambda r: (register_order(r.register), r.bank, r.status in after))
     return LogReplay(tuple(rows), tuple(events), arch, tuple(proven), tuple(unproven))
 
 
