@@ -150,8 +150,10 @@ class RegisterSet(Protocol):
     """
 
     kind: str
-    provider: str
     hardware_backed: bool
+
+    @property
+    def provider(self) -> str: ...
 
     def registers(self) -> Sequence[Register]: ...
 

@@ -458,8 +458,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: "AgentServer"
 
     def setup(self) -> None:
-        self.timeout = self.server.agent.config.request_timeout
         super().setup()
+        self.connection.settimeout(self.server.agent.config.request_timeout)
         # The server read the peer's credentials when it accepted the connection.
         self.peer = self.client_address if isinstance(self.client_address, Peer) else peer_credentials(self.connection)
         self._reader = _DeadlineReader(self.connection)

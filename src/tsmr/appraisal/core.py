@@ -134,7 +134,7 @@ from ..evidence.limits import Budget, LimitExceeded, Limits
 from ..quirks import findings as quirk_findings
 from .appraisers import covers, load_appraisers
 from .facts import claims_json, content_json, group_by_domain, runtime_events, signed_json
-from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result
+from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result, Severity
 from .platform import platform_findings
 from .policy import DEFAULT_POLICY, compile_policy, evaluate
 from .refvals import ReferenceValues
@@ -142,6 +142,11 @@ from .refvals import ReferenceValues
 __all__ = ["appraise", "Finding", "Result", "ReferenceValues", "load_appraisers", "DEFAULT_POLICY"]
 
 _SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+
+
+def _severity(value: object) -> Severity:
+    """A plugin's severity: one of the three, and anything else counts as the worst."""
+    return Severity(value) if value in _SEVERITY_RANK else Severity.ERROR
 _LAUNCH_CLAIMS = frozenset({"mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam", "measurement", "rim",
                             "rem0", "rem1", "rem2", "rem3", "mrservicetd"})
 _HARDWARE_CLAIMS = frozenset({"tcb_status", "tee_tcb_svn", "qe_tcb_status", "tdx_module_tcb_status", "advisory_ids",
@@ -169,7 +174,7 @@ class _Run:
         self.findings: list[Finding] = []
 
     def add(self, id: str, severity: str, message: str, claim: str, **context: Any) -> None:
-        self.findings.append(Finding(id, severity, message, claim, context))
+        self.findings.append(Finding(id, Severity(severity), message, claim, context))
 
 
 def _evidence_claim(check: str) -> str:
@@ -481,13 +486,13 @@ def _run_appraisers(run: _Run, apps: Sequence[Any], by_name: Mapping[str, Any], 
             continue
         for f in found:
             if isinstance(f, Mapping):
-                f = Finding(str(f.get("id", "finding")), str(f.get("severity", "error")), str(f.get("message", "")),
+                f = Finding(str(f.get("id", "finding")), _severity(f.get("severity")), str(f.get("message", "")),
                             str(f.get("claim", "executables")), dict(f.get("context") or {}))
             if not isinstance(f, Finding):
                 run.add(f"{prefix}failed", "error", f"appraiser {app.name} returned {type(f).__name__}, not a Finding",
                         "executables", appraiser=app.name)
                 continue
             fid = f.id if f.id.startswith(prefix) else prefix + f.id
-            severity = f.severity if f.severity in _SEVERITY_RANK else "error"
+            severity = _severity(f.severity)
             claim = f.claim if f.claim in TRUST_CLAIMS else "executables"
             run.findings.append(Finding(fid, severity, f.message, claim, dict(f.context)))

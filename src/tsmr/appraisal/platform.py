@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import Finding
+from .model import Finding, Severity
 
 __all__ = ["platform_findings", "TDX_TCB_STATUSES", "UP_TO_DATE"]
 
@@ -53,7 +53,7 @@ def _tdx(claims: Any) -> list[Finding]:
     checks = tuple(getattr(claims, "checks", ()) or ())
     if getattr(claims, "tcb_status", None) is None:
         out.append(Finding(
-            "evidence.collateral-missing", "warning",
+            "evidence.collateral-missing", Severity.WARNING,
             "no TDX collateral was given: CRLs and TCB status were not checked (the platform may be revoked or "
             "out of date)", "hardware",
             {"kind": "tdx", "not_checked": ["tdx.crl", "tdx.tcb_status", "tdx.qe_identity"]}))
@@ -62,7 +62,7 @@ def _tdx(claims: Any) -> list[Finding]:
         if missing:
             what = {"tdx.crl.root": "the root CA CRL", "tdx.qe_identity": "the QE identity"}
             out.append(Finding(
-                "evidence.collateral-missing", "warning",
+                "evidence.collateral-missing", Severity.WARNING,
                 f"the TDX collateral has no {' and no '.join(what[c] for c in missing)}: "
                 f"{', '.join(missing)} not checked", "hardware", {"kind": "tdx", "not_checked": missing}))
     statuses = {"platform": getattr(claims, "tcb_status", None), "QE": getattr(claims, "qe_tcb_status", None),
@@ -78,7 +78,7 @@ def _tdx(claims: Any) -> list[Finding]:
         if advisories:
             text += f"; advisories {', '.join(advisories)}"
         out.append(Finding(
-            "evidence.tdx.tcb-status", "warning", text, "hardware",
+            "evidence.tdx.tcb-status", Severity.WARNING, text, "hardware",
             {"tcb_status": statuses["platform"], "qe_tcb_status": statuses["QE"],
              "tdx_module_tcb_status": statuses["TDX module"], "advisory_ids": advisories}))
     return out
@@ -87,7 +87,7 @@ def _tdx(claims: Any) -> list[Finding]:
 def _snp(claims: Any) -> list[Finding]:
     if getattr(claims, "crl_checked", False):
         return []
-    return [Finding("evidence.collateral-missing", "warning",
+    return [Finding("evidence.collateral-missing", Severity.WARNING,
                     "no AMD CRL was given: the VCEK and ASK were not checked for revocation", "hardware",
                     {"kind": "snp", "not_checked": ["snp.crl"]})]
 
@@ -104,6 +104,6 @@ def platform_findings(kind: str | None, claims: Any) -> list[Finding]:
     elif kind == "snp":
         out += _snp(claims)
     if kind in _DEBUG_CHECKS and getattr(claims, "debug", False):
-        out.append(Finding("evidence.debug-allowed", "warning", _DEBUG_TEXT[kind] + "; allowed by the verifier's "
+        out.append(Finding("evidence.debug-allowed", Severity.WARNING, _DEBUG_TEXT[kind] + "; allowed by the verifier's "
                            "configuration", "configuration", {"kind": kind, "check": _DEBUG_CHECKS[kind]}))
     return out

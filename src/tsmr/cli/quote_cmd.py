@@ -67,7 +67,7 @@ def _hex(text: str | None, what: str) -> bytes | None:
         raise InputError(f"{what} is not hexadecimal") from None
 
 
-def _tpm_parts(data: bytes, signature: str | None, ak: str | None) -> tuple[bytes, bytes, bytes, dict | None]:  # type: ignore[type-arg]
+def _tpm_parts(data: bytes, signature: str | None, ak: str | None) -> tuple[bytes, bytes, bytes, dict | None]:
     if data.lstrip()[:1] == b"{":
         obj = json.loads(data)
         pcrs = {alg: {int(i): bytes.fromhex(v) for i, v in vals.items()} for alg, vals in obj.get("pcrs", {}).items()}

@@ -114,7 +114,7 @@ class BundleResult:
         return all(r.status in (ReplayStatus.MATCHED, ReplayStatus.SIGNED_ONLY) for r in self.rows)
 
 
-def make_bundle(*, nonce: bytes, evidence: Mapping[str, Any], logs: list[Mapping[str, Any]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+def make_bundle(*, nonce: bytes, evidence: Mapping[str, Any], logs: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """A bundle document; log ``data`` given as bytes is encoded here."""
     out_logs = []
     for log in logs:
@@ -315,15 +315,16 @@ def replay_logs(
                 rows.append(Row(reg, alg.kernel_name, None, value.hex(), ReplayStatus.NOT_SIGNED,
                                 "the evidence does not carry this register"))
             continue
-        ok, checked, unreplayable = True, False, []
+        ok, checked = True, False
+        unreplayable: list[tuple[HashAlg, bytes]] = []
         for alg, want in sorted(signed[reg].items()):
-            value = replayed.get(alg)
-            if value is None:  # some event records no digest for this bank (a firmware log's choice)
+            got = replayed.get(alg)
+            if got is None:  # some event records no digest for this bank (a firmware log's choice)
                 unreplayable.append((alg, want))
                 continue
             text = explanations.get((reg, alg), "")
             status = ReplayStatus.MISMATCHED if text else ReplayStatus.MATCHED
-            rows.append(Row(reg, alg.kernel_name, want.hex(), value.hex(), status, text))
+            rows.append(Row(reg, alg.kernel_name, want.hex(), got.hex(), status, text))
             checked, ok = True, ok and not text
         for alg, want in unreplayable:
             # Another signed bank proves the events; with none, nothing does.
@@ -335,8 +336,8 @@ def replay_logs(
             proven_regs.add(reg)
         else:
             unproven_reason[reg] = f"{reg} does not replay to its signed value"
-    for reg, banks in signed.items():
-        for alg, value in banks.items():
+    for reg, signed_banks in signed.items():
+        for alg, value in signed_banks.items():
             if reg in expected:
                 continue
             launch = result.initial.get(reg, {}).get(alg) or default_initial(reg, alg)

@@ -236,7 +236,7 @@ def _realm_claims(claims: Mapping[Any, Any]) -> RealmClaims:
         challenge=_bstr(claims, CLAIM_CHALLENGE, "realm.challenge", sizes=(64,)),
         personalization_value=_bstr(claims, REALM_PERSONALIZATION, "realm.personalization_value", sizes=(64,)),
         rim=_bstr(claims, REALM_RIM, "realm.rim", sizes=_MEAS_SIZES),
-        rem=tuple(rem),  # type: ignore[arg-type]
+        rem=tuple(rem),
         hash_algo_id=_get(claims, REALM_HASH_ALGO, str, "realm.hash_algo_id"),
         public_key=_bstr(claims, REALM_PUBKEY, "realm.public_key"),
         public_key_hash_algo_id=_get(claims, REALM_PUBKEY_HASH_ALGO, str, "realm.public_key_hash_algo_id"),

@@ -140,7 +140,7 @@ def parse_sign1(data: Any, *, format: str = "cose_sign1") -> COSESign1:
     """
     tagged = False
     if isinstance(data, (bytes, bytearray, memoryview)):
-        data = cbor_loads(data, format=format)
+        data = cbor_loads(bytes(data), format=format)
     if isinstance(data, cbor2.CBORTag):
         if data.tag != COSE_SIGN1_TAG:
             raise ParseError(f"unexpected CBOR tag {data.tag} (COSE_Sign1 is tag 18)", format=format)

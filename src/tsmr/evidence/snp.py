@@ -229,7 +229,7 @@ def parse_cert_table(data: bytes) -> tuple[CertTableEntry, ...]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ParseError(f"expected bytes, got {type(data).__name__}", format=FORMAT_CERT_TABLE)
     buf = bytes(data)
-    out = []
+    out: list[Any] = []
     pos = 0
     while True:
         if pos + _CERT_ENTRY.size > len(buf):
@@ -276,7 +276,7 @@ def _cert(c: Any, what: str) -> x509.Certificate:
         return c
     if not isinstance(c, (bytes, bytearray, memoryview)):
         raise InputError(f"{what} must be certificate bytes or an x509.Certificate, not {type(c).__name__}")
-    certs = load_certificates(c)
+    certs = load_certificates(bytes(c))
     if len(certs) != 1:
         raise InputError(f"{what}: expected one certificate, got {len(certs)}")
     return certs[0]

@@ -690,9 +690,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Challenge, attest with a tsmr evidence bundle, get a signed EAT Attestation Result.")
     app.state.verifier = v
     _install_error_handlers(app)
-    app.add_middleware(BodyLimit, attest_limit=settings.max_attest_bytes,  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, attest_limit=settings.max_attest_bytes,
                        default_limit=settings.max_body_bytes)
-    app.add_middleware(AccessLog, metrics=v.metrics)  # type: ignore[arg-type]
+    app.add_middleware(AccessLog, metrics=v.metrics)
     app.include_router(_public_routes(v))
     if v.admin_token is not None:
         app.include_router(_admin_routes(v))

@@ -147,7 +147,7 @@ def _sw_component(name: str, version: str) -> dict[int, object]:
     }
 
 
-def _sign1_es384(key, payload: bytes) -> bytes:  # type: ignore[no-untyped-def]
+def _sign1_es384(key, payload: bytes) -> bytes:
     """A tagged COSE_Sign1 (RFC 9052 §4.2) with protected {alg: ES384}; r || s per RFC 9053 §2.1."""
     import cbor2
     from cryptography.hazmat.primitives import hashes
@@ -160,17 +160,18 @@ def _sign1_es384(key, payload: bytes) -> bytes:  # type: ignore[no-untyped-def]
     return cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, r.to_bytes(48, "big") + s.to_bytes(48, "big")]))
 
 
-def emulated_cca_token(regs, challenge: bytes) -> tuple[bytes, Path]:  # type: ignore[no-untyped-def]
+def emulated_cca_token(regs, challenge: bytes) -> tuple[bytes, Path]:
     """A token of an ``emulated:cca`` register set over its current values; and the CPAK to trust."""
     if not isinstance(regs, EmulatedRegisterSet) or regs.profile_name != "cca":
         raise InputError("emulated CCA tokens come from the emulated:cca backend")
     names = {HashAlg.SHA256: "sha-256", HashAlg.SHA512: "sha-512"}
     values: dict[str, bytes] = {}
-    algs = set()
+    algs: set[HashAlg] = set()
     for reg in regs.registers():
         for alg, value in regs.read(reg.name).items():
             values[reg.name] = value
-            algs.add(alg)
+            if alg is not None:
+                algs.add(alg)
     if len(algs) != 1 or next(iter(algs)) not in names:
         raise InputError(f"an emulated CCA realm measures with one of sha256, sha512; found {sorted(map(str, algs))}")
     signer = EmulatedCCASigner(regs.dir / "rmm")

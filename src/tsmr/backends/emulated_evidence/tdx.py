@@ -55,7 +55,12 @@ class EmulatedTDXSigner:
                                              serialization.NoEncryption()))
             for n, c in certs.items():
                 (self.dir / f"{n}.pem").write_bytes(c.public_bytes(serialization.Encoding.PEM))
-        self.keys = {n: serialization.load_pem_private_key((self.dir / f"{n}.key").read_bytes(), None) for n in _NAMES}
+        self.keys: dict[str, ec.EllipticCurvePrivateKey] = {}
+        for n in _NAMES:
+            key = serialization.load_pem_private_key((self.dir / f"{n}.key").read_bytes(), None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise InputError(f"{self.dir / (n + '.key')}: not the emulator's P-256 key")
+            self.keys[n] = key
         self.certs = {n: x509.load_pem_x509_certificate((self.dir / f"{n}.pem").read_bytes()) for n in ("root", "pck_ca", "pck")}
 
     def quote(self, *, report_data: bytes, registers: Mapping[str, bytes], td_attributes: bytes = bytes(8),
@@ -128,7 +133,7 @@ def sgx_extension(fmspc: bytes, pcesvn: int, comps: tuple[int, ...]) -> bytes:
     )
 
 
-def _rs(key, msg: bytes) -> bytes:  # type: ignore[no-untyped-def]
+def _rs(key, msg: bytes) -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -137,7 +142,7 @@ def _rs(key, msg: bytes) -> bytes:  # type: ignore[no-untyped-def]
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
-def _chain(keys):  # type: ignore[no-untyped-def]
+def _chain(keys):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import NameOID
@@ -148,7 +153,7 @@ def _chain(keys):  # type: ignore[no-untyped-def]
 
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
 
-    def cert(subject: str, key, issuer: str, ikey, ca: bool, sgx: bytes | None = None):  # type: ignore[no-untyped-def]
+    def cert(subject: str, key, issuer: str, ikey, ca: bool, sgx: bytes | None = None):
         b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
              .public_key(key.public_key()).serial_number(x509.random_serial_number())
              .not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
@@ -166,7 +171,7 @@ def _chain(keys):  # type: ignore[no-untyped-def]
     }
 
 
-def _crl(issuer, key, revoked, now: dt.datetime) -> bytes:  # type: ignore[no-untyped-def]
+def _crl(issuer, key, revoked, now: dt.datetime) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
@@ -260,7 +265,7 @@ def write_emulated_collateral(signer: EmulatedTDXSigner, path: str | os.PathLike
     return out
 
 
-def emulated_tdx_quote(regs, report_data: bytes) -> tuple[bytes, Path]:  # type: ignore[no-untyped-def]
+def emulated_tdx_quote(regs, report_data: bytes) -> tuple[bytes, Path]:
     """A quote of an ``emulated:tdx`` register set over its current values; and the test root to trust."""
     if not isinstance(regs, EmulatedRegisterSet) or regs.profile_name != "tdx":
         raise InputError("emulated TDX quotes come from the emulated:tdx backend")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from ...errors import ParseError
 
@@ -135,7 +136,8 @@ def _parse_body(data: bytes, off: int, body_type: int) -> TDReportBody:
     if body_type == BODY_TYPE_TDX15:
         _need(data, off + TD10_BODY_SIZE, _TD15_EXTRA.size, "body")
         extra = _TD15_EXTRA.unpack_from(data, off + TD10_BODY_SIZE)
-    return TDReportBody(*f, tee_tcb_svn_2=extra[0], mrservicetd=extra[1])
+    fields: tuple[Any, ...] = (*f, *extra)  # the TDX 1.0 body, then tee_tcb_svn_2 and mrservicetd (1.5)
+    return TDReportBody(*fields)
 
 
 def _parse_qe_report(raw: bytes) -> EnclaveReportBody:
