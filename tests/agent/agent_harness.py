@@ -78,7 +78,7 @@ class AgentFactory:
         path.write_text(json.dumps(cfg))
         err = self.sock_dir / f"agent{self._n}.stderr"
         env = dict(os.environ)
-        proc = subprocess.Popen([sys.executable, "-m", "tsmr.agent", "--config", str(path), *args],
+        proc = subprocess.Popen([sys.executable, "-m", "tsmr", "agent", "--config", str(path), *args],
                                 stdout=subprocess.DEVNULL, stderr=err.open("wb"), env=env)
         agent = Agent(proc, cfg.get("socket", self.socket), cfg, err, env)
         self.running.append(agent)

@@ -252,7 +252,7 @@ def test_socket_mode_stale_socket_single_owner_and_clean_shutdown(agents: AgentF
 def test_agent_cli_overrides_and_ready_line(agents: AgentFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
     sock = str(agents.sock_dir / "cli.sock")
     env = dict(os.environ, TSMR_AGENT_SOCKET=sock)
-    proc = subprocess.Popen([sys.executable, "-m", "tsmr.agent", "--backend", "emulated:tdx", "--register", "rtmr3",
+    proc = subprocess.Popen([sys.executable, "-m", "tsmr", "agent", "--backend", "emulated:tdx", "--register", "rtmr3",
                              "--log-dir", str(agents.log_dir), "--state-dir", str(agents.state_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:

@@ -39,7 +39,7 @@ LAYERS: list[tuple[tuple[str, ...], bool]] = [
     (("cli",), False),
 ]
 # Programs and the facade: nothing imports them, so they may import anything.
-TOP = {"tsmr", "tsmr.__main__", "tsmr.agent.__main__"}
+TOP = {"tsmr", "tsmr.__main__"}
 
 LAYER_OF = {name: n for n, (names, _) in enumerate(LAYERS) for name in names}
 INDEPENDENT = {name for names, independent in LAYERS if independent for name in names}
