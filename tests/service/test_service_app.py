@@ -25,7 +25,7 @@ def client(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 class _Lines(logging.Handler):
     def __init__(self) -> None:
-        from tsmr.service.app import JsonFormatter
+        from tsmr.service.middleware import JsonFormatter
 
         super().__init__()
         self.setFormatter(JsonFormatter())

@@ -59,6 +59,13 @@ Errors are ``{"error": {"code": ..., "message": ...}}`` with a 4xx status
 for what the client did wrong, 5xx for the agent's or the backend's
 failures; nothing internal (paths aside, tracebacks never) goes back to the
 client.  Every request is logged to stderr as one JSON line.
+
+Why one module of some 870 lines: the agent's state, its request handler and
+its socket server share one set of rules -- who may write which register, the
+per-register locks, the request deadline, and the shutdown order -- and each
+part enforces a piece of them.  Split apart, those rules would have to be read
+across files to be checked; kept here, this docstring and the code that keeps
+them sit together.
 """
 
 from __future__ import annotations

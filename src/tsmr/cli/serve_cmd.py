@@ -81,7 +81,8 @@ def serve_cmd(
     import uvicorn
 
     from ..appraisal import ear
-    from ..service.app import JsonFormatter, create_app
+    from ..service.app import create_app
+    from ..service.middleware import JsonFormatter
     from ..service.db import Store, database_errors, make_engine, redact_url, upgrade
     from ..service.settings import Settings
 

@@ -65,24 +65,19 @@ import json
 import logging
 import math
 import re
-import sys
 import threading
 import time
-import traceback
 import uuid
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, Mapping
+from datetime import datetime, timedelta
+from typing import Any, AsyncIterator, Literal, Mapping
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
 
 from ..appraisal import ear
 from ..errors import InputError, TsmrError
@@ -92,257 +87,23 @@ from ..version import __version__
 from ..evidence.limits import AppraisalCancelled, LimitExceeded
 from .db import DatabaseUnavailable, Store, describe_db_error, make_engine, redact_url, upgrade, utcnow
 from .metrics import CONTENT_TYPE, Metrics
+from .middleware import AccessLog, BodyLimit, _event, configure_logging
+from .schemas import (_errors, AkIn, AkOut, AttestRequest, AttestResponse, ChallengeResponse, Credentials,
+                      Health, JWK, JWKSet, MAX_JSON_DEPTH, NAME_PATTERN, NamePath, PolicyIn, PolicyOut,
+                      RefvalsIn, RefvalsOut, StoredResultResponse, VersionInfo, VersionList, VersionQuery)
 from .settings import Settings
 
 __all__ = ["create_app", "app_from_env", "Settings"]
 
 log = logging.getLogger("tsmr.service")
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-HEX_PATTERN = r"^([0-9a-f]{2})*$"
 DEFAULT_NAME = "default"  # the policy / reference values used when the settings name none
-MAX_JSON_DEPTH = 64  # bundles and reference values nest a handful of levels; this leaves room, and no recursion
 HEALTH_PROBE_INTERVAL = 1.0  # seconds a successful database probe answers /healthz for
 DB_RETRY_AFTER = "5"  # seconds, with 503 database.unavailable
 
 
-# -- logging --------------------------------------------------------------------------------------
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the record's ``fields``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        out.update(getattr(record, "fields", None) or {})
-        if record.exc_info:
-            out["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        return json.dumps(out, default=str, separators=(",", ":"))
-
-
-def configure_logging(settings: Settings) -> None:
-    root = logging.getLogger("tsmr")
-    for h in list(root.handlers):
-        if getattr(h, "_tsmr_service", False):
-            root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
-    handler._tsmr_service = True  # type: ignore[attr-defined]
-    handler.setFormatter(JsonFormatter() if settings.json_logs else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(settings.log_level.upper())
-    root.propagate = False
-
-
-def _event(level: int, msg: str, **fields: Any) -> None:
-    log.log(level, msg, extra={"fields": fields})
-
-
-# -- models ---------------------------------------------------------------------------------------
-
-Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, '.', '_', '-'; at most 128.")]
-NamePath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=128)]
-VersionQuery = Annotated[int | None, Query(ge=1, le=2**31 - 1, description="A version (default: latest).")]
-BEARER = HTTPBearer(auto_error=False, description="The admin token (TSMR_ADMIN_TOKEN or --admin-token-file).")
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
-
-
-def _unicode(text: str) -> None:
-    # isascii() is a flag lookup for most strings: only the others are encoded to find a lone surrogate.
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise PydanticCustomError("json_not_unicode", "strings must be Unicode text (a lone surrogate "
-                                      "escape such as \\ud800 is not)") from None
-
-
-def check_json(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> None:
-    """Refuse a parsed JSON value nested too deep, or holding what no later step can carry.
-
-    Iterative, so hostile nesting cannot exhaust the stack here; everything after this
-    (validation, serialisation, appraisal, storage) recurses and would fail half-way,
-    possibly after the nonce was consumed.  ``Infinity`` and ``NaN`` (Python's JSON
-    reader accepts them, and ``1e999`` becomes one) are not JSON and PostgreSQL refuses
-    them; a lone surrogate (``"\\ud800"``) cannot be written as UTF-8, so no EAR could carry it.
-    """
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            for key in item:
-                if isinstance(key, str):
-                    _unicode(key)
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise PydanticCustomError("json_not_finite", "numbers must be finite")
-        elif isinstance(item, str):
-            _unicode(item)
-            continue
-        else:
-            continue
-        if depth > max_depth:
-            raise PydanticCustomError("json_too_deep", "JSON nested deeper than {limit} levels",
-                                      {"limit": max_depth})
-        stack.extend((child, depth + 1) for child in children)
-
-
-class _CheckedBody(BaseModel):
-    """A request body whose raw JSON is checked by :func:`check_json` before any validation recurses into it."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bounded(cls, data: Any) -> Any:
-        check_json(data)
-        return data
-
-
-class ErrorBody(BaseModel):
-    error: str = Field(description="A stable dotted error code, e.g. freshness.nonce-reused.")
-    detail: Any = Field(None, description="A sentence, or the list of validation errors.")
-
-
-class ChallengeResponse(BaseModel):
-    nonce: str = Field(pattern=HEX_PATTERN, description="32 random bytes, hex: put them in the evidence.")
-    expires_at: datetime
-
-
-class BundleLog(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
-    format: str | None = None
-    data: str = Field(description="base64")
-    register_: str | None = Field(None, alias="register", description="The register a runtime log belongs to.")
-    name: str | None = None
-
-
-class BundleEvidence(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    kind: Literal["tdx", "snp", "cca", "tpm"]
-    data: str | None = Field(None, description="base64 (TDX quote, SNP report, CCA token)")
-
-
-class Bundle(BaseModel):
-    """A tsmr evidence bundle (``tsmr attest`` writes one; see tsmr.evidence.bundle.SCHEMA)."""
-
-    model_config = ConfigDict(extra="allow")
-    format: Literal["tsmr-bundle"]
-    version: Literal[1]
-    nonce: str = Field(pattern=HEX_PATTERN, max_length=256)
-    evidence: BundleEvidence
-    logs: list[BundleLog] = Field(default_factory=list, max_length=4096)
-
-
-class AttestRequest(_CheckedBody):
-    model_config = ConfigDict(extra="forbid")
-    bundle: Bundle
-    policy: Name | None = Field(None, description="Another policy than the verifier's (latest version): needs the "
-                                                  "admin bearer token, else 403 policy.selection-forbidden.")
-    refvals: Name | None = Field(None, description="Other reference values than the verifier's: needs the admin "
-                                                   "bearer token, else 403 refvals.selection-forbidden.")
-
-
-class AkIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    key: str = Field(max_length=16384, description="PEM public key or AK certificate, or TPM2B_PUBLIC as hex.")
-
-
-class AkOut(BaseModel):
-    name: str
-    fingerprint: str = Field(description="SHA-256 of the key's SubjectPublicKeyInfo, hex.")
-    pem: str
-    created_at: datetime
-
-
-class AttestResponse(BaseModel):
-    id: str = Field(description="Result id (UUID): GET /results/{id}.")
-    status: str = Field(description="EAR status: affirming, warning, contraindicated (or none).")
-    ear: str = Field(description="The EAR, a JWT signed by the key in /.well-known/jwks.json.")
-    findings: list[str] = Field(description="Finding ids, worst first as the appraisal lists them.")
-    result: dict[str, Any] = Field(description="The full appraisal result.")
-
-
-class StoredResultResponse(AttestResponse):
-    created_at: datetime
-    nonce: str
-    kind: str | None = None
-    policy_id: str | None = None
-    refvals_id: str | None = None
-
-
-class VersionInfo(BaseModel):
-    name: str
-    version: int
-    created_at: datetime
-
-
-class VersionList(BaseModel):
-    items: list[VersionInfo]
-
-
-class PolicyIn(_CheckedBody):
-    model_config = ConfigDict(extra="forbid")
-    rego: str = Field(min_length=1, max_length=512 * 1024, description="A Rego module.")
-
-
-class PolicyOut(VersionInfo):
-    rego: str
-
-
-def _refvals_schema() -> dict[str, Any]:
-    from ..appraisal.refvals import SCHEMA
-
-    return {k: v for k, v in SCHEMA.items() if k not in ("$schema", "title")}
-
-
-class RefvalsIn(_CheckedBody):
-    model_config = ConfigDict(extra="forbid")
-    document: dict[str, Any] = Field(description="A reference values document (tsmr-refvals, version 1).",
-                                     json_schema_extra=_refvals_schema())
-
-
-class RefvalsOut(VersionInfo):
-    document: dict[str, Any]
-
-
-class JWK(BaseModel):
-    kty: str
-    crv: str
-    x: str
-    y: str
-    kid: str
-    alg: str
-    use: str
-
-
-class JWKSet(BaseModel):
-    keys: list[JWK]
-
-
-class Health(BaseModel):
-    status: Literal["ok", "unavailable"]
-    database: str
-    revision: str | None = None
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {400: "Malformed request", 401: "Missing or wrong admin token",
-            403: "Nonce never issued, or a policy / reference values named without the admin token",
-            404: "Not found", 409: "Nonce already used", 410: "Nonce expired", 413: "Body too large",
-            422: "Invalid request or evidence that could not be appraised",
-            429: "Too many requests from this address: try again after Retry-After seconds",
-            503: "Database unavailable, or the verifier's configured policy is not stored"}
-    return {c: {"model": ErrorBody, "description": text.get(c, "Error")} for c in codes}
-
-
 # -- middleware -----------------------------------------------------------------------------------
 
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
 def _check_limits(v: "Verifier", bundle: Mapping[str, Any]) -> None:
@@ -389,123 +150,6 @@ def _watch_shutdown(stopping: threading.Event) -> None:
                 signal.raise_signal(signum)
 
         signal.signal(sig, handler)
-
-
-class BodyLimit:
-    """Refuse bodies over the route's limit with 413, before reading them (or as soon as they exceed it)."""
-
-    def __init__(self, app: ASGIApp, *, attest_limit: int, default_limit: int) -> None:
-        self.app = app
-        self.attest_limit = attest_limit
-        self.default_limit = default_limit
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.attest_limit if scope.get("path") == "/attest" else self.default_limit
-        too_large = (f"the body is over {limit} bytes (the limit "
-                     f"{'TSMR_MAX_ATTEST_BYTES' if limit == self.attest_limit else 'TSMR_MAX_BODY_BYTES'})")
-        declared = None
-        for k, v in scope.get("headers") or ():
-            if k == b"content-length":
-                try:
-                    declared = int(v)
-                except ValueError:
-                    declared = -1
-        if declared is not None and (declared < 0 or declared > limit):
-            status, code = (400, "request.content-length") if declared < 0 else (413, "request.too-large")
-            detail = "bad Content-Length" if declared < 0 else too_large
-            await _send_json(send, status, {"error": code, "detail": detail}, close=True)
-            return
-        seen = 0
-
-        async def limited() -> Any:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise HTTPException(413, too_large)
-            return message
-
-        await self.app(scope, limited, send)
-
-
-def _route_of(scope: Mapping[str, Any]) -> str:
-    """The path template of the route that served the request, for metrics and logs.
-
-    FastAPI's own routes record themselves in the scope; Starlette's (``/docs``,
-    ``/openapi.json``) do not, so those are matched again here.  Anything else
-    (404s, probes of random paths) is ``unmatched``, which keeps label values bounded.
-    """
-    path = getattr(scope.get("route"), "path", None)
-    if path:
-        return str(path)
-    app = scope.get("app")
-    for route in getattr(app, "routes", ()):
-        try:
-            match, _ = route.matches(scope)
-        except Exception:  # a route that cannot judge this scope does not match it
-            continue
-        if match == Match.FULL:
-            return str(getattr(route, "path", "unmatched"))
-    return "unmatched"
-
-
-async def _send_json(send: Any, status: int, body: Any, *, close: bool = False) -> None:
-    data = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
-
-
-class AccessLog:
-    """One log line and one metrics sample per request; the route template, never the body or headers."""
-
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-        request_id = uuid.uuid4().hex[:16]
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        started = False
-
-        async def record(message: Any) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status, started = message["status"], True
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record)
-        except Exception as exc:
-            # Handled here rather than by Starlette's outermost middleware, which would log it a second
-            # time through uvicorn: one JSON line with the traceback, and a JSON 500 without it.
-            route = _route_of(scope)
-            log.error("unhandled error", exc_info=exc, extra={"fields": {"route": route, "request_id": request_id}})
-            if started:
-                raise
-            status = 500
-            await _send_json(send, 500, {"error": "internal",
-                                         "detail": "internal error; the verifier's log has the details"})
-        finally:
-            seconds = time.perf_counter() - start
-            route = _route_of(scope)
-            self.metrics.request(scope.get("method", ""), route, status, seconds)
-            _event(logging.INFO, "request", method=scope.get("method"), route=route, status=status,
-                   duration_ms=round(seconds * 1000, 2), request_id=request_id,
-                   client=(scope.get("client") or ("", 0))[0])
 
 
 # -- the application ------------------------------------------------------------------------------
