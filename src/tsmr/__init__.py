@@ -37,15 +37,52 @@ from .errors import (
 )
 from .registers import Bank, Flag, Register, RegisterSet
 from .backends.detect import EmulatedBackendWarning, open_backend as open
-from . import eventlog, replay
-from .replay import explain
-from .formats.ima import TemplateHashError
-from .runtime_log.records import RecordError
-from .evidence.anchors import TrustAnchorMissing
-from .evidence.limits import AppraisalCancelled, LimitExceeded, TimeBudgetExceeded
-from .agent.client import AgentError, AgentRequestError, AgentUnavailableError
-
 from .version import __version__
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import eventlog, replay
+    from .agent.client import AgentError, AgentRequestError, AgentUnavailableError
+    from .evidence.anchors import TrustAnchorMissing
+    from .evidence.limits import AppraisalCancelled, LimitExceeded, TimeBudgetExceeded
+    from .formats.ima import TemplateHashError
+    from .replay import explain
+    from .runtime_log.records import RecordError
+
+# Loaded on first use, so that `import tsmr` (to read or extend a register) does not load every
+# codec, the verifier's evidence code and the agent's HTTP client: name -> (module, attribute).
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "eventlog": ("tsmr.eventlog", None),
+    "replay": ("tsmr.replay", None),
+    "explain": ("tsmr.replay", "explain"),
+    "TemplateHashError": ("tsmr.formats.ima", "TemplateHashError"),
+    "RecordError": ("tsmr.runtime_log.records", "RecordError"),
+    "TrustAnchorMissing": ("tsmr.evidence.anchors", "TrustAnchorMissing"),
+    "AppraisalCancelled": ("tsmr.evidence.limits", "AppraisalCancelled"),
+    "LimitExceeded": ("tsmr.evidence.limits", "LimitExceeded"),
+    "TimeBudgetExceeded": ("tsmr.evidence.limits", "TimeBudgetExceeded"),
+    "AgentError": ("tsmr.agent.client", "AgentError"),
+    "AgentRequestError": ("tsmr.agent.client", "AgentRequestError"),
+    "AgentUnavailableError": ("tsmr.agent.client", "AgentUnavailableError"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    try:
+        module, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'tsmr' has no attribute {name!r}") from None
+    loaded = importlib.import_module(module)
+    value = loaded if attribute is None else getattr(loaded, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "HashAlg",
