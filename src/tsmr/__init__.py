@@ -51,38 +51,33 @@ if TYPE_CHECKING:
     from .runtime_log.records import RecordError
 
 # Loaded on first use, so that `import tsmr` (to read or extend a register) does not load every
-# codec, the verifier's evidence code and the agent's HTTP client: name -> (module, attribute).
-_LAZY: dict[str, tuple[str, str | None]] = {
-    "eventlog": ("tsmr.eventlog", None),
-    "replay": ("tsmr.replay", None),
-    "explain": ("tsmr.replay", "explain"),
-    "TemplateHashError": ("tsmr.formats.ima", "TemplateHashError"),
-    "RecordError": ("tsmr.runtime_log.records", "RecordError"),
-    "TrustAnchorMissing": ("tsmr.evidence.anchors", "TrustAnchorMissing"),
-    "AppraisalCancelled": ("tsmr.evidence.limits", "AppraisalCancelled"),
-    "LimitExceeded": ("tsmr.evidence.limits", "LimitExceeded"),
-    "TimeBudgetExceeded": ("tsmr.evidence.limits", "TimeBudgetExceeded"),
-    "AgentError": ("tsmr.agent.client", "AgentError"),
-    "AgentRequestError": ("tsmr.agent.client", "AgentRequestError"),
-    "AgentUnavailableError": ("tsmr.agent.client", "AgentUnavailableError"),
-}
+# codec, the verifier's evidence code and the agent's HTTP client.
+_LAZY_MODULES = ("eventlog", "replay")
+_LAZY_NAMES = {name: module for module, names in (
+    ("tsmr.replay", ("explain",)),
+    ("tsmr.formats.ima", ("TemplateHashError",)),
+    ("tsmr.runtime_log.records", ("RecordError",)),
+    ("tsmr.evidence.anchors", ("TrustAnchorMissing",)),
+    ("tsmr.evidence.limits", ("AppraisalCancelled", "LimitExceeded", "TimeBudgetExceeded")),
+    ("tsmr.agent.client", ("AgentError", "AgentRequestError", "AgentUnavailableError")),
+) for name in names}
 
 
 def __getattr__(name: str) -> Any:
     import importlib
 
-    try:
-        module, attribute = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'tsmr' has no attribute {name!r}") from None
-    loaded = importlib.import_module(module)
-    value = loaded if attribute is None else getattr(loaded, attribute)
+    if name in _LAZY_MODULES:
+        value = importlib.import_module(f"tsmr.{name}")
+    elif name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    else:
+        raise AttributeError(f"module 'tsmr' has no attribute {name!r}")
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY_MODULES) | set(_LAZY_NAMES))
 
 __all__ = [
     "HashAlg",

@@ -9,29 +9,10 @@ from typing import Iterable, Iterator, Mapping
 
 from ...algorithms import HashAlg
 from ...errors import InputError, ParseError
-from .records import (
-    _ALG_SIZE,
-    _LEGACY_SPEC_ID_HEAD,
-    _PCR_EVENT,
-    _PCR_EVENT2_HEAD,
-    _SHA1_ID,
-    _SPEC_ID_HEAD,
-    _U16,
-    _U32,
-    _U32_MAX,
-    EV_NO_ACTION,
-    FORMAT,
-    LEGACY_SPEC_ID,
-    LEGACY_SPEC_ID_SIGNATURES,
-    MAX_ALGORITHMS,
-    MAX_DIGEST_SIZE,
-    MAX_EVENT_SIZE,
-    SPEC_ID_EVENT03_SIGNATURE,
-    STARTUP_LOCALITY_SIGNATURE,
-    SpecIdEvent,
-    TCG2Event,
-    TCG2Log,
-)
+from .records import (_ALG_SIZE, _LEGACY_SPEC_ID_HEAD, _PCR_EVENT, _PCR_EVENT2_HEAD, _SHA1_ID, _SPEC_ID_HEAD,
+                      _U16, _U32, _U32_MAX, EV_NO_ACTION, FORMAT, LEGACY_SPEC_ID, LEGACY_SPEC_ID_SIGNATURES,
+                      MAX_ALGORITHMS, MAX_DIGEST_SIZE, MAX_EVENT_SIZE, SPEC_ID_EVENT03_SIGNATURE,
+                      STARTUP_LOCALITY_SIGNATURE, SpecIdEvent, TCG2Event, TCG2Log)
 
 
 @contextlib.contextmanager

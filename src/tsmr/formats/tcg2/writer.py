@@ -7,24 +7,9 @@ from typing import Iterable, Mapping, Sequence
 
 from ...algorithms import HashAlg
 from ...errors import InputError
-from .records import (
-    _ALG_SIZE,
-    _PCR_EVENT,
-    _PCR_EVENT2_HEAD,
-    _SHA1_ID,
-    _SPEC_ID_HEAD,
-    _U16,
-    _U32,
-    _U32_MAX,
-    EV_NO_ACTION,
-    MAX_ALGORITHMS,
-    MAX_DIGEST_SIZE,
-    MAX_EVENT_SIZE,
-    SPEC_ID_EVENT03_SIGNATURE,
-    SpecIdEvent,
-    TCG2Event,
-    TCG2Log,
-)
+from .records import (_ALG_SIZE, _PCR_EVENT, _PCR_EVENT2_HEAD, _SHA1_ID, _SPEC_ID_HEAD, _U16, _U32, _U32_MAX,
+                      EV_NO_ACTION, MAX_ALGORITHMS, MAX_DIGEST_SIZE, MAX_EVENT_SIZE, SPEC_ID_EVENT03_SIGNATURE,
+                      SpecIdEvent, TCG2Event, TCG2Log)
 
 
 def encode_spec_id(spec: SpecIdEvent) -> bytes:

@@ -59,17 +59,8 @@ from .common import (
 )
 from .describe import GRUB_PREFIXES, data_rule, describe
 from .media import device_path_text, parse_device_path, parse_gpt_data, parse_image_load_event
-from .simple import (
-    parse_blob,
-    parse_blob2,
-    parse_handoff_tables,
-    parse_handoff_tables2,
-    parse_no_action,
-    parse_separator,
-    parse_sp800_155,
-    parse_spec_id_event,
-    parse_tagged_event,
-)
+from .simple import (parse_blob, parse_blob2, parse_handoff_tables, parse_handoff_tables2, parse_no_action,
+                     parse_separator, parse_sp800_155, parse_spec_id_event, parse_tagged_event)
 from .variables import parse_load_option, parse_signature_lists, parse_variable_data
 
 __all__ = [

@@ -6,15 +6,8 @@ from typing import Any, Callable
 
 from ...errors import ParseError
 from .common import DATA, _U32, _ascii, _is_printable, _one_line, _preview, guid_str, raw_details, text_of
-from .simple import (
-    parse_blob,
-    parse_blob2,
-    parse_handoff_tables,
-    parse_handoff_tables2,
-    parse_no_action,
-    parse_separator,
-    parse_tagged_event,
-)
+from .simple import (parse_blob, parse_blob2, parse_handoff_tables, parse_handoff_tables2, parse_no_action,
+                     parse_separator, parse_tagged_event)
 from .media import parse_gpt_data, parse_image_load_event
 from .variables import _variable
 
