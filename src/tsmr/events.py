@@ -31,6 +31,9 @@ DATA = "data"  # the digest is H(data) in every bank
 # tsmr runtime logs, CEL content (COS, tsmr), systemd, AAEL.  Not firmware logs (tcg2, ccel):
 # there a missing digest means the log does not say what the bank was extended with.
 DERIVABLE_SOURCES = frozenset({"ima", "tsmr", "cel", "systemd", "aael"})
+# Of those, the formats whose records carry their digests next to the data, so that the two can
+# disagree: a tsmr runtime log records lines only, and its reader derives the digests from them.
+RECORDED_DIGEST_SOURCES = DERIVABLE_SOURCES - {"tsmr"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,4 +94,4 @@ class Event:
         return obj
 
 
-__all__ = ["Event", "DATA", "DERIVABLE_SOURCES"]
+__all__ = ["Event", "DATA", "DERIVABLE_SOURCES", "RECORDED_DIGEST_SOURCES"]

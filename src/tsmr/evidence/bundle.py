@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 from ..algorithms import HashAlg
 from ..errors import EvidenceError, InputError, ParseError
 from ..eventlog import parse as parse_log
-from ..events import DERIVABLE_SOURCES, Event
+from ..events import RECORDED_DIGEST_SOURCES, Event
 from ..findings import ReplayStatus
 from ..replay import default_initial, explain, map_register, replay
 from ..registers import register_order
@@ -371,11 +371,12 @@ def replay_logs(
         reason = None if reg in proven_regs else unproven_reason.get(reg, f"nothing signed covers {reg}")
         if reason is None and position < last_gap.get(reg, -1):
             reason = f"a later sync record of {reg} replaces the value this event led to"
-        if reg in signed and ev.source in DERIVABLE_SOURCES:
-            # A format whose writer extends the hash of the data (CEL, IMA, systemd, runtime logs): a
+        if reg in signed and ev.source in RECORDED_DIGEST_SOURCES:
+            # A format that records the hash of the data next to the data (CEL, IMA, systemd, AAEL): a
             # record that keeps its digest and changes its data still replays; the data must hash to
-            # it.  (Firmware logs are not held to this: real firmware hashes some events' data in its
-            # own ways, the named quirks; their data is described, never judged as content.)
+            # it.  (Runtime logs record no digests, so theirs cannot disagree; firmware logs are not
+            # held to this: real firmware hashes some events' data in its own ways, the named
+            # quirks, and their data is described, never judged as content.)
             for alg, _ in ev.digests:
                 if ev.check(alg) is False:
                     text = (f"record {ev.seq} of its {ev.source} log: the recorded {alg.kernel_name} digest "
