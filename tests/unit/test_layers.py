@@ -31,7 +31,7 @@ LAYERS: list[tuple[tuple[str, ...], bool]] = [
     (("errors", "version"), False),
     (("algorithms", "registers", "events", "jsonvalue", "safefs", "findings"), False),
     (("formats", "backends"), True),
-    (("replay", "quirks", "eventlog", "convert", "runtime_log"), False),
+    (("replay", "quirks", "eventlog", "convert", "runtime_log", "predict"), False),
     (("evidence",), False),  # pure: bytes and parameters in, values out
     (("system",), False),  # what reads configfs, devices (through backends), files and the environment
     (("appraisal",), False),

@@ -129,3 +129,26 @@ def error(message: str) -> None:
 
 def warning(message: str) -> None:
     err.print(assemble(("tsmr: warning:", "yellow"), " ", message), soft_wrap=True)
+
+
+def prediction(p: Any) -> None:
+    """A :class:`tsmr.predict.model.Prediction` for people: claims, registers, then the events behind them."""
+    for name, value in p.claims.items():
+        line(f"{name}: {value}")
+    for reg, banks in p.registers.items():
+        for alg, value in banks.items():
+            line(f"{reg}:{alg.name.lower()}: {value.hex()}")
+    if p.events:
+        table = Table(title="predicted events", title_justify="left")
+        table.add_column("register", style="bold")
+        table.add_column("type")
+        table.add_column("component")
+        table.add_column("digest", overflow="fold", min_width=16)
+        table.add_column("what", overflow="fold")
+        for e in p.events:
+            first = next(iter(e.digests.items()), None)
+            digest = f"{first[0].name.lower()}:{first[1].hex()[:16]}…" if first else "-"
+            table.add_row(visible(e.register), visible(e.event_type), visible(e.component), digest, visible(e.description))
+        out.print(table)
+    for note in p.notes:
+        line(f"note: {note}")
