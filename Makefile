@@ -50,13 +50,19 @@ apt-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-demo: install
-	@rm -rf $(DEMO_STATE)
-	TSMR_STATE_DIR=$(DEMO_STATE)/state TSMR_LOG_DIR=$(DEMO_STATE)/logs $(PY) examples/demo.py
+# A real Linux kernel (Debian's cloud kernel, its bzImage) for the demo and the prediction tests.
+KERNEL_IMAGE ?= $(CURDIR)/.state/kernel/vmlinuz
+$(KERNEL_IMAGE):
+	tools/fetch-kernel $@
 
-test: install-test
+demo: install $(KERNEL_IMAGE)
+	@$(MAKE) --no-print-directory apt-deps APT_PACKAGES=ovmf
+	@rm -rf $(DEMO_STATE)
+	TSMR_STATE_DIR=$(DEMO_STATE)/state TSMR_LOG_DIR=$(DEMO_STATE)/logs TSMR_KERNEL_IMAGE=$(KERNEL_IMAGE) $(PY) examples/demo.py
+
+test: install-test $(KERNEL_IMAGE)
 	$(PY) -m mypy
-	$(PY) -m pytest -q --ignore=tests/kernel $(PYTEST_ARGS)
+	TSMR_KERNEL_IMAGE=$(KERNEL_IMAGE) $(PY) -m pytest -q --ignore=tests/kernel $(PYTEST_ARGS)
 
 # The kernel tier: Linux's own tsm-mr (tsm_mr_sample) in qemu against tsmr's sysfs backend.
 # Builds a Debian sid guest once into $(KERNEL_CACHE); later runs only boot it.
