@@ -7,8 +7,12 @@ PIP := $(VENV)/bin/pip
 TSMR := $(VENV)/bin/tsmr
 # Debian packages the test suite needs: swtpm for TPM tests, libtss2-dev and
 # pkg-config to build tpm2-pytss, fuse3 for unprivileged FUSE mounts, postgresql
-# for the verifier service's tests (the tests start their own throwaway cluster).
-APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config fuse3 postgresql
+# for the verifier service's tests (the tests start their own throwaway cluster);
+# for tsmr predict and tsmr authenticode: ovmf (OVMF.fd with TDX and SEV metadata),
+# shim-signed (PE binaries signed by Microsoft and Debian), pesign, systemd-boot-efi
+# (the UKI stub), systemd (systemd-measure) and binutils (objcopy builds UKIs).
+APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config fuse3 postgresql \
+	ovmf shim-signed pesign systemd-boot-efi systemd binutils
 DEMO_STATE ?= $(CURDIR)/.state/demo
 PYTEST_ARGS ?=
 
@@ -46,13 +50,19 @@ apt-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-demo: install
-	@rm -rf $(DEMO_STATE)
-	TSMR_STATE_DIR=$(DEMO_STATE)/state TSMR_LOG_DIR=$(DEMO_STATE)/logs $(PY) examples/demo.py
+# A real Linux kernel (Debian's cloud kernel, its bzImage) for the demo and the prediction tests.
+KERNEL_IMAGE ?= $(CURDIR)/.state/kernel/vmlinuz
+$(KERNEL_IMAGE):
+	tools/fetch-kernel $@
 
-test: install-test
+demo: install $(KERNEL_IMAGE)
+	@$(MAKE) --no-print-directory apt-deps APT_PACKAGES=ovmf
+	@rm -rf $(DEMO_STATE)
+	TSMR_STATE_DIR=$(DEMO_STATE)/state TSMR_LOG_DIR=$(DEMO_STATE)/logs TSMR_KERNEL_IMAGE=$(KERNEL_IMAGE) $(PY) examples/demo.py
+
+test: install-test $(KERNEL_IMAGE)
 	$(PY) -m mypy
-	$(PY) -m pytest -q --ignore=tests/kernel $(PYTEST_ARGS)
+	TSMR_KERNEL_IMAGE=$(KERNEL_IMAGE) $(PY) -m pytest -q --ignore=tests/kernel $(PYTEST_ARGS)
 
 # The kernel tier: Linux's own tsm-mr (tsm_mr_sample) in qemu against tsmr's sysfs backend.
 # Builds a Debian sid guest once into $(KERNEL_CACHE); later runs only boot it.

@@ -87,6 +87,22 @@ def fixtures() -> Fixtures:
     return FIXTURES
 
 
+KERNEL_IMAGE = Path(os.environ.get("TSMR_KERNEL_IMAGE") or Path(__file__).resolve().parents[1] / ".state" / "kernel" / "vmlinuz")
+
+
+@pytest.fixture(scope="session")
+def linux_kernel() -> Path:
+    """A real Linux bzImage (Debian's cloud kernel; ``make test`` fetches it with tools/fetch-kernel).
+
+    ``TSMR_KERNEL_IMAGE`` names it (default ``.state/kernel/vmlinuz``); skips without it, fails under CI."""
+    if not KERNEL_IMAGE.is_file():
+        message = f"no Linux kernel image at {KERNEL_IMAGE} (run tools/fetch-kernel {KERNEL_IMAGE}, or set TSMR_KERNEL_IMAGE)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return KERNEL_IMAGE
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fixture_data(*rel): the test needs these paths under TSMR_FIXTURES (skip, or fail under CI=true)")
