@@ -260,3 +260,41 @@ def test_bad_inputs_exit_2(tmp_path: Path, payloads: dict[str, dict[str, Path]])
         del VMA[".profile"]
     res = runner.invoke(app, ["predict", "uki", "--uki", str(uki)])
     assert res.exit_code == 2 and ".profile" in res.output
+
+
+def test_real_kernel_as_linux(tmp_path: Path, payloads: dict[str, dict[str, Path]], linux_kernel: Path) -> None:
+    """Debian's kernel as .linux (its VirtualSize is the file's size, as objcopy adds it), from files and from the UKI."""
+    files = {**payloads["small"], ".linux": linux_kernel}
+    expected = measure(files, None)
+    uki = build_uki(tmp_path / "uki.efi", files)
+    data = uki.read_bytes()
+    prediction = predict_uki(uki_sections(data), banks=[HashAlg.from_name(b) for b in BANKS], uki=(str(uki), data))
+    assert predicted(prediction, DEFAULT) == expected
+    from_files = predict_uki([Section(n, p.read_bytes()) for n, p in files.items()], systemd_version=252)
+    assert from_files.registers == prediction.registers
+
+
+def test_pad_linux_is_what_a_stub_measures_of_a_padded_section(tmp_path: Path, payloads: dict[str, dict[str, Path]],
+                                                               linux_kernel: Path) -> None:
+    """Some systemd 257 ukify builds set .linux's VirtualSize to the kernel's SizeOfImage.
+
+    Such a UKI is made here by patching the section header; the stub then measures the
+    kernel plus zeros, which --pad-linux must predict from the kernel file alone.
+    """
+    import struct
+
+    kernel = linux_kernel.read_bytes()
+    size_of_image = PeImage.parse(kernel).size_of_image
+    assert size_of_image > len(kernel), "Debian's kernel reserves more memory than its file holds"
+    files = {**payloads["small"], ".linux": linux_kernel}
+    data = bytearray(build_uki(tmp_path / "uki.efi", files).read_bytes())
+    image = PeImage.parse(data)
+    index = [s.name for s in image.sections].index(".linux")
+    table = image.pe_offset + 24 + struct.unpack_from("<H", data, image.pe_offset + 20)[0]
+    struct.pack_into("<I", data, table + 40 * index + 8, size_of_image)
+    [linux] = [s for s in uki_sections(bytes(data), 252) if s.name == ".linux"]
+    assert linux.contents == kernel + bytes(size_of_image - len(kernel))
+    from_uki = predict_uki(uki_sections(bytes(data), 252), systemd_version=252)
+    sections = [Section(n, p.read_bytes()) for n, p in files.items()]
+    assert predict_uki(sections, systemd_version=252, pad_linux=True).registers == from_uki.registers
+    assert predict_uki(sections, systemd_version=252).registers != from_uki.registers

@@ -90,6 +90,7 @@ class PeImage:
     checksum_offset: int  # file offset of the optional header's CheckSum field
     cert_dir_offset: int | None  # file offset of the certificate table's data-directory entry, if any
     size_of_headers: int
+    size_of_image: int  # SizeOfImage: the image's extent in memory once loaded
     sections: tuple[PeSection, ...]
     cert_table: tuple[int, int] | None  # (file offset, size) of the attribute certificate table, if any
 
@@ -141,6 +142,7 @@ class PeImage:
                              "NumberOfRvaAndSizes")
         checksum_offset = opt + 64
         size_of_headers = u32(opt + 60, "SizeOfHeaders")
+        size_of_image = u32(opt + 56, "SizeOfImage")
         nrva = u32(nrva_off, "NumberOfRvaAndSizes")
         cert_dir: int | None = None
         cert_table: tuple[int, int] | None = None
@@ -177,7 +179,7 @@ class PeImage:
                                       characteristics=int(characteristics), _image=view))
         return cls(data=view, machine=machine, is_pe32_plus=plus, pe_offset=pe_offset,
                    checksum_offset=checksum_offset, cert_dir_offset=cert_dir, size_of_headers=size_of_headers,
-                   sections=tuple(sections), cert_table=cert_table)
+                   size_of_image=size_of_image, sections=tuple(sections), cert_table=cert_table)
 
     def section(self, name: str) -> PeSection | None:
         """The first section called ``name`` (``.linux``), or None."""

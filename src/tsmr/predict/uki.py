@@ -153,9 +153,7 @@ def _pad_linux(kernel: bytes) -> bytes:
         image = PeImage.parse(kernel)
     except InputError:
         return kernel  # systemd-measure ignores a .linux that is not PE
-    opt = image.pe_offset + 24
-    size_of_image = int.from_bytes(bytes(image.data[opt + 56:opt + 60]), "little")
-    return kernel + bytes(max(0, size_of_image - len(kernel)))
+    return kernel + bytes(max(0, image.size_of_image - len(kernel)))
 
 
 def predict_uki(sections: Sequence[Section], *, phases: Sequence[str] = DEFAULT_PHASES,
