@@ -55,8 +55,6 @@ def emit(prediction: Prediction, *, as_json: bool, output: str | None, refvals_i
 
 # --- uki ---
 
-_UKI_FILE_HELP = "systemd-measure's option of the same name: the file whose bytes the section holds."
-
 
 def _section_opt(flag: str, section: str, since: str = "") -> Any:
     return typer.Option(flag, help=f"File for the {section} section{since}.", show_default=False)
