@@ -9,10 +9,11 @@ TSMR := $(VENV)/bin/tsmr
 # pkg-config to build tpm2-pytss, fuse3 for unprivileged FUSE mounts, postgresql
 # for the verifier service's tests (the tests start their own throwaway cluster);
 # for tsmr predict and tsmr authenticode: ovmf (OVMF.fd with TDX and SEV metadata),
-# shim-signed (PE binaries signed by Microsoft and Debian), pesign, systemd-boot-efi
+# shim-signed (PE binaries signed by Microsoft and Debian), pesign, osslsigncode and
+# sbsigntool (independent Authenticode tools), systemd-boot-efi
 # (the UKI stub), systemd (systemd-measure) and binutils (objcopy builds UKIs).
 APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config fuse3 postgresql \
-	ovmf shim-signed pesign systemd-boot-efi systemd binutils
+	ovmf shim-signed pesign osslsigncode sbsigntool systemd-boot-efi systemd binutils
 DEMO_STATE ?= $(CURDIR)/.state/demo
 PYTEST_ARGS ?=
 

@@ -8,9 +8,8 @@ own reading of the signature); and images signed here by osslsigncode and sbsign
 bank, nested signatures included.  Malformed and truncated images must raise InputError and
 nothing else.
 
-pesign and the shim, systemd-boot and stub binaries are installed by ``make test``: missing,
-they skip the tests (fail them under CI=true).  osslsigncode and sbsigntool are not in the
-Makefile's packages, so their tests skip when they are absent.
+pesign, osslsigncode, sbsigntool and the shim, systemd-boot and stub binaries are installed by
+``make test``: missing, they skip the tests (fail them under CI=true).
 """
 
 from __future__ import annotations
@@ -46,18 +45,16 @@ def need_file(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def need_tool(name: str, *, in_makefile: bool) -> str:
-    """The tool's path; a tool ``make test`` installs fails the test under CI=true when missing."""
+def need_tool(name: str) -> str:
+    """The tool's path; skips when it is missing (fails under CI=true: make test installs it)."""
     found = shutil.which(name)
     if found is None:
-        if in_makefile:
-            fixture_missing(f"{name} is not installed (make test installs it)")
-        pytest.skip(f"{name} is not installed (optional differential oracle)")
+        fixture_missing(f"{name} is not installed (make test installs it)")
     return found
 
 
 def pesign_hash(path: Path, alg: str, *, pad: bool = False) -> bytes:
-    exe = need_tool("pesign", in_makefile=True)
+    exe = need_tool("pesign")
     args = [exe, "-h", "-d", alg, "-i", str(path)] + (["-P"] if pad else [])
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout
     m = re.search(r"hash: ([0-9a-f]+)", out)
@@ -67,7 +64,7 @@ def pesign_hash(path: Path, alg: str, *, pad: bool = False) -> bytes:
 
 def osslsigncode_digests(path: Path) -> list[tuple[bytes, bytes]]:
     """``osslsigncode verify``: (digest the signature carries, digest osslsigncode computes), per signature."""
-    exe = need_tool("osslsigncode", in_makefile=False)
+    exe = need_tool("osslsigncode")
     res = subprocess.run([exe, "verify", "-in", str(path)], capture_output=True, text=True, timeout=60)
     text = res.stdout + res.stderr
     current = re.findall(r"Current message digest\s*:\s*([0-9A-F]+)", text)
@@ -175,7 +172,7 @@ def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.mark.parametrize("alg", ["sha1", "sha256", "sha384", "sha512"])
 def test_osslsigncode_signatures_in_every_bank(tmp_path: Path, signing_key: tuple[Path, Path], alg: str) -> None:
     """An image whose length is not a multiple of 8, signed in each bank: the signer pads, then hashes."""
-    exe = need_tool("osslsigncode", in_makefile=False)
+    exe = need_tool("osslsigncode")
     src = tmp_path / "in.efi"
     src.write_bytes(need_file(SHIM / "fbx64.efi") + b"\x01\x02\x03")
     out = tmp_path / "out.efi"
@@ -191,7 +188,7 @@ def test_osslsigncode_signatures_in_every_bank(tmp_path: Path, signing_key: tupl
 
 def test_nested_signature(tmp_path: Path, signing_key: tuple[Path, Path]) -> None:
     """A second signature nested in the first signer's unsigned attributes (osslsigncode -nest) is found too."""
-    exe = need_tool("osslsigncode", in_makefile=False)
+    exe = need_tool("osslsigncode")
     key, cert = signing_key
     src = tmp_path / "in.efi"
     src.write_bytes(need_file(SHIM / "mmx64.efi"))
@@ -210,7 +207,7 @@ def test_nested_signature(tmp_path: Path, signing_key: tuple[Path, Path]) -> Non
 
 
 def test_sbsign_signature(tmp_path: Path, signing_key: tuple[Path, Path]) -> None:
-    exe = need_tool("sbsign", in_makefile=False)
+    exe = need_tool("sbsign")
     key, cert = signing_key
     src = tmp_path / "in.efi"
     src.write_bytes(need_file(STUB))
