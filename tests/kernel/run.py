@@ -13,7 +13,11 @@ Stages (each timed, each cached under one directory, ``$TSMR_KERNEL_CACHE`` or
             output); the guest loads tsm_mr_sample, runs tests/kernel/guest.py and
             powers off.
 
-    python tests/kernel/run.py [--report OUT.json]
+    python tests/kernel/run.py [--report OUT.json] [--tpm-out DIR] [--no-tpm | --tpm-only] [--firmware ovmf]
+
+The vTPM boots (SeaBIOS and OVMF, swtpm) write DIR/<firmware>/: the firmware and IMA logs,
+every PCR (report.json), and what was booted (inputs.json and the initrd), from which
+tests/kernel/test_predict_tpm.py predicts PCR 4, 7 and 9.
 
 Exits non-zero, with the guest's console, if anything fails.
 """
