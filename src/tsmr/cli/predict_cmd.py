@@ -9,6 +9,7 @@ service's reference-value store take as they are.
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated, Any, Optional
 
 import typer
@@ -122,6 +123,80 @@ def predict_uki_cmd(
 
 
 # --- tpm ---
+
+_TPM_BANKS = ("sha1", "sha256", "sha384", "sha512")
+
+
+@predict_app.command("tpm")
+@handle_errors
+def predict_tpm_cmd(
+    efi_app: Annotated[Optional[list[str]], typer.Option(
+        "--efi-app", help="An EFI application the firmware starts from a boot option (shim, GRUB, systemd-boot, "
+        "a UKI), in the order started; repeatable.", show_default=False)] = None,
+    kernel: Annotated[Optional[str], typer.Option(
+        "--kernel", help="The Linux kernel (bzImage with EFI stub): with --direct-boot what QEMU's -kernel loads, "
+        "otherwise the last application started.", show_default=False)] = None,
+    initrd: Annotated[Optional[str], typer.Option(
+        "--initrd", help="The initrd the EFI stub loads (PCR 9).", show_default=False)] = None,
+    cmdline: Annotated[Optional[str], typer.Option(
+        "--cmdline", help="The kernel command line (text, as qemu -append takes it) (PCR 9).",
+        show_default=False)] = None,
+    direct_boot: Annotated[bool, typer.Option(
+        "--direct-boot", help="QEMU -kernel/-initrd/-append with OVMF: the kernel is measured first, before the "
+        "ReadyToBoot events; OVMF appends ' initrd=initrd' to the load options when there is an initrd.")] = False,
+    secure_boot_db: Annotated[Optional[str], typer.Option(
+        "--secure-boot-db", help="Directory of Secure Boot variables for PCR 7: files SecureBoot (one byte), PK, "
+        "KEK, db, dbx, dbt (EFI signature lists) or efivarfs copies (PK-8be4df61-...); absent = empty. "
+        "Default: OVMF's Secure Boot off with no keys.", show_default=False)] = None,
+    vmm: Annotated[str, typer.Option(
+        "--vmm", help="How the VMM hands a --direct-boot kernel to the firmware: qemu (x86 QEMU 7.2/8.x "
+        "without SEV: setup header patched) or unmodified (the file as it is: QEMU with SEV, or a VMM "
+        "that does not patch).")] = "qemu",
+    memory: Annotated[int, typer.Option(
+        "--memory", help="Guest memory in MiB (qemu -m): where QEMU puts the initrd, written into the kernel's "
+        "setup header.")] = 128,
+    machine: Annotated[str, typer.Option(
+        "--machine", help="QEMU machine type, pc or q35 (RAM below 4 GiB, with --memory).")] = "pc",
+    bank: Annotated[Optional[list[str]], typer.Option(
+        "--bank", help="Hash bank, repeatable (default: sha1 sha256 sha384 sha512).", show_default=False)] = None,
+    as_json: JsonOpt = False,
+    output: OutOpt = None,
+    refvals_id: RefvalsIdOpt = None,
+) -> None:
+    """PCR 4, 7 and 9 of a UEFI boot (EDK2/OVMF firmware, Linux EFI stub) of these files.
+
+    PCR 4: the ReadyToBoot action and separator, and each application's Authenticode digest, in a boot option's order (or OVMF's direct-boot order with --direct-boot).
+
+    PCR 7: the Secure Boot variables and separator; predicted only with Secure Boot off and no shim among the applications.
+
+    PCR 9: the EFI stub's load options and initrd events; predicted only with --direct-boot.
+
+    Registers the inputs do not determine are left out, and the notes say why.
+    """
+    from ..predict import tpm
+
+    def artifact(path: str | None, what: str) -> tpm.Artifact | None:
+        return None if path is None else tpm.Artifact(path, read_input(path, what))
+
+    banks = []
+    for name in bank or _TPM_BANKS:
+        alg = HashAlg.from_name(name)
+        if alg not in tpm.DEFAULT_BANKS:
+            raise InputError(f"--bank {name}: predict tpm knows sha1, sha256, sha384 and sha512")
+        banks.append(alg)
+    variables = None
+    if secure_boot_db is not None:
+        if not os.path.isdir(secure_boot_db):
+            raise InputError(f"--secure-boot-db {secure_boot_db}: not a directory")
+        files = {name: read_input(os.path.join(secure_boot_db, name), f"Secure Boot variable {name}")
+                 for name in tpm.secure_boot_file_names() if os.path.isfile(os.path.join(secure_boot_db, name))}
+        variables = tpm.secure_boot_variables(files)
+    apps = [tpm.Artifact(p, read_input(p, "the EFI application")) for p in efi_app or ()]
+    prediction = tpm.predict_tpm(
+        efi_apps=apps, kernel=artifact(kernel, "the kernel"), initrd=artifact(initrd, "the initrd"),
+        cmdline=cmdline, direct_boot=direct_boot, secure_boot=variables, banks=banks, vmm=vmm,
+        memory_mib=memory, machine=machine)
+    emit(prediction, as_json=as_json, output=output, refvals_id=refvals_id)
 
 
 # --- authenticode ---
