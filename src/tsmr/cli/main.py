@@ -26,6 +26,8 @@ from .ear_cmd import ear_app
 from .quote_cmd import quote_app
 from .predict_cmd import predict_app
 from . import predict_cmd
+from .predict_cmd import (SnpAppendOpt, SnpFeaturesOpt, SnpInitrdOpt, SnpKernelOpt, SnpVcpusOpt, SnpVcpuTypeOpt,
+                          SnpVmmOpt, emulated_snp_launch)
 from .agent_cmd import register as register_agent
 from .appraise_cmd import refvals_app
 from .appraise_cmd import register as register_appraise
@@ -214,8 +216,23 @@ def emulate_init(
     state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
     backend: BackendOpt = None,
+    # snp: the measurement a launch of these would give (tsmr predict snp)
+    firmware: Annotated[Optional[str], typer.Option(
+        "--firmware", help="snp: set the measurement to the launch of this OVMF image (as 'tsmr predict snp').",
+        show_default=False)] = None,
+    vcpus: SnpVcpusOpt = None,
+    vcpu_type: SnpVcpuTypeOpt = None,
+    vmm: SnpVmmOpt = "qemu",
+    guest_features: SnpFeaturesOpt = "0x1",
+    kernel: SnpKernelOpt = None,
+    initrd: SnpInitrdOpt = None,
+    append: SnpAppendOpt = None,
 ) -> None:
-    """Create the emulator's state for a profile, or re-create it with every register reset."""
+    """Create the emulator's state for a profile, or re-create it with every register reset.
+
+    With --profile snp --firmware F, the guest's measurement is the one 'tsmr predict snp'
+    gives for those artifacts, so that its reports carry a realistic launch digest.
+    """
     from ..backends.emulated import EmulatedRegisterSet, initialise
 
     if backend:
@@ -231,6 +248,12 @@ def emulate_init(
         if not sep:
             raise InputError(f"--set takes NAME=HEX, got {item!r}")
         values[name.strip()] = _parse_hex(hex_text, f"value of {name}")
+    snp_launch = None
+    if (firmware is not None or any(v is not None for v in (vcpus, vcpu_type, kernel, initrd, append))
+            or vmm != "qemu" or guest_features != "0x1"):
+        snp_launch = emulated_snp_launch(profile, values, firmware=firmware, vcpus=vcpus, vcpu_type=vcpu_type,
+                                         vmm=vmm, guest_features=guest_features, kernel=kernel, initrd=initrd,
+                                         append=append)
     path = initialise(profile, state_dir=state_dir, options=options, values=values)
     anchor = None
     with EmulatedRegisterSet(profile, state_dir) as rs:
@@ -245,10 +268,15 @@ def emulate_init(
 
             collateral = str(write_emulated_collateral(EmulatedTDXSigner(rs.dir / "qe")))
     if as_json:
-        render.print_json({"profile": profile, "state": str(path), "options": options, "registers": regs,
-                           "trust_anchor": anchor, "collateral": collateral})
+        doc = {"profile": profile, "state": str(path), "options": options, "registers": regs,
+               "trust_anchor": anchor, "collateral": collateral}
+        if snp_launch is not None:
+            doc["predicted"] = snp_launch.to_json()
+        render.print_json(doc)
     else:
         render.out.print(f"emulator profile {profile} initialised in {path} ({len(regs)} registers)")
+        if snp_launch is not None:
+            render.out.print(f"its measurement is the predicted launch of {firmware}: {snp_launch.claims['measurement']}")
         if anchor:
             render.out.print(f"its evidence is signed under the test key {anchor} (trust it explicitly, never by default)")
         if collateral:
