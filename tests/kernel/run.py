@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import io
 import json
 import lzma
@@ -241,14 +242,22 @@ def _oops(console: str) -> str:
     return console[-6000:]
 
 
+def kernel_cmdline(append: str) -> str:
+    """The command line every boot of this tier gives the kernel (qemu -append), ``append`` last."""
+    return f"console=ttyS0 panic=-1 quiet {append}".strip()
+
+
+MEMORY = "2048"  # -m: where qemu puts the initrd, and so the setup header it hands the firmware, depends on it
+
+
 def _boot_once(root: Path, version: str, rd: Path, out: Path, *, extra: list[str] | None, append: str) -> str:
     kernel = root / "boot" / f"vmlinuz-{version}"
     cmd = [
         # thread=single: both vCPUs run on one host thread, so code the kernel rewrites
         # (alternatives, static keys) is seen at once by the other vCPU.
-        "qemu-system-x86_64", "-accel", "tcg,thread=single", "-cpu", "max", "-m", "2048", "-smp", "2",
+        "qemu-system-x86_64", "-accel", "tcg,thread=single", "-cpu", "max", "-m", MEMORY, "-smp", "2",
         "-kernel", str(kernel), "-initrd", str(rd),
-        "-append", f"console=ttyS0 panic=-1 quiet {append}".strip(),
+        "-append", kernel_cmdline(append),
         *(extra or []),
         "-nographic", "-no-reboot", "-nic", "none",
         "-virtfs", f"local,path={root},mount_tag=root,security_model=none,readonly=on",
@@ -268,7 +277,12 @@ def main() -> None:
     ap.add_argument("--report", default=str(ROOT / ".state" / "kernel-report.json"))
     ap.add_argument("--tpm-out", default=str(ROOT / ".state" / "kernel-vtpm"), help="where the vTPM guest's logs and PCRs go")
     ap.add_argument("--no-tpm", action="store_true", help="skip the vTPM boot")
+    ap.add_argument("--tpm-only", action="store_true", help="only the vTPM boots (no tsm-mr boot, no --report)")
+    ap.add_argument("--firmware", action="append", choices=TPM_FIRMWARES,
+                    help="firmware of the vTPM boots (repeatable; default: all of them)")
     args = ap.parse_args()
+    if args.no_tpm and args.tpm_only:
+        ap.error("--no-tpm and --tpm-only exclude each other")
     t0 = time.monotonic()
     root = rootfs()
     version = kernel_version(root)
@@ -276,24 +290,27 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="tsmr-kernel-"))
     os.chmod(out, 0o777)
     rd = initrd(root, version, out)
-    console = stage("boot (qemu, tcg)")(boot)(root, version, rd, out)
-    report_path = out / "report.json"
-    if not report_path.exists():
-        raise SystemExit(f"the guest wrote no report; console:\n{console[-6000:]}")
-    report = json.loads(report_path.read_text())
-    report["console_tail"] = console[-4000:]
-    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.report).write_text(json.dumps(report, indent=1))
-    print(f"[kernel tier] report: {args.report} ({time.monotonic() - t0:.1f} s in all)")
+    if not args.tpm_only:
+        console = stage("boot (qemu, tcg)")(boot)(root, version, rd, out)
+        report_path = out / "report.json"
+        if not report_path.exists():
+            raise SystemExit(f"the guest wrote no report; console:\n{console[-6000:]}")
+        report = json.loads(report_path.read_text())
+        report["console_tail"] = console[-4000:]
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report, indent=1))
+        print(f"[kernel tier] report: {args.report} ({time.monotonic() - t0:.1f} s in all)")
     if not args.no_tpm:
         shutil.rmtree(args.tpm_out, ignore_errors=True)
-        for firmware in ("seabios", "ovmf"):
+        for firmware in args.firmware or TPM_FIRMWARES:
             tpm_dir = Path(args.tpm_out) / firmware
             stage(f"boot with a vTPM ({firmware}, swtpm, ima_policy=tcb)")(vtpm)(root, version, rd, tpm_dir, firmware)
             print(f"[kernel tier] vTPM guest outputs: {tpm_dir} ({time.monotonic() - t0:.1f} s in all)")
 
 
 OVMF = "/usr/share/ovmf/OVMF.fd"
+TPM_FIRMWARES = ("seabios", "ovmf")
+TPM_APPEND = "tsmr.guest=tpm ima_policy=tcb"
 
 
 def vtpm(root: Path, version: str, rd: Path, dest: Path, firmware: str) -> None:
@@ -318,7 +335,7 @@ def vtpm(root: Path, version: str, rd: Path, dest: Path, firmware: str) -> None:
             if not os.path.exists(OVMF):
                 raise SystemExit(f"{OVMF} is missing (Debian package ovmf; make test-kernel installs it)")
             bios = ["-bios", OVMF]
-        console = boot(root, version, rd, out, append="tsmr.guest=tpm ima_policy=tcb", extra=[
+        console = boot(root, version, rd, out, append=TPM_APPEND, extra=[
             *bios,
             "-chardev", f"socket,id=chrtpm,path={sock}",
             "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
@@ -341,6 +358,31 @@ def vtpm(root: Path, version: str, rd: Path, dest: Path, firmware: str) -> None:
     data = json.loads(report.read_text())
     data["console_tail"] = console[-4000:]
     (dest / "report.json").write_text(json.dumps(data, indent=1))
+    _record_inputs(root, version, rd, dest, firmware)
+
+
+def _record_inputs(root: Path, version: str, rd: Path, dest: Path, firmware: str) -> None:
+    """What this boot was given, next to what it measured: tests predict the firmware's PCRs from it.
+
+    The kernel stays in the rootfs cache (its path and SHA-256 are recorded; a test checks the hash
+    before it trusts the file); the initrd is rebuilt on every run (gzip stamps it), so it is copied.
+    """
+    shutil.copyfile(rd, dest / "initrd")
+    kernel = root / "boot" / f"vmlinuz-{version}"
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], text=True, capture_output=True).stdout
+    inputs = {
+        "firmware": firmware,
+        "bios": OVMF if firmware == "ovmf" else None,
+        "kernel": str(kernel),
+        "kernel_sha256": hashlib.sha256(kernel.read_bytes()).hexdigest(),
+        "initrd": "initrd",
+        "initrd_sha256": hashlib.sha256(rd.read_bytes()).hexdigest(),
+        "cmdline": kernel_cmdline(TPM_APPEND),
+        "memory_mib": int(MEMORY),
+        "machine": "pc",
+        "qemu_version": qemu.splitlines()[0] if qemu else "",
+    }
+    (dest / "inputs.json").write_text(json.dumps(inputs, indent=1) + "\n")
 
 
 if __name__ == "__main__":
