@@ -25,6 +25,7 @@ from .log_cmd import log_app
 from .ear_cmd import ear_app
 from .quote_cmd import quote_app
 from .predict_cmd import predict_app
+from . import predict_cmd
 from .agent_cmd import register as register_agent
 from .appraise_cmd import refvals_app
 from .appraise_cmd import register as register_appraise
@@ -51,6 +52,7 @@ app.add_typer(eventlog_app, name="eventlog")
 app.add_typer(quote_app, name="quote")
 app.add_typer(ear_app, name="ear")
 app.add_typer(predict_app, name="predict")
+app.command("authenticode")(predict_cmd.authenticode_cmd)
 app.command("attest")(handle_errors(attest_cmd))
 app.command("verify")(handle_errors(verify_cmd))
 app.command("challenge")(handle_errors(challenge_cmd))

@@ -9,13 +9,20 @@ service's reference-value store take as they are.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
+from ..algorithms import HashAlg
+from ..errors import InputError
 from ..predict.model import Prediction
+from ..predict.pe import PeImage
+from ..predict.uki import DEFAULT_BANKS as UKI_DEFAULT_BANKS
+from ..predict.uki import DEFAULT_PHASES as UKI_DEFAULT_PHASES
+from ..predict.uki import predict_uki, uki_sections
+from ..predict.uki import Section as UkiSection
 from . import render
-from .common import CommandGroup, JsonOpt, write_output
+from .common import CommandGroup, JsonOpt, handle_errors, read_input, write_output
 
 predict_app = typer.Typer(
     cls=CommandGroup, no_args_is_help=True,
@@ -48,5 +55,104 @@ def emit(prediction: Prediction, *, as_json: bool, output: str | None, refvals_i
 
 # --- uki ---
 
+_UKI_FILE_HELP = "systemd-measure's option of the same name: the file whose bytes the section holds."
+
+
+def _section_opt(flag: str, section: str, since: str = "") -> Any:
+    return typer.Option(flag, help=f"File for the {section} section{since}.", show_default=False)
+
+
+@predict_app.command("uki")
+@handle_errors
+def predict_uki_cmd(
+    linux: Annotated[Optional[str], _section_opt("--linux", ".linux", " (the kernel; required unless --uki)")] = None,
+    osrel: Annotated[Optional[str], _section_opt("--osrel", ".osrel")] = None,
+    cmdline: Annotated[Optional[str], _section_opt("--cmdline", ".cmdline", " (a file, as for systemd-measure)")] = None,
+    initrd: Annotated[Optional[str], _section_opt("--initrd", ".initrd")] = None,
+    ucode: Annotated[Optional[str], _section_opt("--ucode", ".ucode", " (systemd 256 and later)")] = None,
+    splash: Annotated[Optional[str], _section_opt("--splash", ".splash")] = None,
+    dtb: Annotated[Optional[str], _section_opt("--dtb", ".dtb")] = None,
+    uname: Annotated[Optional[str], _section_opt("--uname", ".uname", " (systemd 254 and later)")] = None,
+    sbat: Annotated[Optional[str], _section_opt("--sbat", ".sbat", " (systemd 254 and later)")] = None,
+    pcrpkey: Annotated[Optional[str], _section_opt("--pcrpkey", ".pcrpkey")] = None,
+    uki: Annotated[Optional[str], typer.Option(
+        "--uki", help="Take the sections from this built UKI (as its stub measures them); section options "
+        "given too replace the UKI's sections.", show_default=False)] = None,
+    phase: Annotated[Optional[list[str]], typer.Option(
+        "--phase", help="A boot phase: colon-separated systemd-pcrphase words (enter-initrd:leave-initrd); "
+        "repeatable; \"\" for the sections alone. Default, as systemd-measure: the four prefixes of "
+        "enter-initrd:leave-initrd:sysinit:ready. PCR 11 is the value after the last; the others are "
+        "accepted too by the reference values -o writes.", show_default=False)] = None,
+    bank: Annotated[Optional[list[str]], typer.Option(
+        "--bank", help="Hash bank, repeatable (default: sha1 sha256 sha384 sha512, as systemd-measure).",
+        show_default=False)] = None,
+    systemd: Annotated[Optional[int], typer.Option(
+        "--systemd", help="The systemd version of the UKI's stub, which decides the sections measured: 252 "
+        ".linux .osrel .cmdline .initrd .splash .dtb .pcrpkey; 254 adds .uname .sbat; 256 adds .ucode. "
+        "Default: the version the --uki's stub names in .sdmagic, else 256. UKIs with .profile, .dtbauto, "
+        ".hwids or .efifw sections (257 and later) are refused.", show_default=False)] = None,
+    pad_linux: Annotated[bool, typer.Option(
+        "--pad-linux", help="Measure --linux padded with zeros to the kernel's SizeOfImage, as the ukify and "
+        "systemd-measure of some systemd 257 releases did.")] = False,
+    as_json: JsonOpt = False,
+    output: OutOpt = None,
+    refvals_id: RefvalsIdOpt = None,
+) -> None:
+    """PCR 11 of a unified kernel image, as systemd-stub measures it and systemd-measure predicts it.
+
+    Each section present (name with its NUL, then contents, in systemd's order), then the
+    boot-phase words. Give the section files (like systemd-measure) or a built UKI with --uki.
+    """
+    files = {".linux": linux, ".osrel": osrel, ".cmdline": cmdline, ".initrd": initrd, ".ucode": ucode,
+             ".splash": splash, ".dtb": dtb, ".uname": uname, ".sbat": sbat, ".pcrpkey": pcrpkey}
+    given = {name: path for name, path in files.items() if path is not None}
+    sections: dict[str, UkiSection] = {}
+    uki_input: tuple[str, bytes] | None = None
+    if uki is not None:
+        data = read_input(uki, "the UKI")
+        uki_input = (uki, data)
+        for s in uki_sections(data, systemd, source=uki):
+            sections[s.name] = s
+    elif linux is None:
+        raise InputError("predict uki: give --linux (and the other section files) or --uki")
+    for name, path in given.items():
+        sections[name] = UkiSection(name, read_input(path, f"the {name} section"), path)
+    banks = [HashAlg.from_name(b) for b in bank] if bank else list(UKI_DEFAULT_BANKS)
+    prediction = predict_uki(list(sections.values()), phases=phase if phase else UKI_DEFAULT_PHASES,
+                             banks=banks, systemd_version=systemd, pad_linux=pad_linux, uki=uki_input)
+    emit(prediction, as_json=as_json, output=output, refvals_id=refvals_id)
+
 
 # --- tpm ---
+
+
+# --- authenticode ---
+
+_AUTHENTICODE_ALGS = ("sha256", "sha1", "sha384", "sha512")
+
+
+@handle_errors
+def authenticode_cmd(
+    file: Annotated[str, typer.Argument(help="A PE/COFF image: EFI application, kernel with EFI stub, UKI.")],
+    alg: Annotated[str, typer.Option(
+        "--alg", help="Hash algorithm: sha256, sha1, sha384 or sha512.")] = "sha256",
+    as_json: JsonOpt = False,
+) -> None:
+    """The Authenticode digest of a PE/COFF image, as UEFI firmware measures it into PCR 4 (or RTMR1).
+
+    The whole file except the CheckSum field, the certificate table's directory entry and the
+    certificate table; no padding is added (EDK2's rule). With --json also the digests the
+    image's Authenticode signatures embed.
+    """
+    if alg.lower() not in _AUTHENTICODE_ALGS:
+        raise InputError(f"--alg {alg!r}: choose one of {', '.join(_AUTHENTICODE_ALGS)}")
+    hash_alg = HashAlg.from_name(alg)
+    image = PeImage.parse(read_input(file, "the PE image"))
+    digest = image.authenticode(hash_alg)
+    if as_json:
+        render.print_json({"file": file, "alg": hash_alg.name.lower(), "digest": digest.hex(),
+                           "signed_digests": [{"alg": a.name.lower(), "digest": d.hex(),
+                                               "matches": d == image.authenticode(a)}
+                                              for a, d in image.signed_digests()]})
+        return
+    render.line(digest.hex())

@@ -62,7 +62,10 @@ class Prediction:
     ``registers`` holds only registers the inputs determine completely; ``claims`` the
     launch values (``mrtd`` for TDX, ``measurement`` for SEV-SNP), as lowercase hex;
     ``inputs`` what each component was (file name and digest, or the value given);
-    ``notes`` the assumptions made (the VMM's page order, its setup-header patching ...).
+    ``notes`` the assumptions made (the VMM's page order, its setup-header patching ...);
+    ``other_values`` further values a register in ``registers`` legitimately holds at
+    other points of the boot the prediction covers (PCR 11 after each systemd boot
+    phase): reference values accept each of them as well.
     """
 
     platform: str  # tdx, snp, uki, tpm
@@ -71,10 +74,11 @@ class Prediction:
     events: Sequence[PredictedEvent] = ()
     inputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     notes: Sequence[str] = ()
+    other_values: Mapping[str, Sequence[Mapping[HashAlg, bytes]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The shape ``tsmr eventlog replay --json`` prints (``registers``), plus the rest."""
-        return {
+        out: dict[str, Any] = {
             "platform": self.platform,
             "registers": {r: {a.name.lower(): v.hex() for a, v in banks.items()} for r, banks in self.registers.items()},
             "claims": dict(self.claims),
@@ -82,13 +86,17 @@ class Prediction:
             "inputs": {k: dict(v) for k, v in self.inputs.items()},
             "notes": list(self.notes),
         }
+        if self.other_values:
+            out["other_values"] = {r: [{a.name.lower(): v.hex() for a, v in banks.items()} for banks in values]
+                                   for r, values in self.other_values.items()}
+        return out
 
     def to_refvals(self, refvals_id: str, description: str | None = None) -> dict[str, Any]:
         """A ``tsmr-refvals`` document: the registers and claims, and the events behind them."""
         doc: dict[str, Any] = {"format": "tsmr-refvals", "version": 1, "id": refvals_id}
         doc["description"] = description or f"predicted by tsmr predict {self.platform}"
         if self.registers:
-            doc["registers"] = {r: {a.name.lower(): [v.hex()] for a, v in banks.items()}
+            doc["registers"] = {r: {a.name.lower(): self._accepted(r, a, v) for a, v in banks.items()}
                                 for r, banks in self.registers.items()}
         if self.claims:
             doc["claims"] = {k: [v] for k, v in self.claims.items()}
@@ -97,6 +105,15 @@ class Prediction:
         doc["predicted"] = {"platform": self.platform, "events": events,
                             "inputs": {k: dict(v) for k, v in self.inputs.items()}, "notes": list(self.notes)}
         return doc
+
+    def _accepted(self, register: str, alg: HashAlg, value: bytes) -> list[str]:
+        """``value`` then the register's other values in ``alg``, each once, as hex."""
+        out = [value.hex()]
+        for banks in self.other_values.get(register, ()):
+            other = banks.get(alg)
+            if other is not None and other.hex() not in out:
+                out.append(other.hex())
+        return out
 
 
 def extend_all(events: Sequence[PredictedEvent], banks: Sequence[HashAlg],

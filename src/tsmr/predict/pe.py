@@ -123,7 +123,7 @@ class PeImage:
         nsections = u16(pe_offset + 6, "NumberOfSections")
         opt_size = u16(pe_offset + 20, "SizeOfOptionalHeader")
         opt = pe_offset + 24
-        _need(opt, opt_size, size, f"the optional header ({opt_size} bytes)")
+        _need(opt, opt_size, size, "the optional header")
         if opt_size < 2:
             raise InputError(f"not a PE image: SizeOfOptionalHeader is {opt_size}")
         magic = u16(opt, "the optional header's Magic")
