@@ -333,7 +333,8 @@ def predict_tdx(firmware: bytes | memoryview, *, kernel: bytes | None = None, in
         events.append(action_event("rtmr1", EXIT_BOOT_SERVICES_SUCCEEDED))
         boot = [e for e in events if e.register in ("rtmr1", "rtmr2")]
         notes.append(f"rtmr1/rtmr2: {FIRMWARE_SEQUENCE}; the ReadyToBoot separator in {separator}")
-        notes.append(image.note)
+        notes.append("kernel: measured as the file is: QEMU's x86_load_linux leaves the setup header unpatched "
+                     "for a confidential guest (TDX as SEV)")
         if not options:
             notes.append("rtmr2: no command line and no initrd, so OVMF sets no LoadOptions and the stub measures none")
         if not stub:
