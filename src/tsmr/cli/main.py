@@ -214,8 +214,33 @@ def emulate_init(
     state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
     backend: BackendOpt = None,
+    firmware: Annotated[Optional[str], typer.Option(
+        "--firmware", help="tdx: boot this TDVF/OVMF image: MRTD and RTMR0-2 become what 'tsmr predict tdx' "
+        "predicts for it (and --kernel, --initrd, --cmdline, --acpi, --ccel), and the matching CCEL becomes the "
+        "emulated TD's firmware log.", show_default=False)] = None,
+    kernel: Annotated[Optional[str], typer.Option("--kernel", help="tdx with --firmware: the direct-boot kernel.",
+                                                  show_default=False)] = None,
+    initrd: Annotated[Optional[str], typer.Option("--initrd", help="tdx with --firmware: the initrd.",
+                                                  show_default=False)] = None,
+    cmdline: Annotated[Optional[str], typer.Option("--cmdline", help="tdx with --firmware: the kernel command line.",
+                                                   show_default=False)] = None,
+    two_pass_add: Annotated[bool, typer.Option(
+        "--two-pass-add", help="tdx with --firmware: MRTD in the page order of some downstream qemu-tdx builds.")] = False,
+    acpi: Annotated[Optional[str], typer.Option(
+        "--acpi", help="tdx with --firmware: directory of the VMM's fw_cfg ACPI files (see 'tsmr predict tdx').",
+        show_default=False)] = None,
+    ccel: Annotated[Optional[str], typer.Option(
+        "--ccel", help="tdx with --firmware: a captured CCEL whose RTMR0 events stand for the VMM's.",
+        show_default=False)] = None,
 ) -> None:
-    """Create the emulator's state for a profile, or re-create it with every register reset."""
+    """Create the emulator's state for a profile, or re-create it with every register reset.
+
+    With --firmware (profile tdx) the emulated TD boots that image: MRTD is set to the
+    predicted value, RTMR0-2 are extended with the predicted firmware and EFI stub events
+    (RTMR0 only as far as --ccel/--acpi determine it), and the CCEL recording those events
+    is what 'tsmr attest' and 'tsmr quote get' bundles carry as the firmware log. 'tsmr
+    emulate reset' boots it again.
+    """
     from ..backends.emulated import EmulatedRegisterSet, initialise
 
     if backend:
@@ -231,7 +256,29 @@ def emulate_init(
         if not sep:
             raise InputError(f"--set takes NAME=HEX, got {item!r}")
         values[name.strip()] = _parse_hex(hex_text, f"value of {name}")
-    path = initialise(profile, state_dir=state_dir, options=options, values=values)
+    boot: list[tuple[str, bytes]] | None = None
+    boot_log: bytes | None = None
+    booted: dict[str, object] | None = None
+    if firmware is None:
+        if any(x is not None for x in (kernel, initrd, cmdline, acpi, ccel)) or two_pass_add:
+            raise InputError("--kernel, --initrd, --cmdline, --two-pass-add, --acpi and --ccel go with --firmware")
+    else:
+        if profile != "tdx":
+            raise InputError(f"--firmware boots a TDX image: use --profile tdx (not {profile})")
+        from ..predict.tdx import to_ccel
+        from .predict_cmd import tdx_prediction
+
+        prediction = tdx_prediction(firmware, kernel=kernel, initrd=initrd, cmdline=cmdline,
+                                    two_pass_add=two_pass_add, acpi=acpi, ccel=ccel)
+        if "mrtd" in values:
+            raise InputError("--set mrtd and --firmware both give MRTD: give one")
+        values["mrtd"] = bytes.fromhex(prediction.claims["mrtd"])
+        boot = [(f"{e.register}:{alg.kernel_name}", digest) for e in prediction.events
+                for alg, digest in e.digests.items()]
+        boot_log = to_ccel(prediction.events)
+        booted = {"mrtd": prediction.claims["mrtd"], "events": len(prediction.events),
+                  "predicted": sorted(prediction.registers), "notes": list(prediction.notes)}
+    path = initialise(profile, state_dir=state_dir, options=options, values=values, boot=boot, boot_log=boot_log)
     anchor = None
     with EmulatedRegisterSet(profile, state_dir) as rs:
         regs = [r.name for r in rs.registers()]
@@ -246,9 +293,13 @@ def emulate_init(
             collateral = str(write_emulated_collateral(EmulatedTDXSigner(rs.dir / "qe")))
     if as_json:
         render.print_json({"profile": profile, "state": str(path), "options": options, "registers": regs,
-                           "trust_anchor": anchor, "collateral": collateral})
+                           "trust_anchor": anchor, "collateral": collateral, "boot": booted})
     else:
         render.out.print(f"emulator profile {profile} initialised in {path} ({len(regs)} registers)")
+        if booted is not None:
+            predicted = ", ".join(["mrtd", *booted["predicted"]])  # type: ignore[misc]
+            render.out.print(f"booted {firmware}: {booted['events']} events measured; {predicted} as predicted; "
+                             "its CCEL is the firmware log of the emulated evidence")
         if anchor:
             render.out.print(f"its evidence is signed under the test key {anchor} (trust it explicitly, never by default)")
         if collateral:
