@@ -73,7 +73,7 @@ def sections_by_hand(image: bytes) -> list[tuple[int, int, int, int, int, int]]:
     return [struct.unpack_from("<IIQQII", image, at + 16 + 32 * i) for i in range(count)]
 
 
-def mrtd_by_hand(image: bytes, two_pass: bool) -> bytes:
+def mrtd_by_hand(image: bytes, two_pass: bool, honour_page_aug: bool = True) -> bytes:
     """MRTD from the ABI text: every TDH.MEM.PAGE.ADD and TDH.MR.EXTEND buffer, built and hashed naively."""
     def page_add(gpa: int) -> bytes:
         return b"MEM.PAGE.ADD" + bytes(4) + gpa.to_bytes(8, "little") + bytes(104)
@@ -83,7 +83,8 @@ def mrtd_by_hand(image: bytes, two_pass: bool) -> bytes:
 
     blocks: list[bytes] = []
     for data_offset, _raw, gpa, size, _type, attributes in sections_by_hand(image):
-        assert not attributes & 2  # no PAGE.AUG section in this firmware
+        if attributes & 2 and honour_page_aug:
+            continue  # PAGE.AUG: the VMM adds these pages after launch, unmeasured
         adds = [[page_add(gpa + p)] for p in range(0, size, PAGE)]
         extends = [[mr_extend(gpa + p + c, image[data_offset + p + c:data_offset + p + c + 256])
                     for c in range(0, PAGE, 256)] if attributes & 1 else [] for p in range(0, size, PAGE)]
@@ -152,6 +153,15 @@ def test_mrtd_both_page_orders_equal_the_spec_recomputation(ovmf: bytes) -> None
     assert two_pass == mrtd_by_hand(ovmf, two_pass=True)
 
 
+def test_page_aug_sections_are_not_in_mrtd(ovmf: bytes) -> None:
+    """A section the VMM adds with TDH.MEM.PAGE.AUG after launch (the guide's PermMem) leaves MRTD alone."""
+    at = ovmf.rfind(b"TDVF")
+    temp = _index_of(ovmf, 3)
+    augmented = _with(ovmf, at + 16 + 32 * temp + 28, struct.pack("<I", 2))
+    assert tdvf.mrtd(augmented) == mrtd_by_hand(augmented, two_pass=False)
+    assert tdvf.mrtd(augmented) != mrtd_by_hand(augmented, two_pass=False, honour_page_aug=False)
+
+
 def test_cli_mrtd_json_and_two_pass(ovmf: bytes) -> None:
     one = json.loads(run("predict", "tdx", "--firmware", OVMF, "--json").stdout)
     two = json.loads(run("predict", "tdx", "--firmware", OVMF, "--two-pass-add", "--json").stdout)
@@ -178,11 +188,16 @@ def bad_images(ovmf: bytes) -> dict[str, bytes]:
         "section beyond the file": _with(ovmf, bfv_entry, struct.pack("<I", n)),
         "table length": _with(ovmf, n - 0x32, struct.pack("<H", 0xFFFF)),
         "bad signature": _with(ovmf, at, b"XDVF"),
+        "extended TD HOB": _with(ovmf, at + 16 + 32 * _index_of(ovmf, 2) + 28, struct.pack("<I", 1)),
     }
 
 
+def _index_of(image: bytes, section_type: int) -> int:
+    return [s[4] for s in sections_by_hand(image)].index(section_type)
+
+
 @pytest.mark.parametrize("case", ["no TDX metadata", "not OVMF", "metadata cut off", "too many sections",
-                                  "section beyond the file", "table length", "bad signature"])
+                                  "section beyond the file", "table length", "bad signature", "extended TD HOB"])
 def test_bad_firmware_is_exit_2(ovmf: bytes, case: str, tmp_path: Path) -> None:
     path = tmp_path / "fw.fd"
     path.write_bytes(bad_images(ovmf)[case])

@@ -232,6 +232,9 @@ def emulate_init(
     ccel: Annotated[Optional[str], typer.Option(
         "--ccel", help="tdx with --firmware: a captured CCEL whose RTMR0 events stand for the VMM's.",
         show_default=False)] = None,
+    separator: Annotated[Optional[str], typer.Option(
+        "--separator", help="tdx with --firmware: the register of the firmware's ReadyToBoot separator, rtmr0 or "
+        "rtmr1 (see 'tsmr predict tdx').", show_default=False)] = None,
 ) -> None:
     """Create the emulator's state for a profile, or re-create it with every register reset.
 
@@ -260,8 +263,9 @@ def emulate_init(
     boot_log: bytes | None = None
     booted: dict[str, object] | None = None
     if firmware is None:
-        if any(x is not None for x in (kernel, initrd, cmdline, acpi, ccel)) or two_pass_add:
-            raise InputError("--kernel, --initrd, --cmdline, --two-pass-add, --acpi and --ccel go with --firmware")
+        if any(x is not None for x in (kernel, initrd, cmdline, acpi, ccel, separator)) or two_pass_add:
+            raise InputError("--kernel, --initrd, --cmdline, --two-pass-add, --acpi, --ccel and --separator go "
+                             "with --firmware")
     else:
         if profile != "tdx":
             raise InputError(f"--firmware boots a TDX image: use --profile tdx (not {profile})")
@@ -269,7 +273,7 @@ def emulate_init(
         from .predict_cmd import tdx_prediction
 
         prediction = tdx_prediction(firmware, kernel=kernel, initrd=initrd, cmdline=cmdline,
-                                    two_pass_add=two_pass_add, acpi=acpi, ccel=ccel)
+                                    two_pass_add=two_pass_add, acpi=acpi, ccel=ccel, separator=separator)
         if "mrtd" in values:
             raise InputError("--set mrtd and --firmware both give MRTD: give one")
         values["mrtd"] = bytes.fromhex(prediction.claims["mrtd"])
