@@ -25,6 +25,7 @@ from .log_cmd import log_app
 from .ear_cmd import ear_app
 from .quote_cmd import quote_app
 from .predict_cmd import predict_app
+from .predict_cmd import emulated_tdx_boot
 from . import predict_cmd
 from .agent_cmd import register as register_agent
 from .appraise_cmd import refvals_app
@@ -259,30 +260,10 @@ def emulate_init(
         if not sep:
             raise InputError(f"--set takes NAME=HEX, got {item!r}")
         values[name.strip()] = _parse_hex(hex_text, f"value of {name}")
-    boot: list[tuple[str, bytes]] | None = None
-    boot_log: bytes | None = None
-    booted: dict[str, object] | None = None
-    if firmware is None:
-        if any(x is not None for x in (kernel, initrd, cmdline, acpi, ccel, separator)) or two_pass_add:
-            raise InputError("--kernel, --initrd, --cmdline, --two-pass-add, --acpi, --ccel and --separator go "
-                             "with --firmware")
-    else:
-        if profile != "tdx":
-            raise InputError(f"--firmware boots a TDX image: use --profile tdx (not {profile})")
-        from ..predict.tdx import to_ccel
-        from .predict_cmd import tdx_prediction
-
-        prediction = tdx_prediction(firmware, kernel=kernel, initrd=initrd, cmdline=cmdline,
-                                    two_pass_add=two_pass_add, acpi=acpi, ccel=ccel, separator=separator)
-        if "mrtd" in values:
-            raise InputError("--set mrtd and --firmware both give MRTD: give one")
-        values["mrtd"] = bytes.fromhex(prediction.claims["mrtd"])
-        boot = [(f"{e.register}:{alg.kernel_name}", digest) for e in prediction.events
-                for alg, digest in e.digests.items()]
-        boot_log = to_ccel(prediction.events)
-        booted = {"mrtd": prediction.claims["mrtd"], "events": len(prediction.events),
-                  "predicted": sorted(prediction.registers), "notes": list(prediction.notes)}
-    path = initialise(profile, state_dir=state_dir, options=options, values=values, boot=boot, boot_log=boot_log)
+    tdx_boot = emulated_tdx_boot(profile, values, firmware=firmware, kernel=kernel, initrd=initrd, cmdline=cmdline,
+                                 two_pass_add=two_pass_add, acpi=acpi, ccel=ccel, separator=separator)
+    path = initialise(profile, state_dir=state_dir, options=options, values=values,
+                      boot=tdx_boot.extends if tdx_boot else None, boot_log=tdx_boot.ccel if tdx_boot else None)
     anchor = None
     with EmulatedRegisterSet(profile, state_dir) as rs:
         regs = [r.name for r in rs.registers()]
@@ -297,12 +278,13 @@ def emulate_init(
             collateral = str(write_emulated_collateral(EmulatedTDXSigner(rs.dir / "qe")))
     if as_json:
         render.print_json({"profile": profile, "state": str(path), "options": options, "registers": regs,
-                           "trust_anchor": anchor, "collateral": collateral, "boot": booted})
+                           "trust_anchor": anchor, "collateral": collateral,
+                           "boot": tdx_boot.to_json() if tdx_boot else None})
     else:
         render.out.print(f"emulator profile {profile} initialised in {path} ({len(regs)} registers)")
-        if booted is not None:
-            predicted = ", ".join(["mrtd", *booted["predicted"]])  # type: ignore[misc]
-            render.out.print(f"booted {firmware}: {booted['events']} events measured; {predicted} as predicted; "
+        if tdx_boot is not None:
+            predicted = ", ".join(["mrtd", *tdx_boot.prediction.registers])
+            render.out.print(f"booted {firmware}: {len(tdx_boot.extends)} events measured; {predicted} as predicted; "
                              "its CCEL is the firmware log of the emulated evidence")
         if anchor:
             render.out.print(f"its evidence is signed under the test key {anchor} (trust it explicitly, never by default)")

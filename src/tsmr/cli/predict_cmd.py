@@ -9,6 +9,7 @@ service's reference-value store take as they are.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 
 import typer
@@ -95,6 +96,46 @@ def tdx_prediction(firmware: str, *, kernel: str | None = None, initrd: str | No
     return predict_tdx(data["firmware"], kernel=data.get("kernel"), initrd=data.get("initrd"), cmdline=cmdline,
                        two_pass_add=two_pass_add, acpi=read_acpi_dir(acpi) if acpi is not None else None,
                        ccel=data.get("ccel"), separator=separator, names=names)
+
+
+@dataclass(frozen=True)
+class EmulatedTdxBoot:
+    """What ``tsmr emulate init --profile tdx --firmware`` hands the emulator: the extends and the CCEL."""
+
+    prediction: Prediction
+    extends: list[tuple[str, bytes]]  # (attribute, digest), in boot order
+    ccel: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mrtd": self.prediction.claims["mrtd"], "events": len(self.extends),
+                "predicted": sorted(self.prediction.registers), "notes": list(self.prediction.notes)}
+
+
+def emulated_tdx_boot(profile: str, values: dict[str, bytes], *, firmware: str | None, kernel: str | None,
+                      initrd: str | None, cmdline: str | None, two_pass_add: bool, acpi: str | None,
+                      ccel: str | None, separator: str | None) -> EmulatedTdxBoot | None:
+    """The boot an emulated TD makes of ``firmware`` (None without one): sets ``values["mrtd"]``.
+
+    The prediction is computed here, in the CLI, and handed to the backend as values and
+    bytes: backends do not import :mod:`tsmr.predict`.
+    """
+    from ..predict.tdx import to_ccel
+
+    if firmware is None:
+        if any(x is not None for x in (kernel, initrd, cmdline, acpi, ccel, separator)) or two_pass_add:
+            raise InputError("--kernel, --initrd, --cmdline, --two-pass-add, --acpi, --ccel and --separator go "
+                             "with --firmware")
+        return None
+    if profile != "tdx":
+        raise InputError(f"--firmware boots a TDX image: use --profile tdx (not {profile})")
+    if "mrtd" in values:
+        raise InputError("--set mrtd and --firmware both give MRTD: give one")
+    prediction = tdx_prediction(firmware, kernel=kernel, initrd=initrd, cmdline=cmdline, two_pass_add=two_pass_add,
+                                acpi=acpi, ccel=ccel, separator=separator)
+    values["mrtd"] = bytes.fromhex(prediction.claims["mrtd"])
+    extends = [(f"{e.register}:{alg.kernel_name}", digest) for e in prediction.events
+               for alg, digest in e.digests.items()]
+    return EmulatedTdxBoot(prediction=prediction, extends=extends, ccel=to_ccel(prediction.events))
 
 
 TdxFirmwareOpt = Annotated[str, typer.Option(
