@@ -92,6 +92,7 @@ bench: install-test
 	$(PY) bench/replay_ima.py
 	$(PY) bench/verify.py
 	$(PY) bench/service.py
+	$(PY) bench/predict.py
 	$(PY) bench/limits.py
 
 clean:

@@ -501,6 +501,49 @@ def _cca_verify_run(data: bytes) -> None:
 
 # -- the registry ---------------------------------------------------------------------------------------
 
+# -- tdvf (TDX metadata of a firmware image, and MRTD) -----------------------------------------------
+
+_TDVF_MRTD_MAX = 64 << 20  # inputs asking for more memory are parsed but not measured (slow, not wrong)
+
+
+def _tdvf_run(data: bytes) -> None:
+    from tsmr.predict import tdvf
+
+    _, InputError = _errors()
+    try:
+        meta = tdvf.parse_metadata(data)
+    except InputError:
+        return
+    if sum(s.memory_data_size for s in meta.sections) <= _TDVF_MRTD_MAX:
+        try:
+            assert len(tdvf.mrtd(data, meta)) == 48
+        except InputError:
+            pass
+
+
+def _tdvf_seeds() -> list[bytes]:
+    """A small synthetic TDVF (CFV, extended BFV, TD HOB, TempMem) and the tail of Debian's OVMF.fd if present."""
+    import struct
+    import uuid
+
+    size = 0x4000
+    image = bytearray(hashlib.sha256(b"tdvf seed").digest() * (size // 32))
+    base = (1 << 32) - size
+    sections = [(0x2000, 0x2000, base + 0x2000, 0x2000, 0, 1), (0, 0x2000, base, 0x2000, 1, 0),
+                (0, 0, 0x809000, 0x1000, 2, 0), (0, 0, 0x800000, 0x2000, 3, 0)]
+    meta = struct.pack("<4sIII", b"TDVF", 16 + 32 * len(sections), 1, len(sections))
+    meta += b"".join(struct.pack("<IIQQII", *s) for s in sections)
+    image[0x3000:0x3000 + len(meta)] = meta
+    entry = struct.pack("<IH", size - 0x3000, 22) + uuid.UUID("e47a6535-984a-4798-865e-4685a7bf8ec2").bytes_le
+    table = entry + struct.pack("<H", len(entry) + 18) + uuid.UUID("96b582de-1fb2-45f7-baea-a366c55a082d").bytes_le
+    image[size - 0x20 - len(table):size - 0x20] = table
+    seeds = [bytes(image)]
+    ovmf = Path("/usr/share/ovmf/OVMF.fd")
+    if ovmf.is_file():
+        seeds.append(ovmf.read_bytes()[-0x900:])
+    return seeds
+
+
 def _imports(*modules: str) -> Callable[[], None]:
     """A ``load`` that imports ``modules``, skipping the ones that do not exist (yet)."""
     def load() -> None:
@@ -542,6 +585,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            _evidence_runner("tsmr.evidence.tpm", "parse_attest", "parse_signature", "parse_public"),
            lambda: _files("keylime/tpm2-quote/quote.out", "keylime/tpm2-quote/quotesig.out", "keylime/tpm2-quote/ak.pub"),
            load=_imports("tsmr.evidence.tpm")),
+    Target("tdvf", "tsmr.predict.tdvf.parse_metadata (+ mrtd)", _tdvf_run, _tdvf_seeds,
+           load=_imports("tsmr.predict.tdvf")),
     Target("cca_token", "tsmr.evidence.cca.parse_token (+ verify_token)", _cca_verify_run,
            lambda: _files("ccatoken/*.cbor", "trustee/verifier-cca/*.cbor"), load=_imports("tsmr.evidence.cca")),
 )}

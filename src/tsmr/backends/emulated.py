@@ -13,6 +13,9 @@ of the user, and the FUSE server, sees one machine:
                  followed by the backing buffer
 ``journal``      every extend ever applied, in order: (seq, attribute, digest)
 ``lock``         ``flock`` target serialising every access
+``boot``         optional: the extends a measured boot of an image applies at every
+                 start (``tsmr emulate init --firmware``), re-applied by ``reset``
+``ccel``         optional: the firmware's event log (CCEL) of that boot
 
 An extend takes the exclusive lock, appends its record(s) to the journal
 with one ``write``, then rewrites the state (header and buffer) with one
@@ -308,12 +311,23 @@ class EmulatedRegisterSet(BaseRegisterSet):
             yield entry
 
     def reset(self) -> None:
-        """Restore the initial values (as a reboot would) and clear the journal."""
+        """Restore the initial values and clear the journal, as a reboot would; a boot given at
+        init (its ``boot`` extends) is measured again, as the firmware would measure it again."""
         initial = _read_file(self._dir(), self.dir, "initial")
         with self._locked(True):
             gen = self._load(True)[0]
+            boot = _read_boot(self._dir(), self.dir)
+            buf = bytearray(initial)
+            records, seq = _boot_records(self.profile, boot, buf)
             os.ftruncate(self._fd()[2], 0)
-            os.pwrite(self._fd()[1], _HEADER.pack(_MAGIC, gen, 0, 0) + initial, 0)
+            _write_all(self._fd()[2], records)
+            os.pwrite(self._fd()[1], _HEADER.pack(_MAGIC, gen, seq, len(records)) + buf, 0)
+
+    def boot_log(self) -> bytes | None:
+        """The firmware event log (CCEL) of the boot given at init, None without one."""
+        if not safefs.exists(self._dir(), "ccel"):
+            return None
+        return _read_file(self._dir(), self.dir, "ccel")
 
 
 class _NeedsRecovery(Exception):
@@ -332,6 +346,34 @@ class _Flock:
 
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+def _boot_records(prof: Profile, boot: Sequence[tuple[str, bytes]], buf: bytearray) -> tuple[bytes, int]:
+    """Apply a boot's extends to ``buf``; the journal records that say so, and the last sequence number."""
+    by_attr = {a.attribute: a for a in prof.attrs}
+    records = bytearray()
+    seq = 0
+    for name, data in boot:
+        spec = by_attr.get(name)
+        if spec is None or spec.alg is None or Flag.WRITABLE not in spec.flags:
+            raise InputError(f"boot extend of {name!r}: no extendable attribute of that name in profile {prof.name}")
+        if len(data) != spec.size:
+            raise InputError(f"boot extend of {name}: {len(data)} bytes, the attribute takes {spec.size}")
+        seq += 1
+        records += _encode_record(seq, name, data)
+        _apply(buf, spec, data)
+    return bytes(records), seq
+
+
+def _read_boot(dfd: int, d: Path) -> list[tuple[str, bytes]]:
+    """The ``boot`` extends of a state directory (empty without the file)."""
+    if not safefs.exists(dfd, "boot"):
+        return []
+    try:
+        doc = json.loads(_read_file(dfd, d, "boot"))
+        return [(str(name), bytes.fromhex(str(digest))) for name, digest in doc["extends"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BackendError(f"emulator boot record in {d} is unreadable: {exc}", backend="emulated") from exc
 
 
 def _apply(buf: bytearray, spec: AttrSpec, data: bytes) -> None:
@@ -375,9 +417,19 @@ def initialise(
     options: dict[str, str] | None = None,
     values: dict[str, bytes] | None = None,
     exist_ok: bool = True,
+    boot: Sequence[tuple[str, bytes]] | None = None,
+    boot_log: bytes | None = None,
 ) -> Path:
-    """Create (or re-create, resetting every register) the state of one profile."""
+    """Create (or re-create, resetting every register) the state of one profile.
+
+    ``boot`` is a measured boot to apply at once and at every ``reset``: (attribute,
+    digest) extends in order, such as the firmware and EFI stub events of a predicted
+    TDX direct boot; ``boot_log`` the firmware event log (CCEL) that records them, which
+    the emulator's evidence carries.  Without them a previous boot and log are removed.
+    """
     prof = build_profile(profile, options, values)
+    boot_buf = bytearray(prof.initial)
+    boot_records, boot_seq = _boot_records(prof, boot or (), boot_buf)
     base = Path(state_dir) if state_dir is not None else default_state_dir()
     d = base / "emulator" / profile
     dfd = _open_state_dir(d, create=True)
@@ -400,10 +452,22 @@ def initialise(
             config = {"format": 1, "profile": profile, "options": prof.options}
             _atomic_write(dfd, d, "config.json", json.dumps(config, indent=2).encode() + b"\n")
             _atomic_write(dfd, d, "initial", prof.initial)
+            if boot:
+                doc = {"format": 1, "extends": [[name, digest.hex()] for name, digest in boot]}
+                _atomic_write(dfd, d, "boot", json.dumps(doc).encode() + b"\n")
+            else:
+                _unlink(dfd, "boot")
+            if boot_log is not None:
+                _atomic_write(dfd, d, "ccel", boot_log)
+            else:
+                _unlink(dfd, "ccel")
             jfd = _open_file(dfd, d, "journal", os.O_RDWR | os.O_CREAT)
-            os.ftruncate(jfd, 0)
-            os.close(jfd)
-            payload = _HEADER.pack(_MAGIC, gen + 1, 0, 0) + prof.initial
+            try:
+                os.ftruncate(jfd, 0)
+                _write_all(jfd, boot_records)
+            finally:
+                os.close(jfd)
+            payload = _HEADER.pack(_MAGIC, gen + 1, boot_seq, len(boot_records)) + boot_buf
             if exists:
                 # Rewrite in place so processes holding it open see the new generation.
                 sfd = _open_file(dfd, d, "state", os.O_RDWR)
@@ -420,6 +484,13 @@ def initialise(
         os.close(lock)
         os.close(dfd)
     return d
+
+
+def _unlink(dfd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
 
 
 def _open_state_dir(d: Path, *, create: bool) -> int | None:

@@ -24,10 +24,8 @@ from .eventlog_cmd import eventlog_app
 from .log_cmd import log_app
 from .ear_cmd import ear_app
 from .quote_cmd import quote_app
-from .predict_cmd import predict_app
-from . import predict_cmd
-from .predict_cmd import (SnpAppendOpt, SnpFeaturesOpt, SnpInitrdOpt, SnpKernelOpt, SnpVcpusOpt, SnpVcpuTypeOpt,
-                          SnpVmmOpt, emulated_snp_launch)
+from .predict_cmd import authenticode_cmd, predict_app
+from .predict_cmd import SnpFeaturesOpt, SnpVcpusOpt, SnpVcpuTypeOpt, SnpVmmOpt, emulated_snp_launch, emulated_tdx_boot
 from .agent_cmd import register as register_agent
 from .appraise_cmd import refvals_app
 from .appraise_cmd import register as register_appraise
@@ -54,7 +52,7 @@ app.add_typer(eventlog_app, name="eventlog")
 app.add_typer(quote_app, name="quote")
 app.add_typer(ear_app, name="ear")
 app.add_typer(predict_app, name="predict")
-app.command("authenticode")(predict_cmd.authenticode_cmd)
+app.command("authenticode")(authenticode_cmd)
 app.command("attest")(handle_errors(attest_cmd))
 app.command("verify")(handle_errors(verify_cmd))
 app.command("challenge")(handle_errors(challenge_cmd))
@@ -216,22 +214,42 @@ def emulate_init(
     state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
     backend: BackendOpt = None,
-    # snp: the measurement a launch of these would give (tsmr predict snp)
+    # a launch of real artifacts: --profile tdx (MRTD, RTMR0-2, CCEL) or snp (the measurement)
     firmware: Annotated[Optional[str], typer.Option(
-        "--firmware", help="snp: set the measurement to the launch of this OVMF image (as 'tsmr predict snp').",
+        "--firmware", help="Launch this OVMF/TDVF image: tdx: MRTD and RTMR0-2 become what 'tsmr predict tdx' "
+        "predicts (with --kernel, --initrd, --cmdline, --acpi, --ccel) and the matching CCEL becomes the emulated "
+        "TD's firmware log; snp: the measurement becomes what 'tsmr predict snp' predicts.",
         show_default=False)] = None,
+    kernel: Annotated[Optional[str], typer.Option("--kernel", help="With --firmware: the direct-boot kernel.",
+                                                  show_default=False)] = None,
+    initrd: Annotated[Optional[str], typer.Option("--initrd", help="With --firmware: the initrd.",
+                                                  show_default=False)] = None,
+    cmdline: Annotated[Optional[str], typer.Option("--cmdline", "--append", help="With --firmware: the kernel "
+                                                   "command line.", show_default=False)] = None,
+    two_pass_add: Annotated[bool, typer.Option(
+        "--two-pass-add", help="tdx with --firmware: MRTD in the page order of some downstream qemu-tdx builds.")] = False,
+    acpi: Annotated[Optional[str], typer.Option(
+        "--acpi", help="tdx with --firmware: directory of the VMM's fw_cfg ACPI files (see 'tsmr predict tdx').",
+        show_default=False)] = None,
+    ccel: Annotated[Optional[str], typer.Option(
+        "--ccel", help="tdx with --firmware: a captured CCEL whose RTMR0 events stand for the VMM's.",
+        show_default=False)] = None,
+    separator: Annotated[Optional[str], typer.Option(
+        "--separator", help="tdx with --firmware: the register of the firmware's ReadyToBoot separator, rtmr0 or "
+        "rtmr1 (see 'tsmr predict tdx').", show_default=False)] = None,
     vcpus: SnpVcpusOpt = None,
     vcpu_type: SnpVcpuTypeOpt = None,
     vmm: SnpVmmOpt = "qemu",
     guest_features: SnpFeaturesOpt = "0x1",
-    kernel: SnpKernelOpt = None,
-    initrd: SnpInitrdOpt = None,
-    append: SnpAppendOpt = None,
 ) -> None:
     """Create the emulator's state for a profile, or re-create it with every register reset.
 
-    With --profile snp --firmware F, the guest's measurement is the one 'tsmr predict snp'
-    gives for those artifacts, so that its reports carry a realistic launch digest.
+    With --firmware the emulated guest launches that image.  --profile tdx: MRTD is set to
+    the predicted value, RTMR0-2 are extended with the predicted firmware and EFI stub events
+    (RTMR0 only as far as --ccel/--acpi determine it), and the CCEL recording those events
+    is what 'tsmr attest' bundles carry as the firmware log; 'tsmr emulate reset' boots it
+    again.  --profile snp: the measurement is the one 'tsmr predict snp' gives for those
+    artifacts (--vcpus, --vcpu-type, --vmm, --guest-features).
     """
     from ..backends.emulated import EmulatedRegisterSet, initialise
 
@@ -248,13 +266,24 @@ def emulate_init(
         if not sep:
             raise InputError(f"--set takes NAME=HEX, got {item!r}")
         values[name.strip()] = _parse_hex(hex_text, f"value of {name}")
-    snp_launch = None
-    if (firmware is not None or any(v is not None for v in (vcpus, vcpu_type, kernel, initrd, append))
-            or vmm != "qemu" or guest_features != "0x1"):
-        snp_launch = emulated_snp_launch(profile, values, firmware=firmware, vcpus=vcpus, vcpu_type=vcpu_type,
-                                         vmm=vmm, guest_features=guest_features, kernel=kernel, initrd=initrd,
-                                         append=append)
-    path = initialise(profile, state_dir=state_dir, options=options, values=values)
+    tdx_boot = snp_launch = None
+    if profile == "snp":
+        if any(x is not None for x in (acpi, ccel, separator)) or two_pass_add:
+            raise InputError("--acpi, --ccel, --separator and --two-pass-add describe a TDX boot: use --profile tdx")
+        if firmware is not None or any(v is not None for v in (vcpus, vcpu_type, kernel, initrd, cmdline)) \
+                or vmm != "qemu" or guest_features != "0x1":
+            snp_launch = emulated_snp_launch(profile, values, firmware=firmware, vcpus=vcpus, vcpu_type=vcpu_type,
+                                             vmm=vmm, guest_features=guest_features, kernel=kernel, initrd=initrd,
+                                             append=cmdline)
+    else:
+        if vcpus is not None or vcpu_type is not None or vmm != "qemu" or guest_features != "0x1":
+            raise InputError("--vcpus, --vcpu-type, --vmm and --guest-features describe an SEV-SNP launch: "
+                             "use --profile snp")
+        tdx_boot = emulated_tdx_boot(profile, values, firmware=firmware, kernel=kernel, initrd=initrd,
+                                     cmdline=cmdline, two_pass_add=two_pass_add, acpi=acpi, ccel=ccel,
+                                     separator=separator)
+    path = initialise(profile, state_dir=state_dir, options=options, values=values,
+                      boot=tdx_boot.extends if tdx_boot else None, boot_log=tdx_boot.ccel if tdx_boot else None)
     anchor = None
     with EmulatedRegisterSet(profile, state_dir) as rs:
         regs = [r.name for r in rs.registers()]
@@ -269,12 +298,17 @@ def emulate_init(
             collateral = str(write_emulated_collateral(EmulatedTDXSigner(rs.dir / "qe")))
     if as_json:
         doc = {"profile": profile, "state": str(path), "options": options, "registers": regs,
-               "trust_anchor": anchor, "collateral": collateral}
+               "trust_anchor": anchor, "collateral": collateral,
+               "boot": tdx_boot.to_json() if tdx_boot else None}
         if snp_launch is not None:
             doc["predicted"] = snp_launch.to_json()
         render.print_json(doc)
     else:
         render.out.print(f"emulator profile {profile} initialised in {path} ({len(regs)} registers)")
+        if tdx_boot is not None:
+            predicted = ", ".join(["mrtd", *tdx_boot.prediction.registers])
+            render.out.print(f"booted {firmware}: {len(tdx_boot.extends)} events measured; {predicted} as predicted; "
+                             "its CCEL is the firmware log of the emulated evidence")
         if snp_launch is not None:
             render.out.print(f"its measurement is the predicted launch of {firmware}: {snp_launch.claims['measurement']}")
         if anchor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 
 import typer
@@ -50,6 +51,160 @@ def emit(prediction: Prediction, *, as_json: bool, output: str | None, refvals_i
 
 
 # --- tdx ---
+
+_TDX_ACPI_FILES = 64  # at most this many files are read from an --acpi directory
+
+
+def read_acpi_dir(directory: str) -> dict[str, bytes]:
+    """The fw_cfg ACPI blobs in ``directory``, by path relative to it.
+
+    The layouts accepted: the fw_cfg names as paths (``etc/table-loader``,
+    ``etc/acpi/tables``), the same with a ``raw`` file under each (a copy of a guest's
+    ``/sys/firmware/qemu_fw_cfg/by_name``), or the last name component alone
+    (``table-loader``, ``rsdp``, ``tables``).
+    """
+    import os
+
+    if not os.path.isdir(directory):
+        raise InputError(f"--acpi {directory}: not a directory")
+    files: dict[str, bytes] = {}
+    for root, dirs, names in os.walk(directory):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            if not os.path.isfile(path):
+                continue
+            if len(files) >= _TDX_ACPI_FILES:
+                raise InputError(f"--acpi {directory}: more than {_TDX_ACPI_FILES} files")
+            rel = os.path.relpath(path, directory).replace(os.sep, "/")
+            if rel.endswith("/raw"):
+                rel = rel[: -len("/raw")]
+            files[rel] = read_input(path, "an ACPI table file")
+    return files
+
+
+def tdx_prediction(firmware: str, *, kernel: str | None = None, initrd: str | None = None,
+                   cmdline: str | None = None, two_pass_add: bool = False, acpi: str | None = None,
+                   ccel: str | None = None, separator: str | None = None) -> Prediction:
+    """Read the files ``tsmr predict tdx`` (and ``tsmr emulate init --profile tdx``) name and predict."""
+    from ..predict.tdx import predict_tdx
+
+    names = {"firmware": firmware}
+    data = {"firmware": read_input(firmware, "the firmware")}
+    for key, path in (("kernel", kernel), ("initrd", initrd), ("ccel", ccel)):
+        if path is not None:
+            names[key] = path
+            data[key] = read_input(path, f"the {key}")
+    return predict_tdx(data["firmware"], kernel=data.get("kernel"), initrd=data.get("initrd"), cmdline=cmdline,
+                       two_pass_add=two_pass_add, acpi=read_acpi_dir(acpi) if acpi is not None else None,
+                       ccel=data.get("ccel"), separator=separator, names=names)
+
+
+@dataclass(frozen=True)
+class EmulatedTdxBoot:
+    """What ``tsmr emulate init --profile tdx --firmware`` hands the emulator: the extends and the CCEL."""
+
+    prediction: Prediction
+    extends: list[tuple[str, bytes]]  # (attribute, digest), in boot order
+    ccel: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mrtd": self.prediction.claims["mrtd"], "events": len(self.extends),
+                "predicted": sorted(self.prediction.registers), "notes": list(self.prediction.notes)}
+
+
+def emulated_tdx_boot(profile: str, values: dict[str, bytes], *, firmware: str | None, kernel: str | None,
+                      initrd: str | None, cmdline: str | None, two_pass_add: bool, acpi: str | None,
+                      ccel: str | None, separator: str | None) -> EmulatedTdxBoot | None:
+    """The boot an emulated TD makes of ``firmware`` (None without one): sets ``values["mrtd"]``.
+
+    The prediction is computed here, in the CLI, and handed to the backend as values and
+    bytes: backends do not import :mod:`tsmr.predict`.
+    """
+    from ..predict.tdx import to_ccel
+
+    if firmware is None:
+        if any(x is not None for x in (kernel, initrd, cmdline, acpi, ccel, separator)) or two_pass_add:
+            raise InputError("--kernel, --initrd, --cmdline, --two-pass-add, --acpi, --ccel and --separator go "
+                             "with --firmware")
+        return None
+    if profile != "tdx":
+        raise InputError(f"--firmware boots a TDX image: use --profile tdx (not {profile})")
+    if "mrtd" in values:
+        raise InputError("--set mrtd and --firmware both give MRTD: give one")
+    prediction = tdx_prediction(firmware, kernel=kernel, initrd=initrd, cmdline=cmdline, two_pass_add=two_pass_add,
+                                acpi=acpi, ccel=ccel, separator=separator)
+    values["mrtd"] = bytes.fromhex(prediction.claims["mrtd"])
+    extends = [(f"{e.register}:{alg.kernel_name}", digest) for e in prediction.events
+               for alg, digest in e.digests.items()]
+    return EmulatedTdxBoot(prediction=prediction, extends=extends, ccel=to_ccel(prediction.events))
+
+
+TdxFirmwareOpt = Annotated[str, typer.Option(
+    "--firmware", help="The TDVF/OVMF image QEMU launches the TD with (its TDX metadata gives MRTD).",
+    show_default=False)]
+TdxKernelOpt = Annotated[Optional[str], typer.Option(
+    "--kernel", help="The kernel of a direct boot (QEMU -kernel): predicts RTMR1 and RTMR2.", show_default=False)]
+TdxInitrdOpt = Annotated[Optional[str], typer.Option(
+    "--initrd", help="The initrd of the direct boot (the EFI stub's 'Linux initrd' event; OVMF appends "
+    "' initrd=initrd' to the command line).", show_default=False)]
+TdxCmdlineOpt = Annotated[Optional[str], typer.Option(
+    "--cmdline", help="The kernel command line (QEMU -append), measured as UTF-16LE LoadOptions with its NUL.",
+    show_default=False)]
+TdxTwoPassOpt = Annotated[bool, typer.Option(
+    "--two-pass-add", help="MRTD page order of some downstream qemu-tdx builds: all TDH.MEM.PAGE.ADD of a section, "
+    "then its TDH.MR.EXTENDs (default: upstream QEMU/KVM, add then extend page by page).")]
+TdxAcpiOpt = Annotated[Optional[str], typer.Option(
+    "--acpi", help="Directory of the VMM's fw_cfg ACPI files (etc/table-loader and the blobs it allocates, e.g. a "
+    "copy of a guest's /sys/firmware/qemu_fw_cfg/by_name): OVMF measures each into RTMR0. RTMR0 also holds the "
+    "TD HOB and the Secure Boot and boot variables, so it is predicted only with --ccel.", show_default=False)]
+TdxCcelOpt = Annotated[Optional[str], typer.Option(
+    "--ccel", help="A CCEL captured from a boot of the same VMM and platform: its RTMR0 events stand for the TD "
+    "HOB, variables and (without --acpi) ACPI tables; the CFV event is recomputed from --firmware.",
+    show_default=False)]
+TdxSeparatorOpt = Annotated[Optional[str], typer.Option(
+    "--separator", help="Where the firmware puts its ReadyToBoot separator: rtmr0 (edk2 up to 2023, e.g. Debian's "
+    "2022.11) or rtmr1 (later edk2). Default: what --ccel shows, else rtmr0.", show_default=False)]
+
+
+@predict_app.command("tdx")
+@handle_errors
+def predict_tdx_cmd(
+    firmware: TdxFirmwareOpt,
+    kernel: TdxKernelOpt = None,
+    initrd: TdxInitrdOpt = None,
+    cmdline: TdxCmdlineOpt = None,
+    two_pass_add: TdxTwoPassOpt = False,
+    acpi: TdxAcpiOpt = None,
+    ccel: TdxCcelOpt = None,
+    separator: TdxSeparatorOpt = None,
+    write_ccel: Annotated[Optional[str], typer.Option(
+        "--write-ccel", help="Also write the CCEL log area these events make (TCG2, SHA-384, MR indices).",
+        show_default=False)] = None,
+    as_json: JsonOpt = False,
+    output: OutOpt = None,
+    refvals_id: RefvalsIdOpt = None,
+) -> None:
+    """Intel TDX: MRTD from the TDVF metadata, and RTMR0-2 of a QEMU direct boot of an edk2 OVMF/TDVF.
+
+    MRTD: every TDVF section page by page (TDH.MEM.PAGE.ADD), with TDH.MR.EXTEND of each
+    256-byte chunk of the sections that ask for it. RTMR1/RTMR2 (with --kernel): the
+    kernel's Authenticode SHA-384 (QEMU does not patch the setup header of a confidential
+    guest's kernel), 'Calling EFI Application from Boot Option', the EFI stub's
+    LoadOptions and initrd events, and the two ExitBootServices events, in upstream edk2
+    TdTcg2Dxe's order. RTMR0 holds what the VMM and the variable store contribute (TD HOB,
+    ACPI tables, Secure Boot and boot variables): it is predicted only from a captured
+    CCEL (--ccel, with --acpi for other ACPI tables); otherwise it is left out and the
+    notes say so.
+    """
+    from ..predict.tdx import to_ccel
+
+    prediction = tdx_prediction(firmware, kernel=kernel, initrd=initrd, cmdline=cmdline, two_pass_add=two_pass_add,
+                                acpi=acpi, ccel=ccel, separator=separator)
+    if write_ccel is not None:
+        write_output(write_ccel, to_ccel(prediction.events))
+    emit(prediction, as_json=as_json, output=output, refvals_id=refvals_id)
+
 
 
 # --- snp ---

@@ -39,9 +39,12 @@ CCEL_LOG = "/sys/firmware/acpi/tables/data/CCEL"
 def platform_logs(got: "Acquired") -> list[dict[str, Any]]:
     """The firmware log (TPM or CCEL) and IMA's that go with this evidence, those readable here.
 
-    The emulator has no firmware: the host's logs would not belong to its evidence."""
-    if got.source == "emulated":
-        return []
+    The emulator has no firmware of its own: the host's logs would not belong to its evidence.
+    An emulated TD that booted an image (``tsmr emulate init --firmware``) has that boot's CCEL."""
+    if got.source == "emulated" or got.firmware_log is not None:
+        if got.firmware_log is None:
+            return []
+        return [{"format": "ccel", "data": got.firmware_log, "name": "firmware"}]
     firmware = TPM_LOG if got.kind == "tpm" else CCEL_LOG if got.kind == "tdx" else None
     logs: list[dict[str, Any]] = []
     for path, name in ((firmware, "firmware"), (IMA_LOG, "ima")):
@@ -65,6 +68,7 @@ class Acquired:
     trust_anchor: str | None = None  # the emulator's test anchor, to be trusted explicitly
     report: Report | None = None
     notes: list[str] = field(default_factory=list)
+    firmware_log: bytes | None = None  # the emulator's CCEL of a booted image, when it has one
 
     @property
     def kind(self) -> str:
@@ -142,9 +146,13 @@ def acquire(
             raise InputError("--pcrs selects TPM PCRs; this backend is not a TPM")
         if isinstance(rs, EmulatedRegisterSet) and root is None:
             report = _request(EmulatedTsm(source_for(rs)), nonce, *opts)
-            return Acquired(_configfs_evidence(report), "emulated", rs.provider, trust_anchor(rs), report=report)
+            return Acquired(_configfs_evidence(report), "emulated", rs.provider, trust_anchor(rs), report=report,
+                            firmware_log=rs.boot_log())
         anchor = None
+        boot_log = None
         if isinstance(rs, EmulatedRegisterSet):
             anchor = trust_anchor(rs)
+            boot_log = rs.boot_log()
         report = _request(ConfigfsTsm(root), nonce, *opts)
-        return Acquired(_configfs_evidence(report), "configfs", rs.provider, anchor, report=report)
+        return Acquired(_configfs_evidence(report), "configfs", rs.provider, anchor, report=report,
+                        firmware_log=boot_log)
