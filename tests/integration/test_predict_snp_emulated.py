@@ -85,7 +85,8 @@ def test_the_emulated_report_carries_the_predicted_measurement(state: Path, tmp_
 def test_emulate_init_refuses_what_it_cannot_launch(tmp_path: Path) -> None:
     firmware = str(need_file(OVMF, "ovmf"))
     cases = [
-        (["--profile", "cca", "--firmware", firmware, "--vcpus", "1", "--vcpu-type", "EPYC"], "snp profile only"),
+        (["--profile", "cca", "--firmware", firmware, "--vcpus", "1", "--vcpu-type", "EPYC"], "use --profile snp"),
+        (["--profile", "cca", "--firmware", firmware], "use --profile tdx"),
         (["--profile", "snp", "--vcpus", "2"], "give it"),
         (["--profile", "snp", "--firmware", firmware, "--vcpus", "1", "--vcpu-type", "EPYC", "--set",
           "measurement=" + "00" * 48], "not both"),
