@@ -185,17 +185,20 @@ def predict_tdx_cmd(
     output: OutOpt = None,
     refvals_id: RefvalsIdOpt = None,
 ) -> None:
-    """Intel TDX: MRTD from the TDVF metadata, and RTMR0-2 of a QEMU direct boot of an edk2 OVMF/TDVF.
+    """Intel TDX: MRTD from the TDVF metadata, and RTMR0-2 of a QEMU direct
+    boot of an edk2 OVMF/TDVF.
 
-    MRTD: every TDVF section page by page (TDH.MEM.PAGE.ADD), with TDH.MR.EXTEND of each
-    256-byte chunk of the sections that ask for it. RTMR1/RTMR2 (with --kernel): the
-    kernel's Authenticode SHA-384 (QEMU does not patch the setup header of a confidential
-    guest's kernel), 'Calling EFI Application from Boot Option', the EFI stub's
-    LoadOptions and initrd events, and the two ExitBootServices events, in upstream edk2
-    TdTcg2Dxe's order. RTMR0 holds what the VMM and the variable store contribute (TD HOB,
-    ACPI tables, Secure Boot and boot variables): it is predicted only from a captured
-    CCEL (--ccel, with --acpi for other ACPI tables); otherwise it is left out and the
-    notes say so.
+    MRTD: every TDVF section page by page (TDH.MEM.PAGE.ADD), with
+    TDH.MR.EXTEND of each 256-byte chunk of the sections that ask for it.
+    RTMR1/RTMR2 (with --kernel): the kernel's Authenticode SHA-384 (QEMU
+    does not patch the setup header of a confidential guest's kernel),
+    'Calling EFI Application from Boot Option', the EFI stub's LoadOptions
+    and initrd events, and the two ExitBootServices events, in upstream
+    edk2 TdTcg2Dxe's order. RTMR0 holds what the VMM and the variable
+    store contribute (TD HOB, ACPI tables, Secure Boot and boot
+    variables): it is predicted only from a captured CCEL (--ccel, with
+    --acpi for other ACPI tables); otherwise it is left out and the notes
+    say so.
     """
     from ..predict.tdx import to_ccel
 
@@ -382,11 +385,13 @@ def snp_cmd(
     output: OutOpt = None,
     refvals_id: RefvalsIdOpt = None,
 ) -> None:
-    """Predict the SEV-SNP launch measurement (the report's MEASUREMENT) of an OVMF guest.
+    """Predict the SEV-SNP launch measurement (the report's MEASUREMENT) of an
+    OVMF guest.
 
-    Follows the SEV-SNP firmware ABI's SNP_LAUNCH_UPDATE digest over the firmware's
-    pages, its SEV metadata sections (with the SEV hash table of --kernel, --initrd and
-    --append), and one VMSA per vCPU as the VMM initialises it. No ID block is assumed.
+    Follows the SEV-SNP firmware ABI's SNP_LAUNCH_UPDATE digest over the
+    firmware's pages, its SEV metadata sections (with the SEV hash table
+    of --kernel, --initrd and --append), and one VMSA per vCPU as the VMM
+    initialises it. No ID block is assumed.
     """
     if ovmf_hash:
         from ..predict.snp import ovmf_hash as firmware_launch_digest
@@ -453,10 +458,12 @@ def predict_uki_cmd(
     output: OutOpt = None,
     refvals_id: RefvalsIdOpt = None,
 ) -> None:
-    """PCR 11 of a unified kernel image, as systemd-stub measures it and systemd-measure predicts it.
+    """PCR 11 of a unified kernel image, as systemd-stub measures it and
+    systemd-measure predicts it.
 
-    Each section present (name with its NUL, then contents, in systemd's order), then the
-    boot-phase words. Give the section files (like systemd-measure) or a built UKI with --uki.
+    Each section present (name with its NUL, then contents, in systemd's
+    order), then the boot-phase words. Give the section files (like
+    systemd-measure) or a built UKI with --uki.
     """
     files = {".linux": linux, ".osrel": osrel, ".cmdline": cmdline, ".initrd": initrd, ".ucode": ucode,
              ".splash": splash, ".dtb": dtb, ".uname": uname, ".sbat": sbat, ".pcrpkey": pcrpkey}
@@ -519,15 +526,21 @@ def predict_tpm_cmd(
     output: OutOpt = None,
     refvals_id: RefvalsIdOpt = None,
 ) -> None:
-    """PCR 4, 7 and 9 of a UEFI boot (EDK2/OVMF firmware, Linux EFI stub) of these files.
+    """PCR 4, 7 and 9 of a UEFI boot (EDK2/OVMF firmware, Linux EFI stub) of
+    these files.
 
-    PCR 4: the ReadyToBoot action and separator, and each application's Authenticode digest, in a boot option's order (or OVMF's direct-boot order with --direct-boot).
+    PCR 4: the ReadyToBoot action and separator, and each application's
+    Authenticode digest, in a boot option's order (or OVMF's direct-boot
+    order with --direct-boot).
 
-    PCR 7: the Secure Boot variables and separator; predicted only with Secure Boot off and no shim among the applications.
+    PCR 7: the Secure Boot variables and separator; predicted only with
+    Secure Boot off and no shim among the applications.
 
-    PCR 9: the EFI stub's load options and initrd events; predicted only with --direct-boot.
+    PCR 9: the EFI stub's load options and initrd events; predicted only
+    with --direct-boot.
 
-    Registers the inputs do not determine are left out, and the notes say why.
+    Registers the inputs do not determine are left out, and the notes say
+    why.
     """
     from ..predict import tpm
 
@@ -567,11 +580,13 @@ def authenticode_cmd(
         "--alg", help="Hash algorithm: sha256, sha1, sha384 or sha512.")] = "sha256",
     as_json: JsonOpt = False,
 ) -> None:
-    """The Authenticode digest of a PE/COFF image, as UEFI firmware measures it into PCR 4 (or RTMR1).
+    """The Authenticode digest of a PE/COFF image, as UEFI firmware measures
+    it into PCR 4 (or RTMR1).
 
-    The whole file except the CheckSum field, the certificate table's directory entry and the
-    certificate table; no padding is added (EDK2's rule). With --json also the digests the
-    image's Authenticode signatures embed.
+    The whole file except the CheckSum field, the certificate table's
+    directory entry and the certificate table; no padding is added (EDK2's
+    rule). With --json also the digests the image's Authenticode
+    signatures embed.
     """
     if alg.lower() not in _AUTHENTICODE_ALGS:
         raise InputError(f"--alg {alg!r}: choose one of {', '.join(_AUTHENTICODE_ALGS)}")
