@@ -133,9 +133,11 @@ def _report(name: str, result: Any) -> None:
             out.print("explained by component:")
             for f in explained:
                 out.print(f"  {f.id}: {f.context['explanation']}", soft_wrap=True)
-        for f in result.findings:
-            for gap in f.context.get("uncovered", ()) if f.id == "refvals.uncovered" else ():
-                out.print(f"  uncovered: {gap['register']} {gap['bank']}: {gap['reason']}", soft_wrap=True)
+        gaps = [g for f in result.findings if f.id == "refvals.uncovered" for g in f.context.get("uncovered", ())]
+        if gaps:
+            out.print("not covered by reference values:")
+            for gap in gaps:
+                out.print(f"  {gap['register']} {gap['bank']}: {gap['reason']}", soft_wrap=True)
     else:
         out.print("no findings")
     vector = ", ".join(f"{k}={v}" for k, v in result.trustworthiness.items())
