@@ -84,19 +84,20 @@ id                                 severity  claim               when
                                                                  (register, bank, signed, allowed; with
                                                                  predicted events also ``explanation``,
                                                                  ``event_index``, ``seq``, ``component``,
-                                                                 ``event_type``, ``expected``, ``actual``
-                                                                 or ``extra_events`` / ``missing_events``,
+                                                                 ``event_type``, ``expected``, ``actual``,
+                                                                 ``predicted_bank``, or ``extra_events`` /
+                                                                 ``missing_events``,
                                                                  or ``inputs`` and ``components``; the
                                                                  message ends with the explanation)
 ``refvals.claim-mismatch``         error     configuration or    an evidence claim is not a reference
                                              executables         value (launch measurements: executables;
                                                                  a launch register such as ``mrtd`` or
                                                                  ``measurement`` is explained as above)
-``refvals.uncovered``              warning,  executables         a signed register holds a measurement and
-                                   or error  (sets no tier       no reference value covers it (context
-                                   with      as a warning)       ``registers``, ``uncovered``: register,
-                                   ``require_                    bank, reason); see
-                                   refvals``                     :mod:`tsmr.appraisal.coverage`
+``refvals.uncovered``              warning   executables         a signed register holds a measurement and
+                                   (error)   (as a warning it    no reference value covers it (context
+                                             sets no tier)       ``registers``, ``uncovered``: register,
+                                                                 bank, reason; :mod:`tsmr.appraisal.coverage`);
+                                                                 an error with ``require_refvals``
 ``refvals.event-missing``          error     executables         a required runtime event is absent
 ``appraiser.missing``              error     configuration       the reference values configure an
                                                                  appraiser that is not installed
@@ -456,6 +457,7 @@ def _status(findings: Sequence[Finding]) -> EarStatus:
     return STATUS_ORDER[worst] if worst < len(STATUS_ORDER) else EarStatus.CONTRAINDICATED
 
 
+UNCOVERED = "refvals.uncovered"
 # The claims that only reference values establish: with a register uncovered they are "no claim".
 _ESTABLISHED_BY_REFVALS = ("executables", "configuration")
 
@@ -474,9 +476,6 @@ def _vector(findings: Sequence[Finding], evaluated: bool, no_claim: bool = False
             continue  # it is why those claims are 0: it must not make them 32 instead
         vec[claim] = max(vec[claim], TIER[SEVERITY_STATUS.get(f.severity, "contraindicated")])
     return vec
-
-
-UNCOVERED = "refvals.uncovered"
 
 
 def _report_uncovered(run: _Run, gaps: Sequence[Uncovered], required: bool) -> None:
