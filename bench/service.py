@@ -6,8 +6,9 @@
 Every attestation is a full round: ``POST /challenge``, an emulated TDX quote over the
 returned nonce (made by the client), then ``POST /attest`` with a bundle carrying the quote,
 the firmware log (the go-tdx-guest CCEL fixture, replayed into the emulator's RTMR0-2 first
-so that it matches) and a runtime log of ``--events`` records on RTMR3.  Every result is
-affirming when all goes well; anything else is counted as an error.
+so that it matches) and a runtime log of ``--events`` records on RTMR3.  The verifier's
+reference values are learned from one such bundle first (without them no result could affirm).
+Every result is affirming when all goes well; anything else is counted as an error.
 
 Phase 1 measures throughput and latency.  Phase 2 runs the same load and, halfway through,
 SIGKILLs one uvicorn worker (uvicorn's supervisor starts a new one); afterwards every result
@@ -81,6 +82,25 @@ def write_collateral(trust_root: str) -> Path:
     from tsmr.backends.emulated_evidence.tdx import EmulatedTDXSigner, write_emulated_collateral
 
     return write_emulated_collateral(EmulatedTDXSigner(Path(trust_root).parent))
+
+
+def learned_refvals(guest: dict[str, Any]) -> dict[str, Any]:
+    """Reference values learned from one of the guest's bundles, as ``tsmr refvals learn`` makes them."""
+    from tsmr.appraisal import learn
+    from tsmr.system.trust import load_anchors
+
+    trust = load_anchors(trust_root=guest["trust_root"], collateral=str(write_collateral(guest["trust_root"])))
+    return learn(make_bundle_for(guest, bytes(32)), now=datetime.now(timezone.utc), trust=trust, id="bench").to_json()
+
+
+def store_refvals(database: str, refvals: dict[str, Any]) -> None:
+    from tsmr.service.db import Store
+
+    store = Store.open(database)
+    try:
+        store.put("refvals", "default", refvals)
+    finally:
+        store.close()
 
 
 def make_bundle_for(guest: dict[str, Any], nonce: bytes) -> dict[str, Any]:
@@ -238,7 +258,7 @@ def summary(run: dict[str, Any], seconds: float) -> dict[str, Any]:
 
 # -- the baseline -----------------------------------------------------------------------------------
 
-def baseline(guest: dict[str, Any], seconds: float) -> dict[str, Any]:
+def baseline(guest: dict[str, Any], seconds: float, refvals: dict[str, Any]) -> dict[str, Any]:
     from tsmr.appraisal import appraise
     from tsmr.system.trust import load_anchors
 
@@ -251,7 +271,8 @@ def baseline(guest: dict[str, Any], seconds: float) -> dict[str, Any]:
     while time.monotonic() < deadline:
         b = bundles[i % len(bundles)]
         t0 = time.perf_counter()
-        r = appraise(b, nonce=bytes.fromhex(b["nonce"]), now=datetime.now(timezone.utc), trust=trust)
+        r = appraise(b, nonce=bytes.fromhex(b["nonce"]), now=datetime.now(timezone.utc), trust=trust,
+                     reference_values=refvals)
         times.append(time.perf_counter() - t0)
         statuses.add(r.status)
         i += 1
@@ -293,7 +314,9 @@ def main() -> None:
             backend = "sqlite"
             notes.append(f"SQLite instead of PostgreSQL: {reason}")
         size = len(json.dumps({"bundle": make_bundle_for(guest, bytes(32))}))
-        base = baseline(guest, args.baseline_seconds)
+        refvals = learned_refvals(guest)
+        base = baseline(guest, args.baseline_seconds, refvals)
+        store_refvals(database, refvals)
 
         proc, url = start_service(work, database, guest["trust_root"], args.workers)
         try:

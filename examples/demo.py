@@ -1,6 +1,8 @@
 """The tsmr demo: a workload in an (emulated) TDX guest records what it does through the guest
 agent; a relying party challenges it, the agent produces evidence, the verifier appraises it and
 answers with a signed result; then one log record is tampered with and the verifier says so.
+The verifier affirms only what reference values cover, so the operator first learns them from a
+bundle of the known-good guest.
 
 Run by `make demo` with TSMR_STATE_DIR and TSMR_LOG_DIR pointing at fresh directories, on the
 built-in emulator of an Intel TDX guest.  Each step prints the command a user would type, then
@@ -121,6 +123,19 @@ def main() -> None:
             expected = hashlib.sha384(expected + hashlib.sha384(line.encode()).digest()).digest()
         assert expected == value, "RTMR3 does not equal the hashlib replay of the log"
         print("# checked: RTMR3 equals a hashlib replay of the three logged lines")
+
+        run("attest", "--agent", str(sock), "--verifier", url, expect=1,
+            say="an attestation now verifies and replays, but the verifier has no reference values: nothing says "
+                "what RTMR3 may hold, so the answer is a warning (refvals.uncovered), never affirming")
+        database = f"sqlite:///{work / 'verifier.db'}"
+        good = work / "known-good.json"
+        refvals = work / "refvals.json"
+        run("attest", "--agent", str(sock), "--nonce", "01" * 32, "-o", str(good),
+            say="the operator captures a bundle from this guest, known to be good")
+        run("refvals", "learn", str(good), "-o", str(refvals), "--trust-root", str(root), "--id", "demo-known-good",
+            say="... learns reference values from it: the signed registers, and the events that explain them")
+        run("refvals", "import", "default", str(refvals), "--database", database,
+            say="... and stores them as the verifier's reference values")
 
         run("challenge", "--verifier", url, say="the relying party asks the verifier for a single-use nonce")
         ear = work / "result.jwt"

@@ -34,7 +34,9 @@ def test_cca_token_with_runtime_log(state_dir: Path, tmp_path: Path) -> None:
     doc = make_bundle(nonce=NONCE, evidence=got.evidence, logs=[{"format": "tsmr", "register": "rem3", "data": data}])
 
     r = appraise(doc, nonce=NONCE, now=NOW, trust=trust)
-    assert r.status == "affirming" and r.kind == "cca" and r.finding_ids() == []
+    # verified and replayed, but nothing says what REM3 may hold: a warning naming it, never affirming
+    assert r.status == "warning" and r.kind == "cca" and r.finding_ids() == ["refvals.uncovered"]
+    assert r.findings[0].context["registers"] == ["rem3"] and r.trustworthiness["executables"] == 0
     assert [(x["register"], x["bank"], x["status"]) for x in r.registers if x["register"] == "rem3"] == [
         ("rem3", "sha256", "matched")]
     rv = learn(doc, now=NOW, trust=trust)

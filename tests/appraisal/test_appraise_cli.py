@@ -32,12 +32,13 @@ def test_appraise_and_learn(fixtures: Path, tmp_path: Path) -> None:
     app, runner = _app(), CliRunner()
     at = ["--at", "2025-06-01T00:00:00"]
 
-    # the quote has no collateral valid in 2025: unchecked CRLs and TCB status make it a warning, exit 1
+    # the quote has no collateral valid in 2025: unchecked CRLs and TCB status make it a warning, exit 1;
+    # and without reference values nothing covers MRTD and RTMR0-2
     r = runner.invoke(app, ["appraise", str(bundle), "--nonce", nonce.hex(), *at, "--json"])
     assert r.exit_code == 1, r.output
     out = json.loads(r.stdout)
     assert out["status"] == "warning" and out["kind"] == "tdx"
-    assert [f["id"] for f in out["findings"]] == ["evidence.collateral-missing"]
+    assert [f["id"] for f in out["findings"]] == ["evidence.collateral-missing", "refvals.uncovered"]
 
     refvals = tmp_path / "refvals.json"
     r = runner.invoke(app, ["refvals", "learn", str(bundle), "-o", str(refvals), *at, "--id", "golden"])

@@ -121,12 +121,18 @@ def _snp(sp: EmulatedSNPSigner, policy: int = DEFAULT_POLICY) -> dict[str, Any]:
     return make_bundle(nonce=NONCE, evidence={"kind": "snp", "data": report, "auxblob": sp.cert_table()})
 
 
+# The launch measurement of _snp's reports as a reference value: the platform findings are the only ones left.
+SNP_REFVALS = {"format": "tsmr-refvals", "version": 1, "id": "snp-launch", "claims": {"measurement": ["11" * 48]}}
+
+
 def test_snp_crl_missing_given_revoked(sp: EmulatedSNPSigner) -> None:
     doc = _snp(sp)
-    r = appraise(doc, nonce=NONCE, now=NOW, trust=TrustAnchors(snp_ark=sp.der("ark")))
+    rv = SNP_REFVALS
+    r = appraise(doc, nonce=NONCE, now=NOW, trust=TrustAnchors(snp_ark=sp.der("ark")), reference_values=rv)
     assert r.status == "warning" and r.finding_ids() == ["evidence.collateral-missing"]
     assert r.findings[0].context == {"kind": "snp", "not_checked": ["snp.crl"]} and r.trustworthiness["hardware"] == WARNING
-    r = appraise(doc, nonce=NONCE, now=NOW, trust=TrustAnchors(snp_ark=sp.der("ark"), snp_crl=snp_crl(sp.dir)))
+    r = appraise(doc, nonce=NONCE, now=NOW, trust=TrustAnchors(snp_ark=sp.der("ark"), snp_crl=snp_crl(sp.dir)),
+                 reference_values=rv)
     assert r.status == "affirming" and r.finding_ids() == []
     for name in ("vcek", "ask"):
         crl = snp_crl(sp.dir, revoked=[sp.certs[name].serial_number])
@@ -144,7 +150,7 @@ def test_snp_debug_guest(sp: EmulatedSNPSigner) -> None:
     trust = TrustAnchors(snp_ark=sp.der("ark"), snp_crl=snp_crl(sp.dir))
     r = appraise(doc, nonce=NONCE, now=NOW, trust=trust)
     assert r.finding_ids() == ["evidence.snp.policy.debug", "policy.deny"] and r.status == "contraindicated"
-    r = appraise(doc, nonce=NONCE, now=NOW, trust=trust, allow_debug=True)
+    r = appraise(doc, nonce=NONCE, now=NOW, trust=trust, allow_debug=True, reference_values=SNP_REFVALS)
     assert r.status == "warning" and r.finding_ids() == ["evidence.debug-allowed"]
     assert r.findings[0].context == {"kind": "snp", "check": "snp.policy.debug"}
 
@@ -162,10 +168,14 @@ def test_appraise_command_line(qe: EmulatedTDXSigner, sp: EmulatedSNPSigner, tmp
     r = run(str(bundle), "--trust-root", str(root), "--allow-debug")
     assert r.exit_code == 1 and [f["id"] for f in json.loads(r.stdout)["findings"]] == [
         "evidence.collateral-missing", "evidence.debug-allowed"]
-    snp_bundle, crl = tmp_path / "snp.json", tmp_path / "amd.crl"
+    snp_bundle, crl, refvals = tmp_path / "snp.json", tmp_path / "amd.crl", tmp_path / "refvals.json"
     snp_bundle.write_text(json.dumps(_snp(sp)))
     crl.write_bytes(snp_crl(sp.dir))
-    r = run(str(snp_bundle), "--ark", str(sp.ark_pem), "--crl", str(crl))
+    refvals.write_text(json.dumps(SNP_REFVALS))
+    r = run(str(snp_bundle), "--ark", str(sp.ark_pem), "--crl", str(crl), "--refvals", str(refvals))
     assert r.exit_code == 0 and json.loads(r.stdout)["status"] == "affirming", r.output
-    r = run(str(snp_bundle), "--ark", str(sp.ark_pem))
+    r = run(str(snp_bundle), "--ark", str(sp.ark_pem), "--refvals", str(refvals))
     assert r.exit_code == 1 and json.loads(r.stdout)["status"] == "warning"
+    # without reference values the launch measurement is uncovered: a warning even with the CRL
+    r = run(str(snp_bundle), "--ark", str(sp.ark_pem), "--crl", str(crl))
+    assert r.exit_code == 1 and [f["id"] for f in json.loads(r.stdout)["findings"]] == ["refvals.uncovered"]

@@ -51,7 +51,8 @@ def test_unlogged_extend_is_a_gap(emulated_tdx: EmulatedTDX) -> None:
     emulated_tdx.rs.extend("rtmr3", {HashAlg.SHA384: bytes(48)})  # behind the log's back
     emulated_tdx.append("example.com/app two")
     r = appraise(emulated_tdx.bundle(NONCE), nonce=NONCE, now=NOW, trust=emulated_tdx.trust)
-    assert r.finding_ids() == ["replay.gap"] and r.status == "warning"
+    # what the unlogged extension measured is unknown, so nothing covers RTMR3 either
+    assert r.finding_ids() == ["replay.gap", "refvals.uncovered"] and r.status == "warning"
     gap = r.findings[0]
     assert gap.severity == "warning" and gap.context["register"] == "rtmr3" and gap.context["bank"] == "sha384"
     assert r.trustworthiness["executables"] == 32
@@ -71,15 +72,18 @@ def test_allowlist_appraiser_denies_unlisted_events(emulated_tdx: EmulatedTDX) -
                "appraisers": {"allowlist": {"rules": [{"domain": "example.com/*", "operation": "deploy",
                                                        "content": "v[0-9]+"}]}}}
     r = appraise(doc, nonce=NONCE, now=NOW, trust=emulated_tdx.trust, reference_values=refvals)
-    assert r.finding_ids() == ["appraiser.allowlist.deny", "policy.deny"]
+    # the rules judge example.com/* only: the other.org event is judged by nothing, so RTMR3 is not covered
+    assert r.finding_ids() == ["appraiser.allowlist.deny", "policy.deny", "refvals.uncovered"]
     f = r.findings[0]
     assert f.context["operation"] == "debug" and f.context["seq"] == 3 and f.context["rule"] is None
+    assert "record 4 of its log (other.org/x anything)" in r.findings[2].context["uncovered"][0]["reason"]
     assert r.trustworthiness["executables"] == 96
     # an explicit deny rule, and default allow for the rest of the domain
     refvals["appraisers"]["allowlist"] = {"rules": [{"domain": "other.org/*", "action": "deny"}], "default": "allow",
                                           "domains": ["example.com/*"]}
     r = appraise(doc, nonce=NONCE, now=NOW, trust=emulated_tdx.trust, reference_values=refvals)
     assert [f.context["domain"] for f in r.findings if f.id == "appraiser.allowlist.deny"] == ["other.org/x"]
+    assert "refvals.uncovered" not in r.finding_ids()  # every event is judged now
     refvals["appraisers"]["allowlist"] = {"rules": [{"domain": "x", "content": "("}]}
     with pytest.raises(InputError, match="allowlist"):
         appraise(doc, nonce=NONCE, now=NOW, trust=emulated_tdx.trust, reference_values=refvals)
@@ -173,6 +177,7 @@ def test_real_aael_v1_quote_with_allowlist(fixtures: Path) -> None:
     body = tdx.parse_quote(quote).body
     pinned = {f"rtmr{i}": {"sha384": [getattr(body, f"rtmr{i}").hex()]} for i in range(3)}
     refvals = {"format": "tsmr-refvals", "version": 1, "id": "aael", "registers": pinned,
+               "claims": {"mrtd": [body.mrtd.hex()]},
                "appraisers": {"allowlist": {"rules": [{"domain": "image-rs", "operation": "CreateContainer",
                                                        "content": "docker.io/library/busybox(:.*)?"}]}}}
     r = appraise(doc, nonce=nonce, now=WHEN, reference_values=refvals)
@@ -205,7 +210,10 @@ deny contains "nginx" if {
     startswith(e.json.image, "docker.io/library/nginx")
 }
 """
-    r = appraise(doc, nonce=NONCE, now=NOW, trust=emulated_tdx.trust, policy=policy)
+    # reference values that judge every event (the policy is what is under test)
+    covering = {"format": "tsmr-refvals", "version": 1, "id": "any",
+                "appraisers": {"allowlist": {"rules": [{"domain": "*"}]}}}
+    r = appraise(doc, nonce=NONCE, now=NOW, trust=emulated_tdx.trust, policy=policy, reference_values=covering)
     assert sorted(f.message for f in r.findings) == ["debugging: on", "nginx", "record 2 deploys alpine"]
     assert {f.id for f in r.findings} == {"policy.deny"}
     text = json.dumps(r.to_dict())  # the whole result is plain JSON

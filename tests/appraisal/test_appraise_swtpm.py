@@ -45,7 +45,9 @@ def test_tpm_quote_with_runtime_log(tmp_path: Path) -> None:
     trust = enrolled(got.evidence)
 
     r = appraise(doc, nonce=NONCE, now=NOW, trust=trust)
-    assert r.status == "affirming" and r.finding_ids() == [] and r.kind == "tpm"
+    # verified and replayed, but nothing says what PCR 16 may hold (PCR 0 and 7 of this swtpm are still zero)
+    assert r.status == "warning" and r.finding_ids() == ["refvals.uncovered"] and r.kind == "tpm"
+    assert r.findings[0].context["registers"] == ["pcr16"]
     pcr16 = [x for x in r.registers if x["register"] == "pcr16"]
     assert len(pcr16) == 4 and {x["status"] for x in pcr16} == {"matched"}  # four banks
     assert [e["operation"] for e in r.events["example.com/app"]] == ["start", "ready"]
@@ -94,10 +96,14 @@ def test_firmware_log_anomaly_and_the_quirk_that_accepts_it(tmp_path: Path) -> N
     trust = enrolled(got.evidence)
 
     r = appraise(doc, nonce=NONCE, now=NOW, trust=trust)
-    assert r.finding_ids() == ["log.duplicate-separator"] and r.status == "warning" and r.quirks == ()
+    # a firmware log judges nothing by itself: PCR 7 is uncovered too
+    assert r.finding_ids() == ["log.duplicate-separator", "refvals.uncovered"] and r.status == "warning"
+    assert r.quirks == ()
     assert r.findings[0].context == {"register": "pcr7"}
     assert [(x["register"], x["bank"], x["status"]) for x in r.registers if x["status"] != "signed-only"] == [
         ("pcr7", "sha256", "matched")]
-    accepted = {"format": "tsmr-refvals", "version": 1, "id": "q", "quirks": ["duplicate-separators"]}
+    pcr7 = next(x["signed"] for x in r.registers if (x["register"], x["bank"]) == ("pcr7", "sha256"))
+    accepted = {"format": "tsmr-refvals", "version": 1, "id": "q", "quirks": ["duplicate-separators"],
+                "registers": {"pcr7": {"sha256": [pcr7]}}}
     r = appraise(doc, nonce=NONCE, now=NOW, reference_values=accepted, trust=trust)
     assert r.finding_ids() == [] and r.quirks == ("duplicate-separators",) and r.status == "affirming"

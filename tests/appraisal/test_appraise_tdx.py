@@ -16,11 +16,22 @@ from .conftest import WHEN, tdx_bundle
 AFFIRMING, WARNING, CONTRA = 2, 32, 96
 # The go-tdx-guest quote has no collateral valid in 2025: CRLs and TCB status are never checked here.
 NO_COLLATERAL = "evidence.collateral-missing"
+UNCOVERED = "refvals.uncovered"
+
+
+def covering(fixtures: Path) -> ReferenceValues:
+    """Reference values learned from the clean bundle: they cover every register, so only the step under test speaks."""
+    return learn(tdx_bundle(fixtures)[0], now=WHEN)
 
 
 def test_clean_bundle_is_affirming(fixtures: Path) -> None:
     doc, nonce = tdx_bundle(fixtures)
-    r = appraise(doc, nonce=nonce, now=WHEN)
+    # without reference values nothing says what MRTD and RTMR0-2 may hold: executables and configuration are "no claim"
+    bare = appraise(doc, nonce=nonce, now=WHEN)
+    assert bare.status == "warning" and bare.finding_ids() == [NO_COLLATERAL, UNCOVERED]
+    assert bare.trustworthiness["executables"] == 0 and bare.trustworthiness["configuration"] == 0
+    rv = covering(fixtures)
+    r = appraise(doc, nonce=nonce, now=WHEN, reference_values=rv)
     assert r.status == "warning" and not r.ok and r.finding_ids() == [NO_COLLATERAL]  # all else is clean
     assert r.findings[0].claim == "hardware" and r.findings[0].context["not_checked"][:2] == ["tdx.crl", "tdx.tcb_status"]
     others = {claim: value for claim, value in r.trustworthiness.items() if claim != "hardware"}
@@ -29,7 +40,7 @@ def test_clean_bundle_is_affirming(fixtures: Path) -> None:
     assert {(x["register"], x["status"]) for x in r.registers} == {
         ("mrtd", "signed-only"), ("rtmr0", "matched"), ("rtmr1", "matched"), ("rtmr2", "matched"), ("rtmr3", "signed-only")}
     assert r.kind == "tdx" and r.nonce == nonce.hex() and r.claims["mrtd"] == r.registers[0]["signed"]
-    assert r.policy_id == "tsmr-default" and r.refvals_id is None
+    assert r.policy_id == "tsmr-default" and r.refvals_id == rv.id and bare.refvals_id is None
     d = r.to_dict()
     assert d["status"] == "warning" and [f["id"] for f in d["findings"]] == [NO_COLLATERAL] and d["claims"]["rtmr0"]
 
@@ -58,7 +69,7 @@ def test_evidence_bound_to_another_nonce(fixtures: Path) -> None:
 
 def test_nonce_mismatch(fixtures: Path) -> None:
     doc, nonce = tdx_bundle(fixtures)
-    r = appraise(doc, nonce=b"\x07" * 32, now=WHEN)
+    r = appraise(doc, nonce=b"\x07" * 32, now=WHEN, reference_values=covering(fixtures))
     assert r.finding_ids() == ["freshness.nonce-mismatch", "policy.deny", NO_COLLATERAL] and r.status == "contraindicated"
     assert r.findings[0].context == {"expected": "07" * 32, "bundle": nonce.hex()}
     assert r.trustworthiness["instance-identity"] == CONTRA and r.trustworthiness["executables"] == AFFIRMING
@@ -66,23 +77,25 @@ def test_nonce_mismatch(fixtures: Path) -> None:
 
 def test_stale_nonce(fixtures: Path) -> None:
     doc, nonce = tdx_bundle(fixtures)
-    r = appraise(doc, nonce=nonce, now=WHEN, nonce_expires_at=WHEN - timedelta(seconds=1))
+    rv = covering(fixtures)
+    r = appraise(doc, nonce=nonce, now=WHEN, nonce_expires_at=WHEN - timedelta(seconds=1), reference_values=rv)
     assert r.finding_ids() == ["freshness.nonce-expired", "policy.deny", NO_COLLATERAL] and r.status == "contraindicated"
     # a naive expiry (as SQLite returns it) is UTC
-    fresh = appraise(doc, nonce=nonce, now=WHEN, nonce_expires_at=(WHEN + timedelta(minutes=5)).replace(tzinfo=None))
+    fresh = appraise(doc, nonce=nonce, now=WHEN, nonce_expires_at=(WHEN + timedelta(minutes=5)).replace(tzinfo=None),
+                     reference_values=rv)
     assert fresh.finding_ids() == [NO_COLLATERAL]
 
 
 def test_reused_nonce(fixtures: Path) -> None:
     doc, nonce = tdx_bundle(fixtures)
-    r = appraise(doc, nonce=nonce, now=WHEN, nonce_used=True)
+    r = appraise(doc, nonce=nonce, now=WHEN, nonce_used=True, reference_values=covering(fixtures))
     assert r.finding_ids() == ["freshness.nonce-reused", "policy.deny", NO_COLLATERAL]
     assert r.trustworthiness["instance-identity"] == CONTRA
 
 
 def test_no_nonce_is_a_warning(fixtures: Path) -> None:
     doc, _ = tdx_bundle(fixtures)
-    r = appraise(doc, now=WHEN)
+    r = appraise(doc, now=WHEN, reference_values=covering(fixtures))
     assert r.status == "warning" and r.finding_ids() == [NO_COLLATERAL, "freshness.not-checked"]
     assert r.trustworthiness["instance-identity"] == WARNING and r.trustworthiness["executables"] == AFFIRMING
 
@@ -94,7 +107,7 @@ def test_replay_mismatch(fixtures: Path) -> None:
     last = parse(bytes(ccel)).events[-1]
     ccel[last.offset + 12 + 2] ^= 1  # a byte of the last event's SHA-384 digest
     doc, nonce = tdx_bundle(fixtures, ccel=bytes(ccel))
-    r = appraise(doc, nonce=nonce, now=WHEN)
+    r = appraise(doc, nonce=nonce, now=WHEN, reference_values=covering(fixtures))
     assert r.finding_ids() == ["replay.mismatch", "policy.deny", NO_COLLATERAL] and r.status == "contraindicated"
     ctx = r.findings[0].context
     assert ctx["register"] == last.register and ctx["bank"] == "sha384"
@@ -180,15 +193,17 @@ allow := false if input.claims.mrtd == "{mrtd}"
 deny contains {{"id": "kind", "msg": sprintf("no %s today", [input.kind])}} if input.kind == "tdx"
 deny contains "rtmr0 is signed" if input.registers.rtmr0.sha384
 """
-    r = appraise(doc, nonce=nonce, now=WHEN, policy=policy, policy_id="p@1")
+    rv = covering(fixtures)
+    r = appraise(doc, nonce=nonce, now=WHEN, policy=policy, policy_id="p@1", reference_values=rv)
     assert r.finding_ids() == ["policy.deny"] * 3 + [NO_COLLATERAL] and r.status == "contraindicated" and r.policy_id == "p@1"
     msgs = {f.context["rule"]: f.message for f in r.findings if f.id == "policy.deny"}
     assert msgs == {"allow": "the policy does not allow this evidence", "kind": "no tdx today", "deny": "rtmr0 is signed"}
     assert r.trustworthiness["configuration"] == CONTRA
     # an undefined decision is no decision; the default policy denies only on errors
-    assert appraise(doc, nonce=nonce, now=WHEN, policy="package tsmr\nx := 1\n").finding_ids() == [NO_COLLATERAL]
-    assert appraise(doc, nonce=nonce, now=WHEN, policy=DEFAULT_POLICY).finding_ids() == [NO_COLLATERAL]
-    warn = appraise(doc, nonce=nonce, now=WHEN,
+    assert appraise(doc, nonce=nonce, now=WHEN, policy="package tsmr\nx := 1\n",
+                    reference_values=rv).finding_ids() == [NO_COLLATERAL]
+    assert appraise(doc, nonce=nonce, now=WHEN, policy=DEFAULT_POLICY, reference_values=rv).finding_ids() == [NO_COLLATERAL]
+    warn = appraise(doc, nonce=nonce, now=WHEN, reference_values=rv,
                     policy='package tsmr\nimport rego.v1\ndeny contains {"id": "w", "msg": "hm", "severity": "warning"} if true\n')
     assert warn.status == "warning" and warn.findings[0].severity == "warning"
 
@@ -196,5 +211,9 @@ deny contains "rtmr0 is signed" if input.registers.rtmr0.sha384
 def test_default_policy_sees_findings(fixtures: Path) -> None:
     doc, _ = tdx_bundle(fixtures)
     policy = 'package tsmr\nimport rego.v1\ndeny contains "no freshness" if "freshness.not-checked" in input.findings\n'
-    r = appraise(doc, now=WHEN, policy=policy)
+    r = appraise(doc, now=WHEN, policy=policy, reference_values=covering(fixtures))
     assert r.finding_ids() == ["policy.deny", NO_COLLATERAL, "freshness.not-checked"]  # worst first
+    # registers no reference value covers are a finding the policy sees too
+    strict = 'package tsmr\nimport rego.v1\ndeny contains "uncovered" if "refvals.uncovered" in input.warnings\n'
+    r = appraise(doc, now=WHEN, policy=strict)
+    assert r.finding_ids() == ["policy.deny", NO_COLLATERAL, "freshness.not-checked", UNCOVERED]

@@ -54,12 +54,14 @@ def test_example_policy_on_emulated_snp_reports(tmp_path: Path) -> None:
     nonce = bytes(range(32))
     rego = (EXAMPLES / "policy.rego").read_text()
     statuses = {}
+    # the launch measurement the reports carry, as reference values: the policy's verdict is what is under test
+    launch = {"format": "tsmr-refvals", "version": 1, "id": "launch", "claims": {"measurement": ["11" * 48]}}
     for name, policy, allow_debug in (("plain", DEFAULT_POLICY, False), ("debug", DEFAULT_POLICY | 1 << 19, False),
                                       ("debug allowed", DEFAULT_POLICY | 1 << 19, True)):
         report = signer.report(report_data=nonce.ljust(64, b"\0"), measurement=b"\x11" * 48, policy=policy)
         doc = make_bundle(nonce=nonce, evidence={"kind": "snp", "data": report, "auxblob": signer.cert_table()})
         result = appraise(doc, policy=rego, nonce=nonce, now=datetime.now(timezone.utc), trust=trust,
-                          allow_debug=allow_debug)
+                          allow_debug=allow_debug, reference_values=launch)
         statuses[name] = (result.status, sorted(f.context.get("rule", "") for f in result.findings if f.id == "policy.deny"),
                           sorted(f.id for f in result.findings if f.id != "policy.deny"))
     # The verifier refuses a debug guest by itself; allowed there, the example policy still refuses it.

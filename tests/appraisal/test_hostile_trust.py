@@ -203,7 +203,10 @@ def test_cut_front_of_a_runtime_log_is_history_missing(emulated_tdx: EmulatedTDX
 def test_a_log_anchored_at_zero_still_affirms(emulated_tdx: EmulatedTDX) -> None:
     emulated_tdx.append("example.com/app deploy busybox")
     doc = emulated_tdx.bundle(NONCE)
-    r = appraise(doc, nonce=NONCE, now=NOW, trust=emulated_tdx.trust, reference_values=None)
+    # reference values that name the one event: with the log replaying from zero, they cover RTMR3
+    rv = {"format": "tsmr-refvals", "version": 1, "id": "deploy",
+          "events": [{"domain": "example.com/app", "operation": "deploy", "content": "busybox"}]}
+    r = appraise(doc, nonce=NONCE, now=NOW, trust=emulated_tdx.trust, reference_values=rv)
     assert r.status == "affirming" and r.finding_ids() == []
     assert [e["operation"] for e in r.events["example.com/app"]] == ["deploy"] and r.unproven == ()
 

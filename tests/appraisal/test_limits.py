@@ -34,6 +34,11 @@ def _appraise(emu: EmulatedTDX, doc: dict[str, Any], **kw: Any) -> Any:
     return appraise(doc, nonce=bytes.fromhex(doc["nonce"]), now=NOW, trust=emu.trust, **kw)
 
 
+# Reference values under which every example.com/app record is judged (allowed): they cover the runtime log.
+COVERING = {"format": "tsmr-refvals", "version": 1, "id": "app",
+            "appraisers": {"allowlist": {"rules": [{"domain": "example.com/app"}]}}}
+
+
 def test_runtime_log_over_max_log_records_is_refused_before_the_evidence_is_looked_at(
         emulated_tdx: EmulatedTDX) -> None:
     emulated_tdx.append(*_records(60))
@@ -47,7 +52,7 @@ def test_runtime_log_over_max_log_records_is_refused_before_the_evidence_is_look
     broken = dict(doc, evidence=dict(doc["evidence"], data=base64.b64encode(b"not a quote").decode()))
     with pytest.raises(LimitExceeded):
         _appraise(emulated_tdx, broken, limits=Limits(max_log_records=50))
-    assert _appraise(emulated_tdx, doc, limits=Limits(max_log_records=61)).status == "affirming"
+    assert _appraise(emulated_tdx, doc, limits=Limits(max_log_records=61), reference_values=COVERING).status == "affirming"
 
 
 def test_the_default_limits_refuse_a_runtime_log_of_40000_lines(emulated_tdx: EmulatedTDX) -> None:
@@ -133,7 +138,8 @@ def test_time_budget_and_cancellation(emulated_tdx: EmulatedTDX) -> None:
     assert "time budget of 1e-09 s" in str(err.value) and "--time-budget" in str(err.value)
     with pytest.raises(AppraisalCancelled):
         _appraise(emulated_tdx, doc, cancelled=lambda: True)
-    assert _appraise(emulated_tdx, doc, limits=Limits(time_budget=0), cancelled=lambda: False).status == "affirming"
+    assert _appraise(emulated_tdx, doc, limits=Limits(time_budget=0), cancelled=lambda: False,
+                     reference_values=COVERING).status == "affirming"
 
 
 def _ima_ng(n: int) -> bytes:

@@ -71,6 +71,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     must("log", "append", "rtmr3", "example.com/app start", "-b", "emulated:tdx")
     must("attest", "--nonce", NONCE, "-o", str(d / "bundle.json"), "-b", "emulated:tdx")
     doc = json.loads((d / "bundle.json").read_text())
+    # Reference values learned from it: without them no appraisal of a register that holds something affirms.
+    must("refvals", "learn", str(d / "bundle.json"), "-o", str(d / "refvals.json"), *trust)
+    p["refvals"] = str(d / "refvals.json")
     quote = base64.b64decode(doc["evidence"]["data"])
     for name, q in (("", quote), ("-trunc", quote[:200]), ("-tamper", _flip(quote, 48 + 200))):
         (d / f"quote{name}.dat").write_bytes(q)
@@ -98,6 +101,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     server = Server(d / "verifier", database=f"sqlite:///{d / 'verifier.db'}", trust_root=Path(init["trust_anchor"]))
     with server:
         p["url"] = server.url
+        server.cover(json.loads((d / "refvals.json").read_text()))
         attested = json.loads(must("attest", "--verifier", server.url, "-b", "emulated:tdx", "--ear",
                                    str(d / "result.jwt"), "--json").stdout)
         p["used_nonce"] = attested["nonce"]
@@ -127,7 +131,8 @@ TABLE = [
     ("verify", "tampered", ["verify", "{bundle_tamper}", "--nonce", "{nonce}", *T], NO),
     ("verify", "other nonce", ["verify", "{bundle}", "--nonce", "00" * 32, *T], NO),
     ("verify", "missing", ["verify", "{missing}", *T], BAD),
-    ("appraise", "good", ["appraise", "{bundle}", "--nonce", "{nonce}", *T], GOOD),
+    ("appraise", "good", ["appraise", "{bundle}", "--nonce", "{nonce}", "--refvals", "{refvals}", *T], GOOD),
+    ("appraise", "no refvals", ["appraise", "{bundle}", "--nonce", "{nonce}", *T], NO),  # a warning: RTMR3 uncovered
     ("appraise", "truncated", ["appraise", "{bundle_trunc}", "--nonce", "{nonce}", *T], BAD),
     ("appraise", "tampered", ["appraise", "{bundle_tamper}", "--nonce", "{nonce}", *T], NO),
     ("appraise", "missing", ["appraise", "{missing}", *T], BAD),

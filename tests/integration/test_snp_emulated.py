@@ -324,29 +324,34 @@ def test_cli_quote_get_verify_attest_verify_appraise(configfs: Path, state: Path
     assert json.loads(r.stdout)["verified"] is True and json.loads(r.stdout)["kind"] == "snp"
     r = _run(env, "verify", str(bundle), "--ark", str(other_ark_pem), "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["check"] == "snp.chain.ark"
-    # AMD's CRL (here the emulator ARK's): without one, revocation is unchecked and the result a warning
-    crl = tmp_path / "amd.crl"
-    crl.write_bytes(snp_crl(state / "emulator" / "snp" / "sp"))
-    r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--nonce", nonce, "--json")
-    assert r.returncode == 1 and json.loads(r.stdout)["status"] == "warning"
-    assert [f["id"] for f in json.loads(r.stdout)["findings"]] == ["evidence.collateral-missing"]
-    r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--crl", str(crl), "--nonce", nonce, "--json")
-    assert r.returncode == 0, r.stdout + r.stderr
-    appraisal = json.loads(r.stdout)
-    assert appraisal["status"] == "affirming" and appraisal["kind"] == "snp" and appraisal["findings"] == []
-    r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--nonce", "00", "--json")
-    assert r.returncode == 1 and json.loads(r.stdout)["status"] != "affirming"
-
-    # the launch measurement is a signed register: in the table, and in learned reference values
-    rows = {(x["register"], x["bank"]): x for x in appraisal["registers"]}
-    assert rows[("measurement", "sha384")]["status"] == "signed-only", appraisal["registers"]
+    # reference values learned from this bundle: the launch measurement, which nothing else vouches for
     refvals = tmp_path / "refvals.json"
     r = _run(env, "refvals", "learn", str(bundle), "--ark", str(ark_pem), "-o", str(refvals))
     assert r.returncode == 0, r.stdout + r.stderr
     assert SNP_EMULATED_MEASUREMENT.hex() in refvals.read_text()
-    r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--crl", str(crl), "--nonce", nonce, "--refvals",
-             str(refvals), "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "affirming", r.stdout
+    # AMD's CRL (here the emulator ARK's): without one, revocation is unchecked and the result a warning
+    crl = tmp_path / "amd.crl"
+    crl.write_bytes(snp_crl(state / "emulator" / "snp" / "sp"))
+    with_rv = ["--refvals", str(refvals)]
+    r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--nonce", nonce, *with_rv, "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["status"] == "warning"
+    assert [f["id"] for f in json.loads(r.stdout)["findings"]] == ["evidence.collateral-missing"]
+    r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--crl", str(crl), "--nonce", nonce, *with_rv, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    appraisal = json.loads(r.stdout)
+    assert appraisal["status"] == "affirming" and appraisal["kind"] == "snp" and appraisal["findings"] == []
+    r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--nonce", "00", *with_rv, "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["status"] != "affirming"
+    # without reference values nothing says what the launch measurement may hold: a warning naming it
+    r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--crl", str(crl), "--nonce", nonce, "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["status"] == "warning"
+    [uncovered] = json.loads(r.stdout)["findings"]
+    assert uncovered["id"] == "refvals.uncovered" and uncovered["context"]["registers"] == ["measurement"]
+
+    # the launch measurement is a signed register: in the table, and in learned reference values
+    rows = {(x["register"], x["bank"]): x for x in appraisal["registers"]}
+    assert rows[("measurement", "sha384")]["status"] == "signed-only", appraisal["registers"]
+    assert rows[("measurement", "sha384")]["reference"] == "matched"
     refvals.write_text(refvals.read_text().replace(SNP_EMULATED_MEASUREMENT.hex(), "ee" * 48))
     r = _run(env, "appraise", str(bundle), "--ark", str(ark_pem), "--nonce", nonce, "--refvals", str(refvals), "--json")
     assert r.returncode == 1

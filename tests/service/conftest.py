@@ -18,6 +18,10 @@ from .pg import PostgresCluster, available
 
 SERVE = str(Path(__file__).with_name("serve_main.py"))
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+# Reference values under which every example.com/* event of the Emulator's RTMR3 log is judged (the allowlist
+# allows them): they cover RTMR3, the one register its quotes give a value, so a clean bundle can affirm.
+COVERING = {"format": "tsmr-refvals", "version": 1, "id": "example-apps",
+            "appraisers": {"allowlist": {"rules": [{"domain": "example.com/*"}]}}}
 
 
 @pytest.fixture(scope="session")
@@ -171,6 +175,12 @@ class Server:
 
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kw)
+
+    def cover(self, document: dict[str, Any] | None = None) -> None:
+        """Store reference values (default :data:`COVERING`) as the verifier's "default", with the admin token."""
+        with self.client() as c:
+            r = c.put("/refvals/default", json={"document": document or COVERING}, headers=admin_headers())
+            assert r.status_code == 201, r.text
 
     def __enter__(self) -> "Server":
         return self.start()

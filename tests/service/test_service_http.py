@@ -17,7 +17,7 @@ import pytest
 from tsmr.appraisal import ear
 from tsmr.errors import SignatureError
 
-from .conftest import ADMIN_TOKEN, Emulator, Server, admin_headers
+from .conftest import ADMIN_TOKEN, COVERING, Emulator, Server, admin_headers
 
 ALLOW_ALL = "package tsmr\n\nimport rego.v1\n\ndefault allow := true\n"
 DENY_ALL = ('package tsmr\n\nimport rego.v1\n\ndefault allow := false\n\n'
@@ -55,6 +55,7 @@ def _attest(c: httpx.Client, emu: Emulator, **extra: Any) -> httpx.Response:
 
 def test_challenge_attest_and_a_signed_ear(db_url: str, make_server: Callable[..., Server], emulator: Emulator) -> None:
     srv = make_server(database=db_url, trust_root=emulator.trust_root)
+    srv.cover()  # reference values that judge the log's events: without them the result could only warn
     with srv.client() as c:
         r = c.post("/challenge")
         assert r.status_code == 201
@@ -285,7 +286,8 @@ def test_policy_and_refvals_versions(db_url: str, make_server: Callable[..., Ser
     h = admin_headers()
     with srv.client(headers=h) as c:
         for kind, body1, body2, field in (("policies", {"rego": ALLOW_ALL}, {"rego": DENY_ALL}, "rego"),
-                                          ("refvals", {"document": refvals("one")}, {"document": refvals("two")},
+                                          ("refvals", {"document": refvals("one", appraisers=COVERING["appraisers"])},
+                                           {"document": refvals("two")},
                                            "document")):
             assert c.get(f"/{kind}/x").status_code == 404
             r1 = c.put(f"/{kind}/x", json=body1)
@@ -315,7 +317,7 @@ def test_policy_and_refvals_versions(db_url: str, make_server: Callable[..., Ser
         r = c.post("/attest", json={"bundle": bundle})
         assert r.status_code == 201, r.text
         # a named policy and reference values take part, and the result names their versions
-        r = _attest(c, emulator, policy="x", refvals="x")  # policy x@3 allows all; refvals x@3 ask nothing
+        r = _attest(c, emulator, policy="x", refvals="x")  # policy x@3 allows all; refvals x@3 allow every event
         assert r.status_code == 201 and r.json()["status"] == "affirming", r.text
         assert (r.json()["result"]["policy_id"], r.json()["result"]["refvals_id"]) == ("x@3", "x@3")
         claims = ear.verify(r.json()["ear"], c.get("/.well-known/jwks.json").json())
@@ -342,6 +344,7 @@ def test_tsmr_attest_against_the_verifier(tmp_path: Path, make_server: Callable[
 
     tsmr = os.path.join(os.path.dirname(sys.executable), "tsmr")
     srv = make_server(database=f"sqlite:///{tmp_path / 'v.db'}", trust_root=emulator.trust_root)
+    srv.cover()
     out = tmp_path / "ear.jwt"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TSMR_")}
     r = subprocess.run([tsmr, "attest", "--verifier", srv.url, "--backend", "emulated:tdx", "--state-dir",
@@ -383,6 +386,7 @@ def test_signing_key_rotation_keeps_earlier_results_verifiable(make_server: Call
     srv = make_server(name="one", database=db, trust_root=emulator.trust_root, key=old_key,
                       extra=["--publish-key", str(new_key)])
     assert [k["kid"] for k in httpx.get(srv.url + "/.well-known/jwks.json").json()["keys"]] == [old_kid, new_kid]
+    srv.cover()  # stored in the database both verifiers share
     nonce1, ear1 = attest(srv, "first")
     srv.stop()
     # 2. the new key signs; the old one stays published

@@ -20,7 +20,10 @@ programming error).  The steps, in order:
    signed registers; named quirks from the reference values may explain
    firmware oddities, and the ones applied are listed in ``Result.quirks``.
 5. **Reference values** (:mod:`tsmr.appraisal.refvals`): signed registers,
-   evidence claims and required runtime events.
+   evidence claims and required runtime events; a mismatch is explained by
+   component when they carry predicted events (:mod:`tsmr.appraisal.mismatch`),
+   and every signed register that holds a measurement must be covered by
+   them (:mod:`tsmr.appraisal.coverage`).
 6. **Appraisers** (:mod:`tsmr.appraisal.appraisers`): per-domain plugins judge
    the runtime-log events of their domains.
 7. **Policy** (:mod:`tsmr.appraisal.policy`): a Rego policy sees the facts and
@@ -78,8 +81,23 @@ id                                 severity  claim               when
                                                                  and neither a log nor a reference value
                                                                  accounts for it
 ``refvals.register-mismatch``      error     executables         a signed register is not a reference value
+                                                                 (register, bank, signed, allowed; with
+                                                                 predicted events also ``explanation``,
+                                                                 ``event_index``, ``seq``, ``component``,
+                                                                 ``event_type``, ``expected``, ``actual``,
+                                                                 ``predicted_bank``, or ``extra_events`` /
+                                                                 ``missing_events``,
+                                                                 or ``inputs`` and ``components``; the
+                                                                 message ends with the explanation)
 ``refvals.claim-mismatch``         error     configuration or    an evidence claim is not a reference
-                                             executables         value (launch measurements: executables)
+                                             executables         value (launch measurements: executables;
+                                                                 a launch register such as ``mrtd`` or
+                                                                 ``measurement`` is explained as above)
+``refvals.uncovered``              warning   executables         a signed register holds a measurement and
+                                   (error)   (as a warning it    no reference value covers it (context
+                                             sets no tier)       ``registers``, ``uncovered``: register,
+                                                                 bank, reason; :mod:`tsmr.appraisal.coverage`);
+                                                                 an error with ``require_refvals``
 ``refvals.event-missing``          error     executables         a required runtime event is absent
 ``appraiser.missing``              error     configuration       the reference values configure an
                                                                  appraiser that is not installed
@@ -110,6 +128,13 @@ Each AR4SI claim (``TRUST_CLAIMS``) takes the tier value of the worst finding
 that names it: 2 (affirming) for info or none, 32 (warning), 96
 (contraindicated).  When the evidence could not be verified nothing else was
 appraised, so the claims no finding names are 0 ("no claim") instead of 2.
+When a signed register is uncovered (``refvals.uncovered``), nothing
+established what was run or how it was configured: ``executables`` and
+``configuration`` start at 0 instead of 2 and only warnings and errors raise
+them (``refvals.uncovered`` itself as an error, with ``require_refvals``, makes
+``executables`` 96; as a warning it is the reason for the 0 and sets no tier).
+So an appraisal without reference values is at best ``warning``, never
+``affirming``.
 The claims findings name: evidence signatures, certificate chains, collateral
 and TCB status affect ``hardware``; the nonce binding and freshness
 ``instance-identity``; replay, log anomalies, register reference values,
@@ -129,11 +154,13 @@ from ..algorithms import HashAlg
 from ..errors import EvidenceError, InputError, ParseError
 from ..events import Event
 from ..evidence.anchors import TrustAnchorMissing, TrustAnchors
-from ..evidence.bundle import FORMAT, check_document, log_events, replay_logs, verify_evidence
+from ..evidence.bundle import FORMAT, LogReplay, check_document, log_events, replay_logs, verify_evidence
 from ..evidence.limits import Budget, LimitExceeded, Limits
 from ..quirks import findings as quirk_findings
 from .appraisers import covers, load_appraisers
+from .coverage import Uncovered, uncovered
 from .facts import claims_json, content_json, group_by_domain, runtime_events, signed_json
+from .mismatch import explain as explain_mismatch
 from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result, Severity
 from .platform import platform_findings
 from .policy import DEFAULT_POLICY, compile_policy, evaluate
@@ -199,6 +226,7 @@ def appraise(
     allow_debug: bool = False,
     limits: Limits | None = None,
     cancelled: Callable[[], bool] | None = None,
+    require_refvals: bool = False,
 ) -> Result:
     """Appraise an evidence bundle (see the module docstring for the steps and findings).
 
@@ -224,6 +252,11 @@ def appraise(
     :class:`~tsmr.evidence.limits.TimeBudgetExceeded`; ``cancelled`` is asked
     at the same points and stops the appraisal with
     :class:`~tsmr.evidence.limits.AppraisalCancelled` when it returns true.
+
+    A signed register that holds a measurement and that no reference value
+    covers (:mod:`tsmr.appraisal.coverage`) is a ``refvals.uncovered``
+    warning, so the result is at best ``warning``; ``require_refvals`` makes
+    it an error (``contraindicated``).
     """
     budget = Budget(limits, cancelled=cancelled)
     budget.check_document(bundle)  # counted before anything is verified or parsed
@@ -296,6 +329,7 @@ def appraise(
                 "instance-identity", expires_at=_aware(nonce_expires_at).isoformat(), now=now.isoformat())
 
     rows: list[dict[str, Any]] = []
+    no_claim = False  # some register holds what nothing established: executables and configuration are 0
     events_json: list[dict[str, Any]] = []
     unproven_json: list[dict[str, Any]] = []
     claims: dict[str, Any] = {}
@@ -360,9 +394,13 @@ def appraise(
         unproven_json = [dict(e, reason=reason) for reason, evs in by_reason.items()
                          for e in runtime_events(evs, arch=replayed.arch)]
 
-        # 5. reference values
+        # 5. reference values, and what they leave uncovered
         if refvals is not None:
-            _check_refvals(run, refvals, verified.signed, claims, events_json, rows)
+            _check_refvals(run, refvals, verified.signed, claims, events_json, rows, replayed)
+        gaps = uncovered(verified.signed, claims, replayed, refvals, apps)
+        if gaps:
+            no_claim = True
+            _report_uncovered(run, gaps, require_refvals)
 
         # 6. appraisers
         _run_appraisers(run, apps, by_name, refvals, events_json)
@@ -392,7 +430,7 @@ def appraise(
         kind=verified.kind if verified is not None else _kind_of(bundle),
         nonce=bundle_nonce.hex() if bundle_nonce is not None else "",
         findings=findings,
-        trustworthiness=_vector(findings, verified is not None),
+        trustworthiness=_vector(findings, verified is not None, no_claim),
         registers=tuple(rows),
         events={domain: tuple(evs) for domain, evs in group_by_domain(events_json).items()},
         unproven=tuple(unproven_json),
@@ -419,21 +457,58 @@ def _status(findings: Sequence[Finding]) -> EarStatus:
     return STATUS_ORDER[worst] if worst < len(STATUS_ORDER) else EarStatus.CONTRAINDICATED
 
 
-def _vector(findings: Sequence[Finding], evaluated: bool) -> dict[str, int]:
+UNCOVERED = "refvals.uncovered"
+# The claims that only reference values establish: with a register uncovered they are "no claim".
+_ESTABLISHED_BY_REFVALS = ("executables", "configuration")
+
+
+def _vector(findings: Sequence[Finding], evaluated: bool, no_claim: bool = False) -> dict[str, int]:
     base = TIER["affirming"] if evaluated else TIER["none"]
     vec = {c: base for c in TRUST_CLAIMS}
+    unestablished = set(_ESTABLISHED_BY_REFVALS) if no_claim and evaluated else set()
+    for claim in unestablished:
+        vec[claim] = TIER["none"]
     for f in findings:
         claim = f.claim if f.claim in vec else "configuration"
+        if claim in unestablished and f.severity == "info":
+            continue  # an info finding affirms nothing where nothing was established
+        if f.id == UNCOVERED and f.severity == "warning":
+            continue  # it is why those claims are 0: it must not make them 32 instead
         vec[claim] = max(vec[claim], TIER[SEVERITY_STATUS.get(f.severity, "contraindicated")])
     return vec
 
 
+def _report_uncovered(run: _Run, gaps: Sequence[Uncovered], required: bool) -> None:
+    names = list(dict.fromkeys(g.register for g in gaps))
+    one = len(names) == 1
+    text = (f"no reference value covers {', '.join(names)}: {'it holds' if one else 'they hold'} measurements, and "
+            f"nothing establishes what {'it' if one else 'they'} may hold")
+    text += "; reference values are required" if required else "; the result cannot affirm"
+    run.add(UNCOVERED, "error" if required else "warning", text, "executables", registers=names,
+            uncovered=[g.to_json() for g in gaps], required=required)
+
+
 def _check_refvals(run: _Run, refvals: ReferenceValues, signed: Mapping[str, Mapping[HashAlg, bytes]],
-                   claims: Mapping[str, Any], events: Sequence[Mapping[str, Any]], rows: list[dict[str, Any]]) -> None:
+                   claims: Mapping[str, Any], events: Sequence[Mapping[str, Any]], rows: list[dict[str, Any]],
+                   replayed: LogReplay) -> None:
     row_of = {(r["register"], r["bank"]): r for r in rows if r["status"] not in ("gap", "history-missing")}
+
+    def by_component(reg: str, alg: HashAlg | None) -> dict[str, Any]:
+        """Context naming the component that differs, when predicted events say what the register holds."""
+        if refvals.predicted is None or reg not in signed:
+            return {}
+        statuses = {r["status"] for r in rows if r["register"] == reg}
+        replays = None if not statuses else statuses <= {"matched", "signed-only"}
+        found = explain_mismatch(reg, alg, refvals.predicted, replayed.events, arch=replayed.arch, replays=replays)
+        if found is None:
+            return {}
+        return {**{k: v for k, v in found.context.items() if k not in ("register", "bank")},
+                "predicted_bank": found.context.get("bank"), "explanation": found.text}
+
     for reg, banks in refvals.registers.items():
         for bank, allowed in banks.items():
-            value = signed.get(reg, {}).get(HashAlg.from_name(bank))
+            alg = HashAlg.from_name(bank)
+            value = signed.get(reg, {}).get(alg)
             got = value.hex() if value is not None else None
             ok = got is not None and any(hmac.compare_digest(got, a) for a in allowed)
             row = row_of.get((reg, bank))
@@ -442,16 +517,23 @@ def _check_refvals(run: _Run, refvals: ReferenceValues, signed: Mapping[str, Map
             if ok:
                 continue
             what = "the evidence does not sign it" if got is None else "its signed value is not a reference value"
-            run.add("refvals.register-mismatch", "error", f"{reg} {bank}: {what}", "executables",
-                    register=reg, bank=bank, signed=got, allowed=list(allowed))
+            extra = by_component(reg, alg) if got is not None else {}
+            message = f"{reg} {bank}: {what}" + (f"; {extra['explanation']}" if extra else "")
+            run.add("refvals.register-mismatch", "error", message, "executables",
+                    register=reg, bank=bank, signed=got, allowed=list(allowed), **extra)
     for name, allowed in refvals.claims.items():
         claim = "executables" if name in _LAUNCH_CLAIMS else "hardware" if name in _HARDWARE_CLAIMS else "configuration"
         if name not in claims:
             run.add("refvals.claim-mismatch", "error", f"the evidence has no claim {name!r}", claim,
                     claim_name=name, value=None, allowed=list(allowed))
         elif not any(_same(claims[name], a) for a in allowed):
-            run.add("refvals.claim-mismatch", "error", f"claim {name} = {_short(claims[name])} is not a reference value",
-                    claim, claim_name=name, value=claims[name], allowed=list(allowed))
+            # A launch value is a signed register of the same name: the prediction can say what went into it.
+            signed_banks = sorted(signed.get(name, {}))
+            extra = by_component(name, signed_banks[0] if len(signed_banks) == 1 else None)
+            message = f"claim {name} = {_short(claims[name])} is not a reference value"
+            message += f"; {extra['explanation']}" if extra else ""
+            run.add("refvals.claim-mismatch", "error", message, claim, claim_name=name, value=claims[name],
+                    allowed=list(allowed), **extra)
     for ref in refvals.events:
         if not any(ref.matches(e) for e in events):
             shown = f" {ref.content}" if ref.content is not None else ""

@@ -12,11 +12,16 @@ after the evidence kind (``tdx``, ``snp``, ``cca``, ``tpm``)::
      "submods": {"tdx": {"ear.status": "affirming",
                          "ear.trustworthiness-vector": {"executables": 2, ...},
                          "ear.appraisal-policy-id": "policy:default@1",
-                         "tsmr.registers": [...], "tsmr.findings": ["replay.rtmr3.matched", ...]}}}
+                         "tsmr.registers": [...], "tsmr.findings": ["replay.rtmr3.matched", ...],
+                         "tsmr.explanations": [{"finding": "refvals.register-mismatch", "register": "rtmr1",
+                                                "explanation": "rtmr1 event 17 ...", "component": "kernel", ...}],
+                         "tsmr.uncovered": ["rtmr3"]}}}
 
-``tsmr.registers`` and ``tsmr.findings`` are unregistered extension claims
-(draft-ietf-rats-ear §3.3 allows them); a relying party that does not know
-them can ignore them.
+``tsmr.registers``, ``tsmr.findings``, ``tsmr.explanations`` (a mismatch
+explained by component, present when there is one) and ``tsmr.uncovered``
+(the registers no reference value covers, present when there are some) are
+unregistered extension claims (draft-ietf-rats-ear §3.3 allows them); a
+relying party that does not know them can ignore them.
 
 The claims-set is signed as a JWS compact serialisation (RFC 7515) with ES256
 (P-256) or ES384 (P-384): the signature is the raw ``r || s`` pair of RFC 7518
@@ -290,6 +295,10 @@ def _epoch(now: datetime) -> int:
     return int(now.timestamp())
 
 
+_EXPLANATION_KEYS = ("explanation", "event_index", "seq", "event_type", "component", "expected", "actual",
+                     "extra_events", "missing_events", "components")
+
+
 def claims_for(result: Any, *, now: datetime, verifier_id: Mapping[str, str] | None = None,
                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The EAR claims-set for an appraisal result (see the module docstring)."""
@@ -302,6 +311,16 @@ def claims_for(result: Any, *, now: datetime, verifier_id: Mapping[str, str] | N
         submod["ear.appraisal-policy-id"] = str(policy_id)
     submod["tsmr.registers"] = [dict(r) for r in getattr(result, "registers", []) or []]
     submod["tsmr.findings"] = list(result.finding_ids())
+    # Why a register differs, by component (predicted reference values), and what no reference value covers.
+    explained = [{"finding": f.id, "register": f.context.get("register", f.context.get("claim_name")),
+                  **{k: f.context[k] for k in _EXPLANATION_KEYS if k in f.context}}
+                 for f in getattr(result, "findings", ()) if f.id.startswith("refvals.") and f.context.get("explanation")]
+    if explained:
+        submod["tsmr.explanations"] = explained
+    uncovered = [r for f in getattr(result, "findings", ()) if f.id == "refvals.uncovered"
+                 for r in f.context.get("registers", ())]
+    if uncovered:
+        submod["tsmr.uncovered"] = list(dict.fromkeys(uncovered))
     refvals_id = getattr(result, "refvals_id", None)
     if refvals_id:
         submod["tsmr.refvals-id"] = str(refvals_id)

@@ -8,7 +8,11 @@ A reference-values document (``"tsmr-refvals"``, version 1) is JSON::
      "claims": {"mrtd": ["<hex>", ...], "td_attributes": [...], "policy": [196608]},
      "events": [{"domain": "example.com/app", "operation": "deploy", "content": "<regex>"}],
      "appraisers": {"allowlist": {...}, "coco": {...}},
-     "quirks": ["efi-variable-boot-data-only"]}
+     "quirks": ["efi-variable-boot-data-only"],
+     "predicted": {"platform": "tdx", "events": [{"register": "rtmr1", "type": "EV_EFI_BOOT_SERVICES_APPLICATION",
+                                                  "digests": {"sha384": "<hex>"}, "component": "kernel",
+                                                  "description": "...", "data": "<hex, optional>"}, ...],
+                   "inputs": {"kernel": {"file": "vmlinuz", "sha256": "<hex>"}}, "notes": ["..."]}}
 
 Every member but ``format``, ``version`` and ``id`` is optional.  Semantics,
 as :func:`tsmr.appraisal.appraise` applies them:
@@ -31,6 +35,18 @@ as :func:`tsmr.appraisal.appraise` applies them:
 ``quirks``
     the named firmware-log quirks (:mod:`tsmr.quirks`) this platform needs;
     the ones applied are listed in the result.
+``predicted``
+    the events behind predicted reference values (``tsmr predict ... -o``,
+    :meth:`tsmr.predict.Prediction.to_refvals`): the platform, every predicted
+    event (register, TCG event type, digest per bank, the component it
+    measures and what it is), the inputs the prediction used and its
+    assumptions.  It judges nothing by itself: when a register or launch
+    claim does not match, the appraisal names the first event of the log
+    that differs from the predicted one (:mod:`tsmr.appraisal.mismatch`).
+
+Reference values *cover* a signed register when they say what it may hold
+(see :mod:`tsmr.appraisal.coverage`); an appraisal affirms only when every
+register that holds a measurement is covered.
 
 :data:`SCHEMA` is the JSON Schema of the document; :meth:`ReferenceValues.from_json`
 checks the same rules (and compiles the regular expressions) and raises
@@ -51,16 +67,61 @@ from ..algorithms import HashAlg
 from ..errors import InputError
 from ..evidence.anchors import TrustAnchors
 from ..evidence.bundle import replay_logs, verify_evidence
+from ..predict.model import PredictedEvent
 from ..quirks import resolve as resolve_quirks
 from ..registers import check_register_name, register_order
 from .facts import IDENTITY_CLAIMS, claims_json, runtime_events
 
-__all__ = ["FORMAT", "VERSION", "SCHEMA", "EventRef", "ReferenceValues", "learn"]
+__all__ = ["FORMAT", "VERSION", "SCHEMA", "EventRef", "Predicted", "ReferenceValues", "learn"]
 
 FORMAT = "tsmr-refvals"
 VERSION = 1
 
 _HEX = "^([0-9a-fA-F]{2})+$"
+
+# Bounds of the ``predicted`` member: a prediction lists tens of events (a TDX direct boot about a
+# dozen per RTMR, a TPM boot a few per PCR); these leave room and keep a hostile document small.
+MAX_PREDICTED_EVENTS = 4096
+MAX_EVENT_DATA = 1 << 16  # bytes of one event's data (an EFI variable, a command line)
+MAX_PREDICTED_DATA = 1 << 20  # bytes of all events' data together
+MAX_TEXT = 1000  # characters of a description, component, event type, input value or note
+MAX_INPUTS = 64  # components in ``inputs``, and facts about each
+MAX_NOTES = 64
+_NAME = "^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,63}$"
+_TEXT: dict[str, Any] = {"type": "string", "maxLength": MAX_TEXT}
+
+PREDICTED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "the events behind predicted reference values, to explain a mismatch by component",
+    "required": ["platform", "events"],
+    "additionalProperties": False,
+    "properties": {
+        "platform": {"type": "string", "pattern": _NAME},
+        "events": {
+            "type": "array",
+            "maxItems": MAX_PREDICTED_EVENTS,
+            "items": {
+                "type": "object",
+                "required": ["register", "type", "digests", "component", "description"],
+                "additionalProperties": False,
+                "properties": {
+                    "register": {"type": "string", "pattern": _NAME},
+                    "type": dict(_TEXT, minLength=1),
+                    "digests": {"type": "object", "minProperties": 1,
+                                "description": "bank name (sha1, sha256, sha384, sha512, sm3) -> hex digest",
+                                "additionalProperties": {"type": "string", "pattern": _HEX}},
+                    "component": dict(_TEXT, minLength=1),
+                    "description": _TEXT,
+                    "data": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$", "maxLength": 2 * MAX_EVENT_DATA},
+                },
+            },
+        },
+        "inputs": {"type": "object", "maxProperties": MAX_INPUTS,
+                   "additionalProperties": {"type": "object", "maxProperties": MAX_INPUTS,
+                                            "additionalProperties": _TEXT}},
+        "notes": {"type": "array", "maxItems": MAX_NOTES, "items": _TEXT},
+    },
+}
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -98,6 +159,7 @@ SCHEMA: dict[str, Any] = {
         },
         "appraisers": {"type": "object", "additionalProperties": {"type": "object"}},
         "quirks": {"type": "array", "items": {"type": "string"}},
+        "predicted": PREDICTED_SCHEMA,
     },
 }
 
@@ -129,6 +191,30 @@ def _fail(where: str, message: str) -> InputError:
 
 
 @dataclass(frozen=True)
+class Predicted:
+    """The ``predicted`` member: the events a prediction expects, and what it was made from.
+
+    ``events`` are in the order the platform records them (per register, log
+    order); ``inputs`` name each component the prediction read (file name and
+    digest, or the value given); ``notes`` are its assumptions (the VMM's page
+    order, its setup-header patching ...).
+    """
+
+    platform: str
+    events: tuple[PredictedEvent, ...] = ()
+    inputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def for_register(self, register: str) -> list[PredictedEvent]:
+        """The predicted events of one register, in their order."""
+        return [e for e in self.events if e.register == register]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"platform": self.platform, "events": [e.to_json() for e in self.events],
+                "inputs": {k: dict(v) for k, v in self.inputs.items()}, "notes": list(self.notes)}
+
+
+@dataclass(frozen=True)
 class ReferenceValues:
     """Reference values (see the module docstring); build with :meth:`from_json` or :func:`learn`."""
 
@@ -139,6 +225,7 @@ class ReferenceValues:
     appraisers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     quirks: tuple[str, ...] = ()
     description: str | None = None
+    predicted: Predicted | None = None
 
     # -- reading ---------------------------------------------------------------
 
@@ -165,9 +252,10 @@ class ReferenceValues:
         description = doc.get("description")
         if description is not None and not isinstance(description, str):
             raise _fail("description", "must be a string")
+        predicted = _predicted(doc["predicted"]) if doc.get("predicted") is not None else None
         return cls(id=ident, registers=_registers(doc.get("registers", {})), claims=_claims(doc.get("claims", {})),
                    events=_events(doc.get("events", [])), appraisers=_appraisers(doc.get("appraisers", {})),
-                   quirks=_quirks(doc.get("quirks", [])), description=description)
+                   quirks=_quirks(doc.get("quirks", [])), description=description, predicted=predicted)
 
     from_dict = from_json  # the name the verifier service looks for
 
@@ -188,6 +276,8 @@ class ReferenceValues:
         out["appraisers"] = {name: dict(cfg) for name, cfg in self.appraisers.items()}
         if self.quirks:
             out["quirks"] = list(self.quirks)
+        if self.predicted is not None:
+            out["predicted"] = self.predicted.to_json()
         return out
 
     def dumps(self) -> str:
@@ -293,6 +383,87 @@ def _quirks(obj: Any) -> tuple[str, ...]:
     except InputError as exc:
         raise _fail("quirks", str(exc)) from None
     return tuple(obj)
+
+
+def _text(value: Any, where: str, *, empty: bool = True) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT or (not empty and not value):
+        raise _fail(where, f"must be a {'' if empty else 'non-empty '}string of at most {MAX_TEXT} characters")
+    return value
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(_NAME, value):
+        raise _fail(where, "must be 1-64 letters, digits, '_', '.' or '-'")
+    return value
+
+
+def _predicted(obj: Any) -> Predicted:
+    """The ``predicted`` member, checked member by member (sizes, hex, known banks) before anything is kept."""
+    if not isinstance(obj, Mapping):
+        raise _fail("predicted", "must be an object")
+    extra = sorted(set(obj) - {"platform", "events", "inputs", "notes"})
+    if extra:
+        raise _fail(f"predicted.{extra[0]}", "unknown member (known: events, inputs, notes, platform)")
+    platform = _name(obj.get("platform"), "predicted.platform")
+    raw_events = obj.get("events")
+    if not isinstance(raw_events, list):
+        raise _fail("predicted.events", "must be an array")
+    if len(raw_events) > MAX_PREDICTED_EVENTS:
+        raise _fail("predicted.events", f"holds {len(raw_events)} events; at most {MAX_PREDICTED_EVENTS}")
+    events = []
+    total = 0
+    for n, item in enumerate(raw_events):
+        where = f"predicted.events[{n}]"
+        if not isinstance(item, Mapping):
+            raise _fail(where, "must be an object")
+        unknown = sorted(set(item) - {"register", "type", "digests", "component", "description", "data"})
+        if unknown:
+            raise _fail(f"{where}.{unknown[0]}", "unknown member")
+        register = _name(item.get("register"), f"{where}.register")
+        etype = _text(item.get("type"), f"{where}.type", empty=False)
+        component = _text(item.get("component"), f"{where}.component", empty=False)
+        description = _text(item.get("description"), f"{where}.description")
+        raw_digests = item.get("digests")
+        if not isinstance(raw_digests, Mapping) or not raw_digests:
+            raise _fail(f"{where}.digests", "must be an object of bank -> hex digest, with at least one bank")
+        digests: dict[HashAlg, bytes] = {}
+        for bank, value in raw_digests.items():
+            dwhere = f"{where}.digests.{str(bank)[:20]}"
+            try:
+                alg = HashAlg.from_name(str(bank))
+            except InputError:
+                raise _fail(dwhere, "unknown hash algorithm") from None
+            if not isinstance(value, str) or len(value) != 2 * alg.digest_size or not re.fullmatch(_HEX, value):
+                raise _fail(dwhere, f"{str(value)[:40]!r} is not {alg.digest_size} bytes of hex")
+            if alg in digests:
+                raise _fail(dwhere, "names a bank twice")
+            digests[alg] = bytes.fromhex(value)
+        data = None
+        if item.get("data") is not None:
+            raw = item["data"]
+            if not isinstance(raw, str) or len(raw) > 2 * MAX_EVENT_DATA or not re.fullmatch("(?:[0-9a-fA-F]{2})*", raw):
+                raise _fail(f"{where}.data", f"must be hex of at most {MAX_EVENT_DATA} bytes")
+            data = bytes.fromhex(raw)
+            total += len(data)
+            if total > MAX_PREDICTED_DATA:
+                raise _fail(f"{where}.data", f"the events' data exceed {MAX_PREDICTED_DATA} bytes together")
+        events.append(PredictedEvent(register=register, event_type=etype, digests=digests, component=component,
+                                     description=description, data=data))
+    raw_inputs = obj.get("inputs", {})
+    if not isinstance(raw_inputs, Mapping) or len(raw_inputs) > MAX_INPUTS:
+        raise _fail("predicted.inputs", f"must be an object of at most {MAX_INPUTS} components")
+    inputs: dict[str, dict[str, str]] = {}
+    for comp, facts in raw_inputs.items():
+        where = f"predicted.inputs.{str(comp)[:40]}"
+        _text(comp, where, empty=False)
+        if not isinstance(facts, Mapping) or len(facts) > MAX_INPUTS:
+            raise _fail(where, f"must be an object of at most {MAX_INPUTS} string values")
+        inputs[comp] = {_text(k, f"{where}", empty=False): _text(v, f"{where}.{str(k)[:40]}") for k, v in facts.items()}
+    raw_notes = obj.get("notes", [])
+    if not isinstance(raw_notes, list) or len(raw_notes) > MAX_NOTES:
+        raise _fail("predicted.notes", f"must be an array of at most {MAX_NOTES} strings")
+    notes = tuple(_text(v, f"predicted.notes[{n}]") for n, v in enumerate(raw_notes))
+    return Predicted(platform=platform, events=tuple(events), inputs=inputs, notes=notes)
 
 
 def learn(

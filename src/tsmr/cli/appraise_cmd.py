@@ -49,6 +49,9 @@ def appraise_cmd(
     trust: TrustOptions = TrustOptions(),
     limits: Any = None,
     allow_debug: AllowDebugOpt = False,
+    require_refvals: Annotated[bool, typer.Option(
+        "--require-refvals", help="A signed register that holds a measurement and that no reference value covers is "
+                                  "an error (contraindicated) instead of a warning.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Appraise a bundle: evidence, freshness, log replay, reference values, appraisers and a Rego policy.
@@ -56,7 +59,11 @@ def appraise_cmd(
     Prints the registers, the runtime events by domain and every finding with
     its id; exit 0 when the result is affirming, 1 when it is not, 2 for
     unusable input (a bundle, evidence or log that does not parse, a policy
-    that does not compile: the result is still shown).
+    that does not compile: the result is still shown).  Without reference
+    values covering every register that holds a measurement the result is at
+    best a warning (refvals.uncovered); with predicted reference values
+    ('tsmr predict ... -o'), a register that differs is explained by the
+    component whose event differs.
     """
     from ..appraisal import appraise
 
@@ -70,7 +77,8 @@ def appraise_cmd(
     expected = parse_nonce(nonce)[0] if nonce is not None else None
     anchors = trust.anchors()
     result = appraise(doc, policy=source, reference_values=rv, nonce=expected, now=verification_time(at), trust=anchors,
-                      policy_id=Path(policy).name if policy else None, limits=limits, allow_debug=allow_debug)
+                      policy_id=Path(policy).name if policy else None, limits=limits, allow_debug=allow_debug,
+                      require_refvals=require_refvals)
     if as_json:
         render.print_json(result.to_dict())
     else:
@@ -120,6 +128,16 @@ def _report(name: str, result: Any) -> None:
             text = f.message.splitlines()[0] if f.message else ""
             table.add_row(render.styled(str(f.severity), sev), f.id, f.claim, text)
         out.print(table)
+        explained = [f for f in result.findings if f.id.startswith("refvals.") and f.context.get("explanation")]
+        if explained:
+            out.print("explained by component:")
+            for f in explained:
+                out.print(f"  {f.id}: {f.context['explanation']}", soft_wrap=True)
+        gaps = [g for f in result.findings if f.id == "refvals.uncovered" for g in f.context.get("uncovered", ())]
+        if gaps:
+            out.print("not covered by reference values:")
+            for gap in gaps:
+                out.print(f"  {gap['register']} {gap['bank']}: {gap['reason']}", soft_wrap=True)
     else:
         out.print("no findings")
     vector = ", ".join(f"{k}={v}" for k, v in result.trustworthiness.items())

@@ -54,6 +54,10 @@ def serve_cmd(
     allow_debug: Annotated[bool, typer.Option(
         "--allow-debug", help="Accept debuggable guests (TDX DEBUG, SEV-SNP policy DEBUG, CCA not secured; "
                               "else $TSMR_ALLOW_DEBUG); every result still warns evidence.debug-allowed.")] = False,
+    require_refvals: Annotated[bool, typer.Option(
+        "--require-refvals", help="A signed register that holds a measurement and that the reference values do not "
+                                  "cover makes the result contraindicated instead of a warning (else "
+                                  "$TSMR_REQUIRE_REFVALS).")] = False,
     challenge_ttl: Annotated[Optional[float], typer.Option("--challenge-ttl", min=1.0, help="Seconds a nonce stays usable (default 300).")] = None,
     policy: Annotated[Optional[str], typer.Option(
         "--policy", help="The stored policy every attestation is appraised with (default: $TSMR_POLICY, else "
@@ -96,6 +100,8 @@ def serve_cmd(
         overrides["key_alg"] = key_alg
     if allow_debug:  # else $TSMR_ALLOW_DEBUG decides
         overrides["allow_debug"] = True
+    if require_refvals:  # else $TSMR_REQUIRE_REFVALS decides
+        overrides["require_refvals"] = True
     overrides["json_logs"] = json_logs or os.environ.get("TSMR_JSON_LOGS", "").lower() in ("1", "true", "yes")
     overrides["log_level"] = log_level.upper()
     # Bundle limits and the time budget (413 / 422 from POST /attest); unset ones come from TSMR_MAX_*.

@@ -323,7 +323,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _event(logging.INFO, "verifier ready", database=redact_url(settings.database_url or ""), kid=v.kid,
                admin_endpoints=v.admin_token is not None, trust=v.trust.given(), policy=settings.policy,
-               refvals=settings.refvals)
+               refvals=settings.refvals, require_refvals=settings.require_refvals)
         _watch_shutdown(v.stopping)
         yield
         v.store.close()
@@ -493,7 +493,8 @@ def _appraise_and_store(v: Verifier, bundle: dict[str, Any], *, nonce: str, raw_
                             reference_values=refvals_row.document if refvals_row is not None else None,
                             nonce=raw_nonce, now=now, trust=_trust_for(v, bundle), nonce_expires_at=expires_at,
                             nonce_used=False,
-                            policy_id=policy_id, refvals_id=refvals_id, allow_debug=v.settings.allow_debug)
+                            policy_id=policy_id, refvals_id=refvals_id, allow_debug=v.settings.allow_debug,
+                            require_refvals=v.settings.require_refvals)
     finally:
         v.metrics.appraised(time.perf_counter() - start)
     result_id = str(uuid.uuid4())

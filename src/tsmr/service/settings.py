@@ -40,6 +40,7 @@ ENV = {
     "snp_vcek": "TSMR_SNP_VCEK",
     "snp_crl": "TSMR_SNP_CRL",
     "allow_debug": "TSMR_ALLOW_DEBUG",
+    "require_refvals": "TSMR_REQUIRE_REFVALS",
     "tpm_ak": "TSMR_TPM_AK",
     "tpm_ca": "TSMR_TPM_CA",
     "challenge_ttl": "TSMR_CHALLENGE_TTL",
@@ -88,6 +89,9 @@ class Settings:
     # Accept debuggable guests (TDX DEBUG, SEV-SNP policy DEBUG, CCA not secured); they are
     # refused otherwise, and even when accepted every result says so (evidence.debug-allowed).
     allow_debug: bool = False
+    # A signed register that holds a measurement and that the reference values do not cover makes a
+    # result contraindicated instead of a warning (refvals.uncovered; tsmr.appraisal.coverage).
+    require_refvals: bool = False
     # TPM: enrolled attestation keys, and CAs that AK certificates must chain to (files, os.pathsep-separated).
     tpm_ak: str | None = None
     tpm_ca: str | None = None

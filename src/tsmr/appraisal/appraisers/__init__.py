@@ -13,6 +13,12 @@ An appraiser is an object with
   the reference values say nothing of it);
 * optionally ``check_config(config)``, raising
   :class:`~tsmr.errors.InputError` for a configuration it cannot use.
+* optionally ``judges(event, config) -> bool``: whether, so configured, it
+  decides on the event (allows it, or reports a finding against it), as
+  opposed to passing it over.  Reference-value coverage
+  (:mod:`tsmr.appraisal.coverage`) counts an event as judged when an
+  appraiser the reference values configure judges it; without this method,
+  a configured appraiser judges every event of its ``domains``.
 
 Appraisers are discovered through the entry-point group ``tsmr.appraisers``
 (:func:`load_appraisers`); an entry point names the appraiser's class (built

@@ -18,6 +18,8 @@ Configuration (``reference_values.appraisers["allowlist"]``)::
 
 Every denied event gives ``appraiser.allowlist.deny`` (error, claim
 ``executables``) naming the event.  Without configuration nothing is judged.
+Every event of a judged domain counts as judged for reference-value coverage
+(:meth:`AllowlistAppraiser.judges`).
 """
 
 from __future__ import annotations
@@ -100,6 +102,11 @@ class AllowlistAppraiser:
 
     def check_config(self, config: Mapping[str, Any]) -> None:
         _rules(config)
+
+    def judges(self, event: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+        """Whether the event's domain is one the configuration judges (every such event is allowed or denied)."""
+        _, scope, _ = _rules(config)
+        return any(fnmatch.fnmatchcase(str(event["domain"]), d) for d in scope)
 
     def appraise(self, events: list[dict[str, Any]], config: Mapping[str, Any]) -> list[Finding]:
         rules, scope, default = _rules(config)

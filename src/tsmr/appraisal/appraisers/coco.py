@@ -32,6 +32,10 @@ Configuration (``reference_values.appraisers["coco"]``)::
 * ``operations``: further operations to accept without judging them.
 * ``strict``: unknown operations and unreadable content are errors instead of warnings.
 
+For reference-value coverage (:meth:`CocoAppraiser.judges`) an image event is
+judged only when ``images`` is configured, an init-data event only when
+``init_data`` is; other operations always are (accepted, or a finding).
+
 Findings: ``appraiser.coco.image-denied`` (error, executables),
 ``appraiser.coco.init-data-denied`` (error, configuration),
 ``appraiser.coco.malformed`` and ``appraiser.coco.unknown-operation``
@@ -119,6 +123,22 @@ class CocoAppraiser:
 
     def check_config(self, config: Mapping[str, Any]) -> None:
         _config(config)
+
+    def judges(self, event: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+        """Whether this configuration decides on the event: images need ``images``, init data ``init_data``.
+
+        Other operations are judged too: the ones in ``operations`` are accepted
+        by the configuration, and unknown ones are findings.
+        """
+        if event.get("domain") != DOMAIN:
+            return False
+        cfg = _config(config)
+        op = str(event.get("operation"))
+        if op in ("PullImage", "CreateContainer"):
+            return cfg["images"] is not None
+        if op == "InitData":
+            return cfg["init_data"] is not None
+        return True
 
     def appraise(self, events: list[dict[str, Any]], config: Mapping[str, Any]) -> list[Finding]:
         cfg = _config(config)
