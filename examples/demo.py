@@ -1,8 +1,9 @@
 """The tsmr demo: a workload in an (emulated) TDX guest records what it does through the guest
 agent; a relying party challenges it, the agent produces evidence, the verifier appraises it and
 answers with a signed result; then one log record is tampered with and the verifier says so.
-The verifier affirms only what reference values cover, so the operator first learns them from a
-bundle of the known-good guest.
+The verifier affirms only what reference values cover: the owner predicts them from the image they
+built (firmware, kernel, initrd, command line) and the workload's events; when the same image is
+launched with another command line, the verifier names the component that differs.
 
 Run by `make demo` with TSMR_STATE_DIR and TSMR_LOG_DIR pointing at fresh directories, on the
 built-in emulator of an Intel TDX guest.  Each step prints the command a user would type, then
@@ -81,32 +82,53 @@ def healthy(url: str) -> bool:
         return False
 
 
+FIRMWARE = "/usr/share/ovmf/OVMF.fd"  # Debian's ovmf: an edk2 OVMF that carries TDX metadata
+CMDLINE = "console=hvc0 root=/dev/vda1 ro"
+
+
 def main() -> None:
     state = Path(os.environ["TSMR_STATE_DIR"])
     logs = Path(os.environ["TSMR_LOG_DIR"])
     work = state.parent
+    kernel = os.environ.get("TSMR_KERNEL_IMAGE", "")
+    for path, how in ((FIRMWARE, "Debian package ovmf"), (kernel, "tools/fetch-kernel, or set TSMR_KERNEL_IMAGE")):
+        if not path or not os.path.isfile(path):
+            raise SystemExit(f"the demo boots a real image: {path or 'TSMR_KERNEL_IMAGE'} is missing ({how})")
     print("tsmr demo on an emulated Intel TDX guest (nothing here is hardware-backed)")
-    run("emulate", "init", "--profile", "tdx", say="a fresh emulated TD: every RTMR starts at zero")
+    work.mkdir(parents=True, exist_ok=True)
+    initrd = work / "initrd.img"
+    initrd.write_bytes(b"a stand-in initrd: the EFI stub measures whatever bytes it loads\n" * 64)
+    image = ["--firmware", FIRMWARE, "--kernel", kernel, "--initrd", str(initrd)]
+    boot = work / "boot.json"
+    run("predict", "tdx", *image, "--cmdline", CMDLINE, "--id", "my-image-v1", "-o", str(boot),
+        say="the owner predicts what their image measures, from what they built: Debian's OVMF, a Debian "
+            "kernel, an initrd and a command line (MRTD from the firmware; RTMR1/RTMR2 from the kernel's "
+            "Authenticode digest, the command line and the initrd)")
+    run("predict", "tdx", *image, "--cmdline", CMDLINE)
+    run("emulate", "init", "--profile", "tdx", *image, "--cmdline", CMDLINE,
+        say="the emulated TD launches that image: MRTD and RTMR1/RTMR2 are measured as a real launch would, "
+            "and the firmware's event log (CCEL) records each event")
 
     root = state / "emulator" / "tdx" / "qe" / "root.pem"
     sock = work / "agent.sock"
     config = work / "agent.json"
     config.write_text(json.dumps({
-        "backend": "emulated:tdx", "registers": ["rtmr2", "rtmr3"],
+        "backend": "emulated:tdx", "registers": ["rtmr3"],
         "rules": [{"uid": os.getuid(), "domains": ["example.com/*"], "read": True, "evidence": True}],
     }, indent=1))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    database = f"sqlite:///{work / 'verifier.db'}"
     agent = verifier = None
     try:
-        agent = start("the guest agent: the only writer of RTMR2/RTMR3 and their logs; programs talk to it "
+        agent = start("the guest agent: the only writer of RTMR3 and its log; programs talk to it "
                       f"over a Unix socket (rules in {config.name}: this uid may record example.com/* events)",
                       "agent", "--socket", str(sock), "--config", str(config), ready=sock.exists)
         # The emulator's quotes chain to a test root made in the state directory: the verifier trusts
         # it because it is told to, never by default; the collateral the emulator issued under that
         # root lets it check CRLs and the TCB status as it would for a real TD.
         verifier = start("the verifier (SQLite), trusting the emulator's test root and collateral explicitly",
-                         "serve", "--port", str(port), "--database", f"sqlite:///{work / 'verifier.db'}",
+                         "serve", "--port", str(port), "--database", database,
                          "--key", str(work / "ear-key.pem"), "--trust-root", str(root),
                          "--collateral", str(root.with_name("collateral.json")),
                          ready=lambda: healthy(url))
@@ -126,22 +148,26 @@ def main() -> None:
 
         run("attest", "--agent", str(sock), "--verifier", url, expect=1,
             say="an attestation now verifies and replays, but the verifier has no reference values: nothing says "
-                "what RTMR3 may hold, so the answer is a warning (refvals.uncovered), never affirming")
-        database = f"sqlite:///{work / 'verifier.db'}"
-        good = work / "known-good.json"
+                "what MRTD and the RTMRs may hold, so the answer is a warning (refvals.uncovered), never affirming")
+        workload = work / "workload.json"
+        workload.write_text(json.dumps({
+            "format": "tsmr-refvals", "version": 1, "id": "workload-v1",
+            "events": [{"domain": "example.com/app", "operation": "deploy", "content": '.*"image":"alpine".*'},
+                       {"domain": "example.com/app", "operation": "config"}]}, indent=1) + "\n")
+        print(f"\n# the workload's owner says which runtime events it records ({workload.name}):")
+        print(workload.read_text(), end="")
         refvals = work / "refvals.json"
-        run("attest", "--agent", str(sock), "--nonce", "01" * 32, "-o", str(good),
-            say="the operator captures a bundle from this guest, known to be good")
-        run("refvals", "learn", str(good), "-o", str(refvals), "--trust-root", str(root), "--id", "demo-known-good",
-            say="... learns reference values from it: the signed registers, and the events that explain them")
+        run("refvals", "combine", str(boot), str(workload), "--id", "my-image-v1+workload-v1", "-o", str(refvals),
+            say="the predicted boot and the workload's events become one set of reference values ...")
         run("refvals", "import", "default", str(refvals), "--database", database,
-            say="... and stores them as the verifier's reference values")
+            say="... stored as the verifier's reference values")
 
         run("challenge", "--verifier", url, say="the relying party asks the verifier for a single-use nonce")
         ear = work / "result.jwt"
         run("attest", "--agent", str(sock), "--verifier", url, "--ear", str(ear),
             say="... the agent quotes the registers over a fresh nonce with its logs; the verifier checks the "
-                "quote, replays every log against it, applies its policy and signs the result (EAR)")
+                "quote, replays every log against it, compares MRTD and the RTMRs with the predicted values, "
+                "applies its policy and signs the result (EAR)")
         with urllib.request.urlopen(url + "/.well-known/jwks.json", timeout=5) as resp:
             jwks = json.load(resp)
         from tsmr.appraisal import ear as ear_mod
@@ -162,6 +188,21 @@ def main() -> None:
         print(f"\n# someone edits one record of {log.name} on disk: replicas 3 -> 9")
         run("attest", "--agent", str(sock), "--verifier", url, expect=1,
             say="the next attestation: the log no longer replays to the signed RTMR3, and the verifier says why")
+
+        stop(agent)
+        agent = None
+        run("emulate", "reset", "--profile", "tdx", say="the TD is shut down (its runtime log goes with it) ...")
+        other = CMDLINE + " init=/bin/sh"
+        run("emulate", "init", "--profile", "tdx", *image, "--cmdline", other,
+            say="... and launched again from the same firmware, kernel and initrd, but someone added "
+                "'init=/bin/sh' to the command line")
+        agent = start("the agent starts again, and the workload records the same events",
+                      "agent", "--socket", str(sock), "--config", str(config), ready=sock.exists)
+        run("record", "--agent", str(sock), "rtmr3", *events)
+        out = run("attest", "--agent", str(sock), "--verifier", url, expect=1,
+                  say="its attestation: MRTD, RTMR1 and RTMR3 match, RTMR2 does not, and the verifier names the "
+                      "component that differs: the command line")
+        assert "(cmdline)" in out, "the verifier did not name the command line"
     finally:
         for proc in (verifier, agent):
             if proc is not None:

@@ -61,7 +61,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..algorithms import HashAlg
 from ..errors import InputError
@@ -72,7 +72,7 @@ from ..quirks import resolve as resolve_quirks
 from ..registers import check_register_name, register_order
 from .facts import IDENTITY_CLAIMS, claims_json, runtime_events
 
-__all__ = ["FORMAT", "VERSION", "SCHEMA", "EventRef", "Predicted", "ReferenceValues", "learn"]
+__all__ = ["FORMAT", "VERSION", "SCHEMA", "EventRef", "Predicted", "ReferenceValues", "combine", "learn"]
 
 FORMAT = "tsmr-refvals"
 VERSION = 1
@@ -510,3 +510,66 @@ def learn(
         id = f"learned-{verified.kind}-{digest}"
     return ReferenceValues(id=id, registers=registers, claims=learned_claims, events=tuple(events),
                            quirks=tuple(quirks), description=f"learned from a {verified.kind} bundle at {now.isoformat()}")
+
+
+def combine(parts: Sequence[ReferenceValues], *, id: str | None = None,
+            description: str | None = None) -> ReferenceValues:
+    """One set of reference values accepting what each of ``parts`` accepts.
+
+    For the common case of reference values made in pieces: a boot predicted from the
+    build (``tsmr predict``), the runtime events a workload may record, an appraiser's
+    configuration.  Allowed register values and claims are united (a register or claim
+    named in two parts accepts the values of both), required events and quirks are
+    united, appraiser configurations must not disagree, and the predicted events of
+    different parts must be of different registers (the explanation of a mismatch
+    follows one prediction per register).  The result is checked as any document is.
+    """
+    if not parts:
+        raise InputError("combine: no reference values given")
+    registers: dict[str, dict[str, list[str]]] = {}
+    claims: dict[str, list[Any]] = {}
+    events: list[EventRef] = []
+    appraisers: dict[str, Mapping[str, Any]] = {}
+    quirks: list[str] = []
+    predicted: list[Predicted] = []
+    for rv in parts:
+        for reg, banks in rv.registers.items():
+            for bank, values in banks.items():
+                have = registers.setdefault(reg, {}).setdefault(bank, [])
+                have.extend(v for v in values if v.lower() not in {h.lower() for h in have})
+        for name, vals in rv.claims.items():
+            have_claims = claims.setdefault(name, [])
+            have_claims.extend(v for v in vals if v not in have_claims)
+        events.extend(e for e in rv.events if e not in events)
+        for name, cfg in rv.appraisers.items():
+            if name in appraisers and dict(appraisers[name]) != dict(cfg):
+                raise InputError(f"combine: reference values {rv.id!r} configure appraiser {name!r} differently "
+                                 "from an earlier part")
+            appraisers[name] = cfg
+        quirks.extend(q for q in rv.quirks if q not in quirks)
+        if rv.predicted is not None:
+            predicted.append(rv.predicted)
+    merged: Predicted | None = None
+    if predicted:
+        seen: dict[str, str] = {}
+        inputs: dict[str, Mapping[str, str]] = {}
+        for p in predicted:
+            for reg in dict.fromkeys(e.register for e in p.events):
+                if reg in seen:
+                    raise InputError(f"combine: two predictions ({seen[reg]} and {p.platform}) both predict the "
+                                     f"events of {reg}")
+                seen[reg] = p.platform
+            for key, facts in p.inputs.items():
+                if key in inputs and dict(inputs[key]) != dict(facts):
+                    key = f"{p.platform}:{key}"
+                inputs[key] = facts
+        merged = Predicted(platform="+".join(dict.fromkeys(p.platform for p in predicted)),
+                           events=tuple(e for p in predicted for e in p.events), inputs=inputs,
+                           notes=tuple(n for p in predicted for n in p.notes))
+    doc = ReferenceValues(
+        id=id or "+".join(rv.id for rv in parts),
+        registers={r: {b: tuple(v) for b, v in banks.items()} for r, banks in registers.items()},
+        claims={k: tuple(v) for k, v in claims.items()}, events=tuple(events), appraisers=appraisers,
+        quirks=tuple(quirks), description=description or "combined from " + ", ".join(rv.id for rv in parts),
+        predicted=merged)
+    return ReferenceValues.from_json(doc.to_json())  # the same limits as any document

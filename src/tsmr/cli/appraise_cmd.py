@@ -16,7 +16,7 @@ from rich.table import Table
 from . import render
 from .common import (AtOpt, JsonOpt, handle_errors, judge, parse_nonce, read_bundle, refuse, verification_time,
                      write_output)
-from .common import AllowDebugOpt, read_text
+from .common import AllowDebugOpt, read_input, read_text
 from .option_groups import TrustOptions, limit_options, trust_options
 
 __all__ = ["register", "refvals_app", "appraise_cmd", "learn_cmd"]
@@ -148,6 +148,40 @@ def _report(name: str, result: Any) -> None:
                                 f"reference values {result.refvals_id}" if result.refvals_id else "") if x)
     if ids:
         out.print(ids, soft_wrap=True)
+
+
+@refvals_app.command("combine")
+@handle_errors
+def combine_cmd(
+    files: Annotated[list[str], typer.Argument(help="Reference values documents (JSON), '-' for standard input.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the result (JSON); '-' for standard output.")],
+    id: Annotated[Optional[str], typer.Option("--id", help="The result's id (default: the parts' ids joined by '+').")] = None,
+    description: Annotated[Optional[str], typer.Option("--description", help="The result's description.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Combine reference values made in pieces: a predicted boot, a workload's events, an appraiser.
+
+    The result accepts what each part accepts: allowed values of a register or
+    claim named in several parts are united, required events and quirks too.
+    Parts that configure one appraiser differently, or predict the events of one
+    register twice, are refused (exit 2).
+    """
+    from ..appraisal.refvals import ReferenceValues, combine
+
+    parts = [ReferenceValues.from_json(read_input(f, "reference values")) for f in files]
+    rv = combine(parts, id=id, description=description)
+    write_output(None if output == "-" else output, rv.dumps().encode())
+    if output == "-":
+        return
+    summary = {"output": output, "id": rv.id, "parts": [p.id for p in parts],
+               "registers": sum(len(b) for b in rv.registers.values()), "claims": len(rv.claims),
+               "events": len(rv.events), "predicted_events": len(rv.predicted.events) if rv.predicted else 0}
+    if as_json:
+        render.print_json(summary)
+    else:
+        render.err.print(f"wrote {output}: reference values {rv.id} from {len(parts)} part(s) "
+                         f"({summary['registers']} register bank(s), {summary['claims']} claim(s), "
+                         f"{summary['events']} event(s), {summary['predicted_events']} predicted event(s))")
 
 
 @refvals_app.command("learn")
