@@ -34,6 +34,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from tsmr.predict.ovmf import FOOTER_GUID  # noqa: E402
 from tsmr.predict import tdvf  # noqa: E402
 from tsmr.predict.tdx import predict_tdx  # noqa: E402
 
@@ -54,7 +55,7 @@ def synthetic_tdvf(size: int = 4 << 20) -> bytes:
     meta_at = size - 0x1000  # inside the BFV, as real TDVFs put it
     image[meta_at:meta_at + len(meta)] = meta
     entry = struct.pack("<I", size - meta_at) + struct.pack("<H", 22) + tdvf.TDX_METADATA_OFFSET_GUID.bytes_le
-    footer = struct.pack("<H", len(entry) + 18) + tdvf.TABLE_FOOTER_GUID.bytes_le
+    footer = struct.pack("<H", len(entry) + 18) + FOOTER_GUID.bytes_le
     table = entry + footer
     image[size - 0x20 - len(table):size - 0x20] = table
     return bytes(image)

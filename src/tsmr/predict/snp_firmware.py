@@ -33,23 +33,21 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..errors import InputError
+from .ovmf import guided_table
 
 __all__ = [
-    "FOOTER_GUID", "SEV_METADATA_GUID", "SEV_ES_RESET_BLOCK_GUID", "SEV_HASH_TABLE_RV_GUID",
-    "SectionType", "MetadataSection", "OvmfImage", "parse_guided_table", "parse_ovmf", "PAGE_SIZE",
+    "SEV_METADATA_GUID", "SEV_ES_RESET_BLOCK_GUID", "SEV_HASH_TABLE_RV_GUID",
+    "SectionType", "MetadataSection", "OvmfImage", "parse_ovmf", "PAGE_SIZE",
 ]
 
 PAGE_SIZE = 4096
 #: The firmware image is mapped so that it ends at 4 GiB (the reset vector is at 0xFFFFFFF0).
 FOUR_GIB = 1 << 32
 
-FOOTER_GUID = uuid.UUID("96b582de-1fb2-45f7-baea-a366c55a082d")
 SEV_METADATA_GUID = uuid.UUID("dc886566-984a-4798-a75e-5585a7bf67cc")
 SEV_ES_RESET_BLOCK_GUID = uuid.UUID("00f771de-1a7e-4fcb-890e-68c77e2fb44e")
 SEV_HASH_TABLE_RV_GUID = uuid.UUID("7255371f-3a3b-4b04-927b-1da6efa8d454")
 
-_ENTRY_TAIL = struct.Struct("<H16s")  # u16 length, then the GUID, at the end of every entry
-_TABLE_END = 0x20  # the table stops this many bytes before the end of the image
 _ASEV = struct.Struct("<4sIII")  # signature, length, version, number of sections
 _SECTION = struct.Struct("<III")  # gpa, size, type
 _MAX_SECTIONS = 256  # far above the handful OVMF declares; bounds a hostile count
@@ -95,37 +93,6 @@ class OvmfImage:
 
     def has_section(self, kind: SectionType) -> bool:
         return any(s.type == kind for s in self.sections)
-
-
-def parse_guided_table(data: bytes) -> dict[uuid.UUID, bytes]:
-    """The entries of OVMF's GUIDed table at the end of ``data``; InputError when there is none.
-
-    Entries are returned by GUID; a GUID listed twice keeps the entry nearer the footer
-    (the first one a VMM walking backwards finds, as QEMU's lookup does).
-    """
-    n = len(data)
-    footer_end = n - _TABLE_END
-    if footer_end - _ENTRY_TAIL.size < 0:
-        raise InputError(f"the firmware is {n} bytes: too short to carry OVMF's GUIDed table")
-    length, raw_guid = _ENTRY_TAIL.unpack_from(data, footer_end - _ENTRY_TAIL.size)
-    if uuid.UUID(bytes_le=raw_guid) != FOOTER_GUID:
-        raise InputError("the firmware has no OVMF GUIDed table (no footer GUID 96b582de-... at end-0x30): "
-                         "not an OVMF image built for confidential guests")
-    start = footer_end - length
-    if length < _ENTRY_TAIL.size or start < 0:
-        raise InputError(f"OVMF GUIDed table: its footer gives a length of {length} bytes, "
-                         f"which does not fit the {n}-byte image")
-    entries: dict[uuid.UUID, bytes] = {}
-    end = footer_end - _ENTRY_TAIL.size  # the footer's own entry carries no data worth keeping
-    while end - start >= _ENTRY_TAIL.size:
-        size, raw = _ENTRY_TAIL.unpack_from(data, end - _ENTRY_TAIL.size)
-        if size < _ENTRY_TAIL.size or end - size < start:
-            raise InputError(f"OVMF GUIDed table: the entry ending at offset {end:#x} has a length of {size} bytes, "
-                             "which does not fit the table")
-        guid = uuid.UUID(bytes_le=raw)
-        entries.setdefault(guid, data[end - size:end - _ENTRY_TAIL.size])
-        end -= size
-    return entries
 
 
 def _u32(entry: bytes, what: str, index: int = 0) -> int:
@@ -175,7 +142,7 @@ def parse_ovmf(data: bytes) -> OvmfImage:
         raise InputError(f"the firmware is {len(data)} bytes, not a whole number of 4 KiB pages (truncated?)")
     if len(data) > FOUR_GIB:
         raise InputError("the firmware is larger than the 4 GiB below which it is mapped")
-    table = parse_guided_table(data)
+    table = guided_table(data)
     if SEV_METADATA_GUID not in table:
         raise InputError("the firmware has no SEV metadata (GUID dc886566-984a-4798-a75e-5585a7bf67cc in its "
                          "GUIDed table): it was not built for SEV-SNP guests")

@@ -50,11 +50,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import InputError
+from .ovmf import guided_table
 
-__all__ = ["TdvfMetadata", "TdvfSection", "SECTION_TYPES", "guided_table", "parse_metadata", "mrtd",
-           "TABLE_FOOTER_GUID", "TDX_METADATA_OFFSET_GUID", "ATTR_MR_EXTEND", "ATTR_PAGE_AUG"]
+__all__ = ["TdvfMetadata", "TdvfSection", "SECTION_TYPES", "parse_metadata", "mrtd",
+           "TDX_METADATA_OFFSET_GUID", "ATTR_MR_EXTEND", "ATTR_PAGE_AUG"]
 
-TABLE_FOOTER_GUID = uuid.UUID("96b582de-1fb2-45f7-baea-a366c55a082d")
 TDX_METADATA_OFFSET_GUID = uuid.UUID("e47a6535-984a-4798-865e-4685a7bf8ec2")
 
 #: TDVF_SECTION.Type values (TDX Virtual Firmware Design Guide, table "TDVF section types").
@@ -65,9 +65,6 @@ ATTR_PAGE_AUG = 0x2  # the VMM adds the pages with TDH.MEM.PAGE.AUG (unmeasured)
 
 PAGE_SIZE = 4096
 CHUNK_SIZE = 256  # TDH.MR.EXTEND granularity
-_FOOTER_OFFSET = 0x30  # the footer GUID starts this far before the end of the image
-_RESET_AREA = 0x20  # what follows the footer GUID
-_ENTRY_TAIL = 18  # UINT16 length + GUID
 _DESCRIPTOR = struct.Struct("<4sIII")
 _SECTION = struct.Struct("<IIQQII")
 MAX_SECTIONS = 64
@@ -123,40 +120,6 @@ class TdvfMetadata:
 
     def of_type(self, section_type: int) -> tuple[TdvfSection, ...]:
         return tuple(s for s in self.sections if s.type == section_type)
-
-
-def guided_table(image: bytes | bytearray | memoryview) -> dict[uuid.UUID, bytes]:
-    """The entries of the OVMF GUIDed structure table at the end of ``image``: GUID -> entry data.
-
-    Raises :class:`InputError` when the image has no table (no footer GUID where it
-    belongs) or the table is truncated (a length running outside the table).
-    """
-    buf = memoryview(image)
-    n = len(buf)
-    if n < _FOOTER_OFFSET + 2:
-        raise InputError(f"firmware: {n} bytes is too small for an OVMF image (no GUIDed table footer)")
-    footer_at = n - _FOOTER_OFFSET
-    if uuid.UUID(bytes_le=bytes(buf[footer_at:footer_at + 16])) != TABLE_FOOTER_GUID:
-        raise InputError("firmware: no OVMF GUIDed table footer 0x30 bytes before the end "
-                         "(not an OVMF/TDVF image, or not a whole one)")
-    (total,) = struct.unpack_from("<H", buf, footer_at - 2)
-    table_end = n - _RESET_AREA
-    table_start = table_end - total
-    if total < _ENTRY_TAIL or table_start < 0:
-        raise InputError(f"firmware: the GUIDed table's length {total} is impossible (truncated table)")
-    entries: dict[uuid.UUID, bytes] = {}
-    pos = footer_at - 2  # the footer entry (its length and GUID) is not a data entry
-    while pos > table_start:
-        if pos - _ENTRY_TAIL < table_start:
-            raise InputError(f"firmware: truncated GUIDed table entry ending at offset 0x{pos:x}")
-        guid = uuid.UUID(bytes_le=bytes(buf[pos - 16:pos]))
-        (length,) = struct.unpack_from("<H", buf, pos - _ENTRY_TAIL)
-        if length < _ENTRY_TAIL or pos - length < table_start:
-            raise InputError(f"firmware: GUIDed table entry {guid} has length {length}, "
-                             "which runs outside the table (truncated or corrupt)")
-        entries.setdefault(guid, bytes(buf[pos - length:pos - _ENTRY_TAIL]))
-        pos -= length
-    return entries
 
 
 def parse_metadata(image: bytes | bytearray | memoryview) -> TdvfMetadata:
