@@ -44,7 +44,7 @@ def test_appraise_and_learn(fixtures: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["refvals", "learn", str(bundle), "-o", str(refvals), *at, "--id", "golden"])
     assert r.exit_code == 0, r.output
     assert json.loads(refvals.read_text())["id"] == "golden"
-    assert appraise_cmd.refvals_app.registered_commands[0].name == "learn"
+    assert "learn" in [c.name for c in appraise_cmd.refvals_app.registered_commands]
 
     r = runner.invoke(app, ["appraise", str(bundle), "--nonce", nonce.hex(), *at, "--refvals", str(refvals)])
     assert r.exit_code == 1, r.output
