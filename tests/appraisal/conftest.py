@@ -73,3 +73,32 @@ def emulated_tdx(state_dir: Path, tmp_path: Path) -> Iterator[EmulatedTDX]:
 
     with EmulatedRegisterSet("tdx", state_dir) as rs, RuntimeLog(rs, "rtmr3", log_dir=tmp_path / "logs") as log:
         yield EmulatedTDX(rs, log, state_dir)
+
+
+def swtpm_runtime_bundle(tmp_path: Path, nonce: bytes, records: list[str], pcrs: list[int], *,
+                         unlogged_pcr9: bool = False) -> tuple[dict[str, Any], TrustAnchors, bytes]:
+    """A real swtpm quote of ``pcrs`` with a runtime log of ``records`` on PCR 16.
+
+    With ``unlogged_pcr9`` PCR 9 is also extended, in every bank, with no log.  Returns the
+    bundle, the trust (the quote's own AK, enrolled) and the log's bytes.  Skips without swtpm
+    and tpm2-pytss (``make test`` installs both).
+    """
+    pytest.importorskip("tpm2_pytss")
+    from swtpm import Swtpm
+
+    if not Swtpm.available():
+        pytest.skip("swtpm not installed (make test installs it)")
+    from tsmr.backends.tpm import TpmRegisterSet
+    from tsmr.evidence.tpm import load_ak_anchor
+    from tsmr.runtime_log.store import RuntimeLog
+    from tsmr.system.acquire import acquire
+
+    with Swtpm() as tpm:
+        with TpmRegisterSet(tpm.tcti) as rs, RuntimeLog(rs, "pcr16", log_dir=tmp_path) as log:
+            log.append_many(records)
+            data = log.read()
+            if unlogged_pcr9:
+                rs.extend("pcr9", {alg: alg.hash(b"a measurement without a log") for alg in rs.read("pcr9")})
+        got = acquire(nonce, backend=f"tpm:{tpm.tcti}", pcrs=pcrs)
+    doc = make_bundle(nonce=nonce, evidence=got.evidence, logs=[{"format": "tsmr", "register": "pcr16", "data": data}])
+    return doc, TrustAnchors(tpm_aks=[load_ak_anchor(bytes.fromhex(got.evidence["ak_public"]))]), data

@@ -27,7 +27,7 @@ from tsmr.evidence import TrustAnchors
 from tsmr.evidence.bundle import make_bundle
 from tsmr.predict.model import PredictedEvent, Prediction, extend_all
 
-from .conftest import NOW, WHEN, EmulatedTDX, tdx_bundle
+from .conftest import NOW, WHEN, EmulatedTDX, swtpm_runtime_bundle, tdx_bundle
 
 CCEL = "go-tdx-guest/ccel/ccel_data.dat"
 NONCE = bytes(range(32))
@@ -224,23 +224,8 @@ def test_runtime_log_on_an_emulated_td(emulated_tdx: EmulatedTDX) -> None:
 
 @pytest.mark.swtpm
 def test_runtime_log_on_a_tpm_pcr(tmp_path: Path) -> None:
-    pytest.importorskip("tpm2_pytss")
-    from swtpm import Swtpm
-
-    if not Swtpm.available():
-        pytest.skip("swtpm not installed (make test installs it)")
-    from tsmr.backends.tpm import TpmRegisterSet
-    from tsmr.evidence.tpm import load_ak_anchor
-    from tsmr.runtime_log.store import RuntimeLog
-    from tsmr.system.acquire import acquire
-
-    with Swtpm() as tpm:
-        with TpmRegisterSet(tpm.tcti) as rs, RuntimeLog(rs, "pcr16", log_dir=tmp_path) as log:
-            log.append_many(["example.com/app start", "example.com/app ready"])
-            data = log.read()
-        got = acquire(NONCE[:16], backend=f"tpm:{tpm.tcti}", pcrs=[16])
-    doc = make_bundle(nonce=NONCE[:16], evidence=got.evidence, logs=[{"format": "tsmr", "register": "pcr16", "data": data}])
-    trust = TrustAnchors(tpm_aks=[load_ak_anchor(bytes.fromhex(got.evidence["ak_public"]))])
+    doc, trust, data = swtpm_runtime_bundle(tmp_path, NONCE[:16], ["example.com/app start", "example.com/app ready"],
+                                            [16])
     lines = data.decode().splitlines()
     preds = _line_events("pcr16", [lines[0], lines[1]], [HashAlg.SHA256], "app")  # "ready" is not predicted
     rv = Prediction(platform="tpm", registers=extend_all(preds, [HashAlg.SHA256]), events=preds).to_refvals("p")

@@ -23,7 +23,7 @@ from tsmr.backends.emulated_evidence.snp import EmulatedSNPSigner
 from tsmr.evidence import TrustAnchors
 from tsmr.evidence.bundle import make_bundle
 
-from .conftest import COCO, NOW, WHEN, EmulatedTDX, tdx_bundle
+from .conftest import COCO, NOW, WHEN, EmulatedTDX, swtpm_runtime_bundle, tdx_bundle
 
 AFFIRMING, WARNING, CONTRA, NO_CLAIM = 2, 32, 96, 0
 NO_COLLATERAL = "evidence.collateral-missing"
@@ -289,24 +289,8 @@ def test_cca_rim_and_rem3(state_dir: Path, tmp_path: Path) -> None:
 
 @pytest.mark.swtpm
 def test_tpm_quoted_pcrs(tmp_path: Path) -> None:
-    pytest.importorskip("tpm2_pytss")
-    from swtpm import Swtpm
-
-    if not Swtpm.available():
-        pytest.skip("swtpm not installed (make test installs it)")
-    from tsmr.backends.tpm import TpmRegisterSet
-    from tsmr.evidence.tpm import load_ak_anchor
-    from tsmr.runtime_log.store import RuntimeLog
-    from tsmr.system.acquire import acquire
-
-    with Swtpm() as tpm:
-        with TpmRegisterSet(tpm.tcti) as rs, RuntimeLog(rs, "pcr16", log_dir=tmp_path) as log:
-            log.append_many(["example.com/app start", "example.com/app ready"])
-            data = log.read()
-            rs.extend("pcr9", {alg: alg.hash(b"a measurement without a log") for alg in rs.read("pcr9")})
-        got = acquire(NONCE[:16], backend=f"tpm:{tpm.tcti}", pcrs=[0, 9, 16, 17])
-    doc = make_bundle(nonce=NONCE[:16], evidence=got.evidence, logs=[{"format": "tsmr", "register": "pcr16", "data": data}])
-    trust = TrustAnchors(tpm_aks=[load_ak_anchor(bytes.fromhex(got.evidence["ak_public"]))])
+    doc, trust, _ = swtpm_runtime_bundle(tmp_path, NONCE[:16], ["example.com/app start", "example.com/app ready"],
+                                         [0, 9, 16, 17], unlogged_pcr9=True)
     banks = sorted({x["bank"] for x in appraise(doc, nonce=NONCE[:16], now=NOW, trust=trust).registers})
     assert len(banks) >= 2
 
