@@ -12,6 +12,7 @@ appraisal is at most a warning naming the uncovered registers.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,24 @@ def test_two_predictions_of_one_register_are_refused(tmp_path: Path, image: dict
     out = tsmr("refvals", "combine", str(one), str(two), "-o", str(tmp_path / "x.json"), "--json", code=2)
     assert "both predict the events of rtmr1" in out
     assert not (tmp_path / "x.json").exists()
+
+
+def test_missing_events_literal_and_pattern_references() -> None:
+    from tsmr.appraisal.refvals import EventRef, missing_events
+
+    events = [{"domain": "d", "operation": "op", "content": 'a.b {"x":1}'},
+              {"domain": "d", "operation": "op", "content": "line\nbreak"},
+              {"domain": "e", "operation": "op", "content": "x"}]
+    literal_hit = EventRef("d", "op", re.escape('a.b {"x":1}'))
+    literal_miss = EventRef("d", "op", re.escape("a.c"))
+    pattern_hit = EventRef("d", "op", r"a\.b .*")  # not a literal: matched as a pattern
+    pattern_dotall = EventRef("d", "op", "line.break")  # '.' crosses the newline (DOTALL)
+    dot_is_not_literal = EventRef("d", "op", "a.c")  # unescaped '.': a pattern, which 'a.b ...' does not fullmatch
+    any_content = EventRef("e", "op")
+    other_key = EventRef("e", "other")
+    assert literal_hit.literal == 'a.b {"x":1}' and literal_miss.literal == "a.c"
+    assert pattern_hit.literal is None and dot_is_not_literal.literal is None and any_content.literal is None
+    refs = [literal_hit, literal_miss, pattern_hit, pattern_dotall, dot_is_not_literal, any_content, other_key]
+    assert missing_events(refs, events) == [literal_miss, dot_is_not_literal, other_key]
+    # the set lookup agrees with matching each reference against each event
+    assert missing_events(refs, events) == [r for r in refs if not any(r.matches(e) for e in events)]

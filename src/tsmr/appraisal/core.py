@@ -164,7 +164,7 @@ from .mismatch import explain as explain_mismatch
 from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result, Severity
 from .platform import platform_findings
 from .policy import DEFAULT_POLICY, compile_policy, evaluate
-from .refvals import ReferenceValues
+from .refvals import ReferenceValues, missing_events
 
 __all__ = ["appraise", "Finding", "Result", "ReferenceValues", "load_appraisers", "DEFAULT_POLICY"]
 
@@ -534,11 +534,10 @@ def _check_refvals(run: _Run, refvals: ReferenceValues, signed: Mapping[str, Map
             message += f"; {extra['explanation']}" if extra else ""
             run.add("refvals.claim-mismatch", "error", message, claim, claim_name=name, value=claims[name],
                     allowed=list(allowed), **extra)
-    for ref in refvals.events:
-        if not any(ref.matches(e) for e in events):
-            shown = f" {ref.content}" if ref.content is not None else ""
-            run.add("refvals.event-missing", "error", f"no runtime event '{ref.domain} {ref.operation}{shown}'",
-                    "executables", **ref.to_json())
+    for ref in missing_events(refvals.events, events):
+        shown = f" {ref.content}" if ref.content is not None else ""
+        run.add("refvals.event-missing", "error", f"no runtime event '{ref.domain} {ref.operation}{shown}'",
+                "executables", **ref.to_json())
 
 
 def _short(value: Any) -> str:

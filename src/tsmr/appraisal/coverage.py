@@ -50,7 +50,6 @@ its own error (``refvals.register-mismatch``, ``refvals.claim-mismatch``,
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -90,12 +89,6 @@ def _anchor(event: Event) -> bool:
     return event.source == "cel" and event.type == "tsmr" and event.data.startswith((b"SYNC ", b"INIT "))
 
 
-def _literal(pattern: str) -> str | None:
-    """The text a pattern matches when it is a plain escaped literal (as :func:`learn` writes), else None."""
-    text = re.sub(r"\\(.)", r"\1", pattern, flags=re.DOTALL)
-    return text if re.escape(text) == pattern else None
-
-
 class _EventJudges:
     """Whether a runtime event is judged by a reference event or a configured appraiser.
 
@@ -114,7 +107,7 @@ class _EventJudges:
             if ref.content is None:
                 self.any.add(key)
                 continue
-            text = _literal(ref.content)
+            text = ref.literal
             if text is not None:
                 self.literals[key].add(text)
             else:

@@ -72,7 +72,7 @@ from ..quirks import resolve as resolve_quirks
 from ..registers import check_register_name, register_order
 from .facts import IDENTITY_CLAIMS, claims_json, runtime_events
 
-__all__ = ["FORMAT", "VERSION", "SCHEMA", "EventRef", "Predicted", "ReferenceValues", "combine", "learn"]
+__all__ = ["FORMAT", "VERSION", "SCHEMA", "EventRef", "Predicted", "ReferenceValues", "combine", "learn", "missing_events"]
 
 FORMAT = "tsmr-refvals"
 VERSION = 1
@@ -179,11 +179,49 @@ class EventRef:
             return False
         return self.content is None or re.fullmatch(self.content, str(event.get("content", "")), re.DOTALL) is not None
 
+    @property
+    def literal(self) -> str | None:
+        """The one content this reference matches when its pattern is an escaped literal (as :func:`learn`
+        writes them), else None: such references are looked up in a set, not matched one by one."""
+        if self.content is None:
+            return None
+        text = re.sub(r"\\(.)", r"\1", self.content, flags=re.DOTALL)
+        return text if re.escape(text) == self.content else None
+
     def to_json(self) -> dict[str, str]:
         out = {"domain": self.domain, "operation": self.operation}
         if self.content is not None:
             out["content"] = self.content
         return out
+
+
+def missing_events(refs: Sequence[EventRef], events: Sequence[Mapping[str, Any]]) -> list[EventRef]:
+    """The references no event matches.
+
+    One pass groups the events by domain and operation; then a literal reference is one
+    set lookup and a pattern is matched against its group only, so reference values
+    learned from a long log cost time in proportion to the log, not its square.
+    """
+    groups: dict[tuple[Any, Any], list[Mapping[str, Any]]] = {}
+    contents: dict[tuple[Any, Any], set[str]] = {}
+    for e in events:
+        key = (e.get("domain"), e.get("operation"))
+        groups.setdefault(key, []).append(e)
+        contents.setdefault(key, set()).add(str(e.get("content", "")))
+    missing: list[EventRef] = []
+    for ref in refs:
+        key = (ref.domain, ref.operation)
+        group = groups.get(key)
+        if not group:
+            missing.append(ref)
+        elif ref.content is not None:
+            literal = ref.literal
+            if literal is not None:
+                if literal not in contents[key]:
+                    missing.append(ref)
+            elif not any(ref.matches(e) for e in group):
+                missing.append(ref)
+    return missing
 
 
 def _fail(where: str, message: str) -> InputError:
