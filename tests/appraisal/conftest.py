@@ -102,3 +102,27 @@ def swtpm_runtime_bundle(tmp_path: Path, nonce: bytes, records: list[str], pcrs:
         got = acquire(nonce, backend=f"tpm:{tpm.tcti}", pcrs=pcrs)
     doc = make_bundle(nonce=nonce, evidence=got.evidence, logs=[{"format": "tsmr", "register": "pcr16", "data": data}])
     return doc, TrustAnchors(tpm_aks=[load_ak_anchor(bytes.fromhex(got.evidence["ak_public"]))]), data
+
+
+def emulated_realm_bundle(state_dir: Path, tmp_path: Path, nonce: bytes, records: list[str], *,
+                          rim: bytes | None = None) -> tuple[dict[str, Any], TrustAnchors, bytes]:
+    """An emulated CCA realm's token with a runtime log of ``records`` on REM3 (and ``rim`` set at launch).
+
+    Returns the bundle, the trust (the emulator's platform key, named explicitly) and the log's bytes.
+    """
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from tsmr.backends.emulated import EmulatedRegisterSet, initialise
+    from tsmr.runtime_log.store import RuntimeLog
+    from tsmr.system.acquire import acquire
+
+    if rim is not None:
+        initialise("cca", state_dir=state_dir, values={"rim": rim})  # a launch value, as a realm has
+    with EmulatedRegisterSet("cca", state_dir) as rs, RuntimeLog(rs, "rem3", log_dir=tmp_path) as log:
+        log.append_many(records)
+        data = log.read()
+    got = acquire(nonce, backend="emulated:cca", state_dir=str(state_dir))
+    assert got.trust_anchor is not None
+    trust = TrustAnchors(cca_cpak=load_pem_public_key(Path(got.trust_anchor).read_bytes()))
+    doc = make_bundle(nonce=nonce, evidence=got.evidence, logs=[{"format": "tsmr", "register": "rem3", "data": data}])
+    return doc, trust, data

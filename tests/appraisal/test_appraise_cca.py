@@ -7,31 +7,20 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from tsmr.evidence import TrustAnchors
 from tsmr.appraisal import appraise, learn
 from tsmr.errors import InputError
-from tsmr.evidence.bundle import make_bundle
 
-from .conftest import replace_in_log
+from .conftest import emulated_realm_bundle, replace_in_log
 
 NONCE = b"\x5a" * 32
 NOW = datetime.now(timezone.utc)
 
 
 def test_cca_token_with_runtime_log(state_dir: Path, tmp_path: Path) -> None:
-    from tsmr.backends.emulated import EmulatedRegisterSet
-    from tsmr.system.acquire import acquire
-    from tsmr.runtime_log.store import RuntimeLog
-
-    with EmulatedRegisterSet("cca", state_dir) as rs, RuntimeLog(rs, "rem3", log_dir=tmp_path) as log:
-        log.append_many(["example.com/model load {\"sha256\":\"ab\"}", "example.com/model serve"])
-        data = log.read()
-    got = acquire(NONCE, backend="emulated:cca", state_dir=str(state_dir))
-    assert got.trust_anchor is not None
-    trust = TrustAnchors(cca_cpak=load_pem_public_key(Path(got.trust_anchor).read_bytes()))
-    doc = make_bundle(nonce=NONCE, evidence=got.evidence, logs=[{"format": "tsmr", "register": "rem3", "data": data}])
+    doc, trust, _ = emulated_realm_bundle(state_dir, tmp_path, NONCE,
+                                          ["example.com/model load {\"sha256\":\"ab\"}", "example.com/model serve"])
 
     r = appraise(doc, nonce=NONCE, now=NOW, trust=trust)
     # verified and replayed, but nothing says what REM3 may hold: a warning naming it, never affirming

@@ -27,7 +27,7 @@ from tsmr.evidence import TrustAnchors
 from tsmr.evidence.bundle import make_bundle
 from tsmr.predict.model import PredictedEvent, Prediction, extend_all
 
-from .conftest import NOW, WHEN, EmulatedTDX, swtpm_runtime_bundle, tdx_bundle
+from .conftest import NOW, WHEN, EmulatedTDX, emulated_realm_bundle, swtpm_runtime_bundle, tdx_bundle
 
 CCEL = "go-tdx-guest/ccel/ccel_data.dat"
 NONCE = bytes(range(32))
@@ -236,20 +236,8 @@ def test_runtime_log_on_a_tpm_pcr(tmp_path: Path) -> None:
 
 
 def test_runtime_log_and_rim_of_an_emulated_realm(state_dir: Path, tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    from tsmr.backends.emulated import EmulatedRegisterSet, initialise
-    from tsmr.runtime_log.store import RuntimeLog
-    from tsmr.system.acquire import acquire
-
-    initialise("cca", state_dir=state_dir, values={"rim": bytes(range(32))})
-    with EmulatedRegisterSet("cca", state_dir) as rs, RuntimeLog(rs, "rem3", log_dir=tmp_path) as log:
-        log.append_many(["example.com/model load", "example.com/model serve"])
-        data = log.read()
-    got = acquire(NONCE, backend="emulated:cca", state_dir=str(state_dir))
-    assert got.trust_anchor is not None
-    trust = TrustAnchors(cca_cpak=load_pem_public_key(Path(got.trust_anchor).read_bytes()))
-    doc = make_bundle(nonce=NONCE, evidence=got.evidence, logs=[{"format": "tsmr", "register": "rem3", "data": data}])
+    doc, trust, data = emulated_realm_bundle(state_dir, tmp_path, NONCE, ["example.com/model load", "example.com/model serve"],
+                                             rim=bytes(range(32)))
     lines = data.decode().splitlines()
     bank = HashAlg.from_name(next(x["bank"] for x in appraise(doc, nonce=NONCE, now=NOW, trust=trust).registers
                                   if x["register"] == "rem3"))

@@ -23,7 +23,7 @@ from tsmr.backends.emulated_evidence.snp import EmulatedSNPSigner
 from tsmr.evidence import TrustAnchors
 from tsmr.evidence.bundle import make_bundle
 
-from .conftest import COCO, NOW, WHEN, EmulatedTDX, swtpm_runtime_bundle, tdx_bundle
+from .conftest import COCO, NOW, WHEN, EmulatedTDX, emulated_realm_bundle, swtpm_runtime_bundle, tdx_bundle
 
 AFFIRMING, WARNING, CONTRA, NO_CLAIM = 2, 32, 96, 0
 NO_COLLATERAL = "evidence.collateral-missing"
@@ -251,22 +251,8 @@ def test_snp_measurement_is_covered_by_a_claim_or_a_register(sp: EmulatedSNPSign
 # --- Arm CCA: the RIM and a runtime log on REM3 --------------------------------------------------
 
 def test_cca_rim_and_rem3(state_dir: Path, tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    from tsmr.backends.emulated import EmulatedRegisterSet
-    from tsmr.runtime_log.store import RuntimeLog
-    from tsmr.system.acquire import acquire
-
-    from tsmr.backends.emulated import initialise
-
-    initialise("cca", state_dir=state_dir, values={"rim": bytes(range(32))})  # a launch value, as a realm has
-    with EmulatedRegisterSet("cca", state_dir) as rs, RuntimeLog(rs, "rem3", log_dir=tmp_path) as log:
-        log.append_many(["example.com/model load", "example.com/model serve"])
-        data = log.read()
-    got = acquire(NONCE, backend="emulated:cca", state_dir=str(state_dir))
-    assert got.trust_anchor is not None
-    trust = TrustAnchors(cca_cpak=load_pem_public_key(Path(got.trust_anchor).read_bytes()))
-    doc = make_bundle(nonce=NONCE, evidence=got.evidence, logs=[{"format": "tsmr", "register": "rem3", "data": data}])
+    doc, trust, _ = emulated_realm_bundle(state_dir, tmp_path, NONCE, ["example.com/model load", "example.com/model serve"],
+                                          rim=bytes(range(32)))
 
     r = appraise(doc, nonce=NONCE, now=NOW, trust=trust)
     held = [x["register"] for x in r.registers if x["signed"] and set(x["signed"]) != {"0"}]
