@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,21 @@ def fixture_missing(message: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"{message} [CI=true: missing fixture data fails the run]", pytrace=False)
     pytest.skip(message)
+
+
+def need_file(path: Path | str, package: str) -> Path:
+    """A file a Debian package installs (``make test`` installs it): skips without it, fails under CI=true."""
+    if not os.path.isfile(path):
+        fixture_missing(f"{path} is missing (Debian package {package}; make test installs it)")
+    return Path(path)
+
+
+def need_tool(name: str, package: str) -> str:
+    """A program a Debian package installs (``make test`` installs it): skips without it, fails under CI=true."""
+    found = shutil.which(name)
+    if found is None:
+        fixture_missing(f"{name} is not installed (Debian package {package}; make test installs it)")
+    return found
 
 
 class Fixtures:

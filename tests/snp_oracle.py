@@ -50,11 +50,6 @@ def need_oracle() -> str:
     return ORACLE
 
 
-def need_file(path: Path, package: str) -> Path:
-    need(path.is_file(), f"{path} is missing (Debian package {package})")
-    return path
-
-
 def oracle(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run sev-snp-measure with ``args``."""
     return subprocess.run([need_oracle(), *args], capture_output=True, text=True, timeout=60, cwd=cwd)

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from tsmr.cli.main import app
 
-from snp_oracle import OVMF, SHIM, SHIM_SIGNED, need_file, oracle_measurement, with_kernel_hashes, write
+from conftest import need_file
+from snp_oracle import OVMF, SHIM, SHIM_SIGNED, oracle_measurement, with_kernel_hashes, write
 
 TSMR = [sys.executable, "-m", "tsmr.cli.main"]
 NONCE = "5eed" * 8

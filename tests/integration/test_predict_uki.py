@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from conftest import fixture_missing
+from conftest import need_file, need_tool
 from tsmr.algorithms import HashAlg
 from tsmr.cli.main import app
 from tsmr.errors import InputError
@@ -44,31 +44,22 @@ OPTION = {".linux": "--linux", ".osrel": "--osrel", ".cmdline": "--cmdline", ".i
           ".splash": "--splash", ".dtb": "--dtb", ".pcrpkey": "--pcrpkey"}
 
 
-def need(path: Path, package: str) -> Path:
-    if not path.exists():
-        fixture_missing(f"{path} is missing (Debian package {package}; make test installs it)")
-    return path
-
-
 def objcopy() -> str:
-    exe = shutil.which("objcopy")
-    if exe is None:
-        fixture_missing("objcopy is not installed (Debian package binutils; make test installs it)")
-    return exe
+    return need_tool("objcopy", "binutils")
 
 
 def build_uki(out: Path, files: dict[str, Path], stub: Path = STUB) -> Path:
     args = [objcopy()]
     for name, path in files.items():
         args += ["--add-section", f"{name}={path}", "--change-section-vma", f"{name}={VMA[name]:#x}"]
-    subprocess.run(args + [str(need(stub, "systemd-boot-efi")), str(out)], check=True, capture_output=True,
+    subprocess.run(args + [str(need_file(stub, "systemd-boot-efi")), str(out)], check=True, capture_output=True,
                    timeout=60)
     return out
 
 
 def measure(files: dict[str, Path], phases: list[str] | None, banks: tuple[str, ...] = BANKS) -> dict[str, dict[str, str]]:
     """systemd-measure's PCR 11 per bank and phase: {bank: {phase: hex}} ("" for the sections alone)."""
-    need(MEASURE, "systemd")
+    need_file(MEASURE, "systemd")
     args = [str(MEASURE), "calculate", "--json=short"] + [f"--bank={b}" for b in banks]
     args += [f"{OPTION[name]}={path}" for name, path in files.items()]
     args += [f"--phase={p}" for p in phases or ()]
@@ -114,7 +105,7 @@ def payloads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Pa
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (d / "pcrpkey").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                               serialization.PublicFormat.SubjectPublicKeyInfo))
-    shutil.copy(need(SHIM, "shim-signed"), d / "real-linux")
+    shutil.copy(need_file(SHIM, "shim-signed"), d / "real-linux")
     small = {".linux": d / "fake-linux", ".osrel": d / "osrel", ".cmdline": d / "cmdline", ".initrd": d / "initrd"}
     real = {".linux": d / "real-linux", ".osrel": d / "osrel", ".cmdline": d / "cmdline", ".initrd": d / "initrd",
             ".splash": d / "splash", ".dtb": d / "dtb", ".pcrpkey": d / "pcrpkey"}
@@ -242,7 +233,7 @@ def test_bad_inputs_exit_2(tmp_path: Path, payloads: dict[str, dict[str, Path]])
     cases = [
         ["predict", "uki"],  # neither --linux nor --uki
         ["predict", "uki", "--uki", str(files[".osrel"])],  # not a PE
-        ["predict", "uki", "--uki", str(need(STUB, "systemd-boot-efi"))],  # a stub without .linux
+        ["predict", "uki", "--uki", str(need_file(STUB, "systemd-boot-efi"))],  # a stub without .linux
         ["predict", "uki", "--linux", str(files[".linux"]), "--bank", "md5"],
         ["predict", "uki", "--linux", str(files[".linux"]), "--systemd", "251"],
         ["predict", "uki", "--linux", str(tmp_path / "missing")],

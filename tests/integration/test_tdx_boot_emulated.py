@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -17,20 +16,11 @@ from typer.testing import CliRunner
 from tsmr.cli.main import app
 from tsmr.replay import replay_tcg2_bytes
 
-from fixtures_dir import in_ci
+from conftest import need_file
 
 OVMF = "/usr/share/ovmf/OVMF.fd"  # Debian package ovmf
 STUB = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"  # systemd-boot-efi: a real EFI PE image to boot as the kernel
 CCEL = "trustee/eventlog/CCEL_data_ovmf"
-
-
-def system_file(path: str, package: str) -> None:
-    """Skip without a file a Debian package installs, but fail under CI=true (make test installs it)."""
-    if not os.path.exists(path):
-        message = f"{path} is missing (Debian package {package})"
-        if in_ci():
-            pytest.fail(message + " [CI=true: make test installs it]", pytrace=False)
-        pytest.skip(message)
 
 
 def tsmr(*args: str) -> str:
@@ -42,8 +32,8 @@ def tsmr(*args: str) -> str:
 @pytest.mark.parametrize("with_ccel", [False, True])
 def test_emulated_td_boots_to_the_predicted_registers(state_dir: Path, tmp_path: Path, fixtures: Path,
                                                       with_ccel: bool) -> None:
-    system_file(OVMF, "ovmf")
-    system_file(STUB, "systemd-boot-efi")
+    need_file(OVMF, "ovmf")
+    need_file(STUB, "systemd-boot-efi")
     initrd = tmp_path / "initrd"
     initrd.write_bytes(b"\x07\x07\x01" + bytes(4000))
     inputs = ["--firmware", OVMF, "--kernel", STUB, "--initrd", str(initrd), "--cmdline", "console=hvc0 quiet"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import fixture_missing
+from conftest import need_file, need_tool
 from tsmr.algorithms import HashAlg
 from tsmr.errors import InputError
 from tsmr.predict.pe import PeImage, authenticode
@@ -38,23 +37,13 @@ UNSIGNED = [SHIM / "shimx64.efi", SHIM / "mmx64.efi", SHIM / "fbx64.efi", STUB, 
 FBX64_SIGNED = (SHIM / "fbx64.efi.signed").read_bytes() if (SHIM / "fbx64.efi.signed").is_file() else None
 
 
-def need_file(path: Path) -> bytes:
+def need_bytes(path: Path) -> bytes:
     """The file's bytes; skip (fail under CI=true: make test installs it) when it is missing."""
-    if not path.is_file():
-        fixture_missing(f"{path} is missing (Debian packages shim-signed, systemd-boot-efi; make test installs them)")
-    return path.read_bytes()
-
-
-def need_tool(name: str) -> str:
-    """The tool's path; skips when it is missing (fails under CI=true: make test installs it)."""
-    found = shutil.which(name)
-    if found is None:
-        fixture_missing(f"{name} is not installed (make test installs it)")
-    return found
+    return need_file(path, "shim-signed or systemd-boot-efi").read_bytes()
 
 
 def pesign_hash(path: Path, alg: str, *, pad: bool = False) -> bytes:
-    exe = need_tool("pesign")
+    exe = need_tool("pesign", "pesign")
     args = [exe, "-h", "-d", alg, "-i", str(path)] + (["-P"] if pad else [])
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout
     m = re.search(r"hash: ([0-9a-f]+)", out)
@@ -64,7 +53,7 @@ def pesign_hash(path: Path, alg: str, *, pad: bool = False) -> bytes:
 
 def osslsigncode_digests(path: Path) -> list[tuple[bytes, bytes]]:
     """``osslsigncode verify``: (digest the signature carries, digest osslsigncode computes), per signature."""
-    exe = need_tool("osslsigncode")
+    exe = need_tool("osslsigncode", "osslsigncode")
     res = subprocess.run([exe, "verify", "-in", str(path)], capture_output=True, text=True, timeout=60)
     text = res.stdout + res.stderr
     current = re.findall(r"Current message digest\s*:\s*([0-9A-F]+)", text)
@@ -78,7 +67,7 @@ def osslsigncode_digests(path: Path) -> list[tuple[bytes, bytes]]:
 
 @pytest.mark.parametrize("path", SIGNED, ids=lambda p: p.name)
 def test_digest_matches_the_signatures_embedded_digests(path: Path) -> None:
-    image = PeImage.parse(need_file(path))
+    image = PeImage.parse(need_bytes(path))
     signed = image.signed_digests()
     assert signed, "a signed binary has at least one signature"
     for alg, digest in signed:
@@ -87,7 +76,7 @@ def test_digest_matches_the_signatures_embedded_digests(path: Path) -> None:
 
 def test_shim_carries_both_microsoft_signatures() -> None:
     """shimx64.efi.signed holds two WIN_CERTIFICATEs (UEFI CA 2011 and 2023); both sign the same digest."""
-    image = PeImage.parse(need_file(SHIM / "shimx64.efi.signed"))
+    image = PeImage.parse(need_bytes(SHIM / "shimx64.efi.signed"))
     certs = list(image.certificates())
     assert len(certs) >= 2
     assert all(ctype == 2 and rev == 0x200 for rev, ctype, _ in certs)
@@ -99,14 +88,14 @@ def test_shim_carries_both_microsoft_signatures() -> None:
 @pytest.mark.parametrize("path", SIGNED + UNSIGNED, ids=lambda p: p.name)
 @pytest.mark.parametrize("alg", ["sha256", "sha1"])
 def test_digest_matches_pesign(path: Path, alg: str) -> None:
-    data = need_file(path)
+    data = need_bytes(path)
     assert authenticode(data, HashAlg.from_name(alg)) == pesign_hash(path, alg)
 
 
 @pytest.mark.parametrize("path", [SHIM / "mmx64.efi.signed", SHIM / "fbx64.efi.signed"], ids=lambda p: p.name)
 def test_digest_matches_osslsigncode(path: Path) -> None:
     """osslsigncode reads the signature's digest itself and computes its own (it rejects shim's two entries)."""
-    image = PeImage.parse(need_file(path))
+    image = PeImage.parse(need_bytes(path))
     results = osslsigncode_digests(path)
     assert [d for _, d in image.signed_digests()] == [current for current, _ in results]
     for current, calculated in results:
@@ -115,15 +104,15 @@ def test_digest_matches_osslsigncode(path: Path) -> None:
 
 def test_signed_and_unsigned_shim_share_headers_but_not_the_digest() -> None:
     """The certificate table and its directory entry are excluded; the signed binary is a different build."""
-    signed = PeImage.parse(need_file(SHIM / "fbx64.efi.signed"))
-    unsigned = PeImage.parse(need_file(SHIM / "fbx64.efi"))
+    signed = PeImage.parse(need_bytes(SHIM / "fbx64.efi.signed"))
+    unsigned = PeImage.parse(need_bytes(SHIM / "fbx64.efi"))
     assert unsigned.cert_table is None and signed.cert_table is not None
     # Debian signs the very file it ships unsigned: the digest must not see the signature.
     assert signed.authenticode() == unsigned.authenticode()
 
 
 def test_parsed_headers() -> None:
-    image = PeImage.parse(need_file(SHIM / "shimx64.efi.signed"))
+    image = PeImage.parse(need_bytes(SHIM / "shimx64.efi.signed"))
     assert image.machine_name == "x86_64" and image.is_pe32_plus
     assert image.checksum_offset == image.pe_offset + 24 + 64
     assert image.cert_dir_offset == image.pe_offset + 24 + 112 + 4 * 8
@@ -139,7 +128,7 @@ def test_parsed_headers() -> None:
 
 def test_unaligned_trailing_data_is_hashed_as_is(tmp_path: Path) -> None:
     """EDK2 hashes the bytes after the last section as they are; pesign -h agrees, pesign -h -P pads to 8."""
-    data = need_file(SHIM / "fbx64.efi") + b"abc"
+    data = need_bytes(SHIM / "fbx64.efi") + b"abc"
     path = tmp_path / "odd.efi"
     path.write_bytes(data)
     assert authenticode(data) == pesign_hash(path, "sha256")
@@ -172,9 +161,9 @@ def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.mark.parametrize("alg", ["sha1", "sha256", "sha384", "sha512"])
 def test_osslsigncode_signatures_in_every_bank(tmp_path: Path, signing_key: tuple[Path, Path], alg: str) -> None:
     """An image whose length is not a multiple of 8, signed in each bank: the signer pads, then hashes."""
-    exe = need_tool("osslsigncode")
+    exe = need_tool("osslsigncode", "osslsigncode")
     src = tmp_path / "in.efi"
-    src.write_bytes(need_file(SHIM / "fbx64.efi") + b"\x01\x02\x03")
+    src.write_bytes(need_bytes(SHIM / "fbx64.efi") + b"\x01\x02\x03")
     out = tmp_path / "out.efi"
     key, cert = signing_key
     subprocess.run([exe, "sign", "-h", alg, "-key", str(key), "-certs", str(cert), "-in", str(src), "-out", str(out)],
@@ -188,10 +177,10 @@ def test_osslsigncode_signatures_in_every_bank(tmp_path: Path, signing_key: tupl
 
 def test_nested_signature(tmp_path: Path, signing_key: tuple[Path, Path]) -> None:
     """A second signature nested in the first signer's unsigned attributes (osslsigncode -nest) is found too."""
-    exe = need_tool("osslsigncode")
+    exe = need_tool("osslsigncode", "osslsigncode")
     key, cert = signing_key
     src = tmp_path / "in.efi"
-    src.write_bytes(need_file(SHIM / "mmx64.efi"))
+    src.write_bytes(need_bytes(SHIM / "mmx64.efi"))
     once, twice = tmp_path / "once.efi", tmp_path / "twice.efi"
     common = ["-key", str(key), "-certs", str(cert)]
     subprocess.run([exe, "sign", "-h", "sha384", *common, "-in", str(src), "-out", str(once)],
@@ -207,10 +196,10 @@ def test_nested_signature(tmp_path: Path, signing_key: tuple[Path, Path]) -> Non
 
 
 def test_sbsign_signature(tmp_path: Path, signing_key: tuple[Path, Path]) -> None:
-    exe = need_tool("sbsign")
+    exe = need_tool("sbsign", "sbsigntool")
     key, cert = signing_key
     src = tmp_path / "in.efi"
-    src.write_bytes(need_file(STUB))
+    src.write_bytes(need_bytes(STUB))
     out = tmp_path / "out.efi"
     subprocess.run([exe, "--key", str(key), "--cert", str(cert), "--output", str(out), str(src)],
                    check=True, capture_output=True, timeout=60)
@@ -232,7 +221,7 @@ def test_no_certificate_directory_entry() -> None:
     No tool here handles such an image (pesign crashes on it), so the expected digest is the
     spec's rule written out over the file's own header fields.
     """
-    base = need_file(SHIM / "fbx64.efi")
+    base = need_bytes(SHIM / "fbx64.efi")
     pe = struct.unpack_from("<I", base, 0x3C)[0]
     data = _patch(base, pe + 24 + 108, "<I", 4)
     image = PeImage.parse(data)
@@ -260,7 +249,7 @@ def test_no_certificate_directory_entry() -> None:
 
 def test_every_truncation_of_a_signed_binary_is_an_input_error() -> None:
     """Cut anywhere, a signed image's certificate table (at its end) runs past the end: InputError, always."""
-    data = need_file(SHIM / "fbx64.efi.signed")
+    data = need_bytes(SHIM / "fbx64.efi.signed")
     cuts = list(range(0, 4096)) + list(range(4096, len(data), 997)) + [len(data) - 1]
     for cut in cuts:
         with pytest.raises(InputError):
@@ -268,7 +257,7 @@ def test_every_truncation_of_a_signed_binary_is_an_input_error() -> None:
 
 
 def test_truncated_header_messages_name_the_problem() -> None:
-    data = need_file(SHIM / "fbx64.efi")
+    data = need_bytes(SHIM / "fbx64.efi")
     with pytest.raises(InputError, match="truncated PE image"):
         PeImage.parse(data[:300])
     with pytest.raises(InputError, match="not a PE image"):
@@ -278,7 +267,7 @@ def test_truncated_header_messages_name_the_problem() -> None:
 
 
 def test_malformed_headers() -> None:
-    base = need_file(SHIM / "fbx64.efi.signed")
+    base = need_bytes(SHIM / "fbx64.efi.signed")
     pe = struct.unpack_from("<I", base, 0x3C)[0]
     opt = pe + 24
     table = opt + struct.unpack_from("<H", base, pe + 20)[0]
@@ -306,7 +295,7 @@ def test_malformed_headers() -> None:
 
 def test_malformed_signatures() -> None:
     """A damaged WIN_CERTIFICATE or PKCS#7 is an InputError from signed_digests, the digest unaffected."""
-    base = need_file(SHIM / "fbx64.efi.signed")
+    base = need_bytes(SHIM / "fbx64.efi.signed")
     image = PeImage.parse(base)
     assert image.cert_table is not None
     start, size = image.cert_table
@@ -329,7 +318,7 @@ def test_mutated_images_raise_only_input_error(data: st.DataObject) -> None:
     """Random byte changes in the headers and certificate table, and random cuts: InputError or a result."""
     base = FBX64_SIGNED
     if base is None:
-        base = need_file(SHIM / "fbx64.efi.signed")  # skips, or fails under CI=true
+        base = need_bytes(SHIM / "fbx64.efi.signed")  # skips, or fails under CI=true
     buf = bytearray(base)
     image = PeImage.parse(base)
     assert image.cert_table is not None
@@ -355,7 +344,7 @@ def test_cli_authenticode(tmp_path: Path) -> None:
     from tsmr.cli.main import app
 
     path = SHIM / "shimx64.efi.signed"
-    need_file(path)
+    need_bytes(path)
     runner = CliRunner()
     res = runner.invoke(app, ["authenticode", str(path)])
     assert res.exit_code == 0, res.output

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from snp_oracle import (OVMF, OVMF_NO_SEV, SHIM, SHIM_SIGNED, need_file, oracle, oracle_measurement,
+from conftest import need_file
+from snp_oracle import (OVMF, OVMF_NO_SEV, SHIM, SHIM_SIGNED, oracle, oracle_measurement,
                         with_kernel_hashes, write)
 from tsmr.cli.main import app
 from tsmr.errors import InputError

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fixtures_dir import in_ci
+from conftest import need_file
 from tsmr.algorithms import HashAlg
 from tsmr.cli.main import app
 from tsmr.formats import ccel as ccel_format
@@ -44,24 +44,14 @@ PAGE = 4096
 SHA384 = HashAlg.SHA384
 
 
-def system_file(path: str, package: str) -> Path:
-    """A file a Debian package installs: skip without it, but fail under CI=true (make test installs it)."""
-    if os.path.exists(path):
-        return Path(path)
-    message = f"{path} is missing (Debian package {package})"
-    if in_ci():
-        pytest.fail(message + " [CI=true: make test installs it]", pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def ovmf() -> bytes:
-    return system_file(OVMF, "ovmf").read_bytes()
+    return need_file(OVMF, "ovmf").read_bytes()
 
 
 @pytest.fixture(scope="module")
 def kernel_pe() -> bytes:
-    return system_file(STUB, "systemd-boot-efi").read_bytes()
+    return need_file(STUB, "systemd-boot-efi").read_bytes()
 
 
 def sections_by_hand(image: bytes) -> list[tuple[int, int, int, int, int, int]]:
@@ -114,7 +104,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_exit_code_of_a_real_process() -> None:
-    system_file(OVMF_CODE_4M, "ovmf")
+    need_file(OVMF_CODE_4M, "ovmf")
     r = subprocess.run([*TSMR, "predict", "tdx", "--firmware", OVMF_CODE_4M], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "no TDX metadata" in r.stderr and "Traceback" not in r.stderr
@@ -181,7 +171,7 @@ def bad_images(ovmf: bytes) -> dict[str, bytes]:
     at = ovmf.rfind(b"TDVF")
     bfv_entry = at + 16  # the first section is the BFV
     return {
-        "no TDX metadata": system_file(OVMF_CODE_4M, "ovmf").read_bytes(),
+        "no TDX metadata": need_file(OVMF_CODE_4M, "ovmf").read_bytes(),
         "not OVMF": b"\x90" * 8192,
         "metadata cut off": ovmf[at + 30:],  # the tail with the table, but not the whole descriptor
         "too many sections": _with(ovmf, at + 12, struct.pack("<I", 7)),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from conftest import FIXTURES
+from conftest import FIXTURES, need_file, need_tool
 from tsmr.algorithms import HashAlg
 from tsmr.cli.main import app
 from tsmr.formats import tcg2
@@ -48,10 +47,7 @@ ACTION = b"Calling EFI Application from Boot Option"
 
 def _need(*paths: Path) -> None:
     for p in paths:
-        if not p.exists():
-            if os.environ.get("CI"):
-                pytest.fail(f"{p} is missing (Debian packages shim-signed, systemd-boot-efi; make test installs them)")
-            pytest.skip(f"{p} is missing (Debian packages shim-signed, systemd-boot-efi)")
+        need_file(p, "shim-signed or systemd-boot-efi")
 
 
 def _run(*args: str) -> Any:
@@ -95,10 +91,7 @@ def test_app_digests_are_the_ones_their_signatures_embed() -> None:
 
 def test_app_digest_agrees_with_pesign() -> None:
     _need(SHIM, STUB)
-    if shutil.which("pesign") is None:
-        if os.environ.get("CI"):
-            pytest.fail("pesign is missing (Debian package pesign; make test installs it)")
-        pytest.skip("pesign is missing (Debian package pesign)")
+    need_tool("pesign", "pesign")
     doc = _run("--efi-app", str(STUB), "--efi-app", str(SHIM), "--bank", "sha256")
     apps = [e for e in doc["events"] if e["type"] == "EV_EFI_BOOT_SERVICES_APPLICATION"]
     for path, event in zip((STUB, SHIM), apps):
