@@ -84,9 +84,12 @@ class ChainProvider:
 
 
 def _server_main(mountpoint: str) -> None:
+    import faulthandler
+
     from tsmr.backends.fuse import serve
     from tsmr.errors import BackendError
 
+    faulthandler.register(signal.SIGUSR1)  # a test that waits too long asks where the server is stuck
     try:
         serve(ChainProvider(), mountpoint, ready=lambda: print("READY", flush=True))
     except BackendError as e:
@@ -373,7 +376,13 @@ def test_sigterm_unmounts_and_exits(tmp_path: Path) -> None:
     try:
         assert _read(served.path("mrconfigid")) == MRCONFIGID
         served.proc.send_signal(signal.SIGTERM)
-        assert served.proc.wait(30) == 0, served.log_text()
+        try:
+            code = served.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            served.proc.send_signal(signal.SIGUSR1)  # the server's stacks, into its log
+            time.sleep(1)
+            pytest.fail(f"the server did not exit within 60 s of SIGTERM; its log and stacks:\n{served.log_text()}")
+        assert code == 0, served.log_text()
         assert not _is_mounted(served.mountpoint)
         assert os.listdir(served.mountpoint) == []
     finally:

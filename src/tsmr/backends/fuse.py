@@ -274,6 +274,11 @@ class FuseConnection:
             self.close()
             self._done.set()
 
+    @property
+    def wakeup_fd(self) -> int:
+        """The write end of the pipe that wakes :meth:`serve_forever` (non-blocking; for ``signal.set_wakeup_fd``)."""
+        return self._wake_w
+
     def stop(self) -> None:
         """Unmount and make :meth:`serve_forever` return; safe from signal handlers and other threads."""
         if self._stopping:
@@ -660,6 +665,10 @@ def serve(provider: AttributeProvider | None, mountpoint: str | os.PathLike[str]
         else:
             raise InputError("fuse: nothing to serve")
         holder.append(server)
+        # The self-pipe trick: a signal that lands after the serving loop's last check but before
+        # poll() blocks would otherwise leave poll() asleep, and the Python handler never run (seen
+        # under load). With the wake pipe as the wakeup fd, the C-level handler writes to it too.
+        previous_wakeup = signal.set_wakeup_fd(server.wakeup_fd, warn_on_full_buffer=False) if previous else None
         try:
             if requested:
                 server.stop()
@@ -667,6 +676,8 @@ def serve(provider: AttributeProvider | None, mountpoint: str | os.PathLike[str]
                 ready()
             server.serve_forever()
         finally:
+            if previous_wakeup is not None:
+                signal.set_wakeup_fd(previous_wakeup)  # before the pipe is closed
             server.close()
     finally:
         for sig, handler in previous.items():
