@@ -40,20 +40,6 @@ class PredictedEvent:
             out["data"] = self.data.hex()
         return out
 
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any], where: str = "predicted event") -> PredictedEvent:
-        try:
-            digests = {HashAlg.from_name(str(a)): bytes.fromhex(str(v)) for a, v in dict(doc["digests"]).items()}
-            for alg, d in digests.items():
-                if len(d) != alg.digest_size:
-                    raise ValueError(f"{alg.name.lower()} digest is {len(d)} bytes")
-            data = doc.get("data")
-            return cls(register=str(doc["register"]), event_type=str(doc["type"]), digests=digests,
-                       component=str(doc.get("component", "")), description=str(doc.get("description", "")),
-                       data=bytes.fromhex(str(data)) if data is not None else None)
-        except (KeyError, TypeError, ValueError, InputError) as e:
-            raise InputError(f"{where}: {e}") from None
-
 
 @dataclass(frozen=True)
 class Prediction:
