@@ -75,7 +75,7 @@ from ..findings import Finding, Severity
 __all__ = [
     "SourceKind", "Key", "Document", "CollateralUnavailable", "keys_for", "Fetcher", "verify_document",
     "assemble", "Cache", "MemoryCache", "resolve", "refresh_due", "KINDS", "MAX_BODY", "pck_ca_type",
-    "snp_product",
+    "snp_product", "crl_der", "refresh_time",
 ]
 
 SourceKind = Literal["pccs", "kds"]
@@ -396,6 +396,18 @@ def _crl_body(body: bytes) -> bytes:
     return body
 
 
+def crl_der(body: bytes) -> bytes:
+    """The DER of a CRL served as DER, PEM or hex text (PCCS); ParseError when it is no CRL."""
+    raw = _crl_body(body)
+    try:
+        if raw.lstrip().startswith(b"-----"):
+            return bytes(x509.load_pem_x509_crl(raw).public_bytes(serialization.Encoding.DER))
+        x509.load_der_x509_crl(raw)
+    except ValueError as exc:
+        raise ParseError(f"not a CRL: {exc}", format="X.509 CRL") from None
+    return raw
+
+
 def _json_object(body: bytes, member: str, key: Key) -> Mapping[str, Any]:
     try:
         doc = json.loads(body)
@@ -483,7 +495,7 @@ def _pinned_ark(key: Key, trust: TrustAnchors) -> x509.Certificate:
     try:
         return snp._cert(trust.snp_ark, "the pinned ARK")
     except (InputError, ParseError) as exc:
-        raise CollateralUnavailable(key, "malformed", f"the pinned ARK: {exc}") from None
+        raise CollateralUnavailable(key, "malformed", str(exc)) from None
 
 
 def _snp_chain(key: Key, pem: bytes, trust: TrustAnchors, now: datetime) -> tuple[x509.Certificate, x509.Certificate]:
@@ -819,6 +831,11 @@ class MemoryCache:
 # --------------------------------------------------------------------------- resolving
 
 
+def _lease_ttl(fetcher: Fetcher) -> float:
+    """How long a fetch lease lasts: two requests (a VCEK and its cert_chain) and some slack."""
+    return 2 * fetcher.timeout + 5
+
+
 def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
 
@@ -864,7 +881,7 @@ def _obtain(key: Key, *, trust: TrustAnchors, fetcher: Fetcher | None, cache: Ca
         if fetcher is None or cache is None:
             return cached, []
         fetcher.note(cached)
-        if cached.refresh_after > now or not cache.claim(key.id, owner=owner, ttl=fetcher.timeout + 5):
+        if cached.refresh_after > now or not cache.claim(key.id, owner=owner, ttl=_lease_ttl(fetcher)):
             return cached, []
         # Due for refresh and ours to refresh: a failure keeps the copy and holds the lease to its
         # end, so that the next callers do not each wait for a source that is down.
@@ -889,7 +906,7 @@ def _obtain(key: Key, *, trust: TrustAnchors, fetcher: Fetcher | None, cache: Ca
         except CollateralUnavailable as exc:
             return None, [_unavailable(key, exc, None, now)]
     deadline = time.monotonic() + wait
-    ttl = fetcher.timeout + 5
+    ttl = _lease_ttl(fetcher)
     while True:
         if cache.claim(key.id, owner=owner, ttl=ttl):
             try:
@@ -953,7 +970,7 @@ def refresh_due(*, trust: TrustAnchors, fetcher: Fetcher, cache: Cache, now: dat
     now = _utc(now, "now")
     done = 0
     for old in cache.due(now):
-        if not cache.claim(old.key.id, owner=owner, ttl=fetcher.timeout + 5):
+        if not cache.claim(old.key.id, owner=owner, ttl=_lease_ttl(fetcher)):
             continue
         try:
             fresh = fetcher.fetch(old.key, now=now)
