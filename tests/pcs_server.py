@@ -35,7 +35,9 @@ What it serves (Intel PCS API v4 shapes, as a PCCS serves them too, and AMD KDS)
 * ``"garbage"``: bodies are bytes that are no document (headers as usual);
 * ``"bad-signature"``: one byte of each document's signature is flipped;
 * ``"wrong-fmspc"``: a TCB info request gets the document of another FMSPC it has (valid,
-  signed, for the wrong platform).
+  signed, for the wrong platform);
+* ``"redirect"``: every answer is a 302 to the same path on another host name (``localhost``);
+* ``"huge"``: every body is 2 MiB of zeros (past a client's size bound).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-MODES = ("ok", "down", "slow", "garbage", "bad-signature", "wrong-fmspc")
+MODES = ("ok", "down", "slow", "garbage", "bad-signature", "wrong-fmspc", "redirect", "huge")
 GARBAGE = b"\x00not a document\xff" * 8
 
 TCB_PATH = "/tdx/certification/v4/tcb"
@@ -325,6 +327,10 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.pcs.slow_seconds)
         query = dict(urllib.parse.parse_qsl(split.query))
         status, body, headers = self.pcs.answer(split.path, query)
+        if self.pcs.mode == "redirect":
+            status, body, headers = 302, b"", {"Location": f"http://localhost:{self.pcs.port}{self.path}"}
+        elif self.pcs.mode == "huge" and status == 200:
+            body = bytes(2 << 20)
         try:
             self.send_response(status)
             for name, value in headers.items():
