@@ -482,3 +482,50 @@ def test_cli_errors(fixtures: Any, pcs_server: PcsServer, milan_ark: Path, tmp_p
     (out / "sample_tcbInfo_response").write_text("{}")
     r = _cli(["collateral", "fetch", quote, "-o", str(out), "--pccs", pcs_server.url, "--at", "2023-07-01T01:00:00"])
     assert r.exit_code == 2 and "already holds other collateral" in r.output
+
+
+def test_a_second_signed_object_under_the_same_name_is_refused(fixtures: Any, pcs_server: PcsServer) -> None:
+    """JSON with two "tcbInfo" members: the parser sees the last, the signature covers the first."""
+    real = (fixtures / "go-tdx-guest/sample_tcbInfo_response").read_bytes()
+    fake = b'{"tcbInfo":' + real[len(b'{"tcbInfo":'):real.index(b',"signature"')] + \
+        b',"tcbInfo":{"id":"TDX","version":3,"fmspc":"90C06F000000"}' + real[real.index(b',"signature"'):]
+    assert json.loads(fake)["tcbInfo"]["fmspc"] == "90C06F000000"
+    pcs_server.tcb.clear()
+    pcs_server.add_tcb(fake, (fixtures / "go-tdx-guest/tcbinfo_issuer_chain.pem").read_bytes())
+    key = C.Key("tdx.tcb", (("fmspc", "90c06f000000"),))
+    with pytest.raises(C.CollateralUnavailable) as e:
+        tdx_fetcher(pcs_server, TrustAnchors()).fetch(key, now=TDX_TIME)
+    assert e.value.reason == "wrong-document" and "50806f000000" in str(e.value)
+
+
+def test_snp_keys_by_product(fixtures: Any, pcs_server: PcsServer) -> None:
+    """The KDS URL of a report's VCEK: Milan/Genoa (64-byte hwID) and Turin (8-byte hwID, FMC SPL, its TCB layout)."""
+    report = bytearray(fixtures.read(SNP_REPORT))
+    chip = bytes(report[0x1A0:0x1E0])
+    fetcher = C.Fetcher(kds_url=pcs_server.url + "/", trust=TrustAnchors())
+
+    def vcek_url(version: int, cpuid: bytes) -> str:
+        report[0:4] = version.to_bytes(4, "little")
+        report[0x188:0x18B] = cpuid
+        keys = C.keys_for("snp", bytes(report), trust=TrustAnchors())
+        assert [k.kind for k in keys] == ["snp.chain", "snp.vcek"]
+        return fetcher.url(keys[1])
+
+    base = pcs_server.url
+    # TCB_VERSION 0x4405000000000002: Milan/Genoa bytes BL, TEE, 4 reserved, SNP, UCODE.
+    assert vcek_url(3, bytes([0x19, 0x01, 0x01])) == \
+        f"{base}/vcek/v1/Milan/{chip.hex()}?blSPL=2&teeSPL=0&snpSPL=5&ucodeSPL=68"
+    assert vcek_url(3, bytes([0x19, 0x11, 0x01])) == \
+        f"{base}/vcek/v1/Genoa/{chip.hex()}?blSPL=2&teeSPL=0&snpSPL=5&ucodeSPL=68"
+    # Turin: FMC, BL, TEE, SNP, 3 reserved, UCODE; the hwID is the chip id's first 8 bytes.
+    assert vcek_url(3, bytes([0x1A, 0x02, 0x00])) == \
+        f"{base}/vcek/v1/Turin/{chip[:8].hex()}?fmcSPL=2&blSPL=0&teeSPL=0&snpSPL=0&ucodeSPL=68"
+    # A version-2 report says no product: --kds-product, else nothing to fetch (no ARK pinned).
+    report[0:4] = (2).to_bytes(4, "little")
+    assert C.keys_for("snp", bytes(report), trust=TrustAnchors()) == []
+    assert C.keys_for("snp", bytes(report), trust=TrustAnchors(), product="Genoa-B1")[0].id == "snp.chain?product=Genoa"
+    with pytest.raises(InputError):
+        C.keys_for("snp", bytes(report), trust=TrustAnchors(), product="Naples")
+    assert C.keys_for("snp", b"not a report", trust=TrustAnchors()) == []
+    assert C.keys_for("tdx", b"not a quote", trust=TrustAnchors()) == []
+    assert C.keys_for("cca", b"", trust=TrustAnchors()) == []

@@ -237,6 +237,8 @@ def keys_for(kind: str, evidence: bytes, *, trust: TrustAnchors, product: str | 
     chip id not masked): ``snp.chain`` and ``snp.vcek`` of the chip id (its first 8 bytes on
     Turin) at the reported TCB; a masked chip id gives ``snp.chain`` only, a VLEK-signed
     report nothing (VLEKs are not served by the public KDS routes)."""
+    if kind not in ("tdx", "snp"):
+        return []
     try:
         if kind == "tdx":
             q = tdx.parse_quote(evidence)
@@ -244,27 +246,25 @@ def keys_for(kind: str, evidence: bytes, *, trust: TrustAnchors, product: str | 
             ext = tdx.pck_extensions(certs[0])
             return [Key("tdx.tcb", (("fmspc", ext.fmspc.hex()),)), Key("tdx.qe"),
                     Key("tdx.pckcrl", (("ca", pck_ca_type(certs[0].issuer)),)), Key("tdx.rootcrl")]
-        if kind == "snp":
-            rep = snp.parse_report(evidence)
-            if rep.signing_key != "vcek":
-                return []
-            name = snp_product(rep, product=product, ark=trust.snp_ark)
-            if name is None:
-                return []
-            keys = [Key("snp.chain", (("product", name),))]
-            if not rep.mask_chip_id and any(rep.chip_id):
-                tcb = rep.reported_tcb
-                params = [("product", name), ("blSPL", str(tcb.bootloader)), ("teeSPL", str(tcb.tee)),
-                          ("snpSPL", str(tcb.snp)), ("ucodeSPL", str(tcb.microcode))]
-                if name == "Turin":
-                    params += [("hwid", rep.chip_id[:8].hex()), ("fmcSPL", str(tcb.fmc or 0))]
-                else:
-                    params.append(("hwid", rep.chip_id.hex()))
-                keys.append(Key("snp.vcek", tuple(params)))
-            return keys
+        rep = snp.parse_report(evidence)
     except (EvidenceError, ParseError, ValueError, IndexError):
         return []
-    return []
+    if rep.signing_key != "vcek":
+        return []
+    name = snp_product(rep, product=product, ark=trust.snp_ark)  # an unknown product given: InputError
+    if name is None:
+        return []
+    keys = [Key("snp.chain", (("product", name),))]
+    if not rep.mask_chip_id and any(rep.chip_id):
+        tcb = rep.reported_tcb
+        params = [("product", name), ("blSPL", str(tcb.bootloader)), ("teeSPL", str(tcb.tee)),
+                  ("snpSPL", str(tcb.snp)), ("ucodeSPL", str(tcb.microcode))]
+        if name == "Turin":
+            params += [("hwid", rep.chip_id[:8].hex()), ("fmcSPL", str(tcb.fmc or 0))]
+        else:
+            params.append(("hwid", rep.chip_id.hex()))
+        keys.append(Key("snp.vcek", tuple(params)))
+    return keys
 
 
 # --------------------------------------------------------------------------- documents
@@ -428,16 +428,20 @@ def _check_tdx(key: Key, body: bytes, chain: bytes | None, trust: TrustAnchors, 
     if key.kind in ("tdx.tcb", "tdx.qe"):
         member, check, want_id = (("tcbInfo", "tdx.tcb_info", "TDX") if key.kind == "tdx.tcb"
                                   else ("enclaveIdentity", "tdx.qe_identity", "TD_QE"))
-        obj = _json_object(body, member, key)
-        # What the document is comes first: a valid document for another platform is the wrong one.
-        if obj.get("id") != want_id:
-            raise CollateralUnavailable(key, "wrong-document", f"{member} id is {obj.get('id')!r}, not {want_id!r}")
-        if key.kind == "tdx.tcb":
-            if not isinstance(obj.get("version"), int) or obj["version"] < 3:
-                raise CollateralUnavailable(key, "wrong-document", "not a TDX TCB info v3 or later")
-            if str(obj.get("fmspc", "")).lower() != key.param("fmspc"):
-                raise CollateralUnavailable(key, "wrong-document",
-                                            f"TCB info is for FMSPC {obj.get('fmspc')!r}, not {key.param('fmspc')}")
+
+        def identify(obj: Mapping[str, Any]) -> None:
+            if obj.get("id") != want_id:
+                raise CollateralUnavailable(key, "wrong-document", f"{member} id is {obj.get('id')!r}, not {want_id!r}")
+            if key.kind == "tdx.tcb":
+                if not isinstance(obj.get("version"), int) or obj["version"] < 3:
+                    raise CollateralUnavailable(key, "wrong-document", "not a TDX TCB info v3 or later")
+                if str(obj.get("fmspc", "")).lower() != key.param("fmspc"):
+                    raise CollateralUnavailable(key, "wrong-document", f"TCB info is for FMSPC "
+                                                                       f"{obj.get('fmspc')!r}, not {key.param('fmspc')}")
+
+        # What the document is comes first: a valid document for another platform is the wrong one,
+        # whatever its dates.  Checked again on the signed bytes (the object a verifier will use).
+        identify(_json_object(body, member, key))
         if chain is None:
             raise CollateralUnavailable(key, "malformed", "the response has no issuer-chain header")
         try:
@@ -445,6 +449,7 @@ def _check_tdx(key: Key, body: bytes, chain: bytes | None, trust: TrustAnchors, 
             verified = _signed_json(signed, sig, chain, root, now, check)
         except (EvidenceError, ParseError) as exc:
             raise CollateralUnavailable(key, _reason(exc), str(exc)) from None
+        identify(verified)
         next_update = datetime.fromisoformat(str(verified["nextUpdate"]))
         if next_update.tzinfo is None:
             next_update = next_update.replace(tzinfo=UTC)
@@ -540,6 +545,8 @@ def _check_snp(key: Key, body: bytes, chain: bytes | None, trust: TrustAnchors, 
     else:
         raise CollateralUnavailable(key, "malformed", "no ASK to verify the VCEK with (no cert_chain, no --ask)")
     hwid = snp._vcek_hwid(vcek)
+    if hwid is not None and len(hwid) == 10 and hwid[:2] == b"\x04\x08":  # a Turin hwID in an OCTET STRING
+        hwid = hwid[2:]
     if hwid is None or hwid.hex() != key.param("hwid"):
         raise CollateralUnavailable(key, "wrong-document", f"the VCEK is for hwID {hwid.hex() if hwid else None}, "
                                                            f"not {key.param('hwid')}")
