@@ -10,7 +10,8 @@ Usage::
     finally:
         server.stop()
 
-or the ``pcs_server`` pytest fixture (tests/integration/test_collateral_fetch.py), which
+``PcsServer(tls=context)`` serves https (an ``ssl.SSLContext`` for the server side); or the
+``pcs_server`` pytest fixture (tests/integration/test_collateral_fetch.py), which
 starts one per test and stops it afterwards.
 
 What it serves (Intel PCS API v4 shapes, as a PCCS serves them too, and AMD KDS):
@@ -96,7 +97,8 @@ def _flip_pem(pem: bytes) -> bytes:
 class PcsServer:
     """The server: documents registered with the ``add_*`` / ``set_*`` methods, served once started."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: Any = None) -> None:
+        self.tls = tls  # an ssl.SSLContext (server side): serve https instead of http
         self.tcb: dict[str, tuple[bytes, bytes]] = {}  # fmspc -> (response body, issuer chain PEM)
         self.qe: tuple[bytes, bytes] | None = None
         self.pckcrl: dict[str, tuple[bytes, bytes]] = {}  # ca -> (CRL DER, issuer chain PEM)
@@ -150,13 +152,13 @@ class PcsServer:
         return self
 
     @classmethod
-    def from_fixtures(cls, root: Path | str) -> PcsServer:
+    def from_fixtures(cls, root: Path | str, *, tls: Any = None) -> PcsServer:
         """The go-tdx-guest collateral (FMSPCs 50806f000000 and 90c06f000000, QE identity, platform PCK
         CRL, root CA CRL; valid around 2023-06/07) and the go-sev-guest Milan VCEK and cert_chain."""
         root = Path(root)
         tdx, sev = root / "go-tdx-guest", root / "go-sev-guest"
         tcb_chain = (tdx / "tcbinfo_issuer_chain.pem").read_bytes()
-        server = cls()
+        server = cls(tls=tls)
         server.add_tcb((tdx / "sample_tcbInfo_response").read_bytes(), tcb_chain)
         server.add_tcb((tdx / "sample_tcbinfo_response_v5").read_bytes(), tcb_chain)
         server.set_qe((tdx / "sample_qeIdentity_response").read_bytes(),
@@ -196,7 +198,7 @@ class PcsServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def mode(self) -> str:
@@ -224,6 +226,8 @@ class PcsServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._httpd.daemon_threads = True
+        if self.tls is not None:
+            self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"pcs-server-{self.port}", daemon=True)

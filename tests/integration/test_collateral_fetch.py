@@ -529,3 +529,54 @@ def test_snp_keys_by_product(fixtures: Any, pcs_server: PcsServer) -> None:
     assert C.keys_for("snp", b"not a report", trust=TrustAnchors()) == []
     assert C.keys_for("tdx", b"not a quote", trust=TrustAnchors()) == []
     assert C.keys_for("cca", b"", trust=TrustAnchors()) == []
+
+
+def _tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A test CA and a server certificate for 127.0.0.1 it issued (cert, key, CA) as PEM files."""
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tsmr test PCCS CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pccs")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    paths[2].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+def test_https_source_is_checked_against_the_given_ca(fixtures: Any, tmp_path: Path) -> None:
+    import ssl
+
+    cert, key, ca = _tls_files(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = PcsServer.from_fixtures(fixtures.root, tls=context).start()
+    try:
+        trust, quote = TrustAnchors(), fixtures.read(TDX_QUOTE)
+        assert server.url.startswith("https://127.0.0.1:")
+        anchors, findings = C.resolve("tdx", quote, trust=trust, cache=C.MemoryCache(), now=TDX_TIME,
+                                      fetcher=C.Fetcher(pccs_url=server.url, trust=trust, cafile=str(ca), timeout=2))
+        assert findings == [] and anchors.tdx_collateral is not None
+        # The system's CAs do not know the test CA: refused, nothing fetched.
+        with pytest.raises(C.CollateralUnavailable) as e:
+            C.Fetcher(pccs_url=server.url, trust=trust, timeout=2).fetch(C.Key("tdx.qe"), now=TDX_TIME)
+        assert e.value.reason == "unreachable" and "CERTIFICATE_VERIFY_FAILED" in str(e.value)
+        assert server.counts["/tdx/certification/v4/qe/identity"] == 1
+    finally:
+        server.stop()
