@@ -38,7 +38,8 @@ What it serves (Intel PCS API v4 shapes, as a PCCS serves them too, and AMD KDS)
 * ``"wrong-fmspc"``: a TCB info request gets the document of another FMSPC it has (valid,
   signed, for the wrong platform);
 * ``"redirect"``: every answer is a 302 to the same path on another host name (``localhost``);
-* ``"huge"``: every body is 2 MiB of zeros (past a client's size bound).
+* ``"huge"``: every body is 2 MiB of zeros (past a client's size bound);
+* ``"trickle"``: the body is sent one byte every ``slow_seconds / 10`` (each read is quick, the whole is not).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-MODES = ("ok", "down", "slow", "garbage", "bad-signature", "wrong-fmspc", "redirect", "huge")
+MODES = ("ok", "down", "slow", "garbage", "bad-signature", "wrong-fmspc", "redirect", "huge", "trickle")
 GARBAGE = b"\x00not a document\xff" * 8
 
 TCB_PATH = "/tdx/certification/v4/tcb"
@@ -341,7 +342,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.pcs.mode == "trickle":
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(self.pcs.slow_seconds / 10)
+            else:
+                self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout test)
 

@@ -299,6 +299,11 @@ def test_slow_source_times_out(fixtures: Any, pcs_server: PcsServer) -> None:
     _, findings = C.resolve("tdx", fixtures.read(TDX_QUOTE), trust=trust, cache=cache, now=TDX_TIME,
                             fetcher=tdx_fetcher(pcs_server, trust, timeout=0.2))
     assert {f.context["reason"] for f in findings} == {"timeout"} and len(cache) == 0
+    # A byte every 0.1 s: every read is within 0.3 s, the whole answer is not within 0.6 s.
+    pcs_server.mode, pcs_server.slow_seconds = "trickle", 1.0
+    with pytest.raises(C.CollateralUnavailable) as e:
+        tdx_fetcher(pcs_server, trust, timeout=0.3).fetch(key, now=TDX_TIME)
+    assert e.value.reason == "timeout" and "0.6 s in all" in str(e.value)
 
 
 def test_a_valid_document_for_another_fmspc_is_refused(fixtures: Any, pcs_server: PcsServer) -> None:

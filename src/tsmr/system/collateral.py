@@ -709,10 +709,23 @@ class Fetcher:
 
     def _get(self, key: Key, url: str) -> tuple[bytes, Mapping[str, str]]:
         req = urllib.request.Request(url, headers={"Accept": "*/*", "User-Agent": "tsmr-collateral"})
+        # ``timeout`` bounds connecting and each read; the whole answer must come within twice that, so a
+        # server that trickles a byte at a time cannot hold a verifier for long.
+        deadline = time.monotonic() + 2 * self.timeout
         try:
             with self._opener.open(req, timeout=self.timeout) as resp:
-                body = resp.read(self.max_body + 1)
                 headers = {k.lower(): v for k, v in resp.headers.items()}
+                chunks: list[bytes] = []
+                size = 0
+                while size <= self.max_body:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the answer did not arrive in time")
+                    chunk = resp.read1(min(65536, self.max_body + 1 - size))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+                body = b"".join(chunks)
         except urllib.error.HTTPError as exc:
             exc.close()
             raise CollateralUnavailable(key, "http-status", f"HTTP {exc.code} {exc.reason}", url=url) from None
@@ -722,7 +735,8 @@ class Fetcher:
                 raise CollateralUnavailable(key, "timeout", f"no answer within {self.timeout:g} s", url=url) from None
             raise CollateralUnavailable(key, "unreachable", str(why), url=url) from None
         except (TimeoutError, socket.timeout):
-            raise CollateralUnavailable(key, "timeout", f"no answer within {self.timeout:g} s", url=url) from None
+            raise CollateralUnavailable(key, "timeout", f"no (complete) answer within {self.timeout:g} s per read "
+                                        f"and {2 * self.timeout:g} s in all", url=url) from None
         except (OSError, ValueError) as exc:  # connection reset, bad status line, ...
             raise CollateralUnavailable(key, "unreachable", f"{type(exc).__name__}: {exc}", url=url) from None
         if len(body) > self.max_body:
