@@ -585,3 +585,22 @@ def test_https_source_is_checked_against_the_given_ca(fixtures: Any, tmp_path: P
         assert server.counts["/tdx/certification/v4/qe/identity"] == 1
     finally:
         server.stop()
+
+
+def test_cli_fetch_for_an_emulated_quote_verifies_with_its_root(pcs_server: PcsServer, tmp_path: Path) -> None:
+    from tsmr.backends.emulated_evidence.tdx import EmulatedTDXSigner
+
+    signer = EmulatedTDXSigner(tmp_path / "qe")
+    quote = tmp_path / "quote.dat"
+    quote.write_bytes(signer.quote(report_data=b"n", registers={}))
+    pcs_server.add_emulated_tdx(signer, status="SWHardeningNeeded", advisories=("INTEL-SA-00615",))
+    out, root = tmp_path / "col", str(signer.root_pem)
+    r = _cli(["collateral", "fetch", str(quote), "--pccs", pcs_server.url, "-o", str(out)])
+    assert r.exit_code == 3 and "bad-signature" in r.output and not out.exists()  # not under the Intel root
+    r = _cli(["collateral", "fetch", str(quote), "--pccs", pcs_server.url, "--trust-root", root, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    v = _cli(["quote", "verify", str(quote), "--trust-root", root, "--collateral", str(out), "--json"])
+    assert v.exit_code == 0, v.output
+    claims = json.loads(v.stdout)["claims"]
+    assert claims["tcb_status"] == "SWHardeningNeeded" and claims["advisory_ids"] == ["INTEL-SA-00615"]
+    assert "tdx.crl.root" in claims["checks"] and "tdx.qe_identity" in claims["checks"]
