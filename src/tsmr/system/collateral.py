@@ -361,7 +361,7 @@ class CollateralUnavailable(BackendError):
 def refresh_time(fetched_at: datetime, not_after: datetime) -> datetime:
     """When a document fetched at ``fetched_at`` and valid until ``not_after`` should be fetched again.
 
-    The earlier of 3/4 of its remaining lifetime and one day before it expires; the 3/4 point
+    The earlier of 3/4 of the way from ``fetched_at`` to ``not_after`` and one day before it; the 3/4 point
     alone when less than a day was left when it was fetched (see the module docstring)."""
     life = max(not_after - fetched_at, timedelta(0))
     three_quarters = fetched_at + life * 3 / 4
@@ -853,8 +853,9 @@ class MemoryCache:
 
 
 def _lease_ttl(fetcher: Fetcher) -> float:
-    """How long a fetch lease lasts: two requests (a VCEK and its cert_chain) and some slack."""
-    return 2 * fetcher.timeout + 5
+    """How long a fetch lease lasts: two requests (a VCEK and its cert_chain), each at most twice the
+    timeout (:meth:`Fetcher._get`), and some slack."""
+    return 4 * fetcher.timeout + 5
 
 
 def _default_owner() -> str:
