@@ -159,7 +159,7 @@ def _finish(doc: dict[str, Any], output: str | None, verifier: str | None, ear: 
     from ..errors import BackendError
 
     nonce = str(doc.get("nonce"))
-    status, body = _http_json("POST", verifier.rstrip("/") + "/attest", {"bundle": doc})
+    status, body = _http_json("POST", verifier.rstrip("/") + "/attest", doc)  # the body is the bundle itself
     if status >= 500 or not isinstance(body, dict):
         raise BackendError(f"verifier {verifier}: /attest answered {status}: {body}", backend="verifier")
     if status >= 400:
