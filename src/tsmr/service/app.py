@@ -34,8 +34,11 @@ Database trouble (unreachable, read-only, the SQLite file deleted) is 503
 ``database.unavailable`` on any route, and ``/healthz`` says so too: its check
 is a write that is rolled back, done at most once a second per worker.
 
-Admin endpoints (``/policies``, ``/refvals``) exist only when an admin token is
-configured; the bearer token is compared in constant time and never logged.
+Admin endpoints (``/policies``, ``/refvals``, ``/tpm-aks``) exist only when an
+admin token is configured; the bearer token is compared in constant time and
+never logged.  Over TLS with a client CA (``--tls-client-ca``) they also need a
+client certificate that CA issued (403 ``admin.client-certificate-required``),
+as does naming a policy on ``/attest``; the public routes need none.
 Bodies are limited (16 MiB for ``/attest``, 1 MiB elsewhere) before they are
 read; a declared ``Content-Length`` over the limit is refused at once.
 JSON bodies nested deeper than 64 levels, or holding non-finite numbers or
@@ -454,7 +457,7 @@ def _public_routes(v: Verifier) -> APIRouter:
         gives the nonce back.
         """
         # Everything that depends on the request alone is checked before the nonce is spent.
-        _authorise_selection(v, policy, refvals, credentials)
+        _authorise_selection(v, policy, refvals, credentials, request)
         policy_row = _document(v, "policy", policy)
         refvals_row = _document(v, "refvals", refvals)
         bundle, nonce = body.doc, body.nonce
@@ -609,8 +612,24 @@ def _token_matches(credentials: HTTPAuthorizationCredentials | None, expected: b
     return hmac.compare_digest(given, expected)
 
 
+CLIENT_CERT_REQUIRED = ("the admin endpoints need a TLS client certificate issued by the verifier's client CA "
+                        "(--tls-client-ca), besides the admin token")
+
+
+def _client_certified(v: Verifier, request: Request) -> bool:
+    """Whether the request may use admin rights as far as TLS goes: no client CA configured, or a verified client certificate.
+
+    The certificate is the one :mod:`tsmr.service.server` put in the ASGI TLS
+    extension; the handshake already refused any that the client CA did not issue.
+    """
+    if not v.settings.tls_client_ca:
+        return True
+    tls = (request.scope.get("extensions") or {}).get("tls") or {}
+    return bool(tls.get("client_cert_chain"))
+
+
 def _authorise_selection(v: Verifier, policy: str | None, refvals: str | None,
-                         credentials: HTTPAuthorizationCredentials | None) -> None:
+                         credentials: HTTPAuthorizationCredentials | None, request: Request) -> None:
     """Refuse a request naming another policy or reference values than the verifier's, unless it carries the admin token.
 
     Naming the configured ones changes nothing and needs no token.  Checked before the
@@ -620,12 +639,13 @@ def _authorise_selection(v: Verifier, policy: str | None, refvals: str | None,
                                     ("refvals", refvals, v.settings.refvals)):
         if asked is None or asked == configured:
             continue
-        if v.admin_digest is not None and _token_matches(credentials, v.admin_digest):
+        certified = _client_certified(v, request)
+        if certified and v.admin_digest is not None and _token_matches(credentials, v.admin_digest):
             continue
         what = "policy" if kind == "policy" else "reference values"
         raise ApiError(403, f"{kind}.selection-forbidden",
                        f"this verifier appraises with its own {what} ({configured!r}); naming another needs "
-                       "the admin bearer token")
+                       "the admin bearer token" + ("" if certified else " and a TLS client certificate"))
 
 
 def _document(v: Verifier, kind: Literal["policy", "refvals"], name: str | None) -> Any:
@@ -652,7 +672,10 @@ def _admin_routes(v: Verifier) -> APIRouter:
     assert v.admin_digest is not None
     expected = v.admin_digest
 
-    def admin(credentials: Credentials) -> None:
+    def admin(request: Request, credentials: Credentials) -> None:
+        # With a client CA, the transport credential first: without it nothing is said about the token.
+        if not _client_certified(v, request):
+            raise ApiError(403, "admin.client-certificate-required", CLIENT_CERT_REQUIRED)
         challenge = {"WWW-Authenticate": 'Bearer realm="tsmr"'}
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise ApiError(401, "auth.required", "an admin bearer token is required", challenge)
@@ -660,7 +683,7 @@ def _admin_routes(v: Verifier) -> APIRouter:
             raise ApiError(401, "auth.invalid", "wrong admin token",
                            {"WWW-Authenticate": 'Bearer realm="tsmr", error="invalid_token"'})
 
-    r = APIRouter(dependencies=[Depends(admin)], responses=_errors(401, 422))
+    r = APIRouter(dependencies=[Depends(admin)], responses=_errors(401, 403, 422))
 
     def info(row: Any) -> VersionInfo:
         return VersionInfo(name=row.name, version=row.version, created_at=row.created_at)

@@ -269,7 +269,8 @@ class Health(BaseModel):
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {400: "Malformed request", 401: "Missing or wrong admin token",
-            403: "Nonce never issued, or a policy / reference values named without the admin token",
+            403: "Nonce never issued, a policy / reference values named without the admin token, or (with a "
+                 "TLS client CA) an admin request without a client certificate",
             415: "The body is not sent as application/json",
             404: "Not found", 409: "Nonce already used", 410: "Nonce expired", 413: "Body too large",
             422: "Invalid request or evidence that could not be appraised",
