@@ -12,9 +12,9 @@ verifier's choice (``Settings.policy`` / ``Settings.refvals``, default the store
 documents named "default"), not part of the body: a request may name others
 (``?policy=NAME&refvals=NAME``) only with the admin token (403
 ``policy.selection-forbidden`` otherwise), or an attester could pick a lenient
-policy and turn a denial into ``affirming``.  Only then is the nonce consumed, with one conditional UPDATE:
-only the request whose UPDATE changed a row goes on to appraisal, whichever
-replica it reached.  A nonce that was never issued, has expired or was already
+policy and turn a denial into ``affirming``.  Only then is the nonce consumed,
+with one conditional UPDATE: only the request whose UPDATE changed a row goes on
+to appraisal, whichever replica it reached.  A nonce that was never issued, has expired or was already
 used is refused with a 4xx and *nothing is stored*: the endpoint needs no
 credentials, so storing refusals would let anyone fill the database, and a
 relying party only ever looks up results by the id a successful attestation
