@@ -162,6 +162,41 @@ def test_challenge_attest_and_ear_verify_over_https(tls_server: Server, pki: Pki
     # the result is stored as the plain-HTTP one would be
     with tls_server.client() as c:
         assert c.get(f"/results/{body['id']}").json()["nonce"] == nonce
+        # the file `tsmr attest -o` writes is the body, byte for byte (curl --data-binary @bundle.json)
+        nonce = c.post("/challenge").json()["nonce"]
+        bundle = tmp_path / "bundle.json"
+        r = _tsmr("attest", "--nonce", nonce, "-o", str(bundle), "--backend", "emulated:tdx",
+                  "--state-dir", str(emulator.state), "--log-dir", str(emulator.log_dir))
+        assert r.returncode == 0, r.stderr
+        r = c.post("/attest", content=bundle.read_bytes(), headers={"Content-Type": "application/json"})
+        assert r.status_code == 201 and r.json()["status"] == "affirming", r.text
+
+
+def test_curl_as_the_readme_shows(tls_server: Server, pki: Pki, emulator: Emulator, tmp_path: Path) -> None:
+    """The README's curl lines: a bundle file as the body; an admin request with a client certificate."""
+    from conftest import need_tool
+
+    curl = need_tool("curl", "curl")
+    with tls_server.client() as c:
+        nonce = c.post("/challenge").json()["nonce"]
+    bundle = tmp_path / "bundle.json"
+    assert _tsmr("attest", "--nonce", nonce, "-o", str(bundle), "--backend", "emulated:tdx", "--state-dir",
+                 str(emulator.state), "--log-dir", str(emulator.log_dir)).returncode == 0
+
+    def run(*args: str) -> tuple[int, dict[str, object]]:
+        r = subprocess.run([curl, "-sS", "--cacert", str(pki.ca), "-w", "\n%{http_code}", *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        body, _, status = r.stdout.rpartition("\n")
+        return int(status), json.loads(body)
+
+    status, doc = run("--data-binary", f"@{bundle}", "-H", "Content-Type: application/json", tls_server.url + "/attest")
+    assert status == 201 and doc["status"] == "affirming", doc
+    token = ["-H", f"Authorization: Bearer {ADMIN_TOKEN}"]
+    status, doc = run(*token, tls_server.url + "/policies")
+    assert (status, doc["error"]) == (403, "admin.client-certificate-required")
+    status, doc = run("--cert", str(pki.client_cert), "--key", str(pki.client_key), *token, tls_server.url + "/policies")
+    assert status == 200 and "items" in doc, doc
 
 
 @pytest.mark.parametrize("command", ["challenge", "attest", "ear"])
