@@ -11,9 +11,10 @@ TSMR := $(VENV)/bin/tsmr
 # for tsmr predict and tsmr authenticode: ovmf (OVMF.fd with TDX and SEV metadata),
 # shim-signed (PE binaries signed by Microsoft and Debian), pesign, osslsigncode and
 # sbsigntool (independent Authenticode tools), systemd-boot-efi
-# (the UKI stub), systemd (systemd-measure) and binutils (objcopy builds UKIs).
+# (the UKI stub), systemd (systemd-measure) and binutils (objcopy builds UKIs); curl
+# sends bundles and admin requests over TLS as the README shows.
 APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config fuse3 postgresql \
-	ovmf shim-signed pesign osslsigncode sbsigntool systemd-boot-efi systemd binutils
+	ovmf shim-signed pesign osslsigncode sbsigntool systemd-boot-efi systemd binutils curl
 DEMO_STATE ?= $(CURDIR)/.state/demo
 PYTEST_ARGS ?=
 

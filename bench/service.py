@@ -198,7 +198,7 @@ def client(url: str, guest: dict[str, Any], seconds: float, index: int, out: Any
                 if r.status_code != 201:
                     error(f"challenge {r.status_code}")
                     continue
-                body = json.dumps({"bundle": make_bundle_for(guest, bytes.fromhex(r.json()["nonce"]))})
+                body = json.dumps(make_bundle_for(guest, bytes.fromhex(r.json()["nonce"])))  # the body is the bundle
                 t2 = time.perf_counter()
                 r = c.post("/attest", content=body, headers={"content-type": "application/json"})
                 t3 = time.perf_counter()
@@ -313,7 +313,7 @@ def main() -> None:
             database = f"sqlite:///{work / 'verifier.db'}"
             backend = "sqlite"
             notes.append(f"SQLite instead of PostgreSQL: {reason}")
-        size = len(json.dumps({"bundle": make_bundle_for(guest, bytes(32))}))
+        size = len(json.dumps(make_bundle_for(guest, bytes(32))))
         refvals = learned_refvals(guest)
         base = baseline(guest, args.baseline_seconds, refvals)
         store_refvals(database, refvals)

@@ -106,11 +106,13 @@ class Server:
 
     def __init__(self, workdir: Path, *, database: str, trust_root: Path | None, key: Path | None = None,
                  admin_token: str | None = ADMIN_TOKEN, workers: int = 1, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, verify: Any = None) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # verify: an ssl.SSLContext for a server started with TLS options (in `extra`): https, checked with it
+        self.verify: Any = True if verify is None else verify
+        self.url = f"{'http' if verify is None else 'https'}://127.0.0.1:{self.port}"
         self.log_path = workdir / f"serve-{self.port}.log"
         args = [sys.executable, SERVE, "serve", "--port", str(self.port), "--database", database,
                 "--state-dir", str(workdir / "state"), "--json-logs", "--workers", str(workers)]
@@ -147,7 +149,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tsmr serve exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=2, verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -174,7 +176,7 @@ class Server:
             return ""
 
     def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kw)
+        return httpx.Client(base_url=self.url, timeout=60, **{"verify": self.verify, **kw})
 
     def cover(self, document: dict[str, Any] | None = None) -> None:
         """Store reference values (default :data:`COVERING`) as the verifier's "default", with the admin token."""

@@ -31,14 +31,14 @@ def test_a_40000_line_log_is_refused_by_the_defaults_before_the_nonce_is_spent(
         nonce = _nonce(c)
         big = emulator.bundle(nonce, extra_logs=[{"format": "tsmr", "register": "rtmr2", "data": _lines(40_000),
                                                   "name": "flood"}])
-        r = c.post("/attest", json={"bundle": big})
+        r = c.post("/attest", json=big)
         assert r.status_code == 413, r.text[:2000]
         body = r.json()
         assert body["error"] == "bundle.too-large"
         assert "logs[0] (flood): 40,000 records in one runtime log, over the limit of 10,000" in body["detail"]
         assert "TSMR_MAX_LOG_RECORDS" in body["detail"]
         # Nothing was spent: the same nonce attests the guest's real bundle.
-        r = c.post("/attest", json={"bundle": emulator.bundle(nonce)})
+        r = c.post("/attest", json=emulator.bundle(nonce))
         assert r.status_code == 201, r.text[:2000]
 
 
@@ -48,16 +48,16 @@ def test_serve_options_set_the_limits(db_url: str, make_server: Callable[..., Se
                       extra=["--max-log-records", "2", "--max-logs", "1"])
     with srv.client() as c:
         nonce = _nonce(c)
-        r = c.post("/attest", json={"bundle": emulator.bundle(nonce)})
+        r = c.post("/attest", json=emulator.bundle(nonce))
         assert r.status_code == 413, r.text[:2000]
         assert r.json()["error"] == "bundle.too-large"
         assert "3 records in one runtime log, over the limit of 2" in r.json()["detail"]
         two = emulator.bundle(nonce, extra_logs=[{"format": "tsmr", "register": "rtmr2", "data": b"# note\n"}])
-        r = c.post("/attest", json={"bundle": two})
+        r = c.post("/attest", json=two)
         assert r.status_code == 413, r.text[:2000]
         assert "2 logs in the bundle, over the limit of 1" in r.json()["detail"]
         without_logs = dict(emulator.bundle(nonce), logs=[])
-        assert c.post("/attest", json={"bundle": without_logs}).status_code == 201
+        assert c.post("/attest", json=without_logs).status_code == 201
 
 
 def test_binary_logs_are_counted_as_parsed_and_the_nonce_is_given_back(
@@ -66,12 +66,12 @@ def test_binary_logs_are_counted_as_parsed_and_the_nonce_is_given_back(
     ccel = (fixtures / "go-tdx-guest/ccel/ccel_data.dat").read_bytes()  # 43 events
     with srv.client() as c:
         nonce = _nonce(c)
-        r = c.post("/attest", json={"bundle": emulator.bundle(nonce, extra_logs=[{"format": "ccel", "data": ccel,
-                                                                                  "name": "CCEL"}])})
+        r = c.post("/attest", json=emulator.bundle(nonce, extra_logs=[{"format": "ccel", "data": ccel,
+                                                                      "name": "CCEL"}]))
         assert r.status_code == 413, r.text[:2000]
         assert r.json()["error"] == "bundle.too-large"
         assert "43 records in all logs of the bundle, over the limit of 20" in r.json()["detail"]
-        r = c.post("/attest", json={"bundle": emulator.bundle(nonce)})  # 3 records: the nonce came back
+        r = c.post("/attest", json=emulator.bundle(nonce))  # 3 records: the nonce came back
         assert r.status_code == 201, r.text[:2000]
 
 
@@ -81,7 +81,7 @@ def test_the_time_budget_is_a_422_and_gives_the_nonce_back(db_url: str, make_ser
     with srv.client() as c:
         nonce = _nonce(c)
         for _ in range(2):  # the second time the nonce is fresh again, not reused
-            r = c.post("/attest", json={"bundle": emulator.bundle(nonce)})
+            r = c.post("/attest", json=emulator.bundle(nonce))
             assert r.status_code == 422, r.text[:2000]
             assert r.json()["error"] == "appraisal.time-budget"
             assert "time budget of 1e-06 s" in r.json()["detail"]

@@ -22,7 +22,7 @@ DEBUG = b"\x01" + bytes(7)  # TD_ATTRIBUTES bit 0
 def _attest(c: httpx.Client, emu: Emulator, td_attributes: bytes) -> dict[str, Any]:
     nonce = bytes.fromhex(c.post("/challenge").json()["nonce"])
     quote = EmulatedTDXSigner(emu.trust_root.parent).quote(report_data=nonce, registers={}, td_attributes=td_attributes)
-    r = c.post("/attest", json={"bundle": make_bundle(nonce=nonce, evidence={"kind": "tdx", "data": quote})})
+    r = c.post("/attest", json=make_bundle(nonce=nonce, evidence={"kind": "tdx", "data": quote}))
     assert r.status_code == 201, r.text
     body: dict[str, Any] = r.json()
     assert ear.verify(body["ear"], c.get("/.well-known/jwks.json").json())["submods"]["tdx"]["ear.status"] == body["status"]

@@ -22,7 +22,7 @@ from .conftest import Emulator, Server, admin_headers
 def attest(srv: Server, make: Callable[[bytes], dict[str, Any]]) -> dict[str, Any]:
     with srv.client() as c:
         nonce = c.post("/challenge").json()["nonce"]
-        r = c.post("/attest", json={"bundle": make(bytes.fromhex(nonce))})
+        r = c.post("/attest", json=make(bytes.fromhex(nonce)))
         assert r.status_code == 201, r.text
         return r.json()
 

@@ -40,7 +40,7 @@ def _predicted(lines: list[str]) -> dict[str, Any]:
 
 def _attest(c: httpx.Client, emu: Emulator) -> dict[str, Any]:
     nonce = c.post("/challenge").json()["nonce"]
-    r = c.post("/attest", json={"bundle": emu.bundle(nonce)})
+    r = c.post("/attest", json=emu.bundle(nonce))
     assert r.status_code == 201, r.text
     body: dict[str, Any] = r.json()
     sub = ear.verify(body["ear"], c.get("/.well-known/jwks.json").json())["submods"]["tdx"]

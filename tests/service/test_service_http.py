@@ -50,7 +50,7 @@ def _no_stack_trace(r: httpx.Response) -> None:
 
 def _attest(c: httpx.Client, emu: Emulator, **extra: Any) -> httpx.Response:
     nonce = c.post("/challenge").json()["nonce"]
-    return c.post("/attest", json={"bundle": emu.bundle(nonce), **extra})
+    return c.post("/attest", json=emu.bundle(nonce), params=extra)
 
 
 def test_challenge_attest_and_a_signed_ear(db_url: str, make_server: Callable[..., Server], emulator: Emulator) -> None:
@@ -62,7 +62,7 @@ def test_challenge_attest_and_a_signed_ear(db_url: str, make_server: Callable[..
         ch = r.json()
         assert len(bytes.fromhex(ch["nonce"])) == 32 and ch["expires_at"]
         bundle = emulator.bundle(ch["nonce"])
-        r = c.post("/attest", json={"bundle": bundle})
+        r = c.post("/attest", json=bundle)
         assert r.status_code == 201, r.text
         body = r.json()
         assert body["status"] == "affirming", body["result"]["findings"]
@@ -90,11 +90,11 @@ def test_challenge_attest_and_a_signed_ear(db_url: str, make_server: Callable[..
         assert got.json()["ear"] == body["ear"] and got.json()["status"] == "affirming"
         assert got.json()["nonce"] == ch["nonce"]
         # the same bundle again: the nonce is spent
-        again = c.post("/attest", json={"bundle": bundle})
+        again = c.post("/attest", json=bundle)
         assert again.status_code == 409 and again.json()["error"] == "freshness.nonce-reused"
         _no_stack_trace(again)
         # a nonce this verifier never issued: refused, nothing stored
-        unknown = c.post("/attest", json={"bundle": emulator.bundle("cd" * 32)})
+        unknown = c.post("/attest", json=emulator.bundle("cd" * 32))
         assert unknown.status_code == 403 and unknown.json()["error"] == "freshness.nonce-unknown"
         assert c.get("/results/00000000-0000-4000-8000-000000000000").status_code == 404
         assert c.get("/results/not-a-uuid").status_code == 422
@@ -128,7 +128,7 @@ def test_bad_evidence_is_a_stored_contraindicated_result(tmp_path: Path, make_se
         bundle = emulator.bundle(nonce)
         log = base64.b64decode(bundle["logs"][-1]["data"]).replace(b"sha256:1111", b"sha256:2222")
         bundle["logs"][-1]["data"] = base64.b64encode(log).decode()
-        r = c.post("/attest", json={"bundle": bundle})
+        r = c.post("/attest", json=bundle)
         assert r.status_code == 201, r.text
         assert r.json()["status"] == "contraindicated"
         assert ear.verify(r.json()["ear"], c.get("/.well-known/jwks.json").json())["submods"]["tdx"][
@@ -139,7 +139,7 @@ def test_bad_evidence_is_a_stored_contraindicated_result(tmp_path: Path, make_se
         quote = bytearray(base64.b64decode(bundle["evidence"]["data"]))
         quote[100] ^= 1
         bundle["evidence"]["data"] = base64.b64encode(bytes(quote)).decode()
-        r = c.post("/attest", json={"bundle": bundle})
+        r = c.post("/attest", json=bundle)
         assert r.status_code == 201 and r.json()["status"] == "contraindicated", r.text
     # the verifier not trusting the emulator's root: the same evidence is contraindicated
     other = make_server(name="b", database=f"sqlite:///{tmp_path / 'w.db'}", trust_root=None)
@@ -155,7 +155,7 @@ def test_expired_nonce_is_refused(tmp_path: Path, make_server: Callable[..., Ser
         nonce = c.post("/challenge").json()["nonce"]
         bundle = emulator.bundle(nonce)
         time.sleep(1.3)
-        r = c.post("/attest", json={"bundle": bundle})
+        r = c.post("/attest", json=bundle)
         assert r.status_code == 410 and r.json()["error"] == "freshness.nonce-expired"
     assert _count_results(f"sqlite:///{tmp_path / 'v.db'}") == 0
 
@@ -172,9 +172,9 @@ def test_two_replicas_share_one_postgresql(pg_url: str, tmp_path: Path, make_ser
         assert ca.get("/.well-known/jwks.json").json() == cb.get("/.well-known/jwks.json").json()
         nonce = ca.post("/challenge").json()["nonce"]
         bundle = emulator.bundle(nonce)
-        first = cb.post("/attest", json={"bundle": bundle})
+        first = cb.post("/attest", json=bundle)
         assert first.status_code == 201, first.text
-        second = ca.post("/attest", json={"bundle": bundle})
+        second = ca.post("/attest", json=bundle)
         assert second.status_code == 409
         # a result stored through B is served by A, and its EAR verifies with A's JWKS
         got = ca.get(f"/results/{first.json()['id']}").json()
@@ -187,7 +187,7 @@ def test_two_replicas_share_one_postgresql(pg_url: str, tmp_path: Path, make_ser
 
         def send(url: str, n: str) -> None:
             with httpx.Client(base_url=url, timeout=60) as c:
-                code = c.post("/attest", json={"bundle": bundles[n]}).status_code
+                code = c.post("/attest", json=bundles[n]).status_code
             with lock:
                 codes[n].append(code)
 
@@ -231,7 +231,7 @@ def test_oversized_and_malformed_bodies(tmp_path: Path, make_server: Callable[..
         # /attest takes up to 16 MiB: a 3 MiB bundle is read (and refused for its nonce, not its size)
         large = {"format": "tsmr-bundle", "version": 1, "nonce": "ab" * 32, "evidence": {"kind": "tdx"},
                  "logs": [{"format": None, "data": base64.b64encode(bytes(3 << 20)).decode()}]}
-        r = c.post("/attest", json={"bundle": large})
+        r = c.post("/attest", json=large)
         assert r.status_code == 403, r.text
         r = c.put("/policies/p", content=b"x" * (1024 * 1024 + 1), headers={**admin_headers(),
                                                                           "content-type": "application/json"})
@@ -244,19 +244,21 @@ def test_oversized_and_malformed_bodies(tmp_path: Path, make_server: Callable[..
         r = c.put("/refvals/x", content=chunks(), headers={**admin_headers(), "content-type": "application/json"})
         assert r.status_code == 413 and "content-length" not in r.request.headers
         _no_stack_trace(r)
-        for body, code in ((b"{not json", 400), (b'{"bundle": 1}', 422), (b"[]", 422), (b"", 422),
-                           (b'{"bundle": {"format": "tsmr-bundle", "version": 1, "nonce": "XYZ", '
-                            b'"evidence": {"kind": "tdx"}}}', 422),
-                           (b'{"bundle": {"format": "tsmr-bundle", "version": 1, "nonce": "00", '
-                            b'"evidence": {"kind": "sgx"}}}', 422),
+        for body, code in ((b"{not json", 400), (b'{"bundle": 1}', 422), (b"[]", 422), (b"", 422), (b"1", 422),
+                           (b'{"format": "tsmr-bundle", "version": 1, "nonce": "XYZ", "evidence": {"kind": "tdx"}}', 422),
+                           (b'{"format": "tsmr-bundle", "version": 1, "nonce": "00", "evidence": {"kind": "sgx"}}', 422),
+                           (b'{"format": "tsmr-bundle", "version": "1", "nonce": "00", "evidence": {"kind": "tdx"}}',
+                            422),
+                           (b'{"format": "tsmr-bundle", "version": 1, "nonce": "00", "evidence": {"kind": "tdx"}, '
+                            b'"logs": [{"format": "tsmr"}]}', 422),
                            (b'{"bundle": {}, "extra": 1}', 422),
-                           ("{\"bundle\": \"\udcff\"}".encode("utf-8", "surrogatepass"), 422),
+                           ("{\"format\": \"\udcff\"}".encode("utf-8", "surrogatepass"), 422),
                            (b"\xff\xfe{", 400)):
             r = c.post("/attest", content=body, headers={"content-type": "application/json"})
             assert r.status_code == code, (body, r.status_code, r.text)
             _no_stack_trace(r)
-        r = c.post("/attest", content=b'{"bundle": {}}', headers={"content-type": "text/plain"})
-        assert 400 <= r.status_code < 500
+        r = c.post("/attest", content=b'{"format": "tsmr-bundle"}', headers={"content-type": "text/plain"})
+        assert r.status_code == 415 and r.json()["error"] == "request.media-type", r.text
         assert c.get("/no/such/route").status_code == 404
         assert c.delete("/challenge").status_code == 405
         assert c.get("/healthz").status_code == 200  # still serving
@@ -310,11 +312,11 @@ def test_policy_and_refvals_versions(db_url: str, make_server: Callable[..., Ser
         # naming a policy that does not exist is refused before the nonce is spent
         nonce = c.post("/challenge").json()["nonce"]
         bundle = emulator.bundle(nonce)
-        r = c.post("/attest", json={"bundle": bundle, "policy": "missing"})
+        r = c.post("/attest", json=bundle, params={"policy": "missing"})
         assert r.status_code == 404 and r.json()["error"] == "policy.unknown"
-        r = c.post("/attest", json={"bundle": bundle, "refvals": "missing"})
+        r = c.post("/attest", json=bundle, params={"refvals": "missing"})
         assert r.status_code == 404 and r.json()["error"] == "refvals.unknown"
-        r = c.post("/attest", json={"bundle": bundle})
+        r = c.post("/attest", json=bundle)
         assert r.status_code == 201, r.text
         # a named policy and reference values take part, and the result names their versions
         r = _attest(c, emulator, policy="x", refvals="x")  # policy x@3 allows all; refvals x@3 allow every event
@@ -377,7 +379,7 @@ def test_signing_key_rotation_keeps_earlier_results_verifiable(make_server: Call
     def attest(srv: Server, name: str) -> tuple[str, Path]:
         with srv.client() as c:
             nonce = c.post("/challenge").json()["nonce"]
-            body = c.post("/attest", json={"bundle": emulator.bundle(nonce)}).json()
+            body = c.post("/attest", json=emulator.bundle(nonce)).json()
         path = tmp_path / f"{name}.jwt"
         path.write_text(body["ear"] + "\n")
         return nonce, path

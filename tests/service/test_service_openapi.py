@@ -75,6 +75,13 @@ def test_schema_covers_every_route(fuzzed_server: Server) -> None:
             "/policies", "/policies/{name}", "/policies/{name}/versions", "/refvals", "/refvals/{name}",
             "/refvals/{name}/versions"} <= set(paths)
     attest = paths["/attest"]["post"]
-    assert attest["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/AttestRequest")
+    # the body is the bundle itself, described by its schema
+    ref = attest["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref == "#/components/schemas/Bundle"
+    bundle = doc["components"]["schemas"]["Bundle"]
+    assert {"format", "version", "nonce", "evidence"} <= set(bundle["required"])
+    assert bundle["properties"]["evidence"]["$ref"] == "#/components/schemas/BundleEvidence"
+    assert "BundleLog" in doc["components"]["schemas"]
+    assert {p["name"] for p in attest["parameters"] if p["in"] == "query"} == {"policy", "refvals"}
     assert {"201", "403", "409", "410", "413", "422"} <= set(attest["responses"])
     assert "HTTPBearer" in doc["components"]["securitySchemes"]

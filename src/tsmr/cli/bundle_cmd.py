@@ -11,8 +11,8 @@ from rich.table import Table
 
 from ..errors import EvidenceError, InputError
 from . import render
-from .common import (AtOpt, BackendOpt, JsonOpt, LogDirOpt, StateDirOpt, judge, parse_nonce, read_bundle, refuse,
-                     verification_time, write_output)
+from .common import (AtOpt, BackendOpt, CacertOpt, JsonOpt, LogDirOpt, StateDirOpt, https_context, judge,
+                     parse_nonce, read_bundle, refuse, url_error, verification_time, write_output)
 from .common import AllowDebugOpt
 from .common import read_input
 from .quote_cmd import (ConfigfsOpt, GuidOpt, ManifestVerOpt, PrivlevelOpt, ServiceOpt, anchor_flag, caveats,
@@ -23,23 +23,28 @@ VerifierOpt = Annotated[Optional[str], typer.Option(
     "--verifier", help="A tsmr verifier's URL (e.g. http://127.0.0.1:8080): get a challenge there and send it the bundle.")]
 
 
-def _http_json(method: str, url: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
-    """One JSON request with the standard library; (status, decoded body). Network errors are BackendError."""
+def _http_json(method: str, url: str, body: Any = None, timeout: float = 60,
+               cacert: str | None = None) -> tuple[int, Any]:
+    """One JSON request with the standard library; (status, decoded body). Network and TLS errors are BackendError.
+
+    ``cacert``: for https://, the PEM CA certificates to trust instead of the system's.
+    """
     import urllib.error
     import urllib.request
 
     from ..errors import BackendError
 
+    context = https_context(cacert)
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method,
                                  headers={"Content-Type": "application/json", "Accept": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
     except (urllib.error.URLError, OSError) as exc:
-        raise BackendError(f"verifier {url}: {getattr(exc, 'reason', exc)}", backend="verifier") from None
+        raise BackendError(f"verifier {url_error(url, exc)}", backend="verifier") from None
     try:
         return status, json.loads(raw) if raw else None
     except ValueError:
@@ -47,11 +52,11 @@ def _http_json(method: str, url: str, body: Any = None, timeout: float = 60) -> 
                            backend="verifier") from None
 
 
-def challenge_nonce(verifier: str) -> bytes:
+def challenge_nonce(verifier: str, cacert: str | None = None) -> bytes:
     """A fresh single-use nonce from the verifier."""
     from ..errors import BackendError
 
-    status, body = _http_json("POST", verifier.rstrip("/") + "/challenge", {})
+    status, body = _http_json("POST", verifier.rstrip("/") + "/challenge", {}, cacert=cacert)
     if status not in (200, 201) or not isinstance(body, dict) or "nonce" not in body:
         raise BackendError(f"verifier {verifier}: /challenge answered {status}: {body}", backend="verifier")
     try:
@@ -61,13 +66,19 @@ def challenge_nonce(verifier: str) -> bytes:
 
 
 def challenge_cmd(
-    verifier: Annotated[str, typer.Option("--verifier", help="The verifier's URL, e.g. http://127.0.0.1:8080.")],
+    verifier: Annotated[str, typer.Option("--verifier", help="The verifier's URL, e.g. http://127.0.0.1:8080 "
+                                                            "or https://verifier.example:8443.")],
+    cacert: CacertOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ask a verifier for a single-use nonce (what 'tsmr attest --verifier' does first)."""
+    """Ask a verifier for a single-use nonce (what 'tsmr attest --verifier' does first).
+
+    Over https:// the verifier's certificate is checked against the system's CAs,
+    or only against --cacert's; an untrusted one fails (exit 3).
+    """
     from ..errors import BackendError
 
-    status, body = _http_json("POST", verifier.rstrip("/") + "/challenge", {})
+    status, body = _http_json("POST", verifier.rstrip("/") + "/challenge", {}, cacert=cacert)
     if status not in (200, 201) or not isinstance(body, dict):
         raise BackendError(f"verifier {verifier}: /challenge answered {status}: {body}", backend="verifier")
     if as_json:
@@ -81,6 +92,7 @@ def attest_cmd(
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Where to write the bundle (JSON).")] = None,
     verifier: VerifierOpt = None,
     ear: Annotated[Optional[str], typer.Option("--ear", help="With --verifier: write the signed result (EAR JWT) here.")] = None,
+    cacert: CacertOpt = None,
     agent: Annotated[Optional[str], typer.Option("--agent", help="Have the tsmr agent at this socket produce the bundle (it owns the runtime logs).")] = None,
     configfs: ConfigfsOpt = None,
     privlevel: PrivlevelOpt = None,
@@ -115,14 +127,14 @@ def attest_cmd(
         value = parse_nonce(nonce)[0]
     else:
         assert verifier is not None
-        value = challenge_nonce(verifier)
+        value = challenge_nonce(verifier, cacert)
     if agent is not None:
         from ..agent.client import AgentClient
 
         if backend or configfs or privlevel is not None or service_provider or service_guid:
             raise InputError("with --agent the agent's configuration chooses the backend and options")
         doc = AgentClient(agent).evidence(value)
-        _finish(doc, output, verifier, ear, as_json, summary={"output": output, "nonce": value.hex(), "source": "agent",
+        _finish(doc, output, verifier, ear, as_json, cacert=cacert, summary={"output": output, "nonce": value.hex(), "source": "agent",
                                                                "kind": doc.get("evidence", {}).get("kind")})
         return
     got = acquire(value, backend=backend, state_dir=state_dir, configfs=configfs, privlevel=privlevel,
@@ -139,13 +151,13 @@ def attest_cmd(
             logs.append({"format": "tsmr", "data": read_input(str(path), "the runtime log"), "register": path.stem,
                          "name": str(path)})
     doc = make_bundle(nonce=value, evidence=got.evidence, logs=logs)
-    _finish(doc, output, verifier, ear, as_json,
+    _finish(doc, output, verifier, ear, as_json, cacert=cacert,
             summary={"output": output, "nonce": value.hex(), "kind": got.kind, "source": got.source,
                      "logs": [lg.get("name") for lg in logs], "trust_anchor": got.trust_anchor})
 
 
 def _finish(doc: dict[str, Any], output: str | None, verifier: str | None, ear: str | None, as_json: bool,
-            *, summary: dict[str, Any]) -> None:
+            *, summary: dict[str, Any], cacert: str | None = None) -> None:
     """Write the bundle and/or have the verifier appraise it."""
     if output:
         write_output(output, (json.dumps(doc, indent=1) + "\n").encode())
@@ -159,7 +171,7 @@ def _finish(doc: dict[str, Any], output: str | None, verifier: str | None, ear: 
     from ..errors import BackendError
 
     nonce = str(doc.get("nonce"))
-    status, body = _http_json("POST", verifier.rstrip("/") + "/attest", {"bundle": doc})
+    status, body = _http_json("POST", verifier.rstrip("/") + "/attest", doc, cacert=cacert)  # the bundle is the body
     if status >= 500 or not isinstance(body, dict):
         raise BackendError(f"verifier {verifier}: /attest answered {status}: {body}", backend="verifier")
     if status >= 400:

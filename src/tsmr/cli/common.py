@@ -350,3 +350,44 @@ TimeBudgetOpt = Annotated[Optional[float], typer.Option(
     "--time-budget", min=0, help="Seconds an appraisal may take (default 30, $TSMR_TIME_BUDGET; 0: no limit).",
     show_default=False)]
 
+
+
+# -- HTTPS clients (tsmr challenge, tsmr attest --verifier, tsmr ear verify --jwks) -----------------
+
+CacertOpt = Annotated[Optional[str], typer.Option(
+    "--cacert", envvar="TSMR_CACERT", show_envvar=False, show_default=False,
+    help="For an https:// verifier: trust the CA certificate(s) in this PEM file instead of the system's "
+         "(else $TSMR_CACERT).")]
+
+
+def https_context(cacert: str | None) -> Any:
+    """The ``ssl.SSLContext`` for HTTPS requests: only ``cacert``'s CAs when given, else the system's (None).
+
+    Host names (and IP addresses) are checked against the certificate either way.
+    A file that is not PEM CA certificates is bad input (exit 2), said here rather
+    than as a handshake failure later.
+    """
+    import ssl
+
+    if not cacert:
+        return None
+    try:  # with a cafile, the system's CAs are not loaded
+        context = ssl.create_default_context(cafile=cacert)
+    except ssl.SSLError as exc:
+        raise InputError(f"--cacert {cacert}: not PEM CA certificates ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise InputError(f"--cacert {cacert}: {exc.strerror or exc}") from None
+    return context
+
+
+def url_error(url: str, exc: BaseException) -> str:
+    """One sentence for a failed HTTP(S) request, saying what to do about an untrusted certificate."""
+    import ssl
+
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return (f"{url}: the server's TLS certificate is not trusted ({reason.verify_message or reason}): "
+                "give the CA that issued it with --cacert or $TSMR_CACERT")
+    if isinstance(reason, ssl.SSLError):
+        return f"{url}: TLS failed ({reason.reason or reason})"
+    return f"{url}: {reason}"

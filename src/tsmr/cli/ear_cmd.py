@@ -27,7 +27,8 @@ from rich.table import Table
 
 from ..errors import InputError, SignatureError
 from . import render
-from .common import AtOpt, JsonOpt, handle_errors, judge, parse_nonce, read_input, verification_time
+from .common import (AtOpt, CacertOpt, JsonOpt, handle_errors, https_context, judge, parse_nonce, read_input,
+                     url_error, verification_time)
 
 __all__ = ["ear_app"]
 
@@ -39,32 +40,33 @@ STATUS_ORDER = ("affirming", "warning", "contraindicated")
 MAX_JWKS_BYTES = 1 << 20
 
 
-def _fetch_jwks(url: str) -> bytes:
+def _fetch_jwks(url: str, cacert: str | None = None) -> bytes:
     import urllib.error
     import urllib.request
 
     from ..errors import BackendError
 
+    context = https_context(cacert)
     req = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=30, context=context) as resp:
             data = resp.read(MAX_JWKS_BYTES + 1)
     except urllib.error.HTTPError as exc:
         raise BackendError(f"{url}: HTTP {exc.code}", backend="verifier") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise BackendError(f"{url}: {getattr(exc, 'reason', exc)}", backend="verifier") from None
+        raise BackendError(url_error(url, exc), backend="verifier") from None
     if len(data) > MAX_JWKS_BYTES:
         raise BackendError(f"{url}: the JWKS is larger than {MAX_JWKS_BYTES} bytes", backend="verifier")
     return data
 
 
-def _trusted_keys(jwks: str | None, keys: list[str]) -> list[Any]:
+def _trusted_keys(jwks: str | None, keys: list[str], cacert: str | None = None) -> list[Any]:
     from ..appraisal import ear
 
     out: list[Any] = []
     if jwks:
         if jwks.startswith(("http://", "https://")):
-            out.extend(ear.load_public_keys(_fetch_jwks(jwks), what=jwks))
+            out.extend(ear.load_public_keys(_fetch_jwks(jwks, cacert), what=jwks))
         else:
             out.extend(ear.load_public_keys(read_input(jwks, "the JWKS"), what=jwks))
     for path in keys:
@@ -93,7 +95,9 @@ def _time(epoch: Any) -> str | None:
 def verify_cmd(
     token: Annotated[str, typer.Argument(help="The EAR: a file holding the JWT, or '-' for standard input.")],
     jwks: Annotated[Optional[str], typer.Option(
-        "--jwks", help="The verifier's keys: a JWKS file or URL (http://VERIFIER/.well-known/jwks.json).")] = None,
+        "--jwks", help="The verifier's keys: a JWKS file or URL (http(s)://VERIFIER/.well-known/jwks.json; "
+                       "over https:// the CAs of --cacert, else the system's, are trusted).")] = None,
+    cacert: CacertOpt = None,
     key: Annotated[Optional[list[str]], typer.Option(
         "--key", help="A trusted key: PEM public key, private key or certificate, or a JWK. Repeatable.",
         show_default=False)] = None,
@@ -127,7 +131,7 @@ def verify_cmd(
     if nonce is not None:
         want_nonce, encoding = parse_nonce(nonce, base64url=True)
     text = read_input(token, "the EAR").decode("ascii", errors="replace").strip()
-    trusted = _trusted_keys(jwks, key or [])
+    trusted = _trusted_keys(jwks, key or [], cacert)
     now = verification_time(at)
     problems: list[tuple[str, str]] = []
     claims: dict[str, Any] = {}

@@ -73,6 +73,17 @@ def serve_cmd(
         "--challenge-burst", min=1, help="Challenges a client address may take at once (default 30).",
         show_default=False)] = None,
     state_dir: VerifierStateOpt = None,
+    tls_cert: Annotated[Optional[str], typer.Option(
+        "--tls-cert", help="Serve HTTPS with this certificate (PEM; the chain after it, if any) (else "
+                           "$TSMR_TLS_CERT).", show_default=False)] = None,
+    tls_key: Annotated[Optional[str], typer.Option(
+        "--tls-key", help="The certificate's private key (PEM, unencrypted) (else $TSMR_TLS_KEY).",
+        show_default=False)] = None,
+    tls_client_ca: Annotated[Optional[str], typer.Option(
+        "--tls-client-ca", help="CA certificate(s) (PEM) for client certificates (else $TSMR_TLS_CLIENT_CA): "
+                                "clients may present one it issued, the admin endpoints then require one "
+                                "besides the admin token; others are refused in the handshake.",
+        show_default=False)] = None,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line.")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
     limits: Any = None,
@@ -81,6 +92,14 @@ def serve_cmd(
 
     Several processes (or hosts) on one PostgreSQL database and one key file
     behave as one verifier.  The database schema is migrated before serving.
+
+    TLS: --tls-cert and --tls-key serve HTTPS (clients: --cacert / $TSMR_CACERT
+    when the CA is not a system one).  With --tls-client-ca, clients may present a
+    certificate that CA issued (one from any other CA is refused in the handshake);
+    the admin endpoints (/policies, /refvals, /tpm-aks, and ?policy= / ?refvals= on
+    /attest) then require one besides the admin token (403
+    admin.client-certificate-required); the public routes need none.  A
+    certificate, key or CA that does not load is refused at startup (exit 2).
     """
     import uvicorn
 
@@ -95,6 +114,10 @@ def serve_cmd(
         "challenge_ttl": challenge_ttl, "state_dir": state_dir, "policy": policy, "refvals": refvals,
         "challenge_rate": challenge_rate, "challenge_burst": challenge_burst,
         "publish_keys": os.pathsep.join(os.path.abspath(k) for k in publish_key) if publish_key else None,
+        # Absolute: the workers read them again, and must find the same files.
+        "tls_cert": os.path.abspath(tls_cert) if tls_cert else None,
+        "tls_key": os.path.abspath(tls_key) if tls_key else None,
+        "tls_client_ca": os.path.abspath(tls_client_ca) if tls_client_ca else None,
     }.items() if v is not None}
     if key_alg != "ES256" or "TSMR_EAR_ALG" not in os.environ:
         overrides["key_alg"] = key_alg
@@ -107,6 +130,9 @@ def serve_cmd(
     # Bundle limits and the time budget (413 / 422 from POST /attest); unset ones come from TSMR_MAX_*.
     overrides.update(limits)
     settings = Settings.from_env(**overrides).resolved()
+    from ..service.server import PROTOCOL, uvicorn_tls_options
+
+    tls = uvicorn_tls_options(settings)  # the files load, or exit 2 before anything else is touched
     _check_name(settings.policy)
     _check_name(settings.refvals)
     # Everything that can be wrong is found here, once, before any worker starts: as one sentence
@@ -132,10 +158,12 @@ def serve_cmd(
     settings.published_keys()
     settings.trust_anchors()
     token = settings.read_admin_token()
-    if host not in ("127.0.0.1", "::1", "localhost"):
-        render.warning(f"listening on {host}: put TLS in front of the verifier (it speaks plain HTTP)")
-    render.err.print(f"tsmr verifier on http://{host}:{port} ({workers} worker(s), database "
-                     f"{redact_url(settings.database_url or '')}, admin endpoints {'on' if token else 'off'})")
+    if host not in ("127.0.0.1", "::1", "localhost") and not tls:
+        render.warning(f"listening on {host} over plain HTTP: give it --tls-cert and --tls-key, or put TLS in "
+                       "front of the verifier")
+    admin = ("off" if not token else "on, with a client certificate" if settings.tls_client_ca else "on")
+    render.err.print(f"tsmr verifier on {'https' if tls else 'http'}://{host}:{port} ({workers} worker(s), "
+                     f"database {redact_url(settings.database_url or '')}, admin endpoints {admin})")
     fmt: dict[str, Any] = ({"()": JsonFormatter} if settings.json_logs else
                            {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"})
     log_config = {"version": 1, "disable_existing_loggers": False,
@@ -145,14 +173,12 @@ def serve_cmd(
                   "loggers": {"uvicorn": {"handlers": ["default"], "level": settings.log_level, "propagate": False},
                               "uvicorn.error": {"level": settings.log_level},
                               "uvicorn.access": {"handlers": [], "propagate": False}}}
-    from ..service.server import PROTOCOL
-
     common = dict(host=host, port=port, log_config=log_config, access_log=False, server_header=False,
-                  proxy_headers=False, timeout_graceful_shutdown=10, http=PROTOCOL)
+                  proxy_headers=False, timeout_graceful_shutdown=10, http=PROTOCOL, **tls)
     if workers == 1:
         with database_errors(settings.database_url or ""):
             app = create_app(replace(settings, migrate=False))
-        uvicorn.run(app, **common)  # type: ignore[arg-type]
+        uvicorn.run(app, **common)
         return
     # Workers are separate processes: they read their settings from the environment, and sum
     # their metrics through a directory of this run's own.
@@ -164,7 +190,7 @@ def serve_cmd(
     os.environ["TSMR_MIGRATE"] = "0"
     os.environ["TSMR_METRICS_DIR"] = metrics_dir
     try:
-        uvicorn.run("tsmr.service.app:app_from_env", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+        uvicorn.run("tsmr.service.app:app_from_env", factory=True, workers=workers, **common)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

@@ -5,15 +5,16 @@ Theory of operation
 ``POST /challenge`` stores a fresh 32-byte nonce with an expiry (at most
 ``challenge_burst`` at once per client address and worker, refilled at
 ``challenge_rate`` per second; 429 beyond).  ``POST /attest`` takes a tsmr
-evidence bundle carrying that nonce and checks everything about the request
-first: its shape, depth and sizes, and the policy and reference values it is
-appraised with.  Those are the verifier's choice (``Settings.policy`` /
-``Settings.refvals``, default the stored documents named "default"): a request
-may name others only with the admin token (403 ``policy.selection-forbidden``
-otherwise), or an attester could pick a lenient policy and turn a denial into
-``affirming``.  Only then is the nonce consumed, with one conditional UPDATE:
-only the request whose UPDATE changed a row goes on to appraisal, whichever
-replica it reached.  A nonce that was never issued, has expired or was already
+evidence bundle carrying that nonce as its body, exactly the file ``tsmr attest
+-o`` writes, and checks everything about the request first: its shape, depth and
+sizes, and the policy and reference values it is appraised with.  Those are the
+verifier's choice (``Settings.policy`` / ``Settings.refvals``, default the stored
+documents named "default"), not part of the body: a request may name others
+(``?policy=NAME&refvals=NAME``) only with the admin token (403
+``policy.selection-forbidden`` otherwise), or an attester could pick a lenient
+policy and turn a denial into ``affirming``.  Only then is the nonce consumed,
+with one conditional UPDATE: only the request whose UPDATE changed a row goes on
+to appraisal, whichever replica it reached.  A nonce that was never issued, has expired or was already
 used is refused with a 4xx and *nothing is stored*: the endpoint needs no
 credentials, so storing refusals would let anyone fill the database, and a
 relying party only ever looks up results by the id a successful attestation
@@ -33,8 +34,11 @@ Database trouble (unreachable, read-only, the SQLite file deleted) is 503
 ``database.unavailable`` on any route, and ``/healthz`` says so too: its check
 is a write that is rolled back, done at most once a second per worker.
 
-Admin endpoints (``/policies``, ``/refvals``) exist only when an admin token is
-configured; the bearer token is compared in constant time and never logged.
+Admin endpoints (``/policies``, ``/refvals``, ``/tpm-aks``) exist only when an
+admin token is configured; the bearer token is compared in constant time and
+never logged.  Over TLS with a client CA (``--tls-client-ca``) they also need a
+client certificate that CA issued (403 ``admin.client-certificate-required``),
+as does naming a policy on ``/attest``; the public routes need none.
 Bodies are limited (16 MiB for ``/attest``, 1 MiB elsewhere) before they are
 read; a declared ``Content-Length`` over the limit is refused at once.
 JSON bodies nested deeper than 64 levels, or holding non-finite numbers or
@@ -70,7 +74,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, AsyncIterator, Literal, Mapping
+from typing import Annotated, Any, AsyncIterator, Literal, Mapping
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -88,9 +92,10 @@ from ..evidence.limits import AppraisalCancelled, LimitExceeded
 from .db import DatabaseUnavailable, Store, describe_db_error, make_engine, redact_url, upgrade, utcnow
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import AccessLog, BodyLimit, _event, configure_logging
-from .schemas import (_errors, AkIn, AkOut, AttestRequest, AttestResponse, ChallengeResponse, Credentials,
-                      Health, JWK, JWKSet, MAX_JSON_DEPTH, NAME_PATTERN, NamePath, PolicyIn, PolicyOut,
-                      RefvalsIn, RefvalsOut, StoredResultResponse, VersionInfo, VersionList, VersionQuery)
+from .schemas import (_errors, AkIn, AkOut, AttestResponse, ChallengeResponse, Credentials,
+                      Health, JWK, JWKSet, MAX_JSON_DEPTH, NAME_PATTERN, NamePath, PolicyIn, PolicyOut, PolicyQuery,
+                      RefvalsIn, RefvalsOut, RefvalsQuery, StoredResultResponse, VersionInfo, VersionList,
+                      VersionQuery, bundle_schemas, read_bundle_body)
 from .settings import Settings
 
 __all__ = ["create_app", "app_from_env", "Settings"]
@@ -338,6 +343,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        default_limit=settings.max_body_bytes)
     app.add_middleware(AccessLog, metrics=v.metrics)
     app.include_router(_public_routes(v))
+    _describe_bundle(app)
     if v.admin_token is not None:
         app.include_router(_admin_routes(v))
     return app
@@ -346,6 +352,72 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def app_from_env() -> FastAPI:
     """The uvicorn factory of ``tsmr serve``: settings from ``TSMR_*`` variables."""
     return create_app(Settings.from_env())
+
+
+# -- the body of POST /attest --------------------------------------------------------------------
+
+# The body is read by _bundle_body, not by FastAPI, so the OpenAPI document is told what it is.
+ATTEST_BODY: dict[str, Any] = {"requestBody": {
+    "required": True, "description": "A tsmr evidence bundle, exactly as `tsmr attest -o` writes it.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Bundle"}}}}}
+
+
+class AttestBody:
+    """A ``POST /attest`` body: the parsed bundle as the appraisal reads it, its nonce and its number of logs."""
+
+    __slots__ = ("doc", "nonce", "logs")
+
+    def __init__(self, doc: dict[str, Any], nonce: str, logs: int) -> None:
+        self.doc, self.nonce, self.logs = doc, nonce, logs
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def _bundle_body(request: Request) -> AttestBody:
+    """Read and check the body of ``POST /attest`` once, before any other part of the request is looked at.
+
+    FastAPI's own body handling would parse the JSON, build pydantic models of the
+    whole bundle and (for the appraisal) dump them back into a second copy; here
+    the parsed document is what the appraisal gets, after :func:`check_json` and a
+    check of its outer shape.  A body without a Content-Type is read as JSON (as
+    FastAPI does); one with another media type is 415.
+    """
+    from pydantic import ValidationError
+    from pydantic_core import PydanticCustomError
+
+    content_type = request.headers.get("content-type")
+    if content_type and not _is_json(content_type):
+        raise ApiError(415, "request.media-type", "send the bundle as application/json "
+                       "(curl --data-binary @bundle.json -H 'Content-Type: application/json')")
+    raw = await request.body()
+    try:
+        doc, shape = read_bundle_body(raw)
+    except PydanticCustomError as exc:
+        raise RequestValidationError([{"type": exc.type, "loc": ("body",), "msg": exc.message()}]) from None
+    except ValidationError as exc:
+        raise RequestValidationError([{"type": e["type"], "loc": ("body", *e["loc"]), "msg": e["msg"]}
+                                      for e in exc.errors(include_url=False, include_input=False)]) from None
+    except json.JSONDecodeError:
+        raise ApiError(400, "request.json", "the body is not valid JSON") from None
+    except ValueError:  # e.g. bytes that are not text, a number with thousands of digits
+        raise ApiError(400, "request.malformed", "the body could not be read as JSON") from None
+    return AttestBody(doc, shape.nonce, len(shape.logs))
+
+
+def _describe_bundle(app: FastAPI) -> None:
+    """Add the bundle's schemas to the OpenAPI document (the ``$ref`` of ``ATTEST_BODY``)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = generate()
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(bundle_schemas())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # -- public endpoints -----------------------------------------------------------------------------
@@ -367,31 +439,32 @@ def _public_routes(v: Verifier) -> APIRouter:
         return ChallengeResponse(nonce=row.nonce, expires_at=row.expires_at)
 
     @r.post("/attest", response_model=AttestResponse, status_code=201, tags=["attestation"],
-            responses=_errors(400, 403, 404, 409, 410, 413, 422, 503))
-    def attest(req: AttestRequest, request: Request, response: Response, credentials: Credentials) -> AttestResponse:
-        """Appraise a bundle over a nonce from ``POST /challenge``; store and return the signed result.
+            responses=_errors(400, 403, 404, 409, 410, 413, 415, 422, 503), openapi_extra=ATTEST_BODY)
+    def attest(body: Annotated[AttestBody, Depends(_bundle_body)], request: Request, response: Response,
+               credentials: Credentials, policy: PolicyQuery = None, refvals: RefvalsQuery = None) -> AttestResponse:
+        """Appraise a bundle (the body, as ``tsmr attest -o`` writes it) over a nonce from ``POST /challenge``.
 
-        The verifier's policy and reference values apply; naming others needs the
-        admin bearer token (403 ``policy.selection-forbidden`` /
-        ``refvals.selection-forbidden`` without it).  Refused without storing
-        anything and without spending the nonce: a forbidden or unknown (404)
-        policy or reference values name, and a body nested too deep (422).  A
-        nonce never issued (403), already used (409) or expired (410) is refused
-        without storing anything.  Evidence that fails to verify gives a stored
-        ``contraindicated`` result; evidence that cannot be appraised (422) gives
-        the nonce back.
+        The result is stored and returned with its signed EAR.  The verifier's
+        policy and reference values apply; naming others (``?policy=NAME``,
+        ``?refvals=NAME``) needs the admin bearer token (403
+        ``policy.selection-forbidden`` / ``refvals.selection-forbidden`` without
+        it).  Refused without storing anything and without spending the nonce: a
+        forbidden or unknown (404) policy or reference values name, a body nested
+        too deep or holding what JSON cannot carry (422), a bundle over a limit
+        (413).  A nonce never issued (403), already used (409) or expired (410) is
+        refused without storing anything.  Evidence that fails to verify gives a
+        stored ``contraindicated`` result; evidence that cannot be appraised (422)
+        gives the nonce back.
         """
         # Everything that depends on the request alone is checked before the nonce is spent.
-        _authorise_selection(v, req, credentials)
-        policy_row = _document(v, "policy", req.policy)
-        refvals_row = _document(v, "refvals", req.refvals)
-        nonce = req.bundle.nonce
+        _authorise_selection(v, policy, refvals, credentials, request)
+        policy_row = _document(v, "policy", policy)
+        refvals_row = _document(v, "refvals", refvals)
+        bundle, nonce = body.doc, body.nonce
         try:
-            bundle = req.bundle.model_dump(mode="json", exclude_unset=True, by_alias=True)
             raw_nonce = bytes.fromhex(nonce)
-        except (ValueError, RecursionError):
-            # check_json bounds the depth well below what serialisation copes with; this is the backstop.
-            raise ApiError(422, "request.too-deep", TOO_DEEP) from None
+        except ValueError:  # the shape check allows hex only; this is the backstop
+            raise ApiError(422, "request.invalid", "the nonce is not hex") from None
         _check_limits(v, bundle)  # counted before any expensive step, with the nonce still unspent
         policy_id = f"{policy_row.name}@{policy_row.version}" if policy_row is not None else None
         refvals_id = f"{refvals_row.name}@{refvals_row.version}" if refvals_row is not None else None
@@ -427,7 +500,7 @@ def _public_routes(v: Verifier) -> APIRouter:
             raise
         v.metrics.attestation(result.status)
         _event(logging.INFO, "attested", result_id=result_id, status=result.status, kind=result.kind,
-               findings=len(result.findings), nonce=nonce[:16], logs=len(req.bundle.logs),
+               findings=len(result.findings), nonce=nonce[:16], logs=body.logs,
                policy_id=policy_id, refvals_id=refvals_id)
         response.headers["Location"] = f"/results/{result_id}"
         return AttestResponse(id=result_id, status=result.status, ear=token, findings=result.finding_ids(),
@@ -539,22 +612,40 @@ def _token_matches(credentials: HTTPAuthorizationCredentials | None, expected: b
     return hmac.compare_digest(given, expected)
 
 
-def _authorise_selection(v: Verifier, req: AttestRequest, credentials: HTTPAuthorizationCredentials | None) -> None:
+CLIENT_CERT_REQUIRED = ("the admin endpoints need a TLS client certificate issued by the verifier's client CA "
+                        "(--tls-client-ca), besides the admin token")
+
+
+def _client_certified(v: Verifier, request: Request) -> bool:
+    """Whether the request may use admin rights as far as TLS goes: no client CA configured, or a verified client certificate.
+
+    The certificate is the one :mod:`tsmr.service.server` put in the ASGI TLS
+    extension; the handshake already refused any that the client CA did not issue.
+    """
+    if not v.settings.tls_client_ca:
+        return True
+    tls = (request.scope.get("extensions") or {}).get("tls") or {}
+    return bool(tls.get("client_cert_chain"))
+
+
+def _authorise_selection(v: Verifier, policy: str | None, refvals: str | None,
+                         credentials: HTTPAuthorizationCredentials | None, request: Request) -> None:
     """Refuse a request naming another policy or reference values than the verifier's, unless it carries the admin token.
 
     Naming the configured ones changes nothing and needs no token.  Checked before the
     names are looked up, so an unauthorised client learns nothing about which exist.
     """
-    for kind, asked, configured in (("policy", req.policy, v.settings.policy),
-                                    ("refvals", req.refvals, v.settings.refvals)):
+    for kind, asked, configured in (("policy", policy, v.settings.policy),
+                                    ("refvals", refvals, v.settings.refvals)):
         if asked is None or asked == configured:
             continue
-        if v.admin_digest is not None and _token_matches(credentials, v.admin_digest):
+        certified = _client_certified(v, request)
+        if certified and v.admin_digest is not None and _token_matches(credentials, v.admin_digest):
             continue
         what = "policy" if kind == "policy" else "reference values"
         raise ApiError(403, f"{kind}.selection-forbidden",
                        f"this verifier appraises with its own {what} ({configured!r}); naming another needs "
-                       "the admin bearer token")
+                       "the admin bearer token" + ("" if certified else " and a TLS client certificate"))
 
 
 def _document(v: Verifier, kind: Literal["policy", "refvals"], name: str | None) -> Any:
@@ -581,7 +672,10 @@ def _admin_routes(v: Verifier) -> APIRouter:
     assert v.admin_digest is not None
     expected = v.admin_digest
 
-    def admin(credentials: Credentials) -> None:
+    def admin(request: Request, credentials: Credentials) -> None:
+        # With a client CA, the transport credential first: without it nothing is said about the token.
+        if not _client_certified(v, request):
+            raise ApiError(403, "admin.client-certificate-required", CLIENT_CERT_REQUIRED)
         challenge = {"WWW-Authenticate": 'Bearer realm="tsmr"'}
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise ApiError(401, "auth.required", "an admin bearer token is required", challenge)
@@ -589,7 +683,7 @@ def _admin_routes(v: Verifier) -> APIRouter:
             raise ApiError(401, "auth.invalid", "wrong admin token",
                            {"WWW-Authenticate": 'Bearer realm="tsmr", error="invalid_token"'})
 
-    r = APIRouter(dependencies=[Depends(admin)], responses=_errors(401, 422))
+    r = APIRouter(dependencies=[Depends(admin)], responses=_errors(401, 403, 422))
 
     def info(row: Any) -> VersionInfo:
         return VersionInfo(name=row.name, version=row.version, created_at=row.created_at)

@@ -116,13 +116,72 @@ class Bundle(BaseModel):
     logs: list[BundleLog] = Field(default_factory=list, max_length=4096)
 
 
-class AttestRequest(_CheckedBody):
-    model_config = ConfigDict(extra="forbid")
-    bundle: Bundle
-    policy: Name | None = Field(None, description="Another policy than the verifier's (latest version): needs the "
-                                                  "admin bearer token, else 403 policy.selection-forbidden.")
-    refvals: Name | None = Field(None, description="Other reference values than the verifier's: needs the admin "
-                                                   "bearer token, else 403 refvals.selection-forbidden.")
+PolicyQuery = Annotated[Name | None, Query(
+    max_length=128, description="Appraise with this stored policy (latest version) instead of the verifier's: "
+                                "needs the admin bearer token, else 403 policy.selection-forbidden.")]
+RefvalsQuery = Annotated[Name | None, Query(
+    max_length=128, description="Appraise with these stored reference values instead of the verifier's: "
+                                "needs the admin bearer token, else 403 refvals.selection-forbidden.")]
+
+
+def bundle_schemas() -> dict[str, Any]:
+    """The OpenAPI component schemas of the ``POST /attest`` body (``Bundle`` and the models it uses).
+
+    The route reads its body itself (:func:`read_bundle_body`), so FastAPI does not
+    see a body model to describe; these schemas are added to the document instead.
+    """
+    from pydantic.json_schema import models_json_schema
+
+    _, top = models_json_schema([(Bundle, "validation")], ref_template="#/components/schemas/{model}")
+    return dict(top.get("$defs", {}))
+
+
+def load_json(raw: bytes) -> Any:
+    """Parse a request body as JSON, quickly, with the standard reader's answers for anything unusual.
+
+    pydantic-core's reader is several times faster than :func:`json.loads` on a
+    bundle (long base64 strings), and stricter: it refuses ``NaN``, lone
+    surrogates, a BOM and non-UTF-8 text, and nesting past a couple of hundred
+    levels.  Only when it refuses is the body read again with :func:`json.loads`,
+    so that hostile bodies get the same answers as before: ``RecursionError``
+    becomes a ``json_too_deep`` error, :class:`json.JSONDecodeError` means "not
+    JSON", another ``ValueError`` a body that cannot be read (e.g. a 5,000-digit
+    number), and a value it does read goes on to :func:`check_json`.
+    """
+    import json
+
+    from pydantic_core import from_json
+
+    try:
+        return from_json(raw, allow_inf_nan=False)
+    except ValueError:
+        pass
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise PydanticCustomError("json_too_deep", "JSON nested deeper than {limit} levels",
+                                  {"limit": MAX_JSON_DEPTH}) from None
+
+
+def read_bundle_body(raw: bytes) -> tuple[dict[str, Any], "Bundle"]:
+    """The bundle a ``POST /attest`` body is, as parsed JSON (what the appraisal reads) and its checked shape.
+
+    One parse, one :func:`check_json` walk and one validation of the outer shape
+    (the pydantic model reads the few fields it names and leaves the rest, e.g. the
+    base64 of the logs, as the parsed strings): no copy of the document is made.
+    Raises ``PydanticCustomError`` / ``pydantic.ValidationError`` for a body that is
+    not a bundle, ``ValueError`` (``json.JSONDecodeError`` among them) for one that
+    is not JSON.
+    """
+    if not raw.strip():
+        raise PydanticCustomError("missing", "the body is empty: send the bundle that `tsmr attest -o` writes")
+    doc = load_json(raw)
+    check_json(doc)
+    if isinstance(doc, dict) and "bundle" in doc and "format" not in doc:
+        raise PydanticCustomError("bundle_wrapped", 'the body is the bundle itself (as `tsmr attest -o` writes it), '
+                                  'not {"bundle": ...}; choosing a policy or reference values is ?policy= / '
+                                  '?refvals= with the admin token')
+    return doc, Bundle.model_validate(doc, strict=True)
 
 
 class AkIn(BaseModel):
@@ -210,7 +269,9 @@ class Health(BaseModel):
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {400: "Malformed request", 401: "Missing or wrong admin token",
-            403: "Nonce never issued, or a policy / reference values named without the admin token",
+            403: "Nonce never issued, a policy / reference values named without the admin token, or (with a "
+                 "TLS client CA) an admin request without a client certificate",
+            415: "The body is not sent as application/json",
             404: "Not found", 409: "Nonce already used", 410: "Nonce expired", 413: "Body too large",
             422: "Invalid request or evidence that could not be appraised",
             429: "Too many requests from this address: try again after Retry-After seconds",

@@ -56,6 +56,9 @@ ENV = {
     "refvals": "TSMR_REFVALS",
     "challenge_rate": "TSMR_CHALLENGE_RATE",
     "challenge_burst": "TSMR_CHALLENGE_BURST",
+    "tls_cert": "TSMR_TLS_CERT",
+    "tls_key": "TSMR_TLS_KEY",
+    "tls_client_ca": "TSMR_TLS_CLIENT_CA",
 }
 
 
@@ -118,6 +121,11 @@ class Settings:
     # refilled at `challenge_rate` per second (0 turns the limit off).
     challenge_rate: float = 5.0
     challenge_burst: int = 30
+    # TLS (PEM files): the server's certificate chain and key; with a client CA, clients may present a
+    # certificate it issued, and the admin endpoints require one (besides the admin token).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
     verifier_developer: str = "tsmr"
     verifier_build: str | None = None  # default: "tsmr <version>"
 
