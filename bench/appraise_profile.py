@@ -16,6 +16,12 @@ such bundle, the default policy).  It prints:
 
 ``--baseline-rate R`` (appraisals/s measured before a change, e.g. on the same machine with the old tree)
 makes it print the ratio of the measured rate to R.
+
+``--against REV`` measures the ratio itself: it extracts ``src/`` of git revision REV (``git archive``)
+into a temporary directory and runs this script's rate measurement in child processes, alternately
+with REV's tree and with this one (``--rounds`` pairs of ``--seconds`` each), on the same kind of bundle.
+The machine is shared, so besides wall-clock rates it reports CPU-time rates (``time.thread_time``
+per appraisal), which other processes disturb much less, and the ratio of the medians of each.
 """
 
 from __future__ import annotations
@@ -55,19 +61,52 @@ def rate(bundles: list[dict[str, Any]], refvals: dict[str, Any], trust: Any, sec
     from tsmr.appraisal import appraise
 
     times: list[float] = []
+    cpu: list[float] = []
     statuses: set[str] = set()
     deadline = time.monotonic() + seconds
     i = 0
     while time.monotonic() < deadline:
         b = bundles[i % len(bundles)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         r = appraise(b, nonce=bytes.fromhex(b["nonce"]), now=datetime.now(timezone.utc), trust=trust,
                      reference_values=refvals)
+        cpu.append(time.thread_time() - c0)
         times.append(time.perf_counter() - t0)
         statuses.add(str(r.status))
         i += 1
     return {"appraisals": len(times), "per_second": len(times) / sum(times), "p50_ms": pct(times, 0.5) * 1000,
-            "p99_ms": pct(times, 0.99) * 1000, "statuses": sorted(statuses)}
+            "p99_ms": pct(times, 0.99) * 1000, "cpu_per_second": len(cpu) / sum(cpu),
+            "cpu_p50_ms": pct(cpu, 0.5) * 1000, "statuses": sorted(statuses)}
+
+
+def against(rev: str, rounds: int, seconds: float, events: int) -> dict[str, Any]:
+    """Alternate child runs of REV's tree and this one; the ratio of this tree's median rates to REV's."""
+    import statistics
+    import subprocess
+
+    trees = Path(tempfile.mkdtemp(prefix="tsmr-bench-against-"))
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(trees)], input=archive, check=True)
+        runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+        for _ in range(rounds):
+            for name, src in (("before", trees / "src"), ("after", ROOT / "src")):
+                env = dict(os.environ, PYTHONPATH=str(src))
+                out = subprocess.run([sys.executable, __file__, "--seconds", str(seconds), "--events", str(events),
+                                      "--json"], env=env, check=True, capture_output=True, text=True).stdout
+                runs[name].append(json.loads(out)["rate"])
+    finally:
+        shutil.rmtree(trees, ignore_errors=True)
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[name])
+
+    return {"rev": rev, "rounds": rounds, "runs": runs,
+            "before": {k: med("before", k) for k in ("per_second", "cpu_per_second", "p50_ms", "cpu_p50_ms")},
+            "after": {k: med("after", k) for k in ("per_second", "cpu_per_second", "p50_ms", "cpu_p50_ms")},
+            "ratio_wall": med("after", "per_second") / med("before", "per_second"),
+            "ratio_cpu": med("after", "cpu_per_second") / med("before", "cpu_per_second"),
+            "same_statuses": all(r["statuses"] == runs["before"][0]["statuses"] for rs in runs.values() for r in rs)}
 
 
 def profile(bundles: list[dict[str, Any]], refvals: dict[str, Any], trust: Any, n: int, top: int) -> str:
@@ -102,8 +141,27 @@ def main() -> None:
     ap.add_argument("--dump", type=Path, help="write one appraisal's Result.to_dict() (fixed nonce) here")
     ap.add_argument("--compare", type=Path, help="compare that appraisal with a --dump written before")
     ap.add_argument("--baseline-rate", type=float, help="appraisals/s before a change: print the ratio")
+    ap.add_argument("--against", metavar="REV", help="git revision to compare with (alternating child runs)")
+    ap.add_argument("--rounds", type=int, default=3, help="with --against: pairs of runs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+
+    if args.against:
+        got = against(args.against, args.rounds, args.seconds or 5.0, args.events)
+        if args.json:
+            print(json.dumps(got, indent=1))
+            return
+        for name in ("before", "after"):
+            for r in got["runs"][name]:
+                print(f"{name:6} {got['rev'] if name == 'before' else 'this tree':>12}: {r['per_second']:7.1f}/s wall "
+                      f"(p50 {r['p50_ms']:6.2f} ms), {r['cpu_per_second']:7.1f}/s CPU (p50 {r['cpu_p50_ms']:6.2f} ms)"
+                      f" {', '.join(r['statuses'])}")
+        b, a = got["before"], got["after"]
+        print(f"medians: before {b['per_second']:.1f}/s wall, {b['cpu_per_second']:.1f}/s CPU; "
+              f"after {a['per_second']:.1f}/s wall, {a['cpu_per_second']:.1f}/s CPU")
+        print(f"ratio after/before: {got['ratio_wall']:.2f}x wall-clock, {got['ratio_cpu']:.2f}x CPU time"
+              + ("" if got["same_statuses"] else "; STATUSES DIFFER"))
+        return
 
     from tsmr.appraisal import appraise
 
@@ -143,7 +201,8 @@ def main() -> None:
         if "rate" in report:
             r = report["rate"]
             print(f"appraise() in process, 1 thread, {args.events}-record runtime log: {r['per_second']:.1f}/s, "
-                  f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms ({', '.join(r['statuses'])})")
+                  f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms; CPU time {r['cpu_per_second']:.1f}/s, "
+                  f"p50 {r['cpu_p50_ms']:.2f} ms ({', '.join(r['statuses'])})")
         if "ratio" in report:
             print(f"ratio to the baseline rate {args.baseline_rate:g}/s: {report['ratio']:.2f}x")
         if "profile" in report:
