@@ -160,6 +160,7 @@ from ..evidence.limits import Budget, LimitExceeded, Limits
 from ..quirks import findings as quirk_findings
 from .appraisers import covers, discovered_appraisers, load_appraisers
 from .coverage import Uncovered, uncovered
+from .lru import LRU
 from .facts import claims_json, content_json, group_by_domain, runtime_events, signed_json
 from .mismatch import explain as explain_mismatch
 from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result, Severity
@@ -343,7 +344,7 @@ def appraise(
         events: list[Event] = []
         for n, log in enumerate(logs):
             try:
-                events.extend(budget.counted(log_events(log, n), n, _log_name(log)))
+                events.extend(budget.counted(_log_events(log, n), n, _log_name(log)))
             except LimitExceeded:
                 raise
             except ParseError as exc:
@@ -444,6 +445,31 @@ def appraise(
         policy_id=policy_id,
         refvals_id=refvals_id if refvals_id is not None else (refvals.id if refvals is not None else None),
     )
+
+
+# Firmware logs (CCEL, TCG2) are the same bytes for every guest booted from the same image and
+# configuration, and the costliest to parse (UEFI variables, device paths, GPT decoded for each
+# event's summary).  Their events (immutable values, never handed out of appraise()) are kept by
+# the digest of the log's base64 text with its format and register; a log that does not parse
+# raises and is not kept.  Runtime logs change with every append: they are parsed each time.
+_FIRMWARE_FORMATS = frozenset({"ccel", "tcg2", "tcg2-sha1"})
+FIRMWARE_LOG_CACHE_SIZE = 16
+FIRMWARE_LOG_CACHE_MAX_CHARS = 2 << 20  # bigger logs are parsed each time (bounds the cache's memory)
+_FIRMWARE_LOGS: LRU[tuple[Event, ...]] = LRU(FIRMWARE_LOG_CACHE_SIZE)
+
+
+def _log_events(log: Any, n: int) -> list[Event]:
+    """:func:`~tsmr.evidence.bundle.log_events`, with firmware logs' events kept (see above)."""
+    data = log.get("data") if isinstance(log, Mapping) else None
+    fmt = log.get("format") if isinstance(log, Mapping) else None
+    if not isinstance(data, str) or fmt not in _FIRMWARE_FORMATS or len(data) > FIRMWARE_LOG_CACHE_MAX_CHARS:
+        return log_events(log, n)
+    key = (hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest(), fmt, str(log.get("register") or "rtmr3"))
+    found = _FIRMWARE_LOGS.get(key)
+    if found is None:
+        found = tuple(log_events(log, n))
+        _FIRMWARE_LOGS.put(key, found)
+    return list(found)
 
 
 def _kind_of(bundle: Any) -> str | None:
