@@ -643,7 +643,7 @@ def prepare(value: "ReferenceValues | Mapping[str, Any]") -> tuple[ReferenceValu
 
     A verifier passes the same stored document (a version of its reference values) to every
     appraisal; reading and checking it, and encoding it for the policy, is done once per content.
-    The key is the digest of the document's canonical JSON text; an entry is used only when its
+    The key is the digest of the document's JSON text (in its own key order); an entry is used only when its
     document equals the one given (so a tuple where JSON has an array, or a digest collision, is
     read afresh), and it is read from its own copy, so that a caller changing its dict later
     changes nothing cached.  A document that fails its checks raises and is not kept.
@@ -654,7 +654,8 @@ def prepare(value: "ReferenceValues | Mapping[str, Any]") -> tuple[ReferenceValu
         values = ReferenceValues.coerce(value)
         return values, values.policy_data()
     try:
-        text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        # Key order kept: it is the order registers, claims and events are checked (and findings listed) in.
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError):
         values = ReferenceValues.coerce(value)  # not plain JSON: read as given, never kept
         return values, values.policy_data()
