@@ -79,7 +79,7 @@ def rate(bundles: list[dict[str, Any]], refvals: dict[str, Any], trust: Any, sec
             "cpu_p50_ms": pct(cpu, 0.5) * 1000, "statuses": sorted(statuses)}
 
 
-def against(rev: str, rounds: int, seconds: float, events: int) -> dict[str, Any]:
+def against(rev: str, rounds: int, seconds: float, events: int, extra: list[str]) -> dict[str, Any]:
     """Alternate child runs of REV's tree and this one; the ratio of this tree's median rates to REV's."""
     import statistics
     import subprocess
@@ -93,7 +93,7 @@ def against(rev: str, rounds: int, seconds: float, events: int) -> dict[str, Any
             for name, src in (("before", trees / "src"), ("after", ROOT / "src")):
                 env = dict(os.environ, PYTHONPATH=str(src))
                 out = subprocess.run([sys.executable, __file__, "--seconds", str(seconds), "--events", str(events),
-                                      "--json"], env=env, check=True, capture_output=True, text=True).stdout
+                                      *extra, "--json"], env=env, check=True, capture_output=True, text=True).stdout
                 runs[name].append(json.loads(out)["rate"])
     finally:
         shutil.rmtree(trees, ignore_errors=True)
@@ -143,11 +143,18 @@ def main() -> None:
     ap.add_argument("--baseline-rate", type=float, help="appraisals/s before a change: print the ratio")
     ap.add_argument("--against", metavar="REV", help="git revision to compare with (alternating child runs)")
     ap.add_argument("--rounds", type=int, default=3, help="with --against: pairs of runs")
+    ap.add_argument("--no-log-cache", action="store_true",
+                    help="parse the firmware log in every appraisal (tsmr.appraisal.core keeps parsed ones by content)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.no_log_cache:
+        import tsmr.appraisal.core as core
+
+        core.FIRMWARE_LOG_CACHE_MAX_CHARS = -1  # type: ignore[attr-defined]  # no log is small enough to keep
 
     if args.against:
-        got = against(args.against, args.rounds, args.seconds or 5.0, args.events)
+        got = against(args.against, args.rounds, args.seconds or 5.0, args.events,
+                      ["--no-log-cache"] if args.no_log_cache else [])
         if args.json:
             print(json.dumps(got, indent=1))
             return

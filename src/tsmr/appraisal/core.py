@@ -584,7 +584,15 @@ def _run_appraisers(run: _Run, apps: Sequence[Any], by_name: Mapping[str, Any], 
             run.add("appraiser.missing", "error", f"the reference values configure appraiser {name!r}, which is not "
                     f"installed (installed: {', '.join(sorted(by_name)) or 'none'})", "configuration", appraiser=name)
     for app in apps:
-        mine = [dict(e) for e in events if covers(app, str(e["domain"]))]
+        judged: dict[str, bool] = {}  # its domain patterns matched once per distinct domain
+        mine = []
+        for e in events:
+            domain = str(e["domain"])
+            ok = judged.get(domain)
+            if ok is None:
+                ok = judged[domain] = covers(app, domain)
+            if ok:
+                mine.append(dict(e))
         if not mine and app.name not in configured:
             continue
         prefix = f"appraiser.{app.name}."

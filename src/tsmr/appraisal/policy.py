@@ -275,7 +275,7 @@ class _Engine(threading.local):
     replaced before every query, so nothing of one appraisal is seen by the next.
     """
 
-    BUNDLES = 8  # per thread
+    BUNDLES = 4  # per thread (a verifier uses one or two policy and reference-values pairs at a time)
 
     def __init__(self) -> None:
         self.runner: Any = None
