@@ -304,7 +304,7 @@ class _Engine(threading.local):
             bundle = builder.build(None, ["tsmr"])
         except RegoError as exc:
             raise PolicyError(f"the policy could not be evaluated: {_messages(str(exc))}") from None
-        if not bundle.ok:
+        if not bundle.ok():
             raise PolicyError("the policy could not be evaluated: it does not build")
         self.bundles[key] = (builder, bundle)  # the builder is kept alive with its bundle
         while len(self.bundles) > self.BUNDLES:
