@@ -32,6 +32,7 @@ prefix matches; and which named quirk, if any, would explain it.
 
 from __future__ import annotations
 
+import functools
 import hmac
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
@@ -94,7 +95,11 @@ def default_initial(register: str, alg: HashAlg) -> bytes:
 
 def map_register(event: Event, arch: str | None) -> str:
     """The register an event lands in on a machine of ``arch`` (TPM PCRs map onto RTMRs/REMs)."""
-    return register_on(event.register, arch)
+    return _register_on(event.register, arch)
+
+
+# A pure function of two short strings, asked once per event: kept (bounded) rather than recomputed.
+_register_on = functools.lru_cache(maxsize=1024)(register_on)
 
 
 # A register's state while folding: per bank [value, number of the register's events folded into it].

@@ -145,6 +145,7 @@ configuration ``configuration``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 from datetime import datetime, timezone
@@ -157,14 +158,16 @@ from ..evidence.anchors import TrustAnchorMissing, TrustAnchors
 from ..evidence.bundle import FORMAT, LogReplay, check_document, log_events, replay_logs, verify_evidence
 from ..evidence.limits import Budget, LimitExceeded, Limits
 from ..quirks import findings as quirk_findings
-from .appraisers import covers, load_appraisers
+from .appraisers import covers, discovered_appraisers, load_appraisers
 from .coverage import Uncovered, uncovered
+from .lru import LRU
 from .facts import claims_json, content_json, group_by_domain, runtime_events, signed_json
 from .mismatch import explain as explain_mismatch
 from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result, Severity
 from .platform import platform_findings
-from .policy import DEFAULT_POLICY, compile_policy, evaluate
+from .policy import DEFAULT_POLICY, evaluate, prepare_policy
 from .refvals import ReferenceValues, missing_events
+from .refvals import prepare as prepare_refvals
 
 __all__ = ["appraise", "Finding", "Result", "ReferenceValues", "load_appraisers", "DEFAULT_POLICY"]
 
@@ -261,15 +264,15 @@ def appraise(
     budget = Budget(limits, cancelled=cancelled)
     budget.check_document(bundle)  # counted before anything is verified or parsed
     now = _aware(now)
-    refvals = ReferenceValues.coerce(reference_values) if reference_values is not None else None
+    refvals, refvals_data = prepare_refvals(reference_values) if reference_values is not None else (None, None)
     source = DEFAULT_POLICY if policy is None else policy
-    compile_policy(source)  # a bad policy is the caller's error: say so before any work
+    prepared_policy = prepare_policy(source)  # a bad policy is the caller's error: say so before any work
     if isinstance(nonce, str):
         try:
             nonce = bytes.fromhex(nonce)
         except ValueError:
             raise InputError("the expected nonce is not hex") from None
-    apps = list(appraisers) if appraisers is not None else load_appraisers()
+    apps = list(appraisers) if appraisers is not None else discovered_appraisers()
     by_name = {a.name: a for a in apps}
     if refvals is not None:
         for name, cfg in refvals.appraisers.items():
@@ -341,7 +344,7 @@ def appraise(
         events: list[Event] = []
         for n, log in enumerate(logs):
             try:
-                events.extend(budget.counted(log_events(log, n), n, _log_name(log)))
+                events.extend(budget.counted(_log_events(log, n), n, _log_name(log)))
             except LimitExceeded:
                 raise
             except ParseError as exc:
@@ -407,18 +410,21 @@ def appraise(
 
     # 7. policy
     budget.check_time("policy")
-    policy_input = {
-        "kind": verified.kind if verified is not None else None,
-        "nonce": bundle_nonce.hex() if bundle_nonce is not None else "",
-        "claims": claims,
-        "registers": signed_json(verified.signed) if verified is not None else {},
-        "events": {d: [dict(e, json=content_json(e["content"])) for e in evs]
-                   for d, evs in group_by_domain(events_json).items()},
-        "findings": [f.id for f in run.findings],
-        "errors": [f.id for f in run.findings if f.severity == "error"],
-        "warnings": [f.id for f in run.findings if f.severity == "warning"],
+    # Only the fields the policy can see are built (policy.input_fields): the events are most of the work.
+    builders: dict[str, Callable[[], Any]] = {
+        "kind": lambda: verified.kind if verified is not None else None,
+        "nonce": lambda: bundle_nonce.hex() if bundle_nonce is not None else "",
+        "claims": lambda: claims,
+        "registers": lambda: signed_json(verified.signed) if verified is not None else {},
+        "events": lambda: {d: [dict(e, json=content_json(e["content"])) for e in evs]
+                           for d, evs in group_by_domain(events_json).items()},
+        "findings": lambda: [f.id for f in run.findings],
+        "errors": lambda: [f.id for f in run.findings if f.severity == "error"],
+        "warnings": lambda: [f.id for f in run.findings if f.severity == "warning"],
     }
-    decision = evaluate(source, policy_input, {"reference_values": refvals.to_json()} if refvals is not None else None)
+    wanted = prepared_policy.fields
+    policy_input = {k: build() for k, build in builders.items() if wanted is None or k in wanted}
+    decision = evaluate(source, policy_input, data_json=refvals_data)
     run.findings.extend(decision.findings)
 
     findings = tuple(sorted(run.findings, key=lambda f: -_SEVERITY_RANK.get(f.severity, 2)))
@@ -439,6 +445,31 @@ def appraise(
         policy_id=policy_id,
         refvals_id=refvals_id if refvals_id is not None else (refvals.id if refvals is not None else None),
     )
+
+
+# Firmware logs (CCEL, TCG2) are the same bytes for every guest booted from the same image and
+# configuration, and the costliest to parse (UEFI variables, device paths, GPT decoded for each
+# event's summary).  Their events (immutable values, never handed out of appraise()) are kept by
+# the digest of the log's base64 text with its format and register; a log that does not parse
+# raises and is not kept.  Runtime logs change with every append: they are parsed each time.
+_FIRMWARE_FORMATS = frozenset({"ccel", "tcg2", "tcg2-sha1"})
+FIRMWARE_LOG_CACHE_SIZE = 16
+FIRMWARE_LOG_CACHE_MAX_CHARS = 2 << 20  # bigger logs are parsed each time (bounds the cache's memory)
+_FIRMWARE_LOGS: LRU[tuple[Event, ...]] = LRU(FIRMWARE_LOG_CACHE_SIZE)
+
+
+def _log_events(log: Any, n: int) -> list[Event]:
+    """:func:`~tsmr.evidence.bundle.log_events`, with firmware logs' events kept (see above)."""
+    data = log.get("data") if isinstance(log, Mapping) else None
+    fmt = log.get("format") if isinstance(log, Mapping) else None
+    if not isinstance(data, str) or fmt not in _FIRMWARE_FORMATS or len(data) > FIRMWARE_LOG_CACHE_MAX_CHARS:
+        return log_events(log, n)
+    key = (hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest(), fmt, str(log.get("register") or "rtmr3"))
+    found = _FIRMWARE_LOGS.get(key)
+    if found is None:
+        found = tuple(log_events(log, n))
+        _FIRMWARE_LOGS.put(key, found)
+    return list(found)
 
 
 def _kind_of(bundle: Any) -> str | None:
@@ -553,12 +584,21 @@ def _run_appraisers(run: _Run, apps: Sequence[Any], by_name: Mapping[str, Any], 
             run.add("appraiser.missing", "error", f"the reference values configure appraiser {name!r}, which is not "
                     f"installed (installed: {', '.join(sorted(by_name)) or 'none'})", "configuration", appraiser=name)
     for app in apps:
-        mine = [dict(e) for e in events if covers(app, str(e["domain"]))]
+        judged: dict[str, bool] = {}  # its domain patterns matched once per distinct domain
+        mine = []
+        for e in events:
+            domain = str(e["domain"])
+            ok = judged.get(domain)
+            if ok is None:
+                ok = judged[domain] = covers(app, domain)
+            if ok:
+                mine.append(dict(e))
         if not mine and app.name not in configured:
             continue
         prefix = f"appraiser.{app.name}."
         try:
-            found = list(app.appraise(mine, dict(configured.get(app.name, {}))))
+            # its own copy: an appraiser changing its configuration changes nothing kept for the next appraisal
+            found = list(app.appraise(mine, copy.deepcopy(dict(configured.get(app.name, {})))))
         except InputError:
             raise  # its configuration: the caller's to fix
         except Exception as exc:  # a plugin's bug makes its judgement unknown, not the whole appraisal impossible

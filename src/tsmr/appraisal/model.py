@@ -7,6 +7,7 @@ names the trustworthiness claim it affects, and the worst finding sets the statu
 
 from __future__ import annotations
 
+from collections import abc
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -41,20 +42,31 @@ STATUS_ORDER = (EarStatus.AFFIRMING, EarStatus.WARNING, EarStatus.CONTRAINDICATE
 SEVERITY_STATUS = {"info": "affirming", "warning": "warning", "error": "contraindicated"}
 
 
+# Scalars first, by exact type: a result holds thousands of them, and ``isinstance`` against
+# ``typing.Mapping`` goes through the ABC machinery each time.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _frozen(value: Any) -> Any:
     """A JSON value made read-only all the way down: objects as mapping proxies, arrays as tuples."""
-    if isinstance(value, Mapping):
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is dict or t is MappingProxyType or isinstance(value, abc.Mapping):
         return MappingProxyType({k: _frozen(v) for k, v in value.items()})
-    if isinstance(value, (list, tuple)):
-        return tuple(_frozen(v) for v in value)
+    if t is list or t is tuple or isinstance(value, (list, tuple)):
+        return tuple([_frozen(v) for v in value])
     return value
 
 
 def _thawed(value: Any) -> Any:
     """The plain JSON value (dicts and lists) of a :func:`_frozen` one."""
-    if isinstance(value, Mapping):
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is MappingProxyType or t is dict or isinstance(value, abc.Mapping):
         return {k: _thawed(v) for k, v in value.items()}
-    if isinstance(value, tuple):
+    if t is tuple or isinstance(value, tuple):
         return [_thawed(v) for v in value]
     return value
 

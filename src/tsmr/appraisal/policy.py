@@ -42,15 +42,21 @@ regopy installed, it alone is evaluated, natively; any other policy needs regopy
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import PolicyError
+from .lru import LRU
 from .model import TRUST_CLAIMS, Finding, Severity
 
-__all__ = ["DEFAULT_POLICY", "Decision", "check_policy", "compile_policy", "evaluate"]
+__all__ = ["DEFAULT_POLICY", "Decision", "PreparedPolicy", "check_policy", "compile_policy", "evaluate", "input_fields",
+           "prepare_policy"]
 
 DEFAULT_POLICY = """\
 # tsmr's default appraisal policy: allow when nothing so far is an error.
@@ -90,6 +96,7 @@ def _messages(text: str) -> str:
     return "; ".join(dict.fromkeys(m.strip() for m in found)) if found else text.strip()[:500]
 
 
+@functools.lru_cache(maxsize=1)
 def _have_regopy() -> bool:
     try:
         import regopy  # noqa: F401
@@ -126,8 +133,9 @@ def compile_policy(source: str) -> Any:
     return rego
 
 
-def _query(rego: Any) -> Any:
-    """``data.tsmr`` as a Python value, or None when undefined.
+def _query(rego: Any, bundle: Any) -> Any:
+    """``data.tsmr`` (the bundle's entry point ``tsmr``) over the interpreter's input, as a Python value,
+    or None when undefined.
 
     The regopy ``Output`` class decodes the result itself and fails on some
     strings, so the raw result is read through regopy's C bindings here.
@@ -136,7 +144,7 @@ def _query(rego: Any) -> Any:
     from regopy import rego_shared as rs
 
     try:
-        impl = rs.rego_query(rego._impl, "data.tsmr")
+        impl = rs.rego_bundle_query_entrypoint(rego._impl, bundle._impl, "tsmr")
     except RegoError as exc:
         raise PolicyError(f"the policy could not be evaluated: {_messages(str(exc))}") from None
     try:
@@ -176,32 +184,154 @@ def _collect_errors(rs: Any, node: Any, out: list[str], depth: int = 0) -> None:
 
 def check_policy(source: str) -> None:
     """Raise :class:`PolicyError` unless ``source`` compiles and evaluates as a tsmr policy."""
-    rego = compile_policy(source)
-    if rego is not None:
-        rego.set_input_term(json.dumps(_EMPTY_INPUT))
-        _decision(_query(rego))
+    prepared = prepare_policy(source)
+    if not prepared.native:
+        _decision(_ENGINE.query(prepared, None, json.dumps(_EMPTY_INPUT)))
 
 
 _EMPTY_INPUT: dict[str, Any] = {"kind": None, "nonce": "", "claims": {}, "registers": {}, "events": {},
                                 "findings": [], "errors": [], "warnings": []}
 
 
-def evaluate(source: str, input: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> Decision:
-    """Evaluate a policy over ``input`` (see the module docstring) and return its decision."""
-    rego = compile_policy(source)
-    if rego is None:
-        return _default_decision(input)
-    from regopy import RegoError
+def evaluate(source: str, input: Mapping[str, Any], data: Mapping[str, Any] | None = None, *,
+             data_json: str | None = None) -> Decision:
+    """Evaluate a policy over ``input`` (see the module docstring) and return its decision.
 
-    try:
-        if data:
-            # JSON text, like the input: rego-cpp then keeps strings with escapes consistent
-            # with the policy's own string literals.
-            rego.add_data_json(json.dumps(data, ensure_ascii=False))
-        rego.set_input_term(json.dumps(input, ensure_ascii=False))
-    except RegoError as exc:
-        raise PolicyError(f"the policy input was refused: {_messages(str(exc))}") from None
-    return _decision(_query(rego))
+    ``data`` is the base document (``{"reference_values": ...}``); ``data_json`` may give it as JSON
+    text instead, so that a caller holding the text of a stored version need not encode it again.
+    The compiled policy (with its base document) is reused from :class:`_Engine`'s caches; only
+    the input fields the policy can see (:func:`input_fields`) are handed to the engine.
+    """
+    prepared = prepare_policy(source)
+    if prepared.native:
+        return _default_decision(input)
+    if data_json is None and data:
+        # JSON text, like the input: rego-cpp then keeps strings with escapes consistent
+        # with the policy's own string literals.
+        data_json = json.dumps(data, ensure_ascii=False)
+    fields = prepared.fields
+    shown = input if fields is None else {k: v for k, v in input.items() if k in fields}
+    return _decision(_ENGINE.query(prepared, data_json or None, json.dumps(shown, ensure_ascii=False)))
+
+
+@dataclass(frozen=True)
+class PreparedPolicy:
+    """A policy that compiled: its text, digest, and the input fields it can see (None: every one)."""
+
+    source: str
+    digest: str
+    fields: frozenset[str] | None
+    native: bool = False  # DEFAULT_POLICY without regopy: evaluated by :func:`_default_decision`
+
+
+# ``input.name`` or ``input["name"]``: the only ways a policy can name an input field.  Any other use
+# of the word ``input`` (``input[x]``, ``import input``, ``with input as``, ``walk(input)``, a comment)
+# makes the whole input visible, so the analysis can only over-include.
+_INPUT_REF = re.compile(r'\binput\b(?:\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)|\s*\[\s*"([A-Za-z_][A-Za-z0-9_]*)"\s*\])?')
+
+
+def input_fields(source: str) -> frozenset[str] | None:
+    """The top-level input fields ``source`` names, or None when it may see the whole input.
+
+    A Rego policy reaches the input document only through the keyword ``input``; when every
+    occurrence of that word is followed by a plain field name, the policy cannot observe any
+    other field, and leaving those out of the input changes no decision (the benchmark bundle's
+    input is 33 kB, its events most of it, which rego-cpp parses at a few MB/s).
+    """
+    names: set[str] = set()
+    for m in _INPUT_REF.finditer(source):
+        name = m.group(1) or m.group(2)
+        if name is None:
+            return None
+        names.add(name)
+    return frozenset(names)
+
+
+POLICY_CACHE_SIZE = 64
+_PREPARED: LRU[PreparedPolicy] = LRU(POLICY_CACHE_SIZE)  # policy digest -> PreparedPolicy (only policies that compiled)
+
+
+def prepare_policy(source: str) -> PreparedPolicy:
+    """The policy checked once per text: PolicyError unless it compiles (cached by the text's digest)."""
+    if not isinstance(source, str):
+        raise PolicyError("the policy is empty")
+    digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+    found: PreparedPolicy | None = _PREPARED.get(digest)
+    if found is not None and found.source == source:
+        return found
+    native = compile_policy(source) is None  # raises PolicyError; None: the default policy, without regopy
+    prepared = PreparedPolicy(source, digest, None if native else input_fields(source), native)
+    _PREPARED.put(digest, prepared)
+    return prepared
+
+
+class _Engine(threading.local):
+    """Per thread: one regopy interpreter to run queries, and compiled bundles by policy and data.
+
+    A bundle (rego-cpp's compiled policy and base document) is built once per policy text and
+    reference-values text and then queried with each appraisal's input.  Each thread keeps its own
+    interpreter and bundles, as nothing says rego-cpp's are safe to share between threads; creating
+    an interpreter costs about a millisecond, which is why it is kept.  The interpreter's input is
+    replaced before every query, so nothing of one appraisal is seen by the next.
+    """
+
+    BUNDLES = 4  # per thread (a verifier uses one or two policy and reference-values pairs at a time)
+
+    def __init__(self) -> None:
+        self.runner: Any = None
+        self.bundles: OrderedDict[tuple[str, str | None], tuple[Any, Any]] = OrderedDict()
+
+    def bundle(self, prepared: PreparedPolicy, data_json: str | None) -> Any:
+        key = (prepared.digest, hashlib.sha256(data_json.encode("utf-8", "surrogatepass")).hexdigest()
+               if data_json is not None else None)
+        found = self.bundles.get(key)
+        if found is not None:
+            self.bundles.move_to_end(key)
+            return found[1]
+        from regopy import RegoError
+
+        builder = _interpreter()
+        try:
+            builder.add_module("policy.rego", prepared.source)
+        except RegoError as exc:
+            raise PolicyError(f"the policy does not compile: {_messages(str(exc))}") from None
+        try:
+            if data_json is not None:
+                builder.add_data_json(data_json)
+        except RegoError as exc:
+            raise PolicyError(f"the policy input was refused: {_messages(str(exc))}") from None
+        try:
+            bundle = builder.build(None, ["tsmr"])
+        except RegoError as exc:
+            raise PolicyError(f"the policy could not be evaluated: {_messages(str(exc))}") from None
+        if not bundle.ok():
+            raise PolicyError("the policy could not be evaluated: it does not build")
+        self.bundles[key] = (builder, bundle)  # the builder is kept alive with its bundle
+        while len(self.bundles) > self.BUNDLES:
+            self.bundles.popitem(last=False)
+        return bundle
+
+    def query(self, prepared: PreparedPolicy, data_json: str | None, input_json: str) -> Any:
+        from regopy import RegoError
+
+        bundle = self.bundle(prepared, data_json)
+        if self.runner is None:
+            self.runner = _interpreter()
+        try:
+            self.runner.set_input_term(input_json)
+        except RegoError as exc:
+            self.runner = None  # its state after a refused input is not relied upon
+            raise PolicyError(f"the policy input was refused: {_messages(str(exc))}") from None
+        return _query(self.runner, bundle)
+
+
+_ENGINE = _Engine()
+
+
+def clear_caches() -> None:
+    """Forget the prepared policies (this thread's compiled bundles too); for tests and reloads."""
+    _PREPARED.clear()
+    _ENGINE.bundles.clear()
 
 
 def _decision(value: Any) -> Decision:

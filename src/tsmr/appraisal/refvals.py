@@ -56,6 +56,7 @@ checks the same rules (and compiles the regular expressions) and raises
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -71,6 +72,7 @@ from ..predict.model import PredictedEvent
 from ..quirks import resolve as resolve_quirks
 from ..registers import check_register_name, register_order
 from .facts import IDENTITY_CLAIMS, claims_json, runtime_events
+from .lru import LRU
 
 __all__ = ["FORMAT", "VERSION", "SCHEMA", "EventRef", "Predicted", "ReferenceValues", "combine", "learn", "missing_events"]
 
@@ -183,16 +185,20 @@ class EventRef:
     def literal(self) -> str | None:
         """The one content this reference matches when its pattern is an escaped literal (as :func:`learn`
         writes them), else None: such references are looked up in a set, not matched one by one."""
-        if self.content is None:
-            return None
-        text = re.sub(r"\\(.)", r"\1", self.content, flags=re.DOTALL)
-        return text if re.escape(text) == self.content else None
+        return _literal(self.content) if self.content is not None else None
 
     def to_json(self) -> dict[str, str]:
         out = {"domain": self.domain, "operation": self.operation}
         if self.content is not None:
             out["content"] = self.content
         return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _literal(content: str) -> str | None:
+    """:attr:`EventRef.literal` of a pattern (a pure function of it, so kept for the next appraisal)."""
+    text = re.sub(r"\\(.)", r"\1", content, flags=re.DOTALL)
+    return text if re.escape(text) == content else None
 
 
 def missing_events(refs: Sequence[EventRef], events: Sequence[Mapping[str, Any]]) -> list[EventRef]:
@@ -300,6 +306,10 @@ class ReferenceValues:
     @classmethod
     def coerce(cls, value: "ReferenceValues | Mapping[str, Any] | str | bytes") -> "ReferenceValues":
         return value if isinstance(value, ReferenceValues) else cls.from_json(value)
+
+    def policy_data(self) -> str:
+        """The policy's base document ``{"reference_values": ...}`` as JSON text (see :mod:`.policy`)."""
+        return json.dumps({"reference_values": self.to_json()}, ensure_ascii=False)
 
     # -- writing ---------------------------------------------------------------
 
@@ -611,3 +621,58 @@ def combine(parts: Sequence[ReferenceValues], *, id: str | None = None,
         quirks=tuple(quirks), description=description or "combined from " + ", ".join(rv.id for rv in parts),
         predicted=merged)
     return ReferenceValues.from_json(doc.to_json())  # the same limits as any document
+
+
+# -- reading stored versions once ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Prepared:
+    """Reference values read once: the document they were read from, the object, the policy's data text."""
+
+    document: Any
+    values: ReferenceValues
+    policy_data: str
+
+
+REFVALS_CACHE_SIZE = 32
+_PREPARED: "LRU[Prepared]" = LRU(REFVALS_CACHE_SIZE)
+
+
+def prepare(value: "ReferenceValues | Mapping[str, Any]") -> tuple[ReferenceValues, str]:
+    """:meth:`ReferenceValues.coerce` and :meth:`ReferenceValues.policy_data`, kept per document content.
+
+    A verifier passes the same stored document (a version of its reference values) to every
+    appraisal; reading and checking it, and encoding it for the policy, is done once per content.
+    The key is the digest of the document's JSON text (in its own key order); an entry is used only when its
+    document equals the one given (so a tuple where JSON has an array, or a digest collision, is
+    read afresh), and it is read from its own copy, so that a caller changing its dict later
+    changes nothing cached.  A document that fails its checks raises and is not kept.
+    """
+    if isinstance(value, ReferenceValues):
+        return value, value.policy_data()
+    if not isinstance(value, Mapping):
+        values = ReferenceValues.coerce(value)
+        return values, values.policy_data()
+    try:
+        # Key order kept: it is the order registers, claims and events are checked (and findings listed) in.
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        values = ReferenceValues.coerce(value)  # not plain JSON: read as given, never kept
+        return values, values.policy_data()
+    key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    found = _PREPARED.get(key)
+    if found is not None and found.document == value:
+        return found.values, found.policy_data
+    copy = json.loads(text)
+    if copy != value:  # a tuple or another type JSON does not keep: read as given, never kept
+        values = ReferenceValues.coerce(value)
+        return values, values.policy_data()
+    values = ReferenceValues.from_json(copy)
+    entry = Prepared(json.loads(text), values, values.policy_data())
+    _PREPARED.put(key, entry)
+    return entry.values, entry.policy_data
+
+
+def clear_cache() -> None:
+    """Forget the reference values read so far (tests)."""
+    _PREPARED.clear()

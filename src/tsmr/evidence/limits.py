@@ -188,11 +188,13 @@ class Budget:
         for n, log in enumerate(logs):
             if not isinstance(log, Mapping) or not isinstance(log.get("data"), str):
                 continue
+            fmt = log.get("format")
+            if fmt is not None and fmt not in _TEXT_FORMATS:
+                continue  # a binary log (CCEL, TCG2) is counted when parsed: no need to decode it twice
             try:
                 data = base64.b64decode(log["data"], validate=True)
             except (binascii.Error, ValueError):
                 continue
-            fmt = log.get("format")
             if fmt is None and (data[:5] in (b"SYNC ", b"INIT ") or data[:1] == b"#"):
                 fmt = "tsmr"  # what tsmr.eventlog.detect will say
             if fmt not in _TEXT_FORMATS:

@@ -29,12 +29,13 @@ without arguments) or an instance.  The two shipped here, ``allowlist`` and
 from __future__ import annotations
 
 import fnmatch
+import functools
 import warnings
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from ..model import Finding
 
-__all__ = ["Appraiser", "GROUP", "load_appraisers", "builtin_appraisers", "covers"]
+__all__ = ["Appraiser", "GROUP", "load_appraisers", "discovered_appraisers", "builtin_appraisers", "covers"]
 
 GROUP = "tsmr.appraisers"
 
@@ -94,3 +95,22 @@ def load_appraisers() -> list[Any]:
     for obj in builtin_appraisers():
         found.setdefault(obj.name, obj)
     return [found[name] for name in sorted(found)]
+
+
+@functools.lru_cache(maxsize=1)
+def _discovered() -> tuple[Any, ...]:
+    return tuple(load_appraisers())
+
+
+def discovered_appraisers() -> list[Any]:
+    """:func:`load_appraisers`, run once per process: what :func:`~tsmr.appraisal.appraise` uses by default.
+
+    Scanning the installed distributions' entry points costs milliseconds, and what is installed
+    does not change under a running verifier; ``discovered_appraisers.cache_clear()`` forgets it.
+    The appraisers are shared by every appraisal (and thread) of the process: they judge the
+    events and configuration they are given and keep no state of their own.
+    """
+    return list(_discovered())
+
+
+discovered_appraisers.cache_clear = _discovered.cache_clear  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import re
 import struct
 from typing import Iterable, Iterator, Mapping
 
@@ -43,6 +44,9 @@ def _as_bytes(data: object) -> bytes:
     raise InputError(f"tcg2: expected bytes, got {type(data).__name__}")
 
 
+_FILL = re.compile(rb"\x00*\xff*", re.DOTALL)
+
+
 def _is_padding(buf: bytes, pos: int, end: int) -> bool:
     """True if ``buf[pos:end]`` is fill: 0x00 bytes, then 0xFF bytes (either may be absent).
 
@@ -51,7 +55,7 @@ def _is_padding(buf: bytes, pos: int, end: int) -> bool:
     """
     if buf[pos] not in (0, 0xFF):
         return False
-    return not bytes(buf[pos:end]).rstrip(b"\xff").strip(b"\x00")
+    return _FILL.fullmatch(buf, pos, end) is not None  # no copy of a (often large) erased area
 
 
 def _parse_spec_id(d: bytes, base: int) -> SpecIdEvent:
