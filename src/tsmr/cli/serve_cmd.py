@@ -72,6 +72,24 @@ def serve_cmd(
     challenge_burst: Annotated[Optional[int], typer.Option(
         "--challenge-burst", min=1, help="Challenges a client address may take at once (default 30).",
         show_default=False)] = None,
+    pccs: Annotated[Optional[str], typer.Option(
+        "--pccs", help="Fetch TDX collateral (TCB info, QE identity, CRLs) from this PCCS or Intel PCS base URL "
+                       "and cache it in the database (default: $TSMR_PCCS_URL). --collateral files win over "
+                       "it.", show_default=False)] = None,
+    kds: Annotated[Optional[str], typer.Option(
+        "--kds", help="Fetch SEV-SNP VCEKs and the ASK from AMD KDS or a mirror at this base URL and cache them "
+                      "(default: $TSMR_KDS_URL); the ARK stays the pinned one (--ark). --vcek/--ask files win "
+                      "over it.", show_default=False)] = None,
+    kds_product: Annotated[Optional[str], typer.Option(
+        "--kds-product", help="SEV-SNP product name for KDS when the report does not give it (e.g. Milan, Genoa; "
+                              "default: $TSMR_KDS_PRODUCT, else from the ARK).", show_default=False)] = None,
+    fetch_timeout: Annotated[Optional[float], typer.Option(
+        "--fetch-timeout", min=0.1, max=600.0, help="Seconds one collateral request may take (default 10; "
+                                                     "$TSMR_FETCH_TIMEOUT).", show_default=False)] = None,
+    collateral_refresh: Annotated[Optional[float], typer.Option(
+        "--collateral-refresh", min=0.1, max=86400.0,
+        help="Seconds between each worker's look for cached collateral due for a refresh (default 300; "
+             "$TSMR_COLLATERAL_REFRESH).", show_default=False)] = None,
     state_dir: VerifierStateOpt = None,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line.")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
@@ -94,6 +112,8 @@ def serve_cmd(
         "database_url": database, "key_path": key, "admin_token_file": admin_token_file, **trust.settings(),
         "challenge_ttl": challenge_ttl, "state_dir": state_dir, "policy": policy, "refvals": refvals,
         "challenge_rate": challenge_rate, "challenge_burst": challenge_burst,
+        "pccs_url": pccs, "kds_url": kds, "kds_product": kds_product, "fetch_timeout": fetch_timeout,
+        "collateral_refresh": collateral_refresh,
         "publish_keys": os.pathsep.join(os.path.abspath(k) for k in publish_key) if publish_key else None,
     }.items() if v is not None}
     if key_alg != "ES256" or "TSMR_EAR_ALG" not in os.environ:
@@ -131,6 +151,7 @@ def serve_cmd(
                                         action=f"creating the EAR key {settings.key_path}") from None
     settings.published_keys()
     settings.trust_anchors()
+    settings.check_collateral()
     token = settings.read_admin_token()
     if host not in ("127.0.0.1", "::1", "localhost"):
         render.warning(f"listening on {host}: put TLS in front of the verifier (it speaks plain HTTP)")
