@@ -24,6 +24,7 @@ from .eventlog_cmd import eventlog_app
 from .log_cmd import log_app
 from .ear_cmd import ear_app
 from .quote_cmd import quote_app
+from .collateral_cmd import collateral_app
 from .predict_cmd import authenticode_cmd, predict_app
 from .predict_cmd import SnpFeaturesOpt, SnpVcpusOpt, SnpVcpuTypeOpt, SnpVmmOpt, emulated_snp_launch, emulated_tdx_boot
 from .agent_cmd import register as register_agent
@@ -50,6 +51,7 @@ app.add_typer(emulate_app, name="emulate")
 app.add_typer(log_app, name="log")
 app.add_typer(eventlog_app, name="eventlog")
 app.add_typer(quote_app, name="quote")
+app.add_typer(collateral_app, name="collateral")
 app.add_typer(ear_app, name="ear")
 app.add_typer(predict_app, name="predict")
 app.command("authenticode")(authenticode_cmd)
