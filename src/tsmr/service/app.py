@@ -314,7 +314,8 @@ class Verifier:
         settings.check_collateral()
         self.fetcher = service_fetcher(settings, self.trust, self.metrics)
         self.cache = DatabaseCache(self.store, metrics=self.metrics)
-        self.owner = f"{socket.gethostname()[:64]}/{os.getpid()}/{uuid.uuid4().hex[:12]}"  # this worker's leases
+        # Names this worker in lease owners (each request and the refresher add their own suffix).
+        self.owner = f"{socket.gethostname()[:64]}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
         # The time evidence and collateral are judged at: the wall clock, except for a test that
         # passes create_app(clock=...) to appraise old fixture evidence (nothing else can set it).
         self.clock = clock
@@ -354,7 +355,7 @@ class CollateralRefresher:
         v = self.v
         assert v.fetcher is not None
         n = refresh_due(trust=v.trust, fetcher=v.fetcher, cache=v.cache, now=v.evaluation_time(utcnow()),
-                        owner=v.owner)
+                        owner=f"{v.owner}/refresh")
         self.runs += 1
         if n:
             _event(logging.INFO, "collateral refreshed", documents=n)
@@ -609,8 +610,10 @@ def _collateral_for(v: Verifier, kind: str, ev: Mapping[str, Any]) -> tuple[Trus
         return v.trust, []  # unreadable evidence: the appraisal says why
     from ..system.collateral import resolve
 
-    return resolve(kind, data, trust=v.trust, fetcher=v.fetcher, cache=v.cache,
-                   now=v.evaluation_time(utcnow()), wait=max(15.0, 2 * v.settings.fetch_timeout), owner=v.owner)
+    return resolve(kind, data, trust=v.trust, fetcher=v.fetcher, cache=v.cache.lookup(),
+                   now=v.evaluation_time(utcnow()), wait=max(15.0, 4 * v.settings.fetch_timeout + 5),
+                   owner=f"{v.owner}/{uuid.uuid4().hex[:12]}",  # per request: a lease is one caller's
+                   product=v.settings.kds_product)
 
 
 def _tpm_trust_for(v: Verifier, ev: Any) -> TrustAnchors:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..system.collateral import Document
     from .metrics import Metrics
 
-__all__ = ["DatabaseCache", "MAX_KEY_ID", "MAX_OWNER"]
+__all__ = ["DatabaseCache", "CacheLookup", "MAX_KEY_ID", "MAX_OWNER", "service_fetcher"]
 
 MAX_KEY_ID = 512  # the column width; Key.id promises no more
 MAX_OWNER = 128
@@ -52,7 +52,8 @@ MAX_OWNER = 128
 class DatabaseCache:
     """:class:`tsmr.system.collateral.Cache` on the verifier's database (thread-safe: one session per call).
 
-    ``metrics`` (optional) counts cache hits and misses per document kind.
+    ``metrics`` (optional) counts the documents read from the cache (``cache-hit``) per document kind;
+    what was not there shows as fetches (:func:`service_fetcher`).
     """
 
     def __init__(self, store: Store, *, metrics: "Metrics | None" = None) -> None:
@@ -66,8 +67,8 @@ class DatabaseCache:
             row = s.get(CachedCollateral, key_id)
             data = row.document if row is not None else None
         doc = self._document(key_id, data) if data is not None else None
-        if self.metrics is not None:
-            self.metrics.collateral_event("cache-hit" if doc is not None else "cache-miss", key_id.split("?", 1)[0])
+        if doc is not None and self.metrics is not None:
+            self.metrics.collateral_event("cache-hit", doc.key.kind)
         return doc
 
     def put(self, doc: "Document") -> None:
@@ -119,6 +120,10 @@ class DatabaseCache:
             return None
         return doc
 
+    def lookup(self) -> "CacheLookup":
+        """A view of this cache for one resolve() call: see :class:`CacheLookup`."""
+        return CacheLookup(self)
+
     # -- fetch leases -----------------------------------------------------------------------------
     def claim(self, key_id: str, *, owner: str, ttl: float) -> bool:
         """Take the fetch lease of ``key_id`` for ``ttl`` seconds: True when the caller holds it now.
@@ -153,6 +158,52 @@ class DatabaseCache:
             s.execute(delete(CollateralLease).where(CollateralLease.key_id == key_id, CollateralLease.owner == owner))
 
 
+class CacheLookup:
+    """The cache as one caller sees it: a lease is only granted for a document nobody stored meanwhile.
+
+    Between a caller's look in the cache (nothing there, or a copy it cannot use) and its
+    claim of the lease, another worker may fetch the document, store it and release the
+    lease; the claim then succeeds and the document would be fetched a second time.  This
+    view remembers what :meth:`get` last returned for each key, and after a successful claim
+    reads the row again: when it changed, someone else just stored the document, so the
+    lease is given back and the claim reported lost (the caller then finds the document on
+    its next poll).  A copy that is due for a refresh, or that failed verification, is still
+    the one this caller saw, so claiming it to fetch a new one goes ahead.
+    """
+
+    def __init__(self, cache: DatabaseCache) -> None:
+        self.cache = cache
+        self.seen: dict[str, Document | None] = {}
+
+    def get(self, key_id: str) -> "Document | None":
+        doc = self.cache.get(key_id)
+        self.seen[key_id] = doc
+        return doc
+
+    def put(self, doc: "Document") -> None:
+        self.cache.put(doc)
+        self.seen[doc.key.id] = doc
+
+    def claim(self, key_id: str, *, owner: str, ttl: float) -> bool:
+        if not self.cache.claim(key_id, owner=owner, ttl=ttl):
+            return False
+        if key_id in self.seen:
+            with self.cache.store._read() as s:
+                row = s.get(CachedCollateral, key_id)
+                data = row.document if row is not None else None
+            now_there = self.cache._document(key_id, data) if data is not None else None
+            if now_there is not None and now_there != self.seen[key_id]:
+                self.cache.release(key_id, owner=owner)
+                return False
+        return True
+
+    def release(self, key_id: str, *, owner: str) -> None:
+        self.cache.release(key_id, owner=owner)
+
+    def due(self, now: datetime, limit: int = 100) -> list["Document"]:
+        return self.cache.due(now, limit)
+
+
 def _insert(store: Store) -> Any:
     """The dialect's INSERT construct (both SQLite's and PostgreSQL's have ``on_conflict_do_update``)."""
     if store.engine.dialect.name == "postgresql":
@@ -174,7 +225,7 @@ def service_fetcher(settings: Any, trust: Any, metrics: "Metrics | None") -> Any
         return None
     import time
 
-    from ..system.collateral import CollateralUnavailable, Fetcher, Key
+    from ..system.collateral import CollateralUnavailable, Document, Fetcher, Key
 
     class ServiceFetcher(Fetcher):
         def fetch(self, key: Key, *, now: datetime) -> Document:

@@ -117,7 +117,7 @@ class Metrics:
             self._publish()
 
     def collateral_event(self, event: str, kind: str) -> None:
-        """Count a collateral event: ``fetched``, ``fetch-failed``, ``cache-hit`` or ``cache-miss``, per document kind."""
+        """Count a collateral event: ``fetched``, ``fetch-failed`` or ``cache-hit``, per document kind."""
         with self._lock:
             key = (event, kind)
             self.collateral[key] = self.collateral.get(key, 0) + 1
@@ -210,8 +210,8 @@ class Metrics:
                 "# TYPE tsmr_attestations_total counter"]
         for status, n in sorted(attestations.items()):
             out.append(f"tsmr_attestations_total{_labels(('status',), (status,))} {n}")
-        out += ["# HELP tsmr_collateral_total Collateral documents fetched, failed to fetch, and found or not in the "
-                "cache, by event and document kind.",
+        out += ["# HELP tsmr_collateral_total Collateral documents fetched, fetches failed, and documents read from "
+                "the cache, by event (fetched, fetch-failed, cache-hit) and document kind.",
                 "# TYPE tsmr_collateral_total counter"]
         for (event, kind), n in sorted(collateral.items()):
             out.append(f"tsmr_collateral_total{_labels(('event', 'kind'), (event, kind))} {n}")

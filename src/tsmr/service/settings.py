@@ -209,20 +209,23 @@ class Settings:
                             tpm_ca=list(filter(None, (self.tpm_ca or "").split(os.pathsep))))
 
     def check_collateral(self) -> None:
-        """Refuse collateral settings that cannot work (before any worker starts)."""
-        from urllib.parse import urlsplit
+        """Refuse collateral settings that cannot work, with one sentence (before any worker starts)."""
+        from ..evidence.anchors import TrustAnchors
+        from ..system.collateral import Fetcher
 
-        for what, url in (("--pccs", self.pccs_url), ("--kds", self.kds_url)):
-            if url is None:
-                continue
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise InputError(f"{what} {url!r} is not an http(s) URL")
         if not (0 < self.fetch_timeout <= 600):
             raise InputError(f"the collateral fetch timeout must be more than 0 and at most 600 s, not {self.fetch_timeout}")
         if not (0 < self.collateral_refresh <= 86400):
             raise InputError("the collateral refresh interval must be more than 0 and at most 86400 s, "
                              f"not {self.collateral_refresh}")
+        if self.kds_url and not self.snp_ark:
+            raise InputError("--kds needs the pinned AMD root key (--ark): a fetched ARK is never trusted by itself")
+        if self.kds_product is not None and \
+                self.kds_product.split("-", 1)[0].strip().capitalize() not in ("Milan", "Genoa", "Turin"):
+            raise InputError(f"unknown SEV-SNP product {self.kds_product!r} for --kds-product "
+                             "(products: Milan, Genoa, Turin)")
+        if self.pccs_url or self.kds_url:  # the fetcher checks its URLs
+            Fetcher(pccs_url=self.pccs_url, kds_url=self.kds_url, timeout=self.fetch_timeout, trust=TrustAnchors())
 
     def build(self) -> str:
         if self.verifier_build:
