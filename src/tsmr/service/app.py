@@ -21,6 +21,16 @@ returned.  Evidence that is present but bad (a broken signature, a replay
 mismatch, a policy denial) is a stored result with status
 ``contraindicated``: that is an answer, not an error.
 
+With ``--pccs`` / ``--kds`` (``Settings.pccs_url`` / ``kds_url``), the collateral a
+TDX quote or SEV-SNP report needs is found before the nonce is spent and outside any
+database transaction (:func:`_trust_for`): files the operator gave win, then the
+database cache shared by every worker and replica
+(:mod:`tsmr.service.collateral_cache`), then a fetch under a lease, so one caller
+fetches each document while the others wait for it.  What cannot be had is an error
+finding (``collateral.unavailable`` / ``collateral.expired``) in the stored result,
+not an HTTP error.  A daemon thread per worker (started and stopped with the
+application's lifespan) refreshes cached documents ahead of their expiry.
+
 A nonce is spent by a stored result and by nothing else: when anything fails
 after the nonce was consumed (evidence that cannot be evaluated, the database
 refusing the result), the nonce is given back before the error is answered, so
