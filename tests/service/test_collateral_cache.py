@@ -11,6 +11,7 @@ compared with the verdicts the same verifier gives with the collateral as files.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import threading
@@ -298,18 +299,27 @@ def test_snp_fixture_report_same_verdict_as_with_files(db_url: str, fixtures: An
     assert cached_keys(cold) == []
 
 
-@pytest.mark.parametrize("mode", ["garbage", "wrong-fmspc", "bad-signature"])
+@pytest.mark.parametrize("mode", ["garbage", "wrong-fmspc", "bad-signature", "slow"])
 def test_bad_documents_are_findings_and_never_cached(db_url: str, fixtures: Any, pcs: PcsServer, tmp_path: Path,
                                                      mode: str) -> None:
     from fastapi.testclient import TestClient
 
     quote = fixtures.read(TDX_QUOTE)
     bundle = fixture_bundle("tdx", quote, quote[48 + 520:48 + 584])
-    app = verifier(tmp_path, "v", db_url, Clock(TDX_TIME), pccs_url=pcs.url, fetch_timeout=2.0)
-    pcs.mode = mode
+    timeout = 0.3 if mode == "slow" else 2.0
+    app = verifier(tmp_path, "v", db_url, Clock(TDX_TIME), pccs_url=pcs.url, fetch_timeout=timeout)
+    pcs.mode, pcs.slow_seconds = mode, 3.0
     with TestClient(app) as c:
+        start = time.monotonic()
         body = attest(c, bundle)
+        took = time.monotonic() - start
     assert body["status"] == "contraindicated"
+    if mode == "slow":  # four documents, each given up after the timeout: an answer in seconds, not minutes
+        reasons = {f["context"]["key"]: f["context"]["reason"] for f in body["result"]["findings"]
+                   if f["id"] == "collateral.unavailable"}
+        assert reasons == dict.fromkeys(TDX_KEYS, "timeout") and took < 4 * 2 * timeout + 2
+        assert cached_keys(app) == []
+        return
     unavailable = [f for f in body["result"]["findings"] if f["id"] == "collateral.unavailable"]
     assert unavailable and all(f["severity"] == "error" for f in unavailable)
     bad = {f["context"]["key"]: f["context"]["reason"] for f in unavailable}
@@ -381,9 +391,12 @@ def test_refresh_thread_fetches_documents_that_are_due(db_url: str, fixtures: An
 # --- replicas ------------------------------------------------------------------------------------------
 
 
-def test_two_replicas_starting_cold_fetch_each_document_once(db_url: str, emulator: Any, make_server: Any,
-                                                              tmp_path: Path) -> None:
-    """Two `tsmr serve` processes on one database, six first attestations at once: four fetches in all."""
+@pytest.mark.parametrize("layout", ["replicas", "workers"])
+def test_processes_starting_cold_fetch_each_document_once(db_url: str, emulator: Any, make_server: Any,
+                                                          tmp_path: Path, layout: str) -> None:
+    """Six first attestations at once, on two `tsmr serve` processes on one database ("replicas") or on
+    one `tsmr serve --workers 2` (whose workers get the collateral settings through the environment):
+    four fetches in all, and the verdict of the same verifier given the collateral as a file."""
     from tsmr.backends.emulated_evidence.tdx import EmulatedTDXSigner
 
     from .conftest import COVERING, admin_headers
@@ -398,10 +411,13 @@ def test_two_replicas_starting_cold_fetch_each_document_once(db_url: str, emulat
         root.parent.mkdir()
         shutil.copy(emulator.trust_root, root)
         extra = ["--pccs", pcs.url, "--fetch-timeout", "3"]
-        a = make_server(name="a", database=db_url, trust_root=root, extra=extra, wait=False)
-        b = make_server(name="b", database=db_url, trust_root=root, extra=extra, wait=False)
-        a.wait_ready()
-        b.wait_ready()
+        if layout == "replicas":
+            a = make_server(name="a", database=db_url, trust_root=root, extra=extra, wait=False)
+            b = make_server(name="b", database=db_url, trust_root=root, extra=extra, wait=False)
+            a.wait_ready()
+            b.wait_ready()
+        else:
+            a = b = make_server(name="a", database=db_url, trust_root=root, extra=extra, workers=2)
         with a.client() as ca:
             r = ca.put("/refvals/default", json={"document": COVERING}, headers=admin_headers())
             assert r.status_code == 201, r.text
@@ -430,8 +446,15 @@ def test_two_replicas_starting_cold_fetch_each_document_once(db_url: str, emulat
         assert len(results) == 6
         assert {verdict(r) for r in results} == {expected}
         assert {p: pcs.counts[p] for p in TDX_PATHS} == dict.fromkeys(TDX_PATHS, 1), dict(pcs.counts)
-        fetched = sum(counter(httpx.get(s.url + "/metrics").text, "fetched") for s in (a, b))
+        # Each process's /metrics sums its workers: count each process once.
+        fetched = sum(counter(httpx.get(s.url + "/metrics").text, "fetched") for s in {id(a): a, id(b): b}.values())
         assert fetched == 4
+        # One log line per fetch, naming the document and where it came from.
+        logs = "".join(s.log_path.read_text() for s in {id(a): a, id(b): b}.values())
+        lines = [json.loads(x) for x in logs.splitlines() if '"collateral fetched"' in x]
+        assert sorted(x["key"] for x in lines) == ["tdx.pckcrl?ca=platform", "tdx.qe", "tdx.rootcrl",
+                                                   "tdx.tcb?fmspc=00ffffffffff"]
+        assert all(x["url"].startswith(pcs.url) for x in lines)
     finally:
         pcs.stop()
 
