@@ -299,6 +299,25 @@ def test_snp_fixture_report_same_verdict_as_with_files(db_url: str, fixtures: An
     assert cached_keys(cold) == []
 
 
+def test_no_fetch_for_a_nonce_that_will_be_refused(db_url: str, fixtures: Any, pcs: PcsServer,
+                                                   tmp_path: Path) -> None:
+    """Fetching costs the sources: a request whose nonce is unknown, used or expired fetches nothing."""
+    from fastapi.testclient import TestClient
+
+    quote = fixtures.read(TDX_QUOTE)
+    bundle = fixture_bundle("tdx", quote, quote[48 + 520:48 + 584])
+    app = verifier(tmp_path, "v", db_url, Clock(TDX_TIME), pccs_url=pcs.url, fetch_timeout=2.0)
+    with TestClient(app) as c:
+        r = c.post("/attest", json={"bundle": bundle})  # never issued
+        assert r.status_code == 403 and r.json()["error"] == "freshness.nonce-unknown"
+        assert sum(pcs.counts.values()) == 0
+        attest(c, bundle)
+        assert sum(pcs.counts.values()) == 4
+        r = c.post("/attest", json={"bundle": bundle})  # already used
+        assert r.status_code == 409
+    assert sum(pcs.counts.values()) == 4
+
+
 @pytest.mark.parametrize("mode", ["garbage", "wrong-fmspc", "bad-signature", "slow"])
 def test_bad_documents_are_findings_and_never_cached(db_url: str, fixtures: Any, pcs: PcsServer, tmp_path: Path,
                                                      mode: str) -> None:

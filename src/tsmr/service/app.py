@@ -364,7 +364,7 @@ class CollateralRefresher:
 
         v = self.v
         assert v.fetcher is not None
-        n = refresh_due(trust=v.trust, fetcher=v.fetcher, cache=v.cache, now=v.evaluation_time(utcnow()),
+        n = refresh_due(trust=v.trust, fetcher=v.fetcher, cache=v.cache.lookup(), now=v.evaluation_time(utcnow()),
                         owner=f"{v.owner}/refresh")
         self.runs += 1
         if n:
@@ -476,7 +476,9 @@ def _public_routes(v: Verifier) -> APIRouter:
         _check_limits(v, bundle)  # counted before any expensive step, with the nonce still unspent
         policy_id = f"{policy_row.name}@{policy_row.version}" if policy_row is not None else None
         refvals_id = f"{refvals_row.name}@{refvals_row.version}" if refvals_row is not None else None
-        trust, collateral_findings = _trust_for(v, bundle)  # may fetch: before the nonce is spent, outside any transaction
+        # Collateral may be fetched (seconds): before the nonce is spent and outside any transaction, and only
+        # for a nonce that can still be spent, so that requests without a challenge cause no fetches.
+        trust, collateral_findings = _trust_for(v, bundle, live=v.store.is_live(nonce))
         now = utcnow()
         consumed = v.store.consume(nonce, now=now)
         if consumed.outcome != "fresh":
@@ -590,7 +592,7 @@ def _appraise_and_store(v: Verifier, bundle: dict[str, Any], *, nonce: str, raw_
     return result, result_id, token, doc
 
 
-def _trust_for(v: Verifier, bundle: Mapping[str, Any]) -> tuple[TrustAnchors, list[Finding]]:
+def _trust_for(v: Verifier, bundle: Mapping[str, Any], *, live: bool = True) -> tuple[TrustAnchors, list[Finding]]:
     """The anchors to appraise this bundle with, and findings about its collateral.
 
     TPM: the verifier's anchors plus the enrolled attestation key the quote names, if any.
@@ -599,9 +601,12 @@ def _trust_for(v: Verifier, bundle: Mapping[str, Any]) -> tuple[TrustAnchors, li
     (each document verified again as it is read), then a fetch under a lease, so that one
     replica fetches a document while the others wait for it (:func:`tsmr.system.collateral.resolve`).
     Collateral that cannot be had is a ``collateral.unavailable`` / ``collateral.expired``
-    error finding, which the appraisal adds to the result.
+    error finding, which the appraisal adds to the result.  Nothing is looked up or fetched
+    unless ``live`` (the bundle's nonce is one this verifier would still accept).
     """
     ev = bundle.get("evidence")
+    if not live:
+        return v.trust, []  # the nonce is refused next: no appraisal follows
     if isinstance(ev, Mapping) and ev.get("kind") in ("tdx", "snp"):
         return _collateral_for(v, str(ev["kind"]), ev)
     return _tpm_trust_for(v, ev), []

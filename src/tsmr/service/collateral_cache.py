@@ -168,7 +168,9 @@ class CacheLookup:
     reads the row again: when it changed, someone else just stored the document, so the
     lease is given back and the claim reported lost (the caller then finds the document on
     its next poll).  A copy that is due for a refresh, or that failed verification, is still
-    the one this caller saw, so claiming it to fetch a new one goes ahead.
+    the one this caller saw, so claiming it to fetch a new one goes ahead.  The same holds for
+    what :meth:`due` listed: a refresher finds a document another one just refreshed, and
+    leaves it.
     """
 
     def __init__(self, cache: DatabaseCache) -> None:
@@ -201,7 +203,10 @@ class CacheLookup:
         self.cache.release(key_id, owner=owner)
 
     def due(self, now: datetime, limit: int = 100) -> list["Document"]:
-        return self.cache.due(now, limit)
+        docs = self.cache.due(now, limit)
+        for doc in docs:  # what a refresher saw: another refresher's newer copy then wins the claim
+            self.seen[doc.key.id] = doc
+        return docs
 
 
 def _insert(store: Store) -> Any:

@@ -45,7 +45,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from .. import safefs
 from ..errors import BackendError, DatabaseUnavailable, InputError
 
-__all__ = ["Base", "Challenge", "StoredResult", "Policy", "RefValues", "TpmAk", "CachedCollateral", "CollateralLease", "Store", "default_url", "default_state_dir",
+__all__ = ["Base", "Challenge", "StoredResult", "Policy", "RefValues", "TpmAk", "CachedCollateral", "CollateralLease",
+           "Store", "default_url", "default_state_dir",
            "make_engine", "upgrade", "MIGRATIONS_DIR", "Consumed", "DatabaseUnavailable", "database_errors"]
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -487,6 +488,13 @@ class Store:
         if row.used_at is not None:
             return Consumed("reused", row)
         return Consumed("expired", row)
+
+    def is_live(self, nonce: str, *, now: datetime | None = None) -> bool:
+        """Whether ``nonce`` was issued, is unused and unexpired (a read: :meth:`consume` still decides)."""
+        now = now or utcnow()
+        with self._read() as s:
+            row = s.get(Challenge, nonce)
+            return row is not None and row.used_at is None and row.expires_at > now
 
     def release(self, nonce: str, *, used_at: datetime) -> bool:
         """Undo :meth:`consume` (the same ``used_at``) when no result could be stored for the nonce.

@@ -214,7 +214,8 @@ class Settings:
         from ..system.collateral import Fetcher
 
         if not (0 < self.fetch_timeout <= 600):
-            raise InputError(f"the collateral fetch timeout must be more than 0 and at most 600 s, not {self.fetch_timeout}")
+            raise InputError("the collateral fetch timeout must be more than 0 and at most 600 s, "
+                             f"not {self.fetch_timeout}")
         if not (0 < self.collateral_refresh <= 86400):
             raise InputError("the collateral refresh interval must be more than 0 and at most 86400 s, "
                              f"not {self.collateral_refresh}")
