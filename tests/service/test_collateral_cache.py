@@ -222,10 +222,12 @@ def test_tdx_fixture_quote_fetched_cached_and_expired(db_url: str, fixtures: Any
     quote = fixtures.read(TDX_QUOTE)
     bundle = fixture_bundle("tdx", quote, quote[48 + 520:48 + 584])  # the quote's REPORTDATA is its nonce
     clock = Clock(TDX_TIME)
+    # The files the operator gave win over the source: nothing is fetched (or cached) for them.
     offline_app = verifier(tmp_path, "offline", f"sqlite:///{tmp_path / 'offline.db'}", clock,
-                           collateral=str(collateral_dir))
+                           collateral=str(collateral_dir), pccs_url=pcs.url)
     with TestClient(offline_app) as c:
         offline = attest(c, bundle)
+    assert sum(pcs.counts.values()) == 0 and cached_keys(offline_app) == []
     # The fixture platform's TCB is in none of the sample's levels: every collateral check passes, the last fails.
     assert verdict(offline) == ("contraindicated", ("evidence.tdx.tcb_status", "policy.deny"))
 

@@ -99,6 +99,7 @@ from ..findings import Finding
 from ..version import __version__
 from ..evidence.limits import AppraisalCancelled, LimitExceeded
 from .db import DatabaseUnavailable, Store, describe_db_error, make_engine, redact_url, upgrade, utcnow
+from .collateral_cache import public_url
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import AccessLog, BodyLimit, _event, configure_logging
 from .schemas import (_errors, AkIn, AkOut, AttestRequest, AttestResponse, ChallengeResponse, Credentials,
@@ -397,7 +398,9 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _event(logging.INFO, "verifier ready", database=redact_url(settings.database_url or ""), kid=v.kid,
                admin_endpoints=v.admin_token is not None, trust=v.trust.given(), policy=settings.policy,
-               refvals=settings.refvals, require_refvals=settings.require_refvals)
+               refvals=settings.refvals, require_refvals=settings.require_refvals,
+               collateral_sources={k: public_url(u) for k, u in (("pccs", settings.pccs_url),
+                                                                  ("kds", settings.kds_url)) if u})
         _watch_shutdown(v.stopping)
         if v.fetcher is not None:
             v.refresher = CollateralRefresher(v, settings.collateral_refresh)

@@ -209,6 +209,19 @@ class CacheLookup:
         return docs
 
 
+def public_url(url: str) -> str:
+    """``url`` without any user:password part, for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<url>"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def _insert(store: Store) -> Any:
     """The dialect's INSERT construct (both SQLite's and PostgreSQL's have ``on_conflict_do_update``)."""
     if store.engine.dialect.name == "postgresql":
@@ -241,11 +254,12 @@ def service_fetcher(settings: Any, trust: Any, metrics: "Metrics | None") -> Any
                 if metrics is not None:
                     metrics.collateral_event("fetch-failed", key.kind)
                 _event(logging.WARNING, "collateral fetch failed", key=key.id[:200], reason=exc.reason,
-                       error=str(exc)[:500], seconds=round(time.perf_counter() - start, 3))
+                       url=public_url(exc.url)[:300], error=exc.detail[:500],
+                       seconds=round(time.perf_counter() - start, 3))
                 raise
             if metrics is not None:
                 metrics.collateral_event("fetched", key.kind)
-            _event(logging.INFO, "collateral fetched", key=key.id[:200], url=doc.url[:300],
+            _event(logging.INFO, "collateral fetched", key=key.id[:200], url=public_url(doc.url)[:300],
                    not_after=doc.not_after.isoformat(), refresh_after=doc.refresh_after.isoformat(),
                    seconds=round(time.perf_counter() - start, 3))
             return doc
