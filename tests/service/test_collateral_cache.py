@@ -409,6 +409,61 @@ def test_refresh_thread_fetches_documents_that_are_due(db_url: str, fixtures: An
     assert not v.refresher.thread.is_alive()  # stopped with the application
 
 
+def _test_ca(tmp_path: Path) -> tuple[Any, Path]:
+    """A throwaway CA and a server context for 127.0.0.1 it certified: (ssl server context, CA PEM path)."""
+    import ipaddress
+    import ssl
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test PCCS CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pccs")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False).sign(ca_key, hashes.SHA256()))
+    (tmp_path / "tls").mkdir()
+    cert_path, key_path, ca_path = tmp_path / "tls/cert.pem", tmp_path / "tls/key.pem", tmp_path / "tls/ca.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context, ca_path
+
+
+def test_https_source_checked_against_the_given_ca(db_url: str, fixtures: Any, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    context, ca = _test_ca(tmp_path)
+    quote = fixtures.read(TDX_QUOTE)
+    bundle = fixture_bundle("tdx", quote, quote[48 + 520:48 + 584])
+    with PcsServer.from_fixtures(fixtures.root, tls=context) as pcs:
+        assert pcs.url.startswith("https://")
+        # Without the CA: the system's CAs do not know the server, so nothing is fetched or cached.
+        plain = verifier(tmp_path, "plain", f"sqlite:///{tmp_path / 'plain.db'}", Clock(TDX_TIME),
+                         pccs_url=pcs.url, fetch_timeout=2.0)
+        with TestClient(plain) as c:
+            body = attest(c, bundle)
+        refused = [f for f in body["result"]["findings"] if f["id"] == "collateral.unavailable"]
+        assert len(refused) == 4 and all("CERTIFICATE_VERIFY_FAILED" in f["message"] for f in refused)
+        assert cached_keys(plain) == []
+        app = verifier(tmp_path, "v", db_url, Clock(TDX_TIME), pccs_url=pcs.url, fetch_timeout=2.0,
+                       collateral_cacert=str(ca))
+        with TestClient(app) as c:
+            body = attest(c, bundle)
+        assert verdict(body) == ("contraindicated", ("evidence.tdx.tcb_status", "policy.deny"))
+        assert cached_keys(app) == TDX_KEYS
+
+
 # --- replicas ------------------------------------------------------------------------------------------
 
 
@@ -487,7 +542,7 @@ def test_collateral_settings_round_trip_through_the_environment() -> None:
     from tsmr.service.settings import Settings
 
     s = Settings(pccs_url="https://pccs.example:8081", kds_url="https://kds.example", kds_product="Genoa",
-                 fetch_timeout=2.5, collateral_refresh=60.0)
+                 fetch_timeout=2.5, collateral_refresh=60.0, collateral_cacert="/etc/tsmr/pccs-ca.pem")
     env = s.to_env()
     assert env["TSMR_PCCS_URL"] == "https://pccs.example:8081" and env["TSMR_KDS_PRODUCT"] == "Genoa"
     assert Settings.from_env(env) == s

@@ -84,8 +84,12 @@ def serve_cmd(
         "--kds-product", help="SEV-SNP product name for KDS when the report does not give it (e.g. Milan, Genoa; "
                               "default: $TSMR_KDS_PRODUCT, else from the ARK).", show_default=False)] = None,
     fetch_timeout: Annotated[Optional[float], typer.Option(
-        "--fetch-timeout", min=0.1, max=600.0, help="Seconds one collateral request may take (default 10; "
-                                                     "$TSMR_FETCH_TIMEOUT).", show_default=False)] = None,
+        "--fetch-timeout", min=0.1, max=600.0, help="Seconds to connect to PCCS/KDS and for each read; a whole "
+                                                     "answer gets twice that (default 10; $TSMR_FETCH_TIMEOUT).",
+        show_default=False)] = None,
+    collateral_cacert: Annotated[Optional[str], typer.Option(
+        "--collateral-cacert", help="CA certificates (PEM) an https PCCS/KDS is checked against instead of the "
+                                    "system's (default: $TSMR_COLLATERAL_CACERT).", show_default=False)] = None,
     collateral_refresh: Annotated[Optional[float], typer.Option(
         "--collateral-refresh", min=0.1, max=86400.0,
         help="Seconds between each worker's look for cached collateral due for a refresh (default 300; "
@@ -114,6 +118,7 @@ def serve_cmd(
         "challenge_rate": challenge_rate, "challenge_burst": challenge_burst,
         "pccs_url": pccs, "kds_url": kds, "kds_product": kds_product, "fetch_timeout": fetch_timeout,
         "collateral_refresh": collateral_refresh,
+        "collateral_cacert": os.path.abspath(collateral_cacert) if collateral_cacert else None,
         "publish_keys": os.pathsep.join(os.path.abspath(k) for k in publish_key) if publish_key else None,
     }.items() if v is not None}
     if key_alg != "ES256" or "TSMR_EAR_ALG" not in os.environ:

@@ -265,4 +265,4 @@ def service_fetcher(settings: Any, trust: Any, metrics: "Metrics | None") -> Any
             return doc
 
     return ServiceFetcher(pccs_url=settings.pccs_url, kds_url=settings.kds_url, timeout=settings.fetch_timeout,
-                          trust=trust)
+                          trust=trust, cafile=settings.collateral_cacert)

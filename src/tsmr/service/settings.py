@@ -43,6 +43,7 @@ ENV = {
     "kds_url": "TSMR_KDS_URL",
     "kds_product": "TSMR_KDS_PRODUCT",
     "fetch_timeout": "TSMR_FETCH_TIMEOUT",
+    "collateral_cacert": "TSMR_COLLATERAL_CACERT",
     "collateral_refresh": "TSMR_COLLATERAL_REFRESH",
     "allow_debug": "TSMR_ALLOW_DEBUG",
     "require_refvals": "TSMR_REQUIRE_REFVALS",
@@ -99,6 +100,7 @@ class Settings:
     kds_url: str | None = None
     kds_product: str | None = None  # SEV-SNP product name for KDS URLs when the report does not say (e.g. Milan)
     fetch_timeout: float = 10.0
+    collateral_cacert: str | None = None  # CA certificates (PEM) for an https PCCS / KDS, instead of the system's
     collateral_refresh: float = 300.0
     # Accept debuggable guests (TDX DEBUG, SEV-SNP policy DEBUG, CCA not secured); they are
     # refused otherwise, and even when accepted every result says so (evidence.debug-allowed).
@@ -226,7 +228,8 @@ class Settings:
             raise InputError(f"unknown SEV-SNP product {self.kds_product!r} for --kds-product "
                              "(products: Milan, Genoa, Turin)")
         if self.pccs_url or self.kds_url:  # the fetcher checks its URLs
-            Fetcher(pccs_url=self.pccs_url, kds_url=self.kds_url, timeout=self.fetch_timeout, trust=TrustAnchors())
+            Fetcher(pccs_url=self.pccs_url, kds_url=self.kds_url, timeout=self.fetch_timeout, trust=TrustAnchors(),
+                    cafile=self.collateral_cacert)
 
     def build(self) -> str:
         if self.verifier_build:
