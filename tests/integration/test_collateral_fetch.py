@@ -145,12 +145,18 @@ def test_emulated_tdx_quote_verifies_through_the_fetch_path(pcs_server: PcsServe
     assert fetched == outcome("tdx", quote, offline, now)
     assert fetched[0] == "verified" and fetched[1][:3] == ("OutOfDate", "UpToDate", ("INTEL-SA-00001",))
     # Without the emulator's root the fetched documents are refused: nothing fetched is a trust anchor.
-    anchors, findings = C.resolve("tdx", quote, trust=TrustAnchors(), fetcher=tdx_fetcher(pcs_server, TrustAnchors()),
-                                  cache=C.MemoryCache(), now=now)
-    assert anchors.tdx_collateral is None
-    assert {f.context["key"]: f.context["reason"] for f in findings} == {
-        "tdx.tcb?fmspc=00ffffffffff": "bad-signature", "tdx.qe": "bad-signature",
-        "tdx.pckcrl?ca=platform": "bad-signature", "tdx.rootcrl": "wrong-document"}  # not the Intel root's CRL
+    fetcher = tdx_fetcher(pcs_server, TrustAnchors())
+    for key in C.keys_for("tdx", quote, trust=trust):
+        with pytest.raises(C.CollateralUnavailable) as refused:
+            fetcher.fetch(key, now=now)
+        assert refused.value.reason == ("wrong-document" if key.kind == "tdx.rootcrl" else "bad-signature")
+    # Nor does a quote whose PCK chain does not verify to the root name any document to fetch: a made-up
+    # PCK certificate cannot send the verifier to fetch for an FMSPC of the attacker's choosing.
+    before = sum(pcs_server.counts.values())
+    assert C.keys_for("tdx", quote, trust=TrustAnchors(), now=now) == []
+    anchors, findings = C.resolve("tdx", quote, trust=TrustAnchors(), fetcher=fetcher, cache=C.MemoryCache(), now=now)
+    assert anchors.tdx_collateral is None and findings == []
+    assert sum(pcs_server.counts.values()) == before
 
 
 def test_emulated_snp_report_verifies_through_the_fetch_path(pcs_server: PcsServer, tmp_path: Path) -> None:
@@ -596,7 +602,9 @@ def test_cli_fetch_for_an_emulated_quote_verifies_with_its_root(pcs_server: PcsS
     pcs_server.add_emulated_tdx(signer, status="SWHardeningNeeded", advisories=("INTEL-SA-00615",))
     out, root = tmp_path / "col", str(signer.root_pem)
     r = _cli(["collateral", "fetch", str(quote), "--pccs", pcs_server.url, "-o", str(out)])
-    assert r.exit_code == 3 and "bad-signature" in r.output and not out.exists()  # not under the Intel root
+    # Not under the Intel root: the PCK chain names no documents, and nothing is fetched or written.
+    assert r.exit_code == 2 and "does not verify to the trust root" in r.output and not out.exists()
+    assert sum(pcs_server.counts.values()) == 0
     r = _cli(["collateral", "fetch", str(quote), "--pccs", pcs_server.url, "--trust-root", root, "-o", str(out)])
     assert r.exit_code == 0, r.output
     v = _cli(["quote", "verify", str(quote), "--trust-root", root, "--collateral", str(out), "--json"])

@@ -230,6 +230,7 @@ def appraise(
     limits: Limits | None = None,
     cancelled: Callable[[], bool] | None = None,
     require_refvals: bool = False,
+    extra_findings: Sequence[Finding] = (),
 ) -> Result:
     """Appraise an evidence bundle (see the module docstring for the steps and findings).
 
@@ -260,6 +261,16 @@ def appraise(
     covers (:mod:`tsmr.appraisal.coverage`) is a ``refvals.uncovered``
     warning, so the result is at best ``warning``; ``require_refvals`` makes
     it an error (``contraindicated``).
+
+    ``extra_findings`` are findings the caller made about this evidence
+    before the appraisal, e.g. the verifier's collateral cache
+    (:func:`tsmr.system.collateral.resolve`: ``collateral.unavailable``,
+    ``collateral.expired``).  They join the result as they are, before the
+    policy step, so the policy sees them and an error among them makes the
+    result ``contraindicated``.  When one of them is an error, trust anchors
+    missing for the evidence (an SEV-SNP VCEK that could not be fetched) are
+    explained by it: the evidence is then left unverified instead of
+    :class:`~tsmr.evidence.TrustAnchorMissing` being raised.
     """
     budget = Budget(limits, cancelled=cancelled)
     budget.check_document(bundle)  # counted before anything is verified or parsed
@@ -304,7 +315,8 @@ def appraise(
             verified = verify_evidence(bundle, now=now, trust=trust, allow_debug=allow_debug)
             run.findings.extend(platform_findings(verified.kind, verified.claims))
         except TrustAnchorMissing:
-            raise
+            if not any(f.severity == "error" for f in extra_findings):
+                raise
         except EvidenceError as exc:
             check = exc.check or "failed"
             run.add(f"evidence.{check}", "error", str(exc), _evidence_claim(check), check=check)
@@ -407,6 +419,8 @@ def appraise(
 
         # 6. appraisers
         _run_appraisers(run, apps, by_name, refvals, events_json)
+
+    run.findings.extend(extra_findings)
 
     # 7. policy
     budget.check_time("policy")

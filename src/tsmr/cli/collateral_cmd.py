@@ -127,12 +127,14 @@ def fetch_cmd(
     if k not in ("tdx", "snp"):
         raise InputError(f"{k} evidence needs no fetched collateral (tsmr collateral fetch is for tdx and snp)")
     anchors = load_anchors(trust_root=trust_root, ark=ark)
-    keys = keys_for(k, raw, trust=anchors, product=kds_product)
+    now = verification_time(at)
+    keys = keys_for(k, raw, trust=anchors, product=kds_product, now=now)
     if not keys:
         if k == "snp":
             raise InputError("cannot tell which SEV-SNP collateral this report needs: it is unreadable, "
                              "VLEK-signed, or its product is unknown (give --kds-product or --ark)")
-        raise InputError("cannot tell which TDX collateral this quote needs: it cannot be read")
+        raise InputError("cannot tell which TDX collateral this quote needs: it cannot be read, or its PCK "
+                         "certificate chain does not verify to the trust root at --at (see tsmr quote verify)")
     if k == "tdx" and not pccs:
         raise InputError("TDX collateral comes from Intel PCS or a PCCS: give --pccs URL (or set TSMR_PCCS_URL)")
     if k == "snp" and not kds:
@@ -146,7 +148,6 @@ def fetch_cmd(
                 raise InputError(f"--ark {ark}: more than one certificate; give the ARK alone")
         except ParseError as exc:
             raise InputError(f"--ark {ark}: {exc}") from None
-    now = verification_time(at)
     fetcher = Fetcher(pccs_url=pccs, kds_url=kds, timeout=timeout, trust=anchors, cafile=cacert)
     docs: list[Document] = []
     failed: list[CollateralUnavailable] = []

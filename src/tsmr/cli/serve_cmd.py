@@ -72,6 +72,28 @@ def serve_cmd(
     challenge_burst: Annotated[Optional[int], typer.Option(
         "--challenge-burst", min=1, help="Challenges a client address may take at once (default 30).",
         show_default=False)] = None,
+    pccs: Annotated[Optional[str], typer.Option(
+        "--pccs", help="Fetch TDX collateral (TCB info, QE identity, CRLs) from this PCCS or Intel PCS base URL "
+                       "and cache it in the database (default: $TSMR_PCCS_URL). --collateral files win over "
+                       "it.", show_default=False)] = None,
+    kds: Annotated[Optional[str], typer.Option(
+        "--kds", help="Fetch SEV-SNP VCEKs and the ASK from AMD KDS or a mirror at this base URL and cache them "
+                      "(default: $TSMR_KDS_URL); the ARK stays the pinned one (--ark). --vcek/--ask files win "
+                      "over it.", show_default=False)] = None,
+    kds_product: Annotated[Optional[str], typer.Option(
+        "--kds-product", help="SEV-SNP product name for KDS when the report does not give it (e.g. Milan, Genoa; "
+                              "default: $TSMR_KDS_PRODUCT, else from the ARK).", show_default=False)] = None,
+    fetch_timeout: Annotated[Optional[float], typer.Option(
+        "--fetch-timeout", min=0.1, max=600.0, help="Seconds to connect to PCCS/KDS and for each read; a whole "
+                                                     "answer gets twice that (default 10; $TSMR_FETCH_TIMEOUT).",
+        show_default=False)] = None,
+    collateral_cacert: Annotated[Optional[str], typer.Option(
+        "--collateral-cacert", help="CA certificates (PEM) an https PCCS/KDS is checked against instead of the "
+                                    "system's (default: $TSMR_COLLATERAL_CACERT).", show_default=False)] = None,
+    collateral_refresh: Annotated[Optional[float], typer.Option(
+        "--collateral-refresh", min=0.1, max=86400.0,
+        help="Seconds between each worker's look for cached collateral due for a refresh (default 300; "
+             "$TSMR_COLLATERAL_REFRESH).", show_default=False)] = None,
     state_dir: VerifierStateOpt = None,
     tls_cert: Annotated[Optional[str], typer.Option(
         "--tls-cert", help="Serve HTTPS with this certificate (PEM; the chain after it, if any) (else "
@@ -113,6 +135,9 @@ def serve_cmd(
         "database_url": database, "key_path": key, "admin_token_file": admin_token_file, **trust.settings(),
         "challenge_ttl": challenge_ttl, "state_dir": state_dir, "policy": policy, "refvals": refvals,
         "challenge_rate": challenge_rate, "challenge_burst": challenge_burst,
+        "pccs_url": pccs, "kds_url": kds, "kds_product": kds_product, "fetch_timeout": fetch_timeout,
+        "collateral_refresh": collateral_refresh,
+        "collateral_cacert": os.path.abspath(collateral_cacert) if collateral_cacert else None,
         "publish_keys": os.pathsep.join(os.path.abspath(k) for k in publish_key) if publish_key else None,
         # Absolute: the workers read them again, and must find the same files.
         "tls_cert": os.path.abspath(tls_cert) if tls_cert else None,
@@ -157,6 +182,7 @@ def serve_cmd(
                                         action=f"creating the EAR key {settings.key_path}") from None
     settings.published_keys()
     settings.trust_anchors()
+    settings.check_collateral()
     token = settings.read_admin_token()
     if host not in ("127.0.0.1", "::1", "localhost") and not tls:
         render.warning(f"listening on {host} over plain HTTP: give it --tls-cert and --tls-key, or put TLS in "

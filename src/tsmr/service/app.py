@@ -22,6 +22,16 @@ returned.  Evidence that is present but bad (a broken signature, a replay
 mismatch, a policy denial) is a stored result with status
 ``contraindicated``: that is an answer, not an error.
 
+With ``--pccs`` / ``--kds`` (``Settings.pccs_url`` / ``kds_url``), the collateral a
+TDX quote or SEV-SNP report needs is found before the nonce is spent and outside any
+database transaction (:func:`_trust_for`): files the operator gave win, then the
+database cache shared by every worker and replica
+(:mod:`tsmr.service.collateral_cache`), then a fetch under a lease, so one caller
+fetches each document while the others wait for it.  What cannot be had is an error
+finding (``collateral.unavailable`` / ``collateral.expired``) in the stored result,
+not an HTTP error.  A daemon thread per worker (started and stopped with the
+application's lifespan) refreshes cached documents ahead of their expiry.
+
 A nonce is spent by a stored result and by nothing else: when anything fails
 after the nonce was consumed (evidence that cannot be evaluated, the database
 refusing the result), the nonce is given back before the error is answered, so
@@ -68,13 +78,15 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import re
+import socket
 import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Annotated, Any, AsyncIterator, Literal, Mapping
+from typing import Annotated, Any, AsyncIterator, Callable, Literal, Mapping, Sequence
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -87,9 +99,11 @@ from ..appraisal import ear
 from ..errors import InputError, TsmrError
 from ..evidence import tpm
 from ..evidence.anchors import TrustAnchors
+from ..findings import Finding
 from ..version import __version__
 from ..evidence.limits import AppraisalCancelled, LimitExceeded
 from .db import DatabaseUnavailable, Store, describe_db_error, make_engine, redact_url, upgrade, utcnow
+from .collateral_cache import public_url
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import AccessLog, BodyLimit, _event, configure_logging
 from .schemas import (_errors, AkIn, AkOut, AttestResponse, ChallengeResponse, Credentials,
@@ -279,8 +293,9 @@ class RateLimiter:
 class Verifier:
     """What the endpoints share: store, key, trust anchors, metrics."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] | None = None) -> None:
         from ..appraisal import appraise
+        from .collateral_cache import DatabaseCache, service_fetcher
 
         for what, name in (("policy", settings.policy), ("reference values", settings.refvals)):
             if not re.match(NAME_PATTERN, name or ""):
@@ -311,27 +326,96 @@ class Verifier:
                              if self.admin_token is not None else None)
         self.metrics = Metrics(settings.metrics_dir)
         self.verifier_id = {"developer": settings.verifier_developer, "build": settings.build()}
+        # Collateral: fetched from --pccs / --kds (None: neither given), cached in the database for every replica.
+        settings.check_collateral()
+        self.fetcher = service_fetcher(settings, self.trust, self.metrics)
+        self.cache = DatabaseCache(self.store, metrics=self.metrics)
+        # Names this worker in lease owners (each request and the refresher add their own suffix).
+        self.owner = f"{socket.gethostname()[:64]}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+        # The time evidence and collateral are judged at: the wall clock, except for a test that
+        # passes create_app(clock=...) to appraise old fixture evidence (nothing else can set it).
+        self.clock = clock
+        self.refresher: CollateralRefresher | None = None
+
+    def evaluation_time(self, now: datetime) -> datetime:
+        """When an attestation received at ``now`` is judged (``now``, unless a test fixed the clock)."""
+        return self.clock() if self.clock is not None else now
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class CollateralRefresher:
+    """One daemon thread per worker: every ``interval`` seconds, refresh the cached collateral that is due.
+
+    Each document is refreshed under its lease (:func:`tsmr.system.collateral.refresh_due`),
+    so however many workers and replicas run this, one fetches each document; a failed
+    refresh keeps the cached copy (the fetcher logged and counted the failure).
+    """
+
+    def __init__(self, v: Verifier, interval: float) -> None:
+        self.v = v
+        self.interval = interval
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="tsmr-collateral-refresh", daemon=True)
+        self.runs = 0
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stop_event.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    def run_once(self) -> int:
+        from ..system.collateral import refresh_due
+
+        v = self.v
+        assert v.fetcher is not None
+        n = refresh_due(trust=v.trust, fetcher=v.fetcher, cache=v.cache, now=v.evaluation_time(utcnow()),
+                        owner=f"{v.owner}/refresh")
+        self.runs += 1
+        if n:
+            _event(logging.INFO, "collateral refreshed", documents=n)
+        return n
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            try:
+                self.run_once()
+            except Exception as exc:  # noqa: BLE001 - the database may be down for a while: try again next time
+                _event(logging.WARNING, "collateral refresh failed", error=describe_db_error(exc))
+
+
+def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime] | None = None) -> FastAPI:
     """The verifier application for ``settings`` (default: from the environment).
 
     Runs the database migrations (unless ``settings.migrate`` is false), loads or
     creates the EAR signing key and loads the trust anchors before returning,
     so a misconfiguration fails here rather than on the first request.
+    ``clock`` is for tests only (``tsmr serve`` never passes it): the time at which
+    evidence and collateral are judged, so that fixture evidence of years ago can be
+    appraised with collateral that was valid then.
     """
     settings = (settings or Settings.from_env()).resolved()
     configure_logging(settings)
-    v = Verifier(settings)
+    v = Verifier(settings, clock=clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _event(logging.INFO, "verifier ready", database=redact_url(settings.database_url or ""), kid=v.kid,
                admin_endpoints=v.admin_token is not None, trust=v.trust.given(), policy=settings.policy,
-               refvals=settings.refvals, require_refvals=settings.require_refvals)
+               refvals=settings.refvals, require_refvals=settings.require_refvals,
+               collateral_sources={k: public_url(u) for k, u in (("pccs", settings.pccs_url),
+                                                                  ("kds", settings.kds_url)) if u})
         _watch_shutdown(v.stopping)
-        yield
-        v.store.close()
+        if v.fetcher is not None:
+            v.refresher = CollateralRefresher(v, settings.collateral_refresh)
+            v.refresher.start()
+        try:
+            yield
+        finally:
+            if v.refresher is not None:
+                v.refresher.stop()
+            v.store.close()
 
     # Any route can refuse a body: a bad Content-Length (400), or one over the limit (413); any route
     # can find the database unavailable (503).
@@ -468,6 +552,9 @@ def _public_routes(v: Verifier) -> APIRouter:
         _check_limits(v, bundle)  # counted before any expensive step, with the nonce still unspent
         policy_id = f"{policy_row.name}@{policy_row.version}" if policy_row is not None else None
         refvals_id = f"{refvals_row.name}@{refvals_row.version}" if refvals_row is not None else None
+        # Collateral may be fetched (seconds): before the nonce is spent and outside any transaction, and only
+        # for a nonce that can still be spent, so that requests without a challenge cause no fetches.
+        trust, collateral_findings = _trust_for(v, bundle, live=lambda: v.store.is_live(nonce))
         now = utcnow()
         consumed = v.store.consume(nonce, now=now)
         if consumed.outcome != "fresh":
@@ -483,7 +570,8 @@ def _public_routes(v: Verifier) -> APIRouter:
         try:
             result, result_id, token, doc = _appraise_and_store(
                 v, bundle, nonce=nonce, raw_nonce=raw_nonce, now=now, expires_at=consumed.challenge.expires_at,
-                policy_row=policy_row, refvals_row=refvals_row, policy_id=policy_id, refvals_id=refvals_id)
+                policy_row=policy_row, refvals_row=refvals_row, policy_id=policy_id, refvals_id=refvals_id,
+                trust=trust, extra_findings=collateral_findings)
         except BaseException as exc:
             # No result was stored: give the nonce back, so that a failure here never costs the attester
             # its challenge (nor leaves a spent nonce that nothing answers).
@@ -557,17 +645,18 @@ def _public_routes(v: Verifier) -> APIRouter:
 
 def _appraise_and_store(v: Verifier, bundle: dict[str, Any], *, nonce: str, raw_nonce: bytes, now: datetime,
                         expires_at: datetime, policy_row: Any, refvals_row: Any, policy_id: str | None,
-                        refvals_id: str | None) -> tuple[Any, str, str, dict[str, Any]]:
+                        refvals_id: str | None, trust: TrustAnchors,
+                        extra_findings: Sequence[Finding] = ()) -> tuple[Any, str, str, dict[str, Any]]:
     """Appraise, sign and store: the part of /attest that runs with the nonce spent."""
     start = time.perf_counter()
     try:
         result = v.appraise(bundle,
                             policy=policy_row.rego if policy_row is not None else None,
                             reference_values=refvals_row.document if refvals_row is not None else None,
-                            nonce=raw_nonce, now=now, trust=_trust_for(v, bundle), nonce_expires_at=expires_at,
+                            nonce=raw_nonce, now=v.evaluation_time(now), trust=trust, nonce_expires_at=expires_at,
                             nonce_used=False,
                             policy_id=policy_id, refvals_id=refvals_id, allow_debug=v.settings.allow_debug,
-                            require_refvals=v.settings.require_refvals)
+                            require_refvals=v.settings.require_refvals, extra_findings=extra_findings)
     finally:
         v.metrics.appraised(time.perf_counter() - start)
     result_id = str(uuid.uuid4())
@@ -579,9 +668,50 @@ def _appraise_and_store(v: Verifier, bundle: dict[str, Any], *, nonce: str, raw_
     return result, result_id, token, doc
 
 
-def _trust_for(v: Verifier, bundle: Mapping[str, Any]) -> TrustAnchors:
-    """The verifier's anchors, plus the enrolled TPM attestation key the bundle's quote names, if any."""
+def _trust_for(v: Verifier, bundle: Mapping[str, Any], *,
+               live: Callable[[], bool] = lambda: True) -> tuple[TrustAnchors, list[Finding]]:
+    """The anchors to appraise this bundle with, and findings about its collateral.
+
+    TPM: the verifier's anchors plus the enrolled attestation key the quote names, if any.
+    TDX / SEV-SNP with --pccs / --kds: the collateral the evidence needs, in this order of
+    precedence: files the operator gave (--collateral, --vcek/--ask), then the database cache
+    (each document verified again as it is read), then a fetch under a lease, so that one
+    replica fetches a document while the others wait for it (:func:`tsmr.system.collateral.resolve`).
+    Collateral that cannot be had is a ``collateral.unavailable`` / ``collateral.expired``
+    error finding, which the appraisal adds to the result.  Nothing is looked up or fetched
+    unless ``live()`` says the bundle's nonce is one this verifier would still accept (asked only
+    when a lookup would follow: it costs a database read).
+    """
     ev = bundle.get("evidence")
+    if isinstance(ev, Mapping) and ev.get("kind") in ("tdx", "snp"):
+        return _collateral_for(v, str(ev["kind"]), ev, live)
+    return _tpm_trust_for(v, ev), []
+
+
+def _collateral_for(v: Verifier, kind: str, ev: Mapping[str, Any],
+                    live: Callable[[], bool]) -> tuple[TrustAnchors, list[Finding]]:
+    """resolve() for TDX / SEV-SNP evidence when the verifier has a source for its kind."""
+    import base64
+    import binascii
+
+    if v.fetcher is None or not (v.settings.pccs_url if kind == "tdx" else v.settings.kds_url):
+        return v.trust, []
+    if not live():
+        return v.trust, []  # the nonce is refused next: no appraisal follows
+    try:
+        data = base64.b64decode(ev.get("data") or "", validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        return v.trust, []  # unreadable evidence: the appraisal says why
+    from ..system.collateral import resolve
+
+    return resolve(kind, data, trust=v.trust, fetcher=v.fetcher, cache=v.cache,
+                   now=v.evaluation_time(utcnow()), wait=max(15.0, 4 * v.settings.fetch_timeout + 5),
+                   owner=f"{v.owner}/{uuid.uuid4().hex[:12]}",  # per request: a lease is one caller's
+                   product=v.settings.kds_product)
+
+
+def _tpm_trust_for(v: Verifier, ev: Any) -> TrustAnchors:
+    """The verifier's anchors, plus the enrolled TPM attestation key the bundle's quote names, if any."""
     if not isinstance(ev, Mapping) or ev.get("kind") != "tpm" or not isinstance(ev.get("ak_public"), str):
         return v.trust
     try:

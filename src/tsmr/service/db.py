@@ -45,7 +45,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from .. import safefs
 from ..errors import BackendError, DatabaseUnavailable, InputError
 
-__all__ = ["Base", "Challenge", "StoredResult", "Policy", "RefValues", "TpmAk", "Store", "default_url", "default_state_dir",
+__all__ = ["Base", "Challenge", "StoredResult", "Policy", "RefValues", "TpmAk", "CachedCollateral", "CollateralLease",
+           "Store", "default_url", "default_state_dir",
            "make_engine", "upgrade", "MIGRATIONS_DIR", "Consumed", "DatabaseUnavailable", "database_errors"]
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -137,6 +138,34 @@ class TpmAk(Base):
     fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)  # SHA-256 of the SPKI DER, hex
     pem: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class CachedCollateral(Base):
+    """A verified collateral document (TDX TCB info, CRLs, QE identity; SEV-SNP VCEK, ASK chain), shared by replicas.
+
+    ``document`` is :meth:`tsmr.system.collateral.Document.to_json`; the other columns repeat what
+    queries need (which documents are due for a refresh) without parsing it.  A row is written only
+    after the document verified, and verified again whenever it is read back.
+    """
+
+    __tablename__ = "collateral"
+
+    key_id: Mapped[str] = mapped_column(String(512), primary_key=True)  # tsmr.system.collateral.Key.id
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    document: Mapped[Any] = mapped_column(JSON, nullable=False)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    refresh_after: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class CollateralLease(Base):
+    """Who is fetching a collateral document now: one row per key, so replicas starting cold fetch it once."""
+
+    __tablename__ = "collateral_leases"
+
+    key_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
 
 Index("ix_policies_name", Policy.name)
@@ -459,6 +488,13 @@ class Store:
         if row.used_at is not None:
             return Consumed("reused", row)
         return Consumed("expired", row)
+
+    def is_live(self, nonce: str, *, now: datetime | None = None) -> bool:
+        """Whether ``nonce`` was issued, is unused and unexpired (a read: :meth:`consume` still decides)."""
+        now = now or utcnow()
+        with self._read() as s:
+            row = s.get(Challenge, nonce)
+            return row is not None and row.used_at is None and row.expires_at > now
 
     def release(self, nonce: str, *, used_at: datetime) -> bool:
         """Undo :meth:`consume` (the same ``used_at``) when no result could be stored for the nonce.

@@ -93,6 +93,7 @@ class Metrics:
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, str, str], int] = {}  # (method, route, status) -> count
         self.attestations: dict[str, int] = {}  # result status (or refusal reason) -> count
+        self.collateral: dict[tuple[str, str], int] = {}  # (event, document kind) -> count
         self.appraisal = Histogram(LATENCY_BUCKETS)
         self.request_seconds: dict[str, Histogram] = {}  # route -> latency
         self.started = time.time()
@@ -115,6 +116,13 @@ class Metrics:
             self.attestations[status] = self.attestations.get(status, 0) + 1
             self._publish()
 
+    def collateral_event(self, event: str, kind: str) -> None:
+        """Count a collateral event: ``fetched``, ``fetch-failed`` or ``cache-hit``, per document kind."""
+        with self._lock:
+            key = (event, kind)
+            self.collateral[key] = self.collateral.get(key, 0) + 1
+            self._publish()
+
     def appraised(self, seconds: float) -> None:
         with self._lock:
             self.appraisal.observe(seconds)
@@ -125,6 +133,7 @@ class Metrics:
         return {"worker": self.worker, "started": self.started,
                 "requests": [[*k, n] for k, n in self.requests.items()],
                 "attestations": self.attestations, "appraisal": self.appraisal.to_json(),
+                "collateral": [[*k, n] for k, n in self.collateral.items()],
                 "request_seconds": {r: h.to_json() for r, h in self.request_seconds.items()}}
 
     def _publish(self) -> None:
@@ -156,10 +165,12 @@ class Metrics:
                 out.append(snap)
         return out
 
-    def _combined(self) -> tuple[dict[tuple[str, str, str], int], dict[str, int], Histogram, dict[str, Histogram], int]:
+    def _combined(self) -> tuple[dict[tuple[str, str, str], int], dict[str, int], Histogram, dict[str, Histogram],
+                                 dict[tuple[str, str], int], int]:
         """Under the lock: this worker's numbers plus every other snapshot's."""
         requests = dict(self.requests)
         attestations = dict(self.attestations)
+        collateral = dict(self.collateral)
         appraisal = Histogram(LATENCY_BUCKETS)
         appraisal.add(self.appraisal.to_json())
         seconds: dict[str, Histogram] = {}
@@ -176,14 +187,17 @@ class Metrics:
                 appraisal.add(dict(snap.get("appraisal", {})))
                 for route, h in dict(snap.get("request_seconds", {})).items():
                     seconds.setdefault(str(route), Histogram(LATENCY_BUCKETS)).add(dict(h))
+                for event, kind, n in snap.get("collateral", []):
+                    ckey = (str(event), str(kind))
+                    collateral[ckey] = collateral.get(ckey, 0) + int(n)
             except (TypeError, ValueError):
                 continue
-        return requests, attestations, appraisal, seconds, 1 + len(others)
+        return requests, attestations, appraisal, seconds, collateral, 1 + len(others)
 
     def render(self) -> str:
         out: list[str] = []
         with self._lock:
-            requests, attestations, appraisal, request_seconds, processes = self._combined()
+            requests, attestations, appraisal, request_seconds, collateral, processes = self._combined()
         out += ["# HELP tsmr_http_requests_total HTTP requests served, by method, route template and status.",
                 "# TYPE tsmr_http_requests_total counter"]
         for (method, route, status), n in sorted(requests.items()):
@@ -196,6 +210,11 @@ class Metrics:
                 "# TYPE tsmr_attestations_total counter"]
         for status, n in sorted(attestations.items()):
             out.append(f"tsmr_attestations_total{_labels(('status',), (status,))} {n}")
+        out += ["# HELP tsmr_collateral_total Collateral documents fetched, fetches failed, and documents read from "
+                "the cache, by event (fetched, fetch-failed, cache-hit) and document kind.",
+                "# TYPE tsmr_collateral_total counter"]
+        for (event, kind), n in sorted(collateral.items()):
+            out.append(f"tsmr_collateral_total{_labels(('event', 'kind'), (event, kind))} {n}")
         out += ["# HELP tsmr_appraisal_duration_seconds Time spent in appraise() per attestation.",
                 "# TYPE tsmr_appraisal_duration_seconds histogram"]
         out += self._histogram("tsmr_appraisal_duration_seconds", appraisal, (), ())

@@ -39,6 +39,12 @@ ENV = {
     "snp_ask": "TSMR_SNP_ASK",
     "snp_vcek": "TSMR_SNP_VCEK",
     "snp_crl": "TSMR_SNP_CRL",
+    "pccs_url": "TSMR_PCCS_URL",
+    "kds_url": "TSMR_KDS_URL",
+    "kds_product": "TSMR_KDS_PRODUCT",
+    "fetch_timeout": "TSMR_FETCH_TIMEOUT",
+    "collateral_cacert": "TSMR_COLLATERAL_CACERT",
+    "collateral_refresh": "TSMR_COLLATERAL_REFRESH",
     "allow_debug": "TSMR_ALLOW_DEBUG",
     "require_refvals": "TSMR_REQUIRE_REFVALS",
     "tpm_ak": "TSMR_TPM_AK",
@@ -89,6 +95,16 @@ class Settings:
     snp_ask: str | None = None
     snp_vcek: str | None = None
     snp_crl: str | None = None  # AMD's CRL (DER or PEM), signed by the ARK
+    # Collateral fetched for the evidence and cached in the database (tsmr.system.collateral): TDX from a PCCS
+    # or Intel PCS base URL, SEV-SNP from AMD KDS or a mirror.  Files given above take precedence over the
+    # cache, the cache over a fetch.  `fetch_timeout` bounds one HTTP request (seconds); every
+    # `collateral_refresh` seconds each worker refreshes the cached documents that are due, ahead of expiry.
+    pccs_url: str | None = None
+    kds_url: str | None = None
+    kds_product: str | None = None  # SEV-SNP product name for KDS URLs when the report does not say (e.g. Milan)
+    fetch_timeout: float = 10.0
+    collateral_cacert: str | None = None  # CA certificates (PEM) for an https PCCS / KDS, instead of the system's
+    collateral_refresh: float = 300.0
     # Accept debuggable guests (TDX DEBUG, SEV-SNP policy DEBUG, CCA not secured); they are
     # refused otherwise, and even when accepted every result says so (evidence.debug-allowed).
     allow_debug: bool = False
@@ -201,6 +217,27 @@ class Settings:
                             ask=self.snp_ask, ark=self.snp_ark, cpak=self.cpak, crl=self.snp_crl,
                             tpm_ak=list(filter(None, (self.tpm_ak or "").split(os.pathsep))),
                             tpm_ca=list(filter(None, (self.tpm_ca or "").split(os.pathsep))))
+
+    def check_collateral(self) -> None:
+        """Refuse collateral settings that cannot work, with one sentence (before any worker starts)."""
+        from ..evidence.anchors import TrustAnchors
+        from ..system.collateral import Fetcher
+
+        if not (0 < self.fetch_timeout <= 600):
+            raise InputError("the collateral fetch timeout must be more than 0 and at most 600 s, "
+                             f"not {self.fetch_timeout}")
+        if not (0 < self.collateral_refresh <= 86400):
+            raise InputError("the collateral refresh interval must be more than 0 and at most 86400 s, "
+                             f"not {self.collateral_refresh}")
+        if self.kds_url and not self.snp_ark:
+            raise InputError("--kds needs the pinned AMD root key (--ark): a fetched ARK is never trusted by itself")
+        if self.kds_product is not None and \
+                self.kds_product.split("-", 1)[0].strip().capitalize() not in ("Milan", "Genoa", "Turin"):
+            raise InputError(f"unknown SEV-SNP product {self.kds_product!r} for --kds-product "
+                             "(products: Milan, Genoa, Turin)")
+        if self.pccs_url or self.kds_url:  # the fetcher checks its URLs
+            Fetcher(pccs_url=self.pccs_url, kds_url=self.kds_url, timeout=self.fetch_timeout, trust=TrustAnchors(),
+                    cafile=self.collateral_cacert)
 
     def build(self) -> str:
         if self.verifier_build:

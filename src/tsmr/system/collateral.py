@@ -229,20 +229,26 @@ def snp_product(report: snp.SNPReport, *, product: str | None = None, ark: Any =
     return None
 
 
-def keys_for(kind: str, evidence: bytes, *, trust: TrustAnchors, product: str | None = None) -> list[Key]:
+def keys_for(kind: str, evidence: bytes, *, trust: TrustAnchors, product: str | None = None,
+             now: datetime | None = None) -> list[Key]:
     """The documents this evidence needs (see COLLATERAL-API.md); [] for other kinds or unreadable evidence.
 
     TDX: ``tdx.tcb`` of the PCK certificate's FMSPC, ``tdx.qe``, ``tdx.pckcrl`` of its PCK CA
     (:func:`pck_ca_type` of the certificate's issuer) and ``tdx.rootcrl``.  SEV-SNP (VCEK-signed,
     chip id not masked): ``snp.chain`` and ``snp.vcek`` of the chip id (its first 8 bytes on
     Turin) at the reported TCB; a masked chip id gives ``snp.chain`` only, a VLEK-signed
-    report nothing (VLEKs are not served by the public KDS routes)."""
+    report nothing (VLEKs are not served by the public KDS routes).
+
+    A TDX quote's PCK chain is verified up to the TDX root (at ``now``, default the current time)
+    before its FMSPC is believed: a quote with a made-up PCK certificate names no documents, so it
+    cannot make the verifier fetch for any FMSPC it likes (the appraisal reports the bad chain)."""
     if kind not in ("tdx", "snp"):
         return []
     try:
         if kind == "tdx":
             q = tdx.parse_quote(evidence)
-            certs = x509.load_pem_x509_certificates(q.pck_chain_pem)
+            certs = _chain(q.pck_chain_pem, _root_info(trust.tdx_root), now or datetime.now(UTC),
+                           check="tdx.pck_chain").certs
             ext = tdx.pck_extensions(certs[0])
             return [Key("tdx.tcb", (("fmspc", ext.fmspc.hex()),)), Key("tdx.qe"),
                     Key("tdx.pckcrl", (("ca", pck_ca_type(certs[0].issuer)),)), Key("tdx.rootcrl")]
@@ -931,6 +937,12 @@ def _obtain(key: Key, *, trust: TrustAnchors, fetcher: Fetcher | None, cache: Ca
     ttl = _lease_ttl(fetcher)
     while True:
         if cache.claim(key.id, owner=owner, ttl=ttl):
+            # Another caller may have stored the document and released its lease between our last
+            # read and this claim: read again before fetching, so that each key is fetched once.
+            stored = cache.get(key.id)
+            if stored is not None and stored != stale and _valid(stored, trust, now)[0]:
+                cache.release(key.id, owner=owner)
+                return stored, []
             try:
                 doc = fetcher.fetch(key, now=now)
             except CollateralUnavailable as exc:
@@ -969,7 +981,7 @@ def resolve(kind: str, evidence: bytes, *, trust: TrustAnchors, fetcher: Fetcher
     or ``collateral.expired`` (a cached copy expired) names the key, URL and reason.
     Nothing invalid is put in the cache."""
     now = _utc(now, "now")
-    keys = [k for k in keys_for(kind, evidence, trust=trust, product=product) if not _given(k, trust)]
+    keys = [k for k in keys_for(kind, evidence, trust=trust, product=product, now=now) if not _given(k, trust)]
     if not keys:
         return trust, []
     owner = owner or _default_owner()
@@ -993,6 +1005,10 @@ def refresh_due(*, trust: TrustAnchors, fetcher: Fetcher, cache: Cache, now: dat
     done = 0
     for old in cache.due(now):
         if not cache.claim(old.key.id, owner=owner, ttl=_lease_ttl(fetcher)):
+            continue
+        stored = cache.get(old.key.id)
+        if stored is not None and stored != old:  # another refresher did it since due() listed it
+            cache.release(old.key.id, owner=owner)
             continue
         try:
             fresh = fetcher.fetch(old.key, now=now)
