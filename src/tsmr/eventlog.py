@@ -21,6 +21,7 @@ CoCo AAEL v1 text logs).
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -215,9 +216,59 @@ def _cel_json_events(recs: Sequence[Any]) -> list[Event]:
 
 
 def runtime_log_events(data: bytes, *, register: str = "rtmr3") -> list[Event]:
-    """A tsmr runtime log (or CoCo AAEL v1) as unified events; sync records carry their declared values."""
+    """A tsmr runtime log (or CoCo AAEL v1) as unified events; sync records carry their declared values.
+
+    A log that is valid UTF-8 without control characters (every honest one) is read in one pass:
+    decoded once, and only its lines that may be something other than a plain event record
+    (blank, ``#``, ``SYNC``, ``INIT``, a space at either end) go through
+    :func:`~tsmr.runtime_log.records.classify`.  Any other log is read line by line
+    (:func:`_runtime_log_events_by_line`), which finds its first fault in line order; both give
+    the same events, and the same error, for every input.
+    """
     if data and not data.endswith(b"\n") and not data.startswith(b"INIT "):
         raise ParseError("the log ends in a partial line: it is truncated", format="tsmr-log", offset=len(data))
+    if not data.endswith(b"\n") or _FORBIDDEN_BYTES.search(data) is not None:
+        return _runtime_log_events_by_line(data, register)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _runtime_log_events_by_line(data, register)
+    # Valid UTF-8, so every LF byte is a character of its own: the two splits align line for line.
+    lines = data.split(b"\n")
+    texts = text.split("\n")
+    lines.pop()
+    texts.pop()
+    out: list[Event] = []
+    append = out.append
+    hashers: list[tuple[HashAlg, Any]] = []
+    special = _SPECIAL_FIRST
+    for n, raw in enumerate(lines, 1):
+        if raw and raw[0] not in special and raw[-1] != 0x20:  # a plain event record (what classify says of it)
+            append(Event("tsmr", n, 0, register, "event", tuple([(a, h(raw).digest()) for a, h in hashers]), raw,
+                         True, DATA, texts[n - 1][:120]))
+            continue
+        line = classify(raw, lineno=n)
+        if line.kind is Kind.SYNC:
+            hashers = [(a, a.constructor) for a, _ in line.values]
+            append(Event("tsmr", n, 0, register, "sync", tuple([(a, h(raw).digest()) for a, h in hashers]), raw, True,
+                         DATA, texts[n - 1][:120], {"declares": {a.kernel_name: v.hex() for a, v in line.values}}))
+        elif line.kind is Kind.EXTEND:
+            append(Event("tsmr", n, 0, register, "extend", line.values, raw, True, None, texts[n - 1][:120]))
+        elif line.kind is Kind.EVENT:
+            append(Event("tsmr", n, 0, register, "event", tuple([(a, h(raw).digest()) for a, h in hashers]), raw,
+                         True, DATA, texts[n - 1][:120]))
+    return out
+
+
+# Bytes no line of a runtime log may hold (LF separates lines), and first bytes of lines that may
+# be something other than a plain event record: the fast path of runtime_log_events leaves those
+# to classify().
+_FORBIDDEN_BYTES = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]")
+_SPECIAL_FIRST = frozenset(b"#SI ")
+
+
+def _runtime_log_events_by_line(data: bytes, register: str) -> list[Event]:
+    """:func:`runtime_log_events` one line at a time: classified, then decoded for its summary."""
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
