@@ -241,15 +241,20 @@ def runtime_log_events(data: bytes, *, register: str = "rtmr3") -> list[Event]:
     out: list[Event] = []
     append = out.append
     hashers: list[tuple[HashAlg, Any]] = []
+    one: tuple[HashAlg, Any] | None = None
     special = _SPECIAL_FIRST
     for n, raw in enumerate(lines, 1):
         if raw and raw[0] not in special and raw[-1] != 0x20:  # a plain event record (what classify says of it)
-            append(Event("tsmr", n, 0, register, "event", tuple([(a, h(raw).digest()) for a, h in hashers]), raw,
-                         True, DATA, texts[n - 1][:120]))
+            if one is not None:  # one bank (a CC register's): no comprehension per line
+                digests: tuple[tuple[HashAlg, bytes], ...] = ((one[0], one[1](raw).digest()),)
+            else:
+                digests = tuple([(a, h(raw).digest()) for a, h in hashers])
+            append(Event("tsmr", n, 0, register, "event", digests, raw, True, DATA, texts[n - 1][:120]))
             continue
         line = classify(raw, lineno=n)
         if line.kind is Kind.SYNC:
             hashers = [(a, a.constructor) for a, _ in line.values]
+            one = hashers[0] if len(hashers) == 1 else None
             append(Event("tsmr", n, 0, register, "sync", tuple([(a, h(raw).digest()) for a, h in hashers]), raw, True,
                          DATA, texts[n - 1][:120], {"declares": {a.kernel_name: v.hex() for a, v in line.values}}))
         elif line.kind is Kind.EXTEND:

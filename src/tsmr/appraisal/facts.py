@@ -103,15 +103,20 @@ def runtime_events(events: Iterable[Event], *, arch: str | None = None) -> list[
     from ..runtime_log.records import split_event
 
     out = []
+    where: dict[str, str] = {}  # register -> where it lands on arch (few registers, many events)
     for e in events:
         if not e.measured:
             continue
-        line = _line(e)
+        # Most events are a runtime log's records: _line() of one, without the call.
+        line = e.data.decode("utf-8", "replace") if e.source == "tsmr" and e.type == "event" else _line(e)
         if line is None:
             continue
         parts = split_event(line)
         domain, operation, content = parts if parts is not None else ("", "", line)
-        out.append({"register": map_register(e, arch), "seq": e.seq, "domain": domain, "operation": operation,
+        reg = where.get(e.register)
+        if reg is None:
+            reg = where[e.register] = map_register(e, arch)
+        out.append({"register": reg, "seq": e.seq, "domain": domain, "operation": operation,
                     "content": content or "", "line": line})
     return out
 

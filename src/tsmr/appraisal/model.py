@@ -52,10 +52,12 @@ def _frozen(value: Any) -> Any:
     t = type(value)
     if t in _SCALARS:
         return value
+    scalars = _SCALARS
     if t is dict or t is MappingProxyType or isinstance(value, abc.Mapping):
-        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+        # Scalar members (most of them) are taken as they are, without a call each.
+        return MappingProxyType({k: v if type(v) in scalars else _frozen(v) for k, v in value.items()})
     if t is list or t is tuple or isinstance(value, (list, tuple)):
-        return tuple([_frozen(v) for v in value])
+        return tuple([v if type(v) in scalars else _frozen(v) for v in value])
     return value
 
 
@@ -64,10 +66,11 @@ def _thawed(value: Any) -> Any:
     t = type(value)
     if t in _SCALARS:
         return value
+    scalars = _SCALARS
     if t is MappingProxyType or t is dict or isinstance(value, abc.Mapping):
-        return {k: _thawed(v) for k, v in value.items()}
+        return {k: v if type(v) in scalars else _thawed(v) for k, v in value.items()}
     if t is tuple or isinstance(value, tuple):
-        return [_thawed(v) for v in value]
+        return [v if type(v) in scalars else _thawed(v) for v in value]
     return value
 
 

@@ -208,25 +208,35 @@ def missing_events(refs: Sequence[EventRef], events: Sequence[Mapping[str, Any]]
     set lookup and a pattern is matched against its group only, so reference values
     learned from a long log cost time in proportion to the log, not its square.
     """
-    groups: dict[tuple[Any, Any], list[Mapping[str, Any]]] = {}
     contents: dict[tuple[Any, Any], set[str]] = {}
     for e in events:
         key = (e.get("domain"), e.get("operation"))
-        groups.setdefault(key, []).append(e)
-        contents.setdefault(key, set()).add(str(e.get("content", "")))
+        found = contents.get(key)
+        if found is None:
+            found = contents[key] = set()
+        content = e.get("content", "")
+        found.add(content if type(content) is str else str(content))
+    groups: dict[tuple[Any, Any], list[Mapping[str, Any]]] | None = None  # made for the first pattern only
     missing: list[EventRef] = []
     for ref in refs:
         key = (ref.domain, ref.operation)
-        group = groups.get(key)
-        if not group:
+        if key not in contents:  # no event of that domain and operation
             missing.append(ref)
-        elif ref.content is not None:
-            literal = ref.literal
-            if literal is not None:
-                if literal not in contents[key]:
-                    missing.append(ref)
-            elif not any(ref.matches(e) for e in group):
+            continue
+        pattern = ref.content
+        if pattern is None:
+            continue
+        literal = _literal(pattern)
+        if literal is not None:
+            if literal not in contents[key]:
                 missing.append(ref)
+            continue
+        if groups is None:
+            groups = {}
+            for e in events:
+                groups.setdefault((e.get("domain"), e.get("operation")), []).append(e)
+        if not any(ref.matches(e) for e in groups[key]):
+            missing.append(ref)
     return missing
 
 

@@ -418,14 +418,21 @@ def replay_logs(
 
     proven: list[Event] = []
     unproven: list[tuple[Event, str]] = []
+    where: dict[str, str] = {}  # an event's register -> where it lands on arch (few registers, many events)
     for position, ev in enumerate(events):
         if not ev.measured:
             continue
-        reg = map_register(ev, arch)
-        reason = None if reg in proven_regs else unproven_reason.get(reg, f"nothing signed covers {reg}")
-        if reason is None and position < last_gap.get(reg, -1):
-            reason = f"a later sync record of {reg} replaces the value this event led to"
-        if reg in signed and ev.source in RECORDED_DIGEST_SOURCES:
+        landed = where.get(ev.register)
+        reg = landed if landed is not None else where.setdefault(ev.register, map_register(ev, arch))
+        reason: str | None = None
+        if reg in proven_regs:
+            if position < last_gap.get(reg, -1):
+                reason = f"a later sync record of {reg} replaces the value this event led to"
+        else:
+            reason = unproven_reason.get(reg)
+            if reason is None:
+                reason = f"nothing signed covers {reg}"
+        if ev.source in RECORDED_DIGEST_SOURCES and reg in signed:
             # A format that records the hash of the data next to the data (CEL, IMA, systemd, AAEL): a
             # record that keeps its digest and changes its data still replays; the data must hash to
             # it.  (Runtime logs record no digests, so theirs cannot disagree; firmware logs are not
