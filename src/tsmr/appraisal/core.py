@@ -463,27 +463,32 @@ def appraise(
 
 # Firmware logs (CCEL, TCG2) are the same bytes for every guest booted from the same image and
 # configuration, and the costliest to parse (UEFI variables, device paths, GPT decoded for each
-# event's summary).  Their events (immutable values, never handed out of appraise()) are kept by
-# the digest of the log's base64 text with its format and register; a log that does not parse
-# raises and is not kept.  Runtime logs change with every append: they are parsed each time.
+# event's summary).  Their events (immutable values, never handed out of appraise()) are kept with
+# the log's base64 text, under a key made of the text's length, format, register and a sample of
+# its characters; an entry is used only when its text equals the log's (a comparison of memory,
+# several times cheaper than a digest of a log of hundreds of kilobytes).  A log that does not
+# parse raises and is not kept.  Runtime logs change with every append: they are parsed each time.
 _FIRMWARE_FORMATS = frozenset({"ccel", "tcg2", "tcg2-sha1"})
 FIRMWARE_LOG_CACHE_SIZE = 16
 FIRMWARE_LOG_CACHE_MAX_CHARS = 2 << 20  # bigger logs are parsed each time (bounds the cache's memory)
-_FIRMWARE_LOGS: LRU[tuple[Event, ...]] = LRU(FIRMWARE_LOG_CACHE_SIZE)
+_FIRMWARE_LOGS: LRU[tuple[str, tuple[Event, ...]]] = LRU(FIRMWARE_LOG_CACHE_SIZE)
+_SAMPLES = 64  # characters of the text in a key, spread over all of it
 
 
 def _log_events(log: Any, n: int) -> list[Event]:
     """:func:`~tsmr.evidence.bundle.log_events`, with firmware logs' events kept (see above)."""
     data = log.get("data") if isinstance(log, Mapping) else None
     fmt = log.get("format") if isinstance(log, Mapping) else None
-    if not isinstance(data, str) or fmt not in _FIRMWARE_FORMATS or len(data) > FIRMWARE_LOG_CACHE_MAX_CHARS:
-        return log_events(log, n)
-    key = (hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest(), fmt, str(log.get("register") or "rtmr3"))
+    if type(data) is not str or fmt not in _FIRMWARE_FORMATS or len(data) > FIRMWARE_LOG_CACHE_MAX_CHARS:
+        return log_events(log, n)  # (a str subclass could compare equal to anything: never kept)
+    # Two logs with the same key but other text (an edited record) only replace each other's entry.
+    key = (len(data), fmt, str(log.get("register") or "rtmr3"), data[:: max(1, len(data) // _SAMPLES)], data[-16:])
     found = _FIRMWARE_LOGS.get(key)
-    if found is None:
-        found = tuple(log_events(log, n))
-        _FIRMWARE_LOGS.put(key, found)
-    return list(found)
+    if found is not None and found[0] == data:
+        return list(found[1])
+    events = tuple(log_events(log, n))
+    _FIRMWARE_LOGS.put(key, (data, events))
+    return list(events)
 
 
 def _kind_of(bundle: Any) -> str | None:

@@ -36,8 +36,9 @@ A policy that does not compile, or whose evaluation fails (a conflict between
 rule values, a built-in error), raises :class:`~tsmr.errors.PolicyError`:
 the appraisal could not be evaluated.  An undefined result is no decision.
 
-:data:`DEFAULT_POLICY` allows when no finding so far is an error (without
-regopy installed, it alone is evaluated, natively; any other policy needs regopy).
+:data:`DEFAULT_POLICY` allows when no finding so far is an error.  It is evaluated natively,
+with or without regopy installed (the same decision as its Rego text, without the interpreter's
+round trip); any other policy needs regopy.
 """
 
 from __future__ import annotations
@@ -106,8 +107,11 @@ def _have_regopy() -> bool:
 
 
 def _default_decision(input: Mapping[str, Any]) -> Decision:
-    """:data:`DEFAULT_POLICY`'s decision without Rego, for installations without regopy."""
-    if input.get("errors"):
+    """:data:`DEFAULT_POLICY`'s decision without Rego: ``allow`` exactly when ``input.errors`` is
+    there and empty (``count(input.errors) == 0``; with no such field the rule is undefined and
+    ``allow`` its default, false)."""
+    errors = input.get("errors")
+    if errors is None or len(errors) != 0:
         return _decision({"allow": False})
     return Decision(True, ())
 
@@ -221,7 +225,7 @@ class PreparedPolicy:
     source: str
     digest: str
     fields: frozenset[str] | None
-    native: bool = False  # DEFAULT_POLICY without regopy: evaluated by :func:`_default_decision`
+    native: bool = False  # DEFAULT_POLICY: evaluated by :func:`_default_decision`
 
 
 # ``input.name`` or ``input["name"]``: the only ways a policy can name an input field.  Any other use
@@ -259,8 +263,12 @@ def prepare_policy(source: str) -> PreparedPolicy:
     found: PreparedPolicy | None = _PREPARED.get(digest)
     if found is not None and found.source == source:
         return found
-    native = compile_policy(source) is None  # raises PolicyError; None: the default policy, without regopy
-    prepared = PreparedPolicy(source, digest, None if native else input_fields(source), native)
+    # The default policy's decision is one comparison (:func:`_default_decision`, which a test holds to
+    # the Rego text's own decision): it is made natively, without the input's JSON encoding and the
+    # interpreter's round trip, which cost more than the rest of the policy step.  Every other
+    # policy is compiled here (PolicyError if it does not) and evaluated by rego-cpp.
+    native = source == DEFAULT_POLICY or compile_policy(source) is None
+    prepared = PreparedPolicy(source, digest, input_fields(source), native)
     _PREPARED.put(digest, prepared)
     return prepared
 
