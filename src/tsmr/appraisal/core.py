@@ -161,7 +161,7 @@ from ..quirks import findings as quirk_findings
 from .appraisers import covers, discovered_appraisers, load_appraisers
 from .coverage import Uncovered, uncovered
 from .lru import LRU
-from .facts import claims_json, content_json, group_by_domain, runtime_events, signed_json
+from .facts import claims_json, content_json, runtime_events, signed_json
 from .mismatch import explain as explain_mismatch
 from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result, Severity
 from .platform import platform_findings
@@ -422,6 +422,12 @@ def appraise(
 
     run.findings.extend(extra_findings)
 
+    # The events by domain, for the policy's input and the result: grouped once, not copied (the
+    # policy is given new dicts, and the result freezes its own copies).
+    by_domain: dict[str, list[dict[str, Any]]] = {}
+    for e in events_json:
+        by_domain.setdefault(str(e["domain"]), []).append(e)
+
     # 7. policy
     budget.check_time("policy")
     # Only the fields the policy can see are built (policy.input_fields): the events are most of the work.
@@ -431,7 +437,7 @@ def appraise(
         "claims": lambda: claims,
         "registers": lambda: signed_json(verified.signed) if verified is not None else {},
         "events": lambda: {d: [dict(e, json=content_json(e["content"])) for e in evs]
-                           for d, evs in group_by_domain(events_json).items()},
+                           for d, evs in by_domain.items()},
         "findings": lambda: [f.id for f in run.findings],
         "errors": lambda: [f.id for f in run.findings if f.severity == "error"],
         "warnings": lambda: [f.id for f in run.findings if f.severity == "warning"],
@@ -452,7 +458,7 @@ def appraise(
         findings=findings,
         trustworthiness=_vector(findings, verified is not None, no_claim),
         registers=tuple(rows),
-        events={domain: tuple(evs) for domain, evs in group_by_domain(events_json).items()},
+        events={domain: tuple(evs) for domain, evs in by_domain.items()},
         unproven=tuple(unproven_json),
         claims=claims,
         quirks=tuple(applied),

@@ -160,6 +160,19 @@ def _events_reason(events: Sequence[Event], arch: str, judges: _EventJudges) -> 
     return None
 
 
+def _events_by_register(replayed: LogReplay) -> dict[str, list[Event]]:
+    """The measured events of the replay by the register they land in."""
+    out: dict[str, list[Event]] = defaultdict(list)
+    where: dict[str, str] = {}
+    for ev in replayed.events:
+        if ev.measured:
+            reg = where.get(ev.register)
+            if reg is None:
+                reg = where[ev.register] = map_register(ev, replayed.arch)
+            out[reg].append(ev)
+    return out
+
+
 def uncovered(signed: Mapping[str, Mapping[HashAlg, bytes]], claims: Mapping[str, Any], replayed: LogReplay,
               refvals: ReferenceValues | None, apps: Sequence[Any]) -> list[Uncovered]:
     """The signed register banks that hold a measurement and that the reference values do not cover.
@@ -168,14 +181,13 @@ def uncovered(signed: Mapping[str, Mapping[HashAlg, bytes]], claims: Mapping[str
     (:func:`~tsmr.appraisal.facts.claims_json`), ``replayed`` the replay of the
     bundle's logs, ``apps`` the appraisers in use.  In register order.
     """
-    judges = _EventJudges(refvals, apps)
+    # What a register's events say is needed only for a register no reference value pins (few, or
+    # none): the events are grouped, and the reference events indexed, on the first such register.
+    judges: _EventJudges | None = None
+    events_of: dict[str, list[Event]] | None = None
     rows_of: dict[str, list[Any]] = defaultdict(list)
     for row in replayed.rows:
         rows_of[row.register].append(row)
-    events_of: dict[str, list[Event]] = defaultdict(list)
-    for ev in replayed.events:
-        if ev.measured:
-            events_of[map_register(ev, replayed.arch)].append(ev)
     content_reason: dict[str, str | None] = {}
     out: list[Uncovered] = []
     for reg in sorted(signed, key=register_order):
@@ -186,9 +198,13 @@ def uncovered(signed: Mapping[str, Mapping[HashAlg, bytes]], claims: Mapping[str
                 continue
             if refvals is not None and reg in refvals.claims and reg in claims:
                 continue
+            if events_of is None:
+                events_of = _events_by_register(replayed)
             reason = _rows_reason(reg, alg, rows_of.get(reg, []), bool(events_of.get(reg)))
             if reason is None:
                 if reg not in content_reason:
+                    if judges is None:
+                        judges = _EventJudges(refvals, apps)
                     content_reason[reg] = _events_reason(events_of.get(reg, []), replayed.arch, judges)
                 reason = content_reason[reg]
             if reason is None:
