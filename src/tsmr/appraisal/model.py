@@ -45,6 +45,21 @@ SEVERITY_STATUS = {"info": "affirming", "warning": "warning", "error": "contrain
 # Scalars first, by exact type: a result holds thousands of them, and ``isinstance`` against
 # ``typing.Mapping`` goes through the ABC machinery each time.
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+# Most objects of a result (an event, a register row) hold scalars only: whether they do is asked
+# in C (``all(map(_is_scalar, map(type, values)))``), and such an object is then copied whole.
+_is_scalar = _SCALARS.__contains__
+
+
+def _copy(value: Any) -> dict[str, Any]:
+    """A new dict of a dict's or a mapping proxy's items (``dict(proxy)`` takes the slow, key by key
+    way; a proxy's ``copy()`` is its dict's)."""
+    if type(value) is dict:
+        return value.copy()
+    try:
+        copied = value.copy()  # a proxy's mapping need not be a dict, nor have copy()
+    except AttributeError:
+        return dict(value)
+    return copied if type(copied) is dict else dict(value)
 
 
 def _frozen(value: Any) -> Any:
@@ -53,10 +68,15 @@ def _frozen(value: Any) -> Any:
     if t in _SCALARS:
         return value
     scalars = _SCALARS
-    if t is dict or t is MappingProxyType or isinstance(value, abc.Mapping):
-        # Scalar members (most of them) are taken as they are, without a call each.
+    if t is dict or t is MappingProxyType:
+        if all(map(_is_scalar, map(type, value.values()))):
+            return MappingProxyType(_copy(value))
+        return MappingProxyType({k: v if type(v) in scalars else _frozen(v) for k, v in value.items()})
+    if isinstance(value, abc.Mapping):
         return MappingProxyType({k: v if type(v) in scalars else _frozen(v) for k, v in value.items()})
     if t is list or t is tuple or isinstance(value, (list, tuple)):
+        if all(map(_is_scalar, map(type, value))):
+            return tuple(value)
         return tuple([v if type(v) in scalars else _frozen(v) for v in value])
     return value
 
@@ -67,9 +87,15 @@ def _thawed(value: Any) -> Any:
     if t in _SCALARS:
         return value
     scalars = _SCALARS
-    if t is MappingProxyType or t is dict or isinstance(value, abc.Mapping):
+    if t is MappingProxyType or t is dict:
+        if all(map(_is_scalar, map(type, value.values()))):
+            return _copy(value)
+        return {k: v if type(v) in scalars else _thawed(v) for k, v in value.items()}
+    if isinstance(value, abc.Mapping):
         return {k: v if type(v) in scalars else _thawed(v) for k, v in value.items()}
     if t is tuple or isinstance(value, tuple):
+        if all(map(_is_scalar, map(type, value))):
+            return list(value)
         return [v if type(v) in scalars else _thawed(v) for v in value]
     return value
 
