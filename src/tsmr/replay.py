@@ -294,7 +294,7 @@ def _replay_runtime(reg: str, run: list[tuple[int, Event]], regs: dict[HashAlg, 
         for alg in first_declares:
             known.setdefault(alg, first_value(reg, alg))
     r = Replayer(initial=known)
-    r.feed(b"".join(e.data + b"\n" for _, e in run))
+    r.feed(b"\n".join([e.data for _, e in run]) + b"\n")  # every record with its LF (a run is never empty)
     report = r.finish()
     for g in report.gaps:
         if want is not None and g.alg not in want:
