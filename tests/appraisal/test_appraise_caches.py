@@ -132,6 +132,33 @@ def test_firmware_logs_in_turn_give_their_own_replay(fixtures: Path) -> None:
 
 
 
+def test_firmware_logs_that_share_a_cache_key_give_their_own_replay(fixtures: Path) -> None:
+    """The cache's key samples the text: a log edited between the samples has the same key, and must
+    still be parsed and judged as the text it is (the text, not the key, decides)."""
+    from tsmr.algorithms import HashAlg
+    from tsmr.appraisal.core import _firmware_key
+
+    doc, nonce = tdx_bundle(fixtures)
+    rv = learn(doc, now=WHEN)
+    text = doc["logs"][0]["data"]
+    data = base64.b64decode(text)
+    digest = HashAlg.SHA384.hash(b"Calling EFI Application from Boot Option")  # an RTMR1 record's digest
+    at = data.index(digest)
+    # One byte of that digest changed, at a byte whose base64 characters no sample of the key reads.
+    key = _firmware_key(text, "ccel", "rtmr3")
+    for i in range(at, at + len(digest)):
+        edited = base64.b64encode(data[:i] + bytes([data[i] ^ 1]) + data[i + 1:]).decode()
+        if edited != text and _firmware_key(edited, "ccel", "rtmr3") == key:
+            break
+    else:
+        pytest.fail("every byte of the digest is sampled")
+    changed = dict(doc, logs=[dict(doc["logs"][0], data=edited)])
+    for _ in range(2):
+        assert _ids(appraise(doc, nonce=nonce, now=WHEN, reference_values=rv)) == [NO_COLLATERAL]
+        r = appraise(changed, nonce=nonce, now=WHEN, reference_values=rv)
+        assert [x["status"] for x in r.registers if x["register"] == "rtmr1"] == ["mismatched"]
+
+
 def test_an_appraiser_changing_its_configuration_changes_nothing_kept(emulated_tdx: EmulatedTDX) -> None:
     class Greedy:
         name, domains = "greedy", ["*"]

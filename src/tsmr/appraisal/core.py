@@ -481,14 +481,19 @@ _FIRMWARE_LOGS: LRU[tuple[str, tuple[Event, ...]]] = LRU(FIRMWARE_LOG_CACHE_SIZE
 _SAMPLES = 64  # characters of the text in a key, spread over all of it
 
 
+def _firmware_key(data: str, fmt: str, register: str) -> tuple[Any, ...]:
+    """Where a firmware log's events are kept.  Two logs with the same key but other text (an edited
+    record between two samples) only replace each other's entry: the text decides, not the key."""
+    return (len(data), fmt, register, data[:: max(1, len(data) // _SAMPLES)], data[-16:])
+
+
 def _log_events(log: Any, n: int) -> list[Event]:
     """:func:`~tsmr.evidence.bundle.log_events`, with firmware logs' events kept (see above)."""
     data = log.get("data") if isinstance(log, Mapping) else None
     fmt = log.get("format") if isinstance(log, Mapping) else None
     if type(data) is not str or fmt not in _FIRMWARE_FORMATS or len(data) > FIRMWARE_LOG_CACHE_MAX_CHARS:
         return log_events(log, n)  # (a str subclass could compare equal to anything: never kept)
-    # Two logs with the same key but other text (an edited record) only replace each other's entry.
-    key = (len(data), fmt, str(log.get("register") or "rtmr3"), data[:: max(1, len(data) // _SAMPLES)], data[-16:])
+    key = _firmware_key(data, fmt, str(log.get("register") or "rtmr3"))
     found = _FIRMWARE_LOGS.get(key)
     if found is not None and found[0] == data:
         return list(found[1])
