@@ -102,7 +102,7 @@ from ..evidence.anchors import TrustAnchors
 from ..findings import Finding
 from ..version import __version__
 from ..evidence.limits import AppraisalCancelled, LimitExceeded
-from .db import DatabaseUnavailable, Store, describe_db_error, make_engine, redact_url, upgrade, utcnow
+from .db import DatabaseUnavailable, Document, Store, describe_db_error, make_engine, redact_url, upgrade, utcnow
 from .collateral_cache import public_url
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import AccessLog, BodyLimit, _event, configure_logging
@@ -542,8 +542,7 @@ def _public_routes(v: Verifier) -> APIRouter:
         """
         # Everything that depends on the request alone is checked before the nonce is spent.
         _authorise_selection(v, policy, refvals, credentials, request)
-        policy_row = _document(v, "policy", policy)
-        refvals_row = _document(v, "refvals", refvals)
+        policy_row, refvals_row = _documents(v, policy, refvals)
         bundle, nonce = body.doc, body.nonce
         try:
             raw_nonce = bytes.fromhex(nonce)
@@ -778,22 +777,26 @@ def _authorise_selection(v: Verifier, policy: str | None, refvals: str | None,
                        "the admin bearer token" + ("" if certified else " and a TLS client certificate"))
 
 
-def _document(v: Verifier, kind: Literal["policy", "refvals"], name: str | None) -> Any:
-    """The latest version of the policy / refvals to appraise with: the one named, else the verifier's.
+def _documents(v: Verifier, policy: str | None, refvals: str | None) -> tuple[Document | None, Document | None]:
+    """The latest versions of the policy and reference values to appraise with: those named, else the verifier's.
 
-    The verifier's own, when not stored, is refused (503) unless it is called "default":
-    then there is none (the built-in policy; no reference values), as before any was stored.
+    One database query says which versions are current (:meth:`Store.current`); the
+    documents come from the store's per-process cache.  The verifier's own, when not
+    stored, is refused (503) unless it is called "default": then there is none (the
+    built-in policy; no reference values), as before any was stored.
     """
-    configured = v.settings.policy if kind == "policy" else v.settings.refvals
-    what = "policy" if kind == "policy" else "reference values"
-    row = v.store.get(kind, name or configured)
-    if row is not None:
-        return row
-    if name is not None and name != configured:
-        raise ApiError(404, f"{kind}.unknown", f"no {what} named {name!r}")
-    if configured == DEFAULT_NAME:
-        return None
-    raise ApiError(503, f"{kind}.missing", f"the verifier's {what} {configured!r} is not stored")
+    names = (policy or v.settings.policy, refvals or v.settings.refvals)
+    found = v.store.current(*names)
+    for kind, asked, configured, row in (("policy", policy, v.settings.policy, found[0]),
+                                         ("refvals", refvals, v.settings.refvals, found[1])):
+        if row is not None:
+            continue
+        what = "policy" if kind == "policy" else "reference values"
+        if asked is not None and asked != configured:
+            raise ApiError(404, f"{kind}.unknown", f"no {what} named {asked!r}")
+        if configured != DEFAULT_NAME:
+            raise ApiError(503, f"{kind}.missing", f"the verifier's {what} {configured!r} is not stored")
+    return found
 
 
 # -- admin endpoints ------------------------------------------------------------------------------
