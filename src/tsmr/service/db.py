@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import random
 import threading
@@ -53,7 +54,7 @@ from ..errors import BackendError, DatabaseUnavailable, InputError
 __all__ = ["Base", "Challenge", "StoredResult", "Policy", "RefValues", "TpmAk", "CachedCollateral", "CollateralLease",
            "Store", "default_url", "default_state_dir",
            "make_engine", "upgrade", "MIGRATIONS_DIR", "Consumed", "DatabaseUnavailable", "database_errors",
-           "Document", "PING_AFTER_IDLE"]
+           "Document", "PING_AFTER_IDLE", "JSONText"]
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Any 64-bit constant: the key of the advisory lock migrations hold on PostgreSQL.
@@ -194,6 +195,20 @@ _MODELS: dict[str, type[Policy] | type[RefValues]] = {"policy": Policy, "refvals
 
 # -- engines --------------------------------------------------------------------------------------
 
+class JSONText(str):
+    """A JSON document already serialised: stored in a JSON column as this text, not encoded again.
+
+    The verifier encodes a result once, for the response and the database alike.
+    """
+
+
+def _json_serializer(value: Any) -> str:
+    """How JSON columns are encoded (both dialects): :class:`JSONText` as it is, anything else by json.dumps."""
+    if isinstance(value, JSONText):
+        return str(value)
+    return json.dumps(value)
+
+
 def default_state_dir() -> Path:
     env = os.environ.get("TSMR_STATE_DIR")
     if env:
@@ -235,12 +250,14 @@ def make_engine(url: str | None = None, *, state_dir: str | os.PathLike[str] | N
         path = parsed.database
         if path and path != ":memory:" and not path.startswith("file:"):
             _create_sqlite_file(Path(path))
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               json_serializer=_json_serializer)
         _sqlite_setup(engine)
         return engine
     if backend == "postgresql":
         try:
-            engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2)
+            engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2,
+                                   json_serializer=_json_serializer)
         except ImportError as exc:  # the dialect imports its driver here: psycopg for postgresql+psycopg
             driver = exc.name or parsed.get_driver_name()
             raise DatabaseUnavailable(
@@ -618,7 +635,10 @@ class Store:
     def save_result(self, *, status: str, kind: str | None, nonce: str, ear: str, result: Any,
                     policy_id: str | None = None, refvals_id: str | None = None,
                     now: datetime | None = None, id: str | None = None) -> StoredResult:
-        """Store a result; committed when this returns (the caller may then hand out its id)."""
+        """Store a result; committed when this returns (the caller may then hand out its id).
+
+        ``result`` is the result document, or its serialisation as :class:`JSONText`.
+        """
         row = StoredResult(id=id or str(uuid.uuid4()), created_at=now or utcnow(), nonce=nonce, status=status,
                            kind=kind, ear=ear, result=result, policy_id=policy_id, refvals_id=refvals_id)
         stmt = insert(_RESULTS).values(id=row.id, created_at=row.created_at, nonce=nonce, status=status, kind=kind,
