@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, TypeVar, cast
 
 from sqlalchemy import (JSON, Connection, DateTime, Engine, Index, Integer, String, Table, Text, TypeDecorator,
-                        UniqueConstraint, create_engine, event, func, insert, literal_column, select, text,
+                        UniqueConstraint, bindparam, create_engine, event, func, insert, literal_column, select, text,
                         union_all, update)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (DataError, DBAPIError, IntegrityError, InvalidatePoolError, OperationalError,
@@ -190,6 +190,42 @@ _CHALLENGES = cast(Table, Challenge.__table__)
 _RESULTS = cast(Table, StoredResult.__table__)
 _POLICIES = cast(Table, Policy.__table__)
 _REFVALS = cast(Table, RefValues.__table__)
+
+
+def _hot_statements() -> dict[str, Any]:
+    """The attestation path's statements, built once with bind parameters (building one costs more than running it).
+
+    Parameters: ``b_nonce``, ``b_now``, ``b_used``, ``b_id``, ``b_policy``, ``b_refvals``, ``b_name``,
+    ``b_version``; the INSERTs take their columns by name.
+    """
+    c, r, p, v = _CHALLENGES.c, _RESULTS.c, _POLICIES.c, _REFVALS.c
+    nonce: Any = bindparam("b_nonce", type_=String())
+    now: Any = bindparam("b_now", type_=UTCDateTime())
+    return {
+        "challenge_insert": insert(_CHALLENGES),
+        "challenge_exists": select(c.nonce).where(c.nonce == nonce),
+        "challenge_row": select(c.created_at, c.expires_at, c.used_at).where(c.nonce == nonce),
+        "consume": (update(_CHALLENGES).where(c.nonce == nonce, c.used_at.is_(None), c.expires_at > now)
+                    .values(used_at=now).returning(c.created_at, c.expires_at)),
+        "live": select(c.nonce).where(c.nonce == nonce, c.used_at.is_(None), c.expires_at > now),
+        "release": (update(_CHALLENGES).where(c.nonce == nonce, c.used_at == bindparam("b_used", type_=UTCDateTime()))
+                    .values(used_at=None)),
+        "result_insert": insert(_RESULTS),
+        "result_exists": select(r.id).where(r.id == bindparam("b_id", type_=String())),
+        # Which versions are current: k 0 the policy, 1 the reference values (NULL: none live).
+        "current": union_all(
+            select(literal_column("0").label("k"), func.max(p.version).label("v"))
+            .where(p.name == bindparam("b_policy", type_=String()), p.deleted_at.is_(None)),
+            select(literal_column("1").label("k"), func.max(v.version).label("v"))
+            .where(v.name == bindparam("b_refvals", type_=String()), v.deleted_at.is_(None))),
+        "policy_doc": select(p.rego).where(p.name == bindparam("b_name", type_=String()),
+                                           p.version == bindparam("b_version", type_=Integer())),
+        "refvals_doc": select(v.document).where(v.name == bindparam("b_name", type_=String()),
+                                                v.version == bindparam("b_version", type_=Integer())),
+    }
+
+
+_SQL = _hot_statements()
 _MODELS: dict[str, type[Policy] | type[RefValues]] = {"policy": Policy, "refvals": RefValues}
 
 
@@ -465,6 +501,7 @@ class Store:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self._issued = 0
+        self._postgres = is_postgres(engine)
         # (kind, name, version) -> the document, parsed once: see current().
         self._docs: OrderedDict[tuple[str, str, int], Document] = OrderedDict()
         self._docs_lock = threading.Lock()
@@ -539,29 +576,38 @@ class Store:
             yield s
             s.commit()
 
-    def _run(self, work: Callable[[Connection], _T], *, write: bool = False) -> _T:
-        """Run ``work`` in one transaction on one pooled connection (SQLAlchemy Core), and commit.
+    def _run(self, work: Callable[[Connection, bool], _T], *, write: bool = False) -> _T:
+        """Run ``work(connection, again)`` on one pooled connection (SQLAlchemy Core) and commit its effect.
 
-        ``write`` takes SQLite's write lock up front (``BEGIN IMMEDIATE``), as :meth:`_write`
-        does.  A connection that turns out to be dead (the database restarted or dropped
-        it) fails the transaction before anything was committed; SQLAlchemy then discards
-        every connection the pool held, and the transaction runs once more on a new one.
-        A failure while committing is never retried: whether it took is unknown.
+        The operations of the attestation path each need one statement to decide (a
+        second one only reads, to explain a refusal), so on PostgreSQL they run in
+        autocommit mode: one round trip per statement instead of three (BEGIN, the
+        statement, COMMIT); each statement is atomic on its own, and at PostgreSQL's
+        READ COMMITTED level a surrounding transaction would not change what the next
+        statement sees.  On SQLite they run in a transaction; ``write`` takes the write
+        lock up front (``BEGIN IMMEDIATE``, as :meth:`_write` does): in WAL mode a
+        statement that reads before it writes could otherwise be refused instead of
+        waiting for the lock.
+
+        A connection that turns out to be dead (the database restarted or dropped it)
+        raises a disconnect error; SQLAlchemy then discards every connection the pool
+        held, and ``work`` runs once more on a new connection, with ``again`` true.  The
+        first attempt may have taken effect all the same (the connection dropped while
+        the answer was on its way), so each ``work`` first checks for that when ``again``
+        is true.  A second failure propagates.
         """
         self.check_file()
-        for attempt in (1, 2):
-            committing = False
+        for again in (False, True):
             try:
                 with self.engine.connect() as conn:
-                    if write:
+                    if self._postgres:
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                    elif write:
                         conn.execution_options(sqlite_begin="IMMEDIATE")
-                    with conn.begin() as tx:
-                        out = work(conn)
-                        committing = True
-                        tx.commit()
-                    return out
+                    with conn.begin():
+                        return work(conn, again)
             except DBAPIError as exc:
-                if attempt == 2 or committing or not exc.connection_invalidated:
+                if again or not exc.connection_invalidated:
                     raise
         raise AssertionError("unreachable")
 
@@ -569,8 +615,14 @@ class Store:
     def issue_challenge(self, *, ttl: timedelta, now: datetime | None = None, nbytes: int = 32) -> Challenge:
         now = now or utcnow()
         row = Challenge(nonce=os.urandom(nbytes).hex(), created_at=now, expires_at=now + ttl)
-        stmt = insert(_CHALLENGES).values(nonce=row.nonce, created_at=now, expires_at=row.expires_at)
-        self._run(lambda conn: conn.execute(stmt), write=True)
+        params = {"nonce": row.nonce, "created_at": now, "expires_at": row.expires_at, "b_nonce": row.nonce}
+
+        def work(conn: Connection, again: bool) -> None:
+            if again and conn.execute(_SQL["challenge_exists"], params).first() is not None:
+                return  # the first attempt stored it
+            conn.execute(_SQL["challenge_insert"], params)
+
+        self._run(work, write=True)
         self._issued += 1
         if self._issued % 256 == 1 or random.random() < 1 / 256:
             self.purge_challenges(now=now)
@@ -592,17 +644,15 @@ class Store:
         statement; only a refused one is read back, to say why (unknown, used, expired).
         """
         now = now or utcnow()
-        c = _CHALLENGES.c
-        won_stmt = (update(_CHALLENGES)
-                    .where(c.nonce == nonce, c.used_at.is_(None), c.expires_at > now)
-                    .values(used_at=now)
-                    .returning(c.created_at, c.expires_at))
+        params = {"b_nonce": nonce, "b_now": now}
 
-        def work(conn: Connection) -> tuple[bool, Any]:
-            won = conn.execute(won_stmt).first()
+        def work(conn: Connection, again: bool) -> tuple[bool, Any]:
+            won = conn.execute(_SQL["consume"], params).first()
             if won is not None:
                 return True, won
-            return False, conn.execute(select(c.created_at, c.expires_at, c.used_at).where(c.nonce == nonce)).first()
+            row = conn.execute(_SQL["challenge_row"], params).first()
+            # Retried: a nonce marked used at exactly this request's time was marked by its first attempt.
+            return (again and row is not None and row.used_at == now), row
 
         fresh, row = self._run(work, write=True)
         if fresh:
@@ -616,9 +666,8 @@ class Store:
     def is_live(self, nonce: str, *, now: datetime | None = None) -> bool:
         """Whether ``nonce`` was issued, is unused and unexpired (a read: :meth:`consume` still decides)."""
         now = now or utcnow()
-        c = _CHALLENGES.c
-        stmt = select(c.nonce).where(c.nonce == nonce, c.used_at.is_(None), c.expires_at > now)
-        return self._run(lambda conn: conn.execute(stmt).first() is not None)
+        params = {"b_nonce": nonce, "b_now": now}
+        return self._run(lambda conn, _again: conn.execute(_SQL["live"], params).first() is not None)
 
     def release(self, nonce: str, *, used_at: datetime) -> bool:
         """Undo :meth:`consume` (the same ``used_at``) when no result could be stored for the nonce.
@@ -626,10 +675,18 @@ class Store:
         A nonce is spent by a stored result; a request that failed after consuming it
         gives it back, so the attester can try again.  Whether it was given back.
         """
-        c = _CHALLENGES.c
-        stmt = update(_CHALLENGES).where(c.nonce == nonce, c.used_at == used_at).values(used_at=None)
-        res = self._run(lambda conn: conn.execute(stmt), write=True)
-        return int(res.rowcount or 0) == 1
+        params = {"b_nonce": nonce, "b_used": used_at}
+
+        def work(conn: Connection, again: bool) -> bool:
+            if int(conn.execute(_SQL["release"], params).rowcount or 0) == 1:
+                return True
+            # Retried: only this request could give back a nonce marked used at its time.
+            if not again:
+                return False
+            row = conn.execute(_SQL["challenge_row"], params).first()
+            return row is not None and row.used_at is None
+
+        return self._run(work, write=True)
 
     # -- results ----------------------------------------------------------------------------------
     def save_result(self, *, status: str, kind: str | None, nonce: str, ear: str, result: Any,
@@ -641,9 +698,15 @@ class Store:
         """
         row = StoredResult(id=id or str(uuid.uuid4()), created_at=now or utcnow(), nonce=nonce, status=status,
                            kind=kind, ear=ear, result=result, policy_id=policy_id, refvals_id=refvals_id)
-        stmt = insert(_RESULTS).values(id=row.id, created_at=row.created_at, nonce=nonce, status=status, kind=kind,
-                                       ear=ear, result=result, policy_id=policy_id, refvals_id=refvals_id)
-        self._run(lambda conn: conn.execute(stmt), write=True)
+        params = {"id": row.id, "created_at": row.created_at, "nonce": nonce, "status": status, "kind": kind,
+                  "ear": ear, "result": result, "policy_id": policy_id, "refvals_id": refvals_id, "b_id": row.id}
+
+        def work(conn: Connection, again: bool) -> None:
+            if again and conn.execute(_SQL["result_exists"], params).first() is not None:
+                return  # the first attempt stored it (the id is this request's own UUID)
+            conn.execute(_SQL["result_insert"], params)
+
+        self._run(work, write=True)
         return row
 
     def get_result(self, id: str) -> StoredResult | None:
@@ -685,16 +748,9 @@ class Store:
         parsed document is kept, in a bounded cache, and the same object is returned for
         the same version every time.
         """
-        p, r = _POLICIES.c, _REFVALS.c
-        latest = union_all(
-            select(literal_column("0").label("k"), func.max(p.version).label("v"))
-            .where(p.name == policy, p.deleted_at.is_(None)),
-            select(literal_column("1").label("k"), func.max(r.version).label("v"))
-            .where(r.name == refvals, r.deleted_at.is_(None)))
-
-        def work(conn: Connection) -> tuple[Document | None, Document | None]:
+        def work(conn: Connection, _again: bool) -> tuple[Document | None, Document | None]:
             found: list[Document | None] = [None, None]
-            for k, version in conn.execute(latest).all():
+            for k, version in conn.execute(_SQL["current"], {"b_policy": policy, "b_refvals": refvals}).all():
                 if version is None:
                     continue
                 kind: Kind = "policy" if k == 0 else "refvals"
@@ -715,9 +771,8 @@ class Store:
             return doc
 
     def _load(self, conn: Connection, kind: Kind, name: str, version: int) -> Document | None:
-        table = _POLICIES if kind == "policy" else _REFVALS
-        column = table.c.rego if kind == "policy" else table.c.document
-        content = conn.execute(select(column).where(table.c.name == name, table.c.version == version)).scalar()
+        stmt = _SQL["policy_doc" if kind == "policy" else "refvals_doc"]
+        content = conn.execute(stmt, {"b_name": name, "b_version": version}).scalar()
         if content is None:
             return None
         doc = Document(kind=kind, name=name, version=version, content=content)
