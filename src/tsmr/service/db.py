@@ -212,6 +212,7 @@ def _hot_statements() -> dict[str, Any]:
                     .values(used_at=None)),
         "result_insert": insert(_RESULTS),
         "result_exists": select(r.id).where(r.id == bindparam("b_id", type_=String())),
+        "result_row": select(_RESULTS).where(r.id == bindparam("b_id", type_=String())),
         # Which versions are current: k 0 the policy, 1 the reference values (NULL: none live).
         "current": union_all(
             select(literal_column("0").label("k"), func.max(p.version).label("v"))
@@ -710,8 +711,8 @@ class Store:
         return row
 
     def get_result(self, id: str) -> StoredResult | None:
-        with self._read() as s:
-            return s.get(StoredResult, id)
+        row = self._run(lambda conn, _again: conn.execute(_SQL["result_row"], {"b_id": id}).first())
+        return StoredResult(**row._mapping) if row is not None else None
 
     # -- versioned documents ----------------------------------------------------------------------
     def put(self, kind: Kind, name: str, content: Any, *, now: datetime | None = None) -> Policy | RefValues:
