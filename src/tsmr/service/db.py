@@ -14,6 +14,14 @@ Everything a replica knows lives in the database, so any number of
   retries), a DELETE marks every version deleted without forgetting it, so a
   ``name@version`` in an old result never means two different documents.
 
+The attestation path (challenge, current versions, consume, result, release) uses
+SQLAlchemy Core statements built once, one pooled connection per operation, and
+on PostgreSQL autocommit (each operation decides in one statement).  Policies and
+reference values are read as "which version is current" (one query for both);
+a version's document, immutable once stored, is kept in a bounded per-process cache.
+Pooled connections are pinged only after sitting idle; a connection that died
+under load (a database restart) makes its operation run once more on a new one.
+
 SQLite (the default, ``<state dir>/verifier.db``) runs in WAL mode with a busy
 timeout, and write transactions start with ``BEGIN IMMEDIATE`` so that two
 processes never both read and then fail to upgrade to a write lock.
