@@ -86,7 +86,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Annotated, Any, AsyncIterator, Callable, Literal, Mapping, Sequence
+from typing import Annotated, Any, AsyncIterator, Callable, Mapping, Sequence
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -102,7 +102,8 @@ from ..evidence.anchors import TrustAnchors
 from ..findings import Finding
 from ..version import __version__
 from ..evidence.limits import AppraisalCancelled, LimitExceeded
-from .db import DatabaseUnavailable, Store, describe_db_error, make_engine, redact_url, upgrade, utcnow
+from .db import (DatabaseUnavailable, Document, JSONText, Store, describe_db_error, make_engine, redact_url, upgrade,
+                 utcnow)
 from .collateral_cache import public_url
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import AccessLog, BodyLimit, _event, configure_logging
@@ -524,8 +525,8 @@ def _public_routes(v: Verifier) -> APIRouter:
 
     @r.post("/attest", response_model=AttestResponse, status_code=201, tags=["attestation"],
             responses=_errors(400, 403, 404, 409, 410, 413, 415, 422, 503), openapi_extra=ATTEST_BODY)
-    def attest(body: Annotated[AttestBody, Depends(_bundle_body)], request: Request, response: Response,
-               credentials: Credentials, policy: PolicyQuery = None, refvals: RefvalsQuery = None) -> AttestResponse:
+    def attest(body: Annotated[AttestBody, Depends(_bundle_body)], request: Request,
+               credentials: Credentials, policy: PolicyQuery = None, refvals: RefvalsQuery = None) -> Response:
         """Appraise a bundle (the body, as ``tsmr attest -o`` writes it) over a nonce from ``POST /challenge``.
 
         The result is stored and returned with its signed EAR.  The verifier's
@@ -542,8 +543,7 @@ def _public_routes(v: Verifier) -> APIRouter:
         """
         # Everything that depends on the request alone is checked before the nonce is spent.
         _authorise_selection(v, policy, refvals, credentials, request)
-        policy_row = _document(v, "policy", policy)
-        refvals_row = _document(v, "refvals", refvals)
+        policy_row, refvals_row = _documents(v, policy, refvals)
         bundle, nonce = body.doc, body.nonce
         try:
             raw_nonce = bytes.fromhex(nonce)
@@ -590,9 +590,12 @@ def _public_routes(v: Verifier) -> APIRouter:
         _event(logging.INFO, "attested", result_id=result_id, status=result.status, kind=result.kind,
                findings=len(result.findings), nonce=nonce[:16], logs=body.logs,
                policy_id=policy_id, refvals_id=refvals_id)
-        response.headers["Location"] = f"/results/{result_id}"
-        return AttestResponse(id=result_id, status=result.status, ear=token, findings=result.finding_ids(),
-                              result=doc)
+        # The response is AttestResponse (as documented), written directly: the result document, 33 kB
+        # and more, is encoded once (the text stored) rather than validated and encoded again by FastAPI.
+        payload = (f'{{"id":{_dumps(result_id)},"status":{_dumps(result.status)},"ear":{_dumps(token)},'
+                   f'"findings":{_dumps(result.finding_ids())},"result":{doc}}}')
+        return Response(payload.encode("utf-8"), status_code=201, media_type="application/json",
+                        headers={"Location": f"/results/{result_id}"})
 
     @r.get("/results/{result_id}", response_model=StoredResultResponse, tags=["attestation"],
            responses=_errors(404, 422))
@@ -646,8 +649,11 @@ def _public_routes(v: Verifier) -> APIRouter:
 def _appraise_and_store(v: Verifier, bundle: dict[str, Any], *, nonce: str, raw_nonce: bytes, now: datetime,
                         expires_at: datetime, policy_row: Any, refvals_row: Any, policy_id: str | None,
                         refvals_id: str | None, trust: TrustAnchors,
-                        extra_findings: Sequence[Finding] = ()) -> tuple[Any, str, str, dict[str, Any]]:
-    """Appraise, sign and store: the part of /attest that runs with the nonce spent."""
+                        extra_findings: Sequence[Finding] = ()) -> tuple[Any, str, str, JSONText]:
+    """Appraise, sign and store: the part of /attest that runs with the nonce spent.
+
+    The result document is encoded to JSON once: that text is stored and sent.
+    """
     start = time.perf_counter()
     try:
         result = v.appraise(bundle,
@@ -661,11 +667,16 @@ def _appraise_and_store(v: Verifier, bundle: dict[str, Any], *, nonce: str, raw_
         v.metrics.appraised(time.perf_counter() - start)
     result_id = str(uuid.uuid4())
     token = ear.sign(result, v.key, kid=v.kid, now=now, verifier_id=v.verifier_id, extra={"jti": result_id})
-    doc = result.to_dict()
+    doc = JSONText(_dumps(result.to_dict()))
     v.store.save_result(id=result_id, status=result.status, kind=result.kind, nonce=nonce, ear=token,
                         result=doc, policy_id=result.policy_id or policy_id,
                         refvals_id=result.refvals_id or refvals_id, now=now)
     return result, result_id, token, doc
+
+
+def _dumps(value: Any) -> str:
+    """JSON as the responses write it (Starlette's JSONResponse: compact, UTF-8, no NaN or infinity)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def _trust_for(v: Verifier, bundle: Mapping[str, Any], *,
@@ -778,22 +789,26 @@ def _authorise_selection(v: Verifier, policy: str | None, refvals: str | None,
                        "the admin bearer token" + ("" if certified else " and a TLS client certificate"))
 
 
-def _document(v: Verifier, kind: Literal["policy", "refvals"], name: str | None) -> Any:
-    """The latest version of the policy / refvals to appraise with: the one named, else the verifier's.
+def _documents(v: Verifier, policy: str | None, refvals: str | None) -> tuple[Document | None, Document | None]:
+    """The latest versions of the policy and reference values to appraise with: those named, else the verifier's.
 
-    The verifier's own, when not stored, is refused (503) unless it is called "default":
-    then there is none (the built-in policy; no reference values), as before any was stored.
+    One database query says which versions are current (:meth:`Store.current`); the
+    documents come from the store's per-process cache.  The verifier's own, when not
+    stored, is refused (503) unless it is called "default": then there is none (the
+    built-in policy; no reference values), as before any was stored.
     """
-    configured = v.settings.policy if kind == "policy" else v.settings.refvals
-    what = "policy" if kind == "policy" else "reference values"
-    row = v.store.get(kind, name or configured)
-    if row is not None:
-        return row
-    if name is not None and name != configured:
-        raise ApiError(404, f"{kind}.unknown", f"no {what} named {name!r}")
-    if configured == DEFAULT_NAME:
-        return None
-    raise ApiError(503, f"{kind}.missing", f"the verifier's {what} {configured!r} is not stored")
+    names = (policy or v.settings.policy, refvals or v.settings.refvals)
+    found = v.store.current(*names)
+    for kind, asked, configured, row in (("policy", policy, v.settings.policy, found[0]),
+                                         ("refvals", refvals, v.settings.refvals, found[1])):
+        if row is not None:
+            continue
+        what = "policy" if kind == "policy" else "reference values"
+        if asked is not None and asked != configured:
+            raise ApiError(404, f"{kind}.unknown", f"no {what} named {asked!r}")
+        if configured != DEFAULT_NAME:
+            raise ApiError(503, f"{kind}.missing", f"the verifier's {what} {configured!r} is not stored")
+    return found
 
 
 # -- admin endpoints ------------------------------------------------------------------------------

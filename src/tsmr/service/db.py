@@ -14,6 +14,14 @@ Everything a replica knows lives in the database, so any number of
   retries), a DELETE marks every version deleted without forgetting it, so a
   ``name@version`` in an old result never means two different documents.
 
+The attestation path (challenge, current versions, consume, result, release) uses
+SQLAlchemy Core statements built once, one pooled connection per operation, and
+on PostgreSQL autocommit (each operation decides in one statement).  Policies and
+reference values are read as "which version is current" (one query for both);
+a version's document, immutable once stored, is kept in a bounded per-process cache.
+Pooled connections are pinged only after sitting idle; a connection that died
+under load (a database restart) makes its operation run once more on a new one.
+
 SQLite (the default, ``<state dir>/verifier.db``) runs in WAL mode with a busy
 timeout, and write transactions start with ``BEGIN IMMEDIATE`` so that two
 processes never both read and then fail to upgrade to a write lock.
@@ -28,18 +36,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import random
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator, Literal, cast
+from typing import Any, Callable, Iterator, Literal, TypeVar, cast
 
-from sqlalchemy import (JSON, DateTime, Engine, Index, Integer, String, Text, TypeDecorator, UniqueConstraint,
-                        create_engine, event, func, select, text, update)
+from sqlalchemy import (JSON, Connection, DateTime, Engine, Index, Integer, String, Table, Text, TypeDecorator,
+                        UniqueConstraint, bindparam, create_engine, event, func, insert, literal_column, select, text,
+                        union_all, update)
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (DataError, DBAPIError, IntegrityError, InvalidatePoolError, OperationalError,
+                            SQLAlchemyError)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from .. import safefs
@@ -47,11 +61,18 @@ from ..errors import BackendError, DatabaseUnavailable, InputError
 
 __all__ = ["Base", "Challenge", "StoredResult", "Policy", "RefValues", "TpmAk", "CachedCollateral", "CollateralLease",
            "Store", "default_url", "default_state_dir",
-           "make_engine", "upgrade", "MIGRATIONS_DIR", "Consumed", "DatabaseUnavailable", "database_errors"]
+           "make_engine", "upgrade", "MIGRATIONS_DIR", "Consumed", "DatabaseUnavailable", "database_errors",
+           "Document", "PING_AFTER_IDLE", "JSONText"]
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Any 64-bit constant: the key of the advisory lock migrations hold on PostgreSQL.
 _PG_MIGRATION_LOCK = 0x74736D72_6D696772  # "tsmrmigr"
+# A pooled PostgreSQL connection idle longer than this (seconds) is pinged when it is next checked out.
+PING_AFTER_IDLE = 2.0
+# How many policy / reference-values documents (name, version) a process keeps parsed.
+DOCUMENT_CACHE_SIZE = 32
+
+_T = TypeVar("_T")
 
 
 def utcnow() -> datetime:
@@ -172,10 +193,66 @@ Index("ix_policies_name", Policy.name)
 Index("ix_reference_values_name", RefValues.name)
 
 Kind = Literal["policy", "refvals"]
+# The tables, for the queries on the attestation path (SQLAlchemy Core: no ORM objects to build and track).
+_CHALLENGES = cast(Table, Challenge.__table__)
+_RESULTS = cast(Table, StoredResult.__table__)
+_POLICIES = cast(Table, Policy.__table__)
+_REFVALS = cast(Table, RefValues.__table__)
+
+
+def _hot_statements() -> dict[str, Any]:
+    """The attestation path's statements, built once with bind parameters (building one costs more than running it).
+
+    Parameters: ``b_nonce``, ``b_now``, ``b_used``, ``b_id``, ``b_policy``, ``b_refvals``, ``b_name``,
+    ``b_version``; the INSERTs take their columns by name.
+    """
+    c, r, p, v = _CHALLENGES.c, _RESULTS.c, _POLICIES.c, _REFVALS.c
+    nonce: Any = bindparam("b_nonce", type_=String())
+    now: Any = bindparam("b_now", type_=UTCDateTime())
+    return {
+        "challenge_insert": insert(_CHALLENGES),
+        "challenge_exists": select(c.nonce).where(c.nonce == nonce),
+        "challenge_row": select(c.created_at, c.expires_at, c.used_at).where(c.nonce == nonce),
+        "consume": (update(_CHALLENGES).where(c.nonce == nonce, c.used_at.is_(None), c.expires_at > now)
+                    .values(used_at=now).returning(c.created_at, c.expires_at)),
+        "live": select(c.nonce).where(c.nonce == nonce, c.used_at.is_(None), c.expires_at > now),
+        "release": (update(_CHALLENGES).where(c.nonce == nonce, c.used_at == bindparam("b_used", type_=UTCDateTime()))
+                    .values(used_at=None)),
+        "result_insert": insert(_RESULTS),
+        "result_exists": select(r.id).where(r.id == bindparam("b_id", type_=String())),
+        "result_row": select(_RESULTS).where(r.id == bindparam("b_id", type_=String())),
+        # Which versions are current: k 0 the policy, 1 the reference values (NULL: none live).
+        "current": union_all(
+            select(literal_column("0").label("k"), func.max(p.version).label("v"))
+            .where(p.name == bindparam("b_policy", type_=String()), p.deleted_at.is_(None)),
+            select(literal_column("1").label("k"), func.max(v.version).label("v"))
+            .where(v.name == bindparam("b_refvals", type_=String()), v.deleted_at.is_(None))),
+        "policy_doc": select(p.rego).where(p.name == bindparam("b_name", type_=String()),
+                                           p.version == bindparam("b_version", type_=Integer())),
+        "refvals_doc": select(v.document).where(v.name == bindparam("b_name", type_=String()),
+                                                v.version == bindparam("b_version", type_=Integer())),
+    }
+
+
+_SQL = _hot_statements()
 _MODELS: dict[str, type[Policy] | type[RefValues]] = {"policy": Policy, "refvals": RefValues}
 
 
 # -- engines --------------------------------------------------------------------------------------
+
+class JSONText(str):
+    """A JSON document already serialised: stored in a JSON column as this text, not encoded again.
+
+    The verifier encodes a result once, for the response and the database alike.
+    """
+
+
+def _json_serializer(value: Any) -> str:
+    """How JSON columns are encoded (both dialects): :class:`JSONText` as it is, anything else by json.dumps."""
+    if isinstance(value, JSONText):
+        return str(value)
+    return json.dumps(value)
+
 
 def default_state_dir() -> Path:
     env = os.environ.get("TSMR_STATE_DIR")
@@ -218,18 +295,50 @@ def make_engine(url: str | None = None, *, state_dir: str | os.PathLike[str] | N
         path = parsed.database
         if path and path != ":memory:" and not path.startswith("file:"):
             _create_sqlite_file(Path(path))
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               json_serializer=_json_serializer)
         _sqlite_setup(engine)
         return engine
     if backend == "postgresql":
         try:
-            return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2)
+            engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2,
+                                   json_serializer=_json_serializer)
         except ImportError as exc:  # the dialect imports its driver here: psycopg for postgresql+psycopg
             driver = exc.name or parsed.get_driver_name()
             raise DatabaseUnavailable(
                 f"database {redact_url(url)}: the PostgreSQL driver {driver} is not installed: "
                 "pip install 'tsmr[postgresql]'") from None
+        _ping_when_idle(engine)
+        return engine
     raise InputError(f"unsupported database {backend!r}: use sqlite:///PATH or postgresql+psycopg://...")
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection that sat idle before handing it out again (PostgreSQL).
+
+    ``pool_pre_ping`` would cost a round trip on every checkout, several per attestation.
+    Connections in steady use are known good (their last statement worked), so only one
+    that sat in the pool longer than :data:`PING_AFTER_IDLE` is pinged: after a database
+    restart during a quiet spell, the first request finds fresh connections.  A restart
+    under load shows up as a disconnect on a statement instead; SQLAlchemy then drops
+    every connection the pool held, and :meth:`Store._run` retries that transaction once
+    (it had not committed).  A ping that fails invalidates the whole pool the same way,
+    and the pool connects afresh for this checkout.
+    """
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info["tsmr_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("tsmr_idle_since", None)
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+            return  # a new connection, or one that just worked
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises, this connection is not usable
+            raise InvalidatePoolError(f"a pooled connection failed its ping: {type(exc).__name__}") from exc
 
 
 def _create_sqlite_file(path: Path) -> None:
@@ -373,6 +482,27 @@ class Consumed:
     challenge: Challenge | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class Document:
+    """One stored version of a policy (``content``: its Rego text) or reference values (the JSON document).
+
+    Shared by every attestation that uses this version: treat ``content`` as read-only.
+    """
+
+    kind: str  # "policy" or "refvals"
+    name: str
+    version: int
+    content: Any
+
+    @property
+    def rego(self) -> str:
+        return cast(str, self.content)
+
+    @property
+    def document(self) -> Any:
+        return self.content
+
+
 class Store:
     """Every query the service and the CLI make, over one engine."""
 
@@ -380,6 +510,10 @@ class Store:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self._issued = 0
+        self._postgres = is_postgres(engine)
+        # (kind, name, version) -> the document, parsed once: see current().
+        self._docs: OrderedDict[tuple[str, str, int], Document] = OrderedDict()
+        self._docs_lock = threading.Lock()
         # A SQLite file, once pinned, must stay the file opened then: see pin().
         self._sqlite_path: Path | None = None
         self._identity: tuple[int, int] | None = None
@@ -451,12 +585,53 @@ class Store:
             yield s
             s.commit()
 
+    def _run(self, work: Callable[[Connection, bool], _T], *, write: bool = False) -> _T:
+        """Run ``work(connection, again)`` on one pooled connection (SQLAlchemy Core) and commit its effect.
+
+        The operations of the attestation path each need one statement to decide (a
+        second one only reads, to explain a refusal), so on PostgreSQL they run in
+        autocommit mode: one round trip per statement instead of three (BEGIN, the
+        statement, COMMIT); each statement is atomic on its own, and at PostgreSQL's
+        READ COMMITTED level a surrounding transaction would not change what the next
+        statement sees.  On SQLite they run in a transaction; ``write`` takes the write
+        lock up front (``BEGIN IMMEDIATE``, as :meth:`_write` does): in WAL mode a
+        statement that reads before it writes could otherwise be refused instead of
+        waiting for the lock.
+
+        A connection that turns out to be dead (the database restarted or dropped it)
+        raises a disconnect error; SQLAlchemy then discards every connection the pool
+        held, and ``work`` runs once more on a new connection, with ``again`` true.  The
+        first attempt may have taken effect all the same (the connection dropped while
+        the answer was on its way), so each ``work`` first checks for that when ``again``
+        is true.  A second failure propagates.
+        """
+        self.check_file()
+        for again in (False, True):
+            try:
+                with self.engine.connect() as conn:
+                    if self._postgres:
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                    elif write:
+                        conn.execution_options(sqlite_begin="IMMEDIATE")
+                    with conn.begin():
+                        return work(conn, again)
+            except DBAPIError as exc:
+                if again or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
     # -- challenges -------------------------------------------------------------------------------
     def issue_challenge(self, *, ttl: timedelta, now: datetime | None = None, nbytes: int = 32) -> Challenge:
         now = now or utcnow()
         row = Challenge(nonce=os.urandom(nbytes).hex(), created_at=now, expires_at=now + ttl)
-        with self._write() as s:
-            s.add(row)
+        params = {"nonce": row.nonce, "created_at": now, "expires_at": row.expires_at, "b_nonce": row.nonce}
+
+        def work(conn: Connection, again: bool) -> None:
+            if again and conn.execute(_SQL["challenge_exists"], params).first() is not None:
+                return  # the first attempt stored it
+            conn.execute(_SQL["challenge_insert"], params)
+
+        self._run(work, write=True)
         self._issued += 1
         if self._issued % 256 == 1 or random.random() < 1 / 256:
             self.purge_challenges(now=now)
@@ -472,29 +647,36 @@ class Store:
         return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
     def consume(self, nonce: str, *, now: datetime | None = None) -> Consumed:
-        """Mark the challenge used if it is fresh; the row count of one UPDATE decides who wins."""
+        """Mark the challenge used if it is fresh: one conditional UPDATE decides who wins.
+
+        The UPDATE returns the row it changed (``RETURNING``), so a fresh nonce costs one
+        statement; only a refused one is read back, to say why (unknown, used, expired).
+        """
         now = now or utcnow()
-        with self._write() as s:
-            res = s.execute(update(Challenge)
-                            .where(Challenge.nonce == nonce, Challenge.used_at.is_(None), Challenge.expires_at > now)
-                            .values(used_at=now)
-                            .execution_options(synchronize_session=False))
-            won = res.rowcount == 1  # type: ignore[attr-defined]
-            row = s.get(Challenge, nonce)
-        if won:
-            return Consumed("fresh", row)
+        params = {"b_nonce": nonce, "b_now": now}
+
+        def work(conn: Connection, again: bool) -> tuple[bool, Any]:
+            won = conn.execute(_SQL["consume"], params).first()
+            if won is not None:
+                return True, won
+            row = conn.execute(_SQL["challenge_row"], params).first()
+            # Retried: a nonce marked used at exactly this request's time was marked by its first attempt.
+            return (again and row is not None and row.used_at == now), row
+
+        fresh, row = self._run(work, write=True)
+        if fresh:
+            return Consumed("fresh", Challenge(nonce=nonce, created_at=row.created_at, expires_at=row.expires_at,
+                                               used_at=now))
         if row is None:
             return Consumed("unknown")
-        if row.used_at is not None:
-            return Consumed("reused", row)
-        return Consumed("expired", row)
+        challenge = Challenge(nonce=nonce, created_at=row.created_at, expires_at=row.expires_at, used_at=row.used_at)
+        return Consumed("reused" if row.used_at is not None else "expired", challenge)
 
     def is_live(self, nonce: str, *, now: datetime | None = None) -> bool:
         """Whether ``nonce`` was issued, is unused and unexpired (a read: :meth:`consume` still decides)."""
         now = now or utcnow()
-        with self._read() as s:
-            row = s.get(Challenge, nonce)
-            return row is not None and row.used_at is None and row.expires_at > now
+        params = {"b_nonce": nonce, "b_now": now}
+        return self._run(lambda conn, _again: conn.execute(_SQL["live"], params).first() is not None)
 
     def release(self, nonce: str, *, used_at: datetime) -> bool:
         """Undo :meth:`consume` (the same ``used_at``) when no result could be stored for the nonce.
@@ -502,24 +684,43 @@ class Store:
         A nonce is spent by a stored result; a request that failed after consuming it
         gives it back, so the attester can try again.  Whether it was given back.
         """
-        with self._write() as s:
-            res = s.execute(update(Challenge).where(Challenge.nonce == nonce, Challenge.used_at == used_at)
-                            .values(used_at=None).execution_options(synchronize_session=False))
-        return int(res.rowcount or 0) == 1  # type: ignore[attr-defined]
+        params = {"b_nonce": nonce, "b_used": used_at}
+
+        def work(conn: Connection, again: bool) -> bool:
+            if int(conn.execute(_SQL["release"], params).rowcount or 0) == 1:
+                return True
+            # Retried: only this request could give back a nonce marked used at its time.
+            if not again:
+                return False
+            row = conn.execute(_SQL["challenge_row"], params).first()
+            return row is not None and row.used_at is None
+
+        return self._run(work, write=True)
 
     # -- results ----------------------------------------------------------------------------------
     def save_result(self, *, status: str, kind: str | None, nonce: str, ear: str, result: Any,
                     policy_id: str | None = None, refvals_id: str | None = None,
                     now: datetime | None = None, id: str | None = None) -> StoredResult:
+        """Store a result; committed when this returns (the caller may then hand out its id).
+
+        ``result`` is the result document, or its serialisation as :class:`JSONText`.
+        """
         row = StoredResult(id=id or str(uuid.uuid4()), created_at=now or utcnow(), nonce=nonce, status=status,
                            kind=kind, ear=ear, result=result, policy_id=policy_id, refvals_id=refvals_id)
-        with self._write() as s:
-            s.add(row)
+        params = {"id": row.id, "created_at": row.created_at, "nonce": nonce, "status": status, "kind": kind,
+                  "ear": ear, "result": result, "policy_id": policy_id, "refvals_id": refvals_id, "b_id": row.id}
+
+        def work(conn: Connection, again: bool) -> None:
+            if again and conn.execute(_SQL["result_exists"], params).first() is not None:
+                return  # the first attempt stored it (the id is this request's own UUID)
+            conn.execute(_SQL["result_insert"], params)
+
+        self._run(work, write=True)
         return row
 
     def get_result(self, id: str) -> StoredResult | None:
-        with self._read() as s:
-            return s.get(StoredResult, id)
+        row = self._run(lambda conn, _again: conn.execute(_SQL["result_row"], {"b_id": id}).first())
+        return StoredResult(**row._mapping) if row is not None else None
 
     # -- versioned documents ----------------------------------------------------------------------
     def put(self, kind: Kind, name: str, content: Any, *, now: datetime | None = None) -> Policy | RefValues:
@@ -545,6 +746,51 @@ class Store:
             if version is not None:
                 q = q.where(model.version == version)
             return cast("Policy | RefValues | None", s.execute(q.order_by(model.version.desc()).limit(1)).scalar_one_or_none())
+
+    def current(self, policy: str, refvals: str) -> tuple[Document | None, Document | None]:
+        """The latest live policy called ``policy`` and reference values called ``refvals`` (None: none stored).
+
+        One query asks which versions are current, so a version another process stored or
+        deleted a moment ago counts for this call; the documents themselves are read only
+        for a (name, version) this process has not seen.  A stored version never changes
+        (a PUT adds the next number; numbers are never reused, deleted or not), so the
+        parsed document is kept, in a bounded cache, and the same object is returned for
+        the same version every time.
+        """
+        def work(conn: Connection, _again: bool) -> tuple[Document | None, Document | None]:
+            found: list[Document | None] = [None, None]
+            for k, version in conn.execute(_SQL["current"], {"b_policy": policy, "b_refvals": refvals}).all():
+                if version is None:
+                    continue
+                kind: Kind = "policy" if k == 0 else "refvals"
+                name = policy if k == 0 else refvals
+                doc = self._cached(kind, name, version)
+                if doc is None:
+                    doc = self._load(conn, kind, name, version)
+                found[int(k)] = doc
+            return found[0], found[1]
+
+        return self._run(work)
+
+    def _cached(self, kind: Kind, name: str, version: int) -> Document | None:
+        with self._docs_lock:
+            doc = self._docs.get((kind, name, version))
+            if doc is not None:
+                self._docs.move_to_end((kind, name, version))
+            return doc
+
+    def _load(self, conn: Connection, kind: Kind, name: str, version: int) -> Document | None:
+        stmt = _SQL["policy_doc" if kind == "policy" else "refvals_doc"]
+        content = conn.execute(stmt, {"b_name": name, "b_version": version}).scalar()
+        if content is None:
+            return None
+        doc = Document(kind=kind, name=name, version=version, content=content)
+        with self._docs_lock:
+            doc = self._docs.setdefault((kind, name, version), doc)  # a concurrent load may have won: keep one
+            self._docs.move_to_end((kind, name, version))
+            while len(self._docs) > DOCUMENT_CACHE_SIZE:
+                self._docs.popitem(last=False)
+        return doc
 
     def versions(self, kind: Kind, name: str) -> list[Policy | RefValues]:
         model = _MODELS[kind]
