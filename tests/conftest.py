@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, NoReturn
+from typing import Any, Iterator, NoReturn
 
 import pytest
 
@@ -211,3 +211,27 @@ def rs(state_dir: Path):  # type: ignore[no-untyped-def]
     r = EmulatedRegisterSet("tdx")
     yield r
     r.close()
+
+
+@pytest.fixture
+def pcs_server(fixtures: Fixtures) -> Iterator[Any]:
+    """The fixture collateral served on 127.0.0.1 in Intel PCS/PCCS and AMD KDS shapes, for one test."""
+    from pcs_server import PcsServer
+
+    server = PcsServer.from_fixtures(fixtures.root).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def milan_ark(fixtures: Fixtures, tmp_path: Path) -> Path:
+    """The Milan ARK alone (the second certificate of go-sev-guest's KDS cert_chain), as an operator pins it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ark = x509.load_pem_x509_certificates((fixtures / "go-sev-guest/milan.testcer").read_bytes())[1]
+    path = tmp_path / "ark-milan.pem"
+    path.write_bytes(ark.public_bytes(serialization.Encoding.PEM))
+    return path

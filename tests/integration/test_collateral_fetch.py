@@ -15,7 +15,7 @@ import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -37,24 +37,6 @@ SNP_REPORT = "go-sev-guest/attestation.bin"
 PCS_FILES = ("sample_tcbInfo_response", "tcbinfo_issuer_chain.pem", "pckcrl", "pckcrl_issuer_chain.pem",
              "sample_qeIdentity_response", "qeidentity_issuer_chain.pem", "rootcrl.der")
 
-
-@pytest.fixture
-def pcs_server(fixtures: Any) -> Iterator[PcsServer]:
-    """The fixture collateral served on 127.0.0.1 for one test."""
-    server = PcsServer.from_fixtures(fixtures.root).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def milan_ark(fixtures: Any, tmp_path: Path) -> Path:
-    """The Milan ARK alone (the second certificate of go-sev-guest's milan.testcer), as an operator pins it."""
-    ark = x509.load_pem_x509_certificates((fixtures / "go-sev-guest/milan.testcer").read_bytes())[1]
-    path = tmp_path / "ark-milan.pem"
-    path.write_bytes(ark.public_bytes(serialization.Encoding.PEM))
-    return path
 
 
 def outcome(kind: str, data: bytes, anchors: TrustAnchors, now: datetime, **kw: Any) -> tuple[str, Any]:

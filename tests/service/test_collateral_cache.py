@@ -18,7 +18,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -57,23 +57,6 @@ class Clock:
     def __call__(self) -> datetime:
         return self.now
 
-
-@pytest.fixture
-def pcs(fixtures: Any) -> Iterator[PcsServer]:
-    server = PcsServer.from_fixtures(fixtures.root).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def milan_ark(fixtures: Any, tmp_path: Path) -> Path:
-    """The Milan ARK alone (the second certificate of go-sev-guest's cert_chain), as an operator pins it."""
-    ark = x509.load_pem_x509_certificates((fixtures / "go-sev-guest/milan.testcer").read_bytes())[1]
-    path = tmp_path / "ark-milan.pem"
-    path.write_bytes(ark.public_bytes(serialization.Encoding.PEM))
-    return path
 
 
 @pytest.fixture
@@ -134,14 +117,14 @@ def counter(metrics: str, event: str) -> int:
 # --- the store's Cache ------------------------------------------------------------------------------
 
 
-def test_database_cache_documents_and_leases(db_url: str, fixtures: Any, pcs: PcsServer) -> None:
+def test_database_cache_documents_and_leases(db_url: str, fixtures: Any, pcs_server: PcsServer) -> None:
     from tsmr.service.collateral_cache import DatabaseCache
 
     store = Store.open(db_url)
     try:
         cache = DatabaseCache(store)
         trust = TrustAnchors()
-        fetcher = C.Fetcher(pccs_url=pcs.url, trust=trust, timeout=2)
+        fetcher = C.Fetcher(pccs_url=pcs_server.url, trust=trust, timeout=2)
         quote = fixtures.read(TDX_QUOTE)
         keys = C.keys_for("tdx", quote, trust=trust)
         docs = [fetcher.fetch(k, now=TDX_TIME) for k in keys]
@@ -215,7 +198,7 @@ def test_one_lease_among_concurrent_claimants(db_url: str) -> None:
 # --- fixture evidence through the service ------------------------------------------------------------
 
 
-def test_tdx_fixture_quote_fetched_cached_and_expired(db_url: str, fixtures: Any, pcs: PcsServer,
+def test_tdx_fixture_quote_fetched_cached_and_expired(db_url: str, fixtures: Any, pcs_server: PcsServer,
                                                       collateral_dir: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
@@ -224,28 +207,28 @@ def test_tdx_fixture_quote_fetched_cached_and_expired(db_url: str, fixtures: Any
     clock = Clock(TDX_TIME)
     # The files the operator gave win over the source: nothing is fetched (or cached) for them.
     offline_app = verifier(tmp_path, "offline", f"sqlite:///{tmp_path / 'offline.db'}", clock,
-                           collateral=str(collateral_dir), pccs_url=pcs.url)
+                           collateral=str(collateral_dir), pccs_url=pcs_server.url)
     with TestClient(offline_app) as c:
         offline = attest(c, bundle)
-    assert sum(pcs.counts.values()) == 0 and cached_keys(offline_app) == []
+    assert sum(pcs_server.counts.values()) == 0 and cached_keys(offline_app) == []
     # The fixture platform's TCB is in none of the sample's levels: every collateral check passes, the last fails.
     assert verdict(offline) == ("contraindicated", ("evidence.tdx.tcb_status", "policy.deny"))
 
-    app = verifier(tmp_path, "fetching", db_url, clock, pccs_url=pcs.url, fetch_timeout=2.0)
+    app = verifier(tmp_path, "fetching", db_url, clock, pccs_url=pcs_server.url, fetch_timeout=2.0)
     with TestClient(app) as c:
         fetched = attest(c, bundle)
         assert verdict(fetched) == verdict(offline)
-        assert {p: pcs.counts[p] for p in TDX_PATHS} == dict.fromkeys(TDX_PATHS, 1)
+        assert {p: pcs_server.counts[p] for p in TDX_PATHS} == dict.fromkeys(TDX_PATHS, 1)
         assert cached_keys(app) == TDX_KEYS
         # The same evidence again: from the cache, nothing fetched.
         again = attest(c, bundle)
         assert verdict(again) == verdict(offline) and again["id"] != fetched["id"]
-        assert sum(pcs.counts.values()) == 4
+        assert sum(pcs_server.counts.values()) == 4
         metrics = c.get("/metrics").text
         assert counter(metrics, "fetched") == 4 and counter(metrics, "cache-hit") >= 4
 
         # The source goes down; the cached copies are still valid: the same verdict.
-        pcs.mode = "down"
+        pcs_server.mode = "down"
         assert verdict(attest(c, bundle)) == verdict(offline)
 
         # Past the copies' nextUpdate with the source down: the verdict fails, saying why.
@@ -260,7 +243,7 @@ def test_tdx_fixture_quote_fetched_cached_and_expired(db_url: str, fixtures: Any
         assert counter(c.get("/metrics").text, "fetch-failed") >= 1
 
 
-def test_snp_fixture_report_same_verdict_as_with_files(db_url: str, fixtures: Any, pcs: PcsServer,
+def test_snp_fixture_report_same_verdict_as_with_files(db_url: str, fixtures: Any, pcs_server: PcsServer,
                                                        milan_ark: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
@@ -280,56 +263,56 @@ def test_snp_fixture_report_same_verdict_as_with_files(db_url: str, fixtures: An
     assert offline["result"]["kind"] == "snp" and offline["status"] == "warning", offline["result"]["findings"]
 
     app = verifier(tmp_path, "fetching", db_url, clock, allow_debug=True, snp_ark=str(milan_ark),
-                   kds_url=pcs.url, fetch_timeout=2.0)
+                   kds_url=pcs_server.url, fetch_timeout=2.0)
     with TestClient(app) as c:
         first = attest(c, bundle)
         assert verdict(first) == verdict(offline), (offline["result"]["findings"], first["result"]["findings"])
         assert verdict(attest(c, bundle)) == verdict(offline)
     hwid = report[0x1A0:0x1E0].hex()
-    assert pcs.counts["/vcek/v1/Milan/cert_chain"] == 1 and pcs.counts[f"/vcek/v1/Milan/{hwid}"] == 1
-    assert sum(pcs.counts.values()) == 2
+    assert pcs_server.counts["/vcek/v1/Milan/cert_chain"] == 1 and pcs_server.counts[f"/vcek/v1/Milan/{hwid}"] == 1
+    assert sum(pcs_server.counts.values()) == 2
     assert cached_keys(app) == ["snp.chain?product=Milan",
                                 f"snp.vcek?blSPL=2&hwid={hwid}&product=Milan&snpSPL=5&teeSPL=0&ucodeSPL=68"]
 
     # No VCEK to be had (the source is down, nothing cached): contraindicated, saying why, not an error.
     cold = verifier(tmp_path, "cold", f"sqlite:///{tmp_path / 'cold.db'}", clock, allow_debug=True,
-                    snp_ark=str(milan_ark), kds_url=pcs.url, fetch_timeout=1.0)
-    pcs.mode = "down"
+                    snp_ark=str(milan_ark), kds_url=pcs_server.url, fetch_timeout=1.0)
+    pcs_server.mode = "down"
     with TestClient(cold) as c:
         body = attest(c, bundle)
     assert body["status"] == "contraindicated" and "collateral.unavailable" in body["findings"]
     assert cached_keys(cold) == []
 
 
-def test_no_fetch_for_a_nonce_that_will_be_refused(db_url: str, fixtures: Any, pcs: PcsServer,
+def test_no_fetch_for_a_nonce_that_will_be_refused(db_url: str, fixtures: Any, pcs_server: PcsServer,
                                                    tmp_path: Path) -> None:
     """Fetching costs the sources: a request whose nonce is unknown, used or expired fetches nothing."""
     from fastapi.testclient import TestClient
 
     quote = fixtures.read(TDX_QUOTE)
     bundle = fixture_bundle("tdx", quote, quote[48 + 520:48 + 584])
-    app = verifier(tmp_path, "v", db_url, Clock(TDX_TIME), pccs_url=pcs.url, fetch_timeout=2.0)
+    app = verifier(tmp_path, "v", db_url, Clock(TDX_TIME), pccs_url=pcs_server.url, fetch_timeout=2.0)
     with TestClient(app) as c:
         r = c.post("/attest", json=bundle)  # never issued
         assert r.status_code == 403 and r.json()["error"] == "freshness.nonce-unknown"
-        assert sum(pcs.counts.values()) == 0
+        assert sum(pcs_server.counts.values()) == 0
         attest(c, bundle)
-        assert sum(pcs.counts.values()) == 4
+        assert sum(pcs_server.counts.values()) == 4
         r = c.post("/attest", json=bundle)  # already used
         assert r.status_code == 409
-    assert sum(pcs.counts.values()) == 4
+    assert sum(pcs_server.counts.values()) == 4
 
 
 @pytest.mark.parametrize("mode", ["garbage", "wrong-fmspc", "bad-signature", "slow"])
-def test_bad_documents_are_findings_and_never_cached(db_url: str, fixtures: Any, pcs: PcsServer, tmp_path: Path,
+def test_bad_documents_are_findings_and_never_cached(db_url: str, fixtures: Any, pcs_server: PcsServer, tmp_path: Path,
                                                      mode: str) -> None:
     from fastapi.testclient import TestClient
 
     quote = fixtures.read(TDX_QUOTE)
     bundle = fixture_bundle("tdx", quote, quote[48 + 520:48 + 584])
     timeout = 0.3 if mode == "slow" else 2.0
-    app = verifier(tmp_path, "v", db_url, Clock(TDX_TIME), pccs_url=pcs.url, fetch_timeout=timeout)
-    pcs.mode, pcs.slow_seconds = mode, 3.0
+    app = verifier(tmp_path, "v", db_url, Clock(TDX_TIME), pccs_url=pcs_server.url, fetch_timeout=timeout)
+    pcs_server.mode, pcs_server.slow_seconds = mode, 3.0
     with TestClient(app) as c:
         start = time.monotonic()
         body = attest(c, bundle)
@@ -346,7 +329,7 @@ def test_bad_documents_are_findings_and_never_cached(db_url: str, fixtures: Any,
     bad = {f["context"]["key"]: f["context"]["reason"] for f in unavailable}
     if mode == "wrong-fmspc":  # only the TCB info has an FMSPC: the rest is fine and cached
         assert bad == {"tdx.tcb?fmspc=50806f000000": "wrong-document"}
-        assert "50806f000000" in unavailable[0]["message"] and pcs.url in unavailable[0]["message"]
+        assert "50806f000000" in unavailable[0]["message"] and pcs_server.url in unavailable[0]["message"]
         assert "tdx.tcb?fmspc=50806f000000" not in cached_keys(app) and len(cached_keys(app)) == 3
     else:
         assert set(bad) >= {"tdx.tcb?fmspc=50806f000000", "tdx.qe"}
@@ -354,13 +337,13 @@ def test_bad_documents_are_findings_and_never_cached(db_url: str, fixtures: Any,
         assert not set(bad) & set(cached_keys(app))
 
 
-def test_a_tampered_cached_document_is_not_used(db_url: str, fixtures: Any, pcs: PcsServer, tmp_path: Path) -> None:
+def test_a_tampered_cached_document_is_not_used(db_url: str, fixtures: Any, pcs_server: PcsServer, tmp_path: Path) -> None:
     """A database row is trusted no more than the network: a changed body fails verification when read back."""
     from fastapi.testclient import TestClient
 
     quote = fixtures.read(TDX_QUOTE)
     bundle = fixture_bundle("tdx", quote, quote[48 + 520:48 + 584])
-    app = verifier(tmp_path, "v", db_url, Clock(TDX_TIME), pccs_url=pcs.url, fetch_timeout=2.0)
+    app = verifier(tmp_path, "v", db_url, Clock(TDX_TIME), pccs_url=pcs_server.url, fetch_timeout=2.0)
     with TestClient(app) as c:
         good = attest(c, bundle)
         store: Store = app.state.verifier.store
@@ -371,7 +354,7 @@ def test_a_tampered_cached_document_is_not_used(db_url: str, fixtures: Any, pcs:
             s.execute(update(CachedCollateral).where(CachedCollateral.key_id == "tdx.tcb?fmspc=50806f000000")
                       .values(document=doc))
             s.commit()
-        pcs.mode = "down"
+        pcs_server.mode = "down"
         body2 = attest(c, bundle)
     assert good["status"] == "contraindicated" and "collateral.unavailable" not in good["findings"]
     assert body2["status"] == "contraindicated"
@@ -379,14 +362,14 @@ def test_a_tampered_cached_document_is_not_used(db_url: str, fixtures: Any, pcs:
         "tdx.tcb?fmspc=50806f000000"]
 
 
-def test_refresh_thread_fetches_documents_that_are_due(db_url: str, fixtures: Any, pcs: PcsServer,
+def test_refresh_thread_fetches_documents_that_are_due(db_url: str, fixtures: Any, pcs_server: PcsServer,
                                                         tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     quote = fixtures.read(TDX_QUOTE)
     bundle = fixture_bundle("tdx", quote, quote[48 + 520:48 + 584])
     clock = Clock(TDX_TIME)
-    app = verifier(tmp_path, "v", db_url, clock, pccs_url=pcs.url, fetch_timeout=2.0, collateral_refresh=0.1)
+    app = verifier(tmp_path, "v", db_url, clock, pccs_url=pcs_server.url, fetch_timeout=2.0, collateral_refresh=0.1)
     with TestClient(app) as c:
         attest(c, bundle)
         v = app.state.verifier
@@ -395,13 +378,13 @@ def test_refresh_thread_fetches_documents_that_are_due(db_url: str, fixtures: An
         due = sorted(k for k, d in before.items() if d.refresh_after <= TDX_DUE)
         assert due and len(due) < 4  # some documents are due by then, not all
         time.sleep(0.5)
-        assert sum(pcs.counts.values()) == 4  # nothing is due yet: the thread fetched nothing
+        assert sum(pcs_server.counts.values()) == 4  # nothing is due yet: the thread fetched nothing
         clock.now = TDX_DUE
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and sum(pcs.counts.values()) < 4 + len(due):
+        while time.monotonic() < deadline and sum(pcs_server.counts.values()) < 4 + len(due):
             time.sleep(0.05)
         time.sleep(0.3)  # ...and no more than that
-        assert sum(pcs.counts.values()) == 4 + len(due)
+        assert sum(pcs_server.counts.values()) == 4 + len(due)
         after = {k: v.cache.get(k) for k in TDX_KEYS}
         for k in TDX_KEYS:
             assert after[k] is not None
@@ -446,17 +429,17 @@ def test_https_source_checked_against_the_given_ca(db_url: str, fixtures: Any, t
     context, ca = _test_ca(tmp_path)
     quote = fixtures.read(TDX_QUOTE)
     bundle = fixture_bundle("tdx", quote, quote[48 + 520:48 + 584])
-    with PcsServer.from_fixtures(fixtures.root, tls=context) as pcs:
-        assert pcs.url.startswith("https://")
+    with PcsServer.from_fixtures(fixtures.root, tls=context) as pcs_server:
+        assert pcs_server.url.startswith("https://")
         # Without the CA: the system's CAs do not know the server, so nothing is fetched or cached.
         plain = verifier(tmp_path, "plain", f"sqlite:///{tmp_path / 'plain.db'}", Clock(TDX_TIME),
-                         pccs_url=pcs.url, fetch_timeout=2.0)
+                         pccs_url=pcs_server.url, fetch_timeout=2.0)
         with TestClient(plain) as c:
             body = attest(c, bundle)
         refused = [f for f in body["result"]["findings"] if f["id"] == "collateral.unavailable"]
         assert len(refused) == 4 and all("CERTIFICATE_VERIFY_FAILED" in f["message"] for f in refused)
         assert cached_keys(plain) == []
-        app = verifier(tmp_path, "v", db_url, Clock(TDX_TIME), pccs_url=pcs.url, fetch_timeout=2.0,
+        app = verifier(tmp_path, "v", db_url, Clock(TDX_TIME), pccs_url=pcs_server.url, fetch_timeout=2.0,
                        collateral_cacert=str(ca))
         with TestClient(app) as c:
             body = attest(c, bundle)
@@ -477,7 +460,7 @@ def test_processes_starting_cold_fetch_each_document_once(db_url: str, emulator:
 
     from .conftest import COVERING, admin_headers
 
-    pcs = PcsServer().add_emulated_tdx(EmulatedTDXSigner(emulator.trust_root.parent), now=datetime.now(UTC)).start()
+    pcs_server = PcsServer().add_emulated_tdx(EmulatedTDXSigner(emulator.trust_root.parent), now=datetime.now(UTC)).start()
     try:
         offline = make_server(name="offline", database=f"sqlite:///{tmp_path / 'offline.db'}",
                               trust_root=emulator.trust_root)
@@ -486,7 +469,7 @@ def test_processes_starting_cold_fetch_each_document_once(db_url: str, emulator:
         root = tmp_path / "root" / emulator.trust_root.name
         root.parent.mkdir()
         shutil.copy(emulator.trust_root, root)
-        extra = ["--pccs", pcs.url, "--fetch-timeout", "3"]
+        extra = ["--pccs", pcs_server.url, "--fetch-timeout", "3"]
         if layout == "replicas":
             a = make_server(name="a", database=db_url, trust_root=root, extra=extra, wait=False)
             b = make_server(name="b", database=db_url, trust_root=root, extra=extra, wait=False)
@@ -521,7 +504,7 @@ def test_processes_starting_cold_fetch_each_document_once(db_url: str, emulator:
             t.join(timeout=120)
         assert len(results) == 6
         assert {verdict(r) for r in results} == {expected}
-        assert {p: pcs.counts[p] for p in TDX_PATHS} == dict.fromkeys(TDX_PATHS, 1), dict(pcs.counts)
+        assert {p: pcs_server.counts[p] for p in TDX_PATHS} == dict.fromkeys(TDX_PATHS, 1), dict(pcs_server.counts)
         # Each process's /metrics sums its workers: count each process once.
         fetched = sum(counter(httpx.get(s.url + "/metrics").text, "fetched") for s in {id(a): a, id(b): b}.values())
         assert fetched == 4
@@ -530,9 +513,9 @@ def test_processes_starting_cold_fetch_each_document_once(db_url: str, emulator:
         lines = [json.loads(x) for x in logs.splitlines() if '"collateral fetched"' in x]
         assert sorted(x["key"] for x in lines) == ["tdx.pckcrl?ca=platform", "tdx.qe", "tdx.rootcrl",
                                                    "tdx.tcb?fmspc=00ffffffffff"]
-        assert all(x["url"].startswith(pcs.url) for x in lines)
+        assert all(x["url"].startswith(pcs_server.url) for x in lines)
     finally:
-        pcs.stop()
+        pcs_server.stop()
 
 
 # --- settings -----------------------------------------------------------------------------------------

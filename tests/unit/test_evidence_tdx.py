@@ -796,7 +796,9 @@ def test_cached_collateral_is_read_only(collateral):
 
 
 def test_cache_is_bounded():
-    cache = tdx._LRU(2)
+    from tsmr.lru import LRU
+
+    cache = LRU(2)
     for k in range(3):
         cache.put(k, str(k))
     assert len(cache) == 2 and cache.get(0) is None and cache.get(2) == "2"
@@ -804,7 +806,7 @@ def test_cache_is_bounded():
     cache.put(3, "3")  # evicts the least recently used (2), not the just-read 1
     assert cache.get(1) == "1" and cache.get(2) is None
     for c in (tdx._ROOTS, tdx._CHAINS, tdx._DOCS, tdx._CRLS):
-        assert 0 < c.maxsize <= 256
+        assert 0 < c.size <= 256
 
 
 def test_cache_keeps_per_quote_crl_checks(v4, collateral, synthetic):

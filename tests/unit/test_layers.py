@@ -29,7 +29,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "tsmr"
 # Lowest first: (components, whether they are independent of each other).
 LAYERS: list[tuple[tuple[str, ...], bool]] = [
     (("errors", "version"), False),
-    (("algorithms", "registers", "events", "jsonvalue", "safefs", "findings"), False),
+    (("algorithms", "registers", "events", "jsonvalue", "safefs", "findings", "lru"), False),
     (("formats", "backends"), True),
     (("replay", "quirks", "eventlog", "convert", "runtime_log", "predict"), False),
     (("evidence",), False),  # pure: bytes and parameters in, values out

@@ -160,7 +160,7 @@ from ..evidence.limits import Budget, LimitExceeded, Limits
 from ..quirks import findings as quirk_findings
 from .appraisers import covers, discovered_appraisers, load_appraisers
 from .coverage import Uncovered, uncovered
-from .lru import LRU
+from ..lru import LRU
 from .facts import claims_json, content_json, runtime_events, signed_json
 from .mismatch import explain as explain_mismatch
 from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result, Severity

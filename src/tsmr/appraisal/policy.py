@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import PolicyError
-from .lru import LRU
+from ..lru import LRU
 from .model import TRUST_CLAIMS, Finding, Severity
 
 __all__ = ["DEFAULT_POLICY", "Decision", "PreparedPolicy", "check_policy", "compile_policy", "evaluate", "input_fields",

@@ -72,7 +72,7 @@ from ..predict.model import PredictedEvent
 from ..quirks import resolve as resolve_quirks
 from ..registers import check_register_name, register_order
 from .facts import IDENTITY_CLAIMS, claims_json, runtime_events
-from .lru import LRU
+from ..lru import LRU
 
 __all__ = ["FORMAT", "VERSION", "SCHEMA", "EventRef", "Predicted", "ReferenceValues", "combine", "learn", "missing_events"]
 

@@ -25,7 +25,6 @@ from .certs import (
     _CHAINS,
     _CRLS,
     _DOCS,
-    _LRU,
     _ROOTS,
     PCKExtensions,
     _chain,

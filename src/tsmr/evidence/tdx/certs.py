@@ -13,8 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -22,6 +20,7 @@ from itertools import pairwise
 from typing import Any
 
 from ...errors import CollateralError, SignatureError
+from ...lru import LRU
 
 # --------------------------------------------------------------------------- verification
 
@@ -116,40 +115,10 @@ def _cert_name(cert: Any) -> str:
 # TCB level and QE identity matching) run on every call, cached or not.
 
 
-class _LRU:
-    """A small thread-safe map that keeps its ``maxsize`` most recently used entries."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._data: OrderedDict[Any, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: Any, value: Any) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
-_ROOTS = _LRU(16)  # ("pem" | "der", exact bytes) -> _Root
-_CHAINS = _LRU(256)  # (chain PEM, anchor SHA-256) -> _Chain
-_DOCS = _LRU(128)  # (check, signed body, signature, chain PEM, anchor SHA-256) -> _SignedDoc
-_CRLS = _LRU(16)  # (check, CRL, issuer chain PEM, anchor SHA-256) -> _CRL
+_ROOTS: LRU[_Root] = LRU(16)  # ("pem" | "der", exact bytes) -> _Root
+_CHAINS: LRU[_Chain] = LRU(256)  # (chain PEM, anchor SHA-256) -> _Chain
+_DOCS: LRU[Any] = LRU(128)  # (check, signed body, signature, chain PEM, anchor SHA-256) -> _SignedDoc
+_CRLS: LRU[_CRL] = LRU(16)  # (check, CRL, issuer chain PEM, anchor SHA-256) -> _CRL
 
 
 def clear_caches() -> None:

@@ -1,9 +1,10 @@
-"""A small thread-safe least-recently-used map, for the appraisal's content-keyed caches.
+"""A small thread-safe least-recently-used map, for the content-keyed caches of every layer.
 
-The appraisal keeps what depends only on a stored version (a policy's text, a reference-values
-document) between calls; the keys are digests of that content, so a new version is a new entry
-and an old one ages out.  ``None`` is never stored (it means "absent"), and nothing is stored for
-content that failed its checks: callers put only what they built successfully.
+The TDX verifier keeps decoded chains and signed collateral by their exact bytes; the appraisal
+keeps what depends only on a stored version (a policy's text, a reference-values document, a
+firmware log) between calls.  The keys are that content or its digest, so a new version is a new
+entry and an old one ages out.  ``None`` is never stored (it means "absent"), and nothing is
+stored for content that failed its checks: callers put only what they built successfully.
 """
 
 from __future__ import annotations
