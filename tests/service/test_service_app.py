@@ -102,13 +102,15 @@ def test_workers_sum_their_metrics_through_a_shared_directory(tmp_path: Path) ->
 
     shared = tmp_path / "metrics"
     one, two = Metrics(shared, worker="101"), Metrics(shared, worker="102")
+    # What a request counts (its outcome, its appraisal time) is shared when the request ends.
+    one.attestation("affirming")
+    two.attestation("refused-reused")
+    two.appraised(0.3)
+    assert 'tsmr_attestations_total{status="refused-reused"}' not in one.render()
     for _ in range(3):
         one.request("POST", "/attest", 201, 0.02)
     two.request("POST", "/attest", 201, 0.2)
     two.request("GET", "/healthz", 200, 0.001)
-    one.attestation("affirming")
-    two.attestation("refused-reused")
-    two.appraised(0.3)
     for m in (one, two):  # whichever worker is scraped, the sums are the same
         text = m.render()
         assert 'tsmr_http_requests_total{method="POST",route="/attest",status="201"} 4' in text

@@ -1,8 +1,8 @@
 """Prometheus metrics in the text exposition format (version 0.0.4), without a client library.
 
 One process counts in memory.  Worker processes of one ``tsmr serve
---workers N`` share a directory (``shared_dir``): after each update a worker
-rewrites its own snapshot file there (``<id>.json``: one ``pwrite`` at offset
+--workers N`` share a directory (``shared_dir``): at the end of each request
+(and after each collateral event) a worker rewrites its own snapshot file there (``<id>.json``: one ``pwrite`` at offset
 0 of a header with the length and SHA-256 of the JSON that follows, so no file
 is created or renamed per update, and a reader that catches a write half-done
 sees a checksum mismatch and reads again), and a scrape, whichever worker
@@ -105,6 +105,8 @@ class Metrics:
             self._publish()
 
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count a finished request, and share this worker's numbers: what the request counted
+        before (its attestation, its appraisal time) is shared with it, one snapshot per request."""
         with self._lock:
             key = (method, route, str(status))
             self.requests[key] = self.requests.get(key, 0) + 1
@@ -112,9 +114,9 @@ class Metrics:
             self._publish()
 
     def attestation(self, status: str) -> None:
+        """Count an attestation's outcome; shared with the request's own sample, which follows it (:meth:`request`)."""
         with self._lock:
             self.attestations[status] = self.attestations.get(status, 0) + 1
-            self._publish()
 
     def collateral_event(self, event: str, kind: str) -> None:
         """Count a collateral event: ``fetched``, ``fetch-failed`` or ``cache-hit``, per document kind."""
@@ -124,9 +126,9 @@ class Metrics:
             self._publish()
 
     def appraised(self, seconds: float) -> None:
+        """Time an appraisal; shared with the request's own sample, which follows it (:meth:`request`)."""
         with self._lock:
             self.appraisal.observe(seconds)
-            self._publish()
 
     # -- sharing between workers ---------------------------------------------------------------
     def _snapshot(self) -> dict[str, Any]:
