@@ -148,6 +148,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
@@ -156,7 +157,7 @@ from ..errors import EvidenceError, InputError, ParseError
 from ..events import Event
 from ..evidence.anchors import TrustAnchorMissing, TrustAnchors
 from ..evidence.bundle import FORMAT, LogReplay, check_document, log_events, replay_logs, verify_evidence
-from ..evidence.limits import Budget, LimitExceeded, Limits
+from ..evidence.limits import Budget, LimitExceeded, Limits, longest_record, runtime_event_count
 from ..quirks import findings as quirk_findings
 from .appraisers import covers, discovered_appraisers, load_appraisers
 from .coverage import Uncovered, uncovered
@@ -353,61 +354,10 @@ def appraise(
         claims = claims_json(verified.claims)
         accepted = refvals.quirks if refvals is not None else ()
         # 4. replay
-        events: list[Event] = []
-        for n, log in enumerate(logs):
-            try:
-                events.extend(budget.counted(_log_events(log, n), n, _log_name(log)))
-            except LimitExceeded:
-                raise
-            except ParseError as exc:
-                fid = "bundle.malformed" if exc.format == FORMAT else "log.malformed"
-                run.add(fid, "error", str(exc), "instance-identity" if fid == "bundle.malformed" else "executables",
-                        log=n, name=_log_name(log), field=exc.field or "", offset=exc.offset)
-            except InputError as exc:
-                run.add("log.malformed", "error", str(exc), "executables", log=n, name=_log_name(log))
-        budget.check_runtime_events(events)  # what gets split, listed, judged and handed to the policy
-        budget.check_time("replay")
-        replayed = replay_logs(bundle, verified.kind, verified.signed, events=events, quirks=accepted)
-        budget.check_time("reference values")
-        anomalies, applied = quirk_findings(events, accepted)
-        for a in anomalies:
-            parts = a.id.split(".")
-            if len(parts) == 3:  # log.<register>.<anomaly>: the register goes to the context
-                run.add(f"log.{parts[2]}", "warning", a.message, "executables", register=parts[1])
-            else:
-                run.add(a.id, "warning", a.message, "executables")
         pinned = {(reg, bank) for reg, banks in (refvals.registers.items() if refvals is not None else ())
                   for bank in banks}
-        for r in replayed.rows:
-            row = {"register": r.register, "bank": r.bank, "signed": r.signed, "replayed": r.replayed,
-                   "status": r.status, "explanation": r.explanation, "reference": None}
-            rows.append(row)
-            ctx = {"register": r.register, "bank": r.bank, "signed": r.signed, "replayed": r.replayed,
-                   "explanation": r.explanation}
-            if r.status == "mismatched":
-                run.add("replay.mismatch", "error", r.explanation or f"{r.register} {r.bank} does not replay to its signed value",
-                        "executables", **ctx)
-            elif r.status == "gap":
-                run.add("replay.gap", "warning", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
-            elif r.status == "history-missing":
-                run.add("replay.history-missing", "error", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
-            elif r.status == "not-signed":
-                run.add("replay.not-signed", "error", f"{r.register} {r.bank}: a log covers it, but {r.explanation}; "
-                        "its events prove nothing", "executables", **ctx)
-            elif r.status == "data-mismatch":
-                run.add("replay.data-mismatch", "error", f"{r.register} {r.bank}: {r.explanation}; the record is "
-                        "not judged", "executables", **ctx)
-            elif r.status == "unlogged" and (r.register, r.bank) not in pinned:
-                # Its value is known only as a hash: without a log or a reference value for it,
-                # whatever was measured there stays unjudged (and leaving the log out must not
-                # be a way to hide events).
-                run.add("replay.unlogged", "error", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
-        events_json = runtime_events(replayed.proven, arch=replayed.arch)
-        by_reason: dict[str, list[Any]] = {}
-        for ev, reason in replayed.unproven:  # few distinct reasons: one pass over the events each
-            by_reason.setdefault(reason, []).append(ev)
-        unproven_json = [dict(e, reason=reason) for reason, evs in by_reason.items()
-                         for e in runtime_events(evs, arch=replayed.arch)]
+        rows, events_json, unproven_json, applied, replayed = _replay_step(
+            run, budget, logs, verified.kind, verified.signed, accepted, pinned)
 
         # 5. reference values, and what they leave uncovered
         if refvals is not None:
@@ -500,6 +450,185 @@ def _log_events(log: Any, n: int) -> list[Event]:
     events = tuple(log_events(log, n))
     _FIRMWARE_LOGS.put(key, (data, events))
     return list(events)
+
+
+# Step 4 as a whole (parsing every log, replaying, quirk anomalies, the register rows and their
+# findings, the runtime events proven and unproven) is a function of the logs (format, register and
+# exact text of each), the evidence kind, the signed registers and the accepted quirks.  Those repeat:
+# a guest attested continuously re-sends the same logs over the same registers, and guests of one
+# image share them.  Its outcome is kept in _REPLAYS under a cheap key (the firmware cache's sample
+# key of every log, and the kind); an entry is used only when every input equals the call's exactly
+# (the texts compared as memory, the rest as values), and a mismatch is a miss whose outcome replaces
+# the entry.  Only clean outcomes are kept: a bundle with a log that does not parse is appraised in
+# full each time.  On a hit the caller's limits are checked as on a miss, from the counts kept in the
+# entry (records and longest record of each log, runtime events), in the same order, with the same
+# errors; the time budget is checked at the same points.  What a call gets is its own: new row and
+# event dicts (their values are strings, ints and None) and findings (immutable); the entry's events
+# and replay are immutable values.  A register row of status ``unlogged`` is an error unless reference
+# values pin the register: the entry keeps which findings those are, and each call drops the ones its
+# reference values pin.
+REPLAY_CACHE_SIZE = 64
+REPLAY_CACHE_MAX_CHARS = 8 << 20  # log text held by all entries together; a bundle's logs over it are not kept
+_REPLAYS: "LRU[_Replayed]" = LRU(REPLAY_CACHE_SIZE, max_weight=REPLAY_CACHE_MAX_CHARS)
+
+
+@dataclass(frozen=True)
+class _Replayed:
+    """Step 4's outcome for one set of inputs (the first five fields), as :data:`_REPLAYS` keeps it."""
+
+    texts: tuple[str, ...]  # each log's data, exactly
+    logs: tuple[tuple[str | None, str], ...]  # each log's format and register
+    kind: str
+    signed: tuple[tuple[str, tuple[tuple[HashAlg, bytes], ...]], ...]  # as the verifier gave them, in order
+    quirks: tuple[str, ...]
+    counts: tuple[tuple[int, int], ...]  # each log's records and longest record data, for the limits
+    runtime_count: int  # runtime-log events of all logs
+    replayed: LogReplay
+    applied: tuple[str, ...]
+    # the step's findings in order, each with the (register, bank) of its unlogged row (None: always made)
+    findings: tuple[tuple[Finding, tuple[str, str] | None], ...]
+    rows: tuple[Mapping[str, Any], ...]
+    events_json: tuple[Mapping[str, Any], ...]
+    unproven_json: tuple[Mapping[str, Any], ...]
+
+    def inputs(self) -> tuple[Any, ...]:
+        return (self.texts, self.logs, self.kind, self.signed, self.quirks)
+
+
+def _replay_inputs(logs: Sequence[Any], kind: str, signed: Mapping[str, Mapping[HashAlg, bytes]],
+                   quirks: Sequence[str]) -> tuple[Any, ...] | None:
+    """What step 4's outcome depends on (the fields :meth:`_Replayed.inputs` compares), or None when it
+    cannot be kept: a log that is not an object of plain strings (it is parsed, and judged, every time)."""
+    texts: list[str] = []
+    described: list[tuple[str | None, str]] = []
+    for log in logs:
+        if type(log) is not dict:
+            return None
+        data, fmt, reg = log.get("data"), log.get("format"), log.get("register")
+        # Exact types only: a str subclass could compare equal to anything.
+        if type(data) is not str or (fmt is not None and type(fmt) is not str) or (
+                reg is not None and type(reg) is not str):
+            return None
+        texts.append(data)
+        described.append((fmt, reg or "rtmr3"))  # the register log_events() parses the log for
+    return (tuple(texts), tuple(described), kind,
+            tuple((reg, tuple(banks.items())) for reg, banks in signed.items()), tuple(quirks))
+
+
+def _replay_step(run: _Run, budget: Budget, logs: Sequence[Any], kind: str,
+                 signed: Mapping[str, Mapping[HashAlg, bytes]], accepted: Sequence[str],
+                 pinned: set[tuple[str, str]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                         list[dict[str, Any]], list[str], LogReplay]:
+    """Step 4: its findings added to ``run``; the rows, proven and unproven event JSON, applied quirks
+    and the replay returned (new lists and dicts, the caller's to change).  See :data:`_REPLAYS`."""
+    inputs = _replay_inputs(logs, kind, signed, accepted)
+    key: tuple[Any, ...] | None = None
+    entry: _Replayed | None = None
+    if inputs is not None:
+        key = (kind, tuple(_firmware_key(text, fmt or "", reg) for text, (fmt, reg) in zip(inputs[0], inputs[1])))
+        found = _REPLAYS.get(key)
+        if found is not None and found.inputs() == inputs:
+            entry = found
+    if entry is not None:
+        for n, log in enumerate(logs):
+            budget.count_measured(*entry.counts[n], n, _log_name(log))
+        budget.check_runtime_count(entry.runtime_count)
+        budget.check_time("replay")
+        budget.check_time("reference values")
+    else:
+        entry, clean = _replay(run, budget, logs, kind, signed, accepted)
+        if clean and inputs is not None and key is not None:
+            entry = _Replayed(*inputs, *_outcome(entry))
+            _REPLAYS.put(key, entry, weight=sum(map(len, inputs[0])))
+    for finding, unlogged in entry.findings:
+        if unlogged is None or unlogged not in pinned:
+            run.findings.append(finding)
+    return ([dict(r) for r in entry.rows], [dict(e) for e in entry.events_json],
+            [dict(e) for e in entry.unproven_json], list(entry.applied), entry.replayed)
+
+
+def _outcome(entry: _Replayed) -> tuple[Any, ...]:
+    """The fields of ``entry`` after its inputs."""
+    return (entry.counts, entry.runtime_count, entry.replayed, entry.applied, entry.findings, entry.rows,
+            entry.events_json, entry.unproven_json)
+
+
+def _replay(run: _Run, budget: Budget, logs: Sequence[Any], kind: str, signed: Mapping[str, Mapping[HashAlg, bytes]],
+            accepted: Sequence[str]) -> tuple[_Replayed, bool]:
+    """Step 4 done: its outcome (inputs left empty) and whether every log parsed.  Findings of logs that
+    do not parse are added to ``run`` here, the step's others are in the outcome."""
+    events: list[Event] = []
+    counts: list[tuple[int, int]] = []
+    clean = True
+    for n, log in enumerate(logs):
+        try:
+            parsed = _log_events(log, n)
+        except ParseError as exc:
+            clean = False
+            fid = "bundle.malformed" if exc.format == FORMAT else "log.malformed"
+            run.add(fid, "error", str(exc), "instance-identity" if fid == "bundle.malformed" else "executables",
+                    log=n, name=_log_name(log), field=exc.field or "", offset=exc.offset)
+            continue
+        except LimitExceeded:
+            raise
+        except InputError as exc:
+            clean = False
+            run.add("log.malformed", "error", str(exc), "executables", log=n, name=_log_name(log))
+            continue
+        counts.append((len(parsed), longest_record(parsed)))
+        budget.count_measured(*counts[-1], n, _log_name(log))
+        events.extend(parsed)
+    runtime_count = runtime_event_count(events)
+    budget.check_runtime_count(runtime_count)  # what gets split, listed, judged and handed to the policy
+    budget.check_time("replay")
+    replayed = replay_logs({}, kind, signed, events=events, quirks=accepted)
+    budget.check_time("reference values")
+    anomalies, applied = quirk_findings(events, accepted)
+    step = _Run()
+    for a in anomalies:
+        parts = a.id.split(".")
+        if len(parts) == 3:  # log.<register>.<anomaly>: the register goes to the context
+            step.add(f"log.{parts[2]}", "warning", a.message, "executables", register=parts[1])
+        else:
+            step.add(a.id, "warning", a.message, "executables")
+    found: list[tuple[Finding, tuple[str, str] | None]] = [(f, None) for f in step.findings]
+    rows: list[dict[str, Any]] = []
+    for r in replayed.rows:
+        rows.append({"register": r.register, "bank": r.bank, "signed": r.signed, "replayed": r.replayed,
+                     "status": r.status, "explanation": r.explanation, "reference": None})
+        ctx = {"register": r.register, "bank": r.bank, "signed": r.signed, "replayed": r.replayed,
+               "explanation": r.explanation}
+        unlogged: tuple[str, str] | None = None
+        step.findings.clear()
+        if r.status == "mismatched":
+            step.add("replay.mismatch", "error", r.explanation or f"{r.register} {r.bank} does not replay to its "
+                     "signed value", "executables", **ctx)
+        elif r.status == "gap":
+            step.add("replay.gap", "warning", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
+        elif r.status == "history-missing":
+            step.add("replay.history-missing", "error", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
+        elif r.status == "not-signed":
+            step.add("replay.not-signed", "error", f"{r.register} {r.bank}: a log covers it, but {r.explanation}; "
+                     "its events prove nothing", "executables", **ctx)
+        elif r.status == "data-mismatch":
+            step.add("replay.data-mismatch", "error", f"{r.register} {r.bank}: {r.explanation}; the record is "
+                     "not judged", "executables", **ctx)
+        elif r.status == "unlogged":
+            # Its value is known only as a hash: without a log or a reference value for it (the
+            # caller drops this finding when one pins the register), whatever was measured there
+            # stays unjudged (and leaving the log out must not be a way to hide events).
+            unlogged = (r.register, r.bank)
+            step.add("replay.unlogged", "error", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
+        found.extend((f, unlogged) for f in step.findings)
+    events_json = runtime_events(replayed.proven, arch=replayed.arch)
+    by_reason: dict[str, list[Any]] = {}
+    for ev, reason in replayed.unproven:  # few distinct reasons: one pass over the events each
+        by_reason.setdefault(reason, []).append(ev)
+    unproven_json = [dict(e, reason=reason) for reason, evs in by_reason.items()
+                     for e in runtime_events(evs, arch=replayed.arch)]
+    none: tuple[Any, ...] = ()
+    return _Replayed(none, none, kind, none, none, tuple(counts), runtime_count, replayed, tuple(applied),
+                     tuple(found), tuple(rows), tuple(events_json), tuple(unproven_json)), clean
 
 
 def _kind_of(bundle: Any) -> str | None:
