@@ -150,6 +150,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 from ..algorithms import HashAlg
@@ -164,7 +165,8 @@ from .coverage import Uncovered, uncovered
 from ..lru import LRU
 from .facts import claims_json, content_json, runtime_events, signed_json
 from .mismatch import explain as explain_mismatch
-from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result, Severity
+from .model import (SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result, Severity,
+                    frozen_json, result_of_frozen)
 from .platform import platform_findings
 from .policy import DEFAULT_POLICY, evaluate, prepare_policy
 from .refvals import ReferenceValues, missing_events
@@ -346,8 +348,11 @@ def appraise(
 
     rows: list[dict[str, Any]] = []
     no_claim = False  # some register holds what nothing established: executables and configuration are 0
-    events_json: list[dict[str, Any]] = []
-    unproven_json: list[dict[str, Any]] = []
+    # Runtime events as read-only JSON objects (possibly kept in _REPLAYS and shared with other
+    # appraisals: nobody can change them), proven ones also by domain.
+    events_json: tuple[Mapping[str, Any], ...] = ()
+    by_domain: Mapping[str, tuple[Mapping[str, Any], ...]] = {}
+    unproven_json: tuple[Mapping[str, Any], ...] = ()
     claims: dict[str, Any] = {}
     applied: list[str] = []
     if verified is not None:
@@ -356,7 +361,7 @@ def appraise(
         # 4. replay
         pinned = {(reg, bank) for reg, banks in (refvals.registers.items() if refvals is not None else ())
                   for bank in banks}
-        rows, events_json, unproven_json, applied, replayed = _replay_step(
+        rows, events_json, by_domain, unproven_json, applied, replayed = _replay_step(
             run, budget, logs, verified.kind, verified.signed, accepted, pinned)
 
         # 5. reference values, and what they leave uncovered
@@ -371,12 +376,6 @@ def appraise(
         _run_appraisers(run, apps, by_name, refvals, events_json)
 
     run.findings.extend(extra_findings)
-
-    # The events by domain, for the policy's input and the result: grouped once, not copied (the
-    # policy is given new dicts, and the result freezes its own copies).
-    by_domain: dict[str, list[dict[str, Any]]] = {}
-    for e in events_json:
-        by_domain.setdefault(str(e["domain"]), []).append(e)
 
     # 7. policy
     budget.check_time("policy")
@@ -401,15 +400,15 @@ def appraise(
     status = _status(findings)
     if policy_id is None:
         policy_id = "tsmr-default" if policy is None else "sha256:" + hashlib.sha256(policy.encode()).hexdigest()[:16]
-    return Result(
+    # The events are frozen already, and nobody holds them mutably: the result takes them as they are.
+    return result_of_frozen(
+        {"events": MappingProxyType(dict(by_domain)), "unproven": unproven_json},
         status=status,
         kind=verified.kind if verified is not None else _kind_of(bundle),
         nonce=bundle_nonce.hex() if bundle_nonce is not None else "",
         findings=findings,
         trustworthiness=_vector(findings, verified is not None, no_claim),
         registers=tuple(rows),
-        events={domain: tuple(evs) for domain, evs in by_domain.items()},
-        unproven=tuple(unproven_json),
         claims=claims,
         quirks=tuple(applied),
         policy_id=policy_id,
@@ -487,8 +486,10 @@ class _Replayed:
     applied: tuple[str, ...]
     # the step's findings in order, each with the (register, bank) of its unlogged row (None: always made)
     findings: tuple[tuple[Finding, tuple[str, str] | None], ...]
-    rows: tuple[Mapping[str, Any], ...]
+    rows: tuple[Mapping[str, Any], ...]  # templates: each call gets new dicts (reference values mark them)
+    # Runtime events as frozen_json() made them (read-only, and no one holds their dicts): shared as they are.
     events_json: tuple[Mapping[str, Any], ...]
+    by_domain: tuple[tuple[str, tuple[Mapping[str, Any], ...]], ...]  # the same events grouped by domain
     unproven_json: tuple[Mapping[str, Any], ...]
 
     def inputs(self) -> tuple[Any, ...]:
@@ -515,12 +516,14 @@ def _replay_inputs(logs: Sequence[Any], kind: str, signed: Mapping[str, Mapping[
             tuple((reg, tuple(banks.items())) for reg, banks in signed.items()), tuple(quirks))
 
 
-def _replay_step(run: _Run, budget: Budget, logs: Sequence[Any], kind: str,
-                 signed: Mapping[str, Mapping[HashAlg, bytes]], accepted: Sequence[str],
-                 pinned: set[tuple[str, str]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
-                                                         list[dict[str, Any]], list[str], LogReplay]:
-    """Step 4: its findings added to ``run``; the rows, proven and unproven event JSON, applied quirks
-    and the replay returned (new lists and dicts, the caller's to change).  See :data:`_REPLAYS`."""
+def _replay_step(
+    run: _Run, budget: Budget, logs: Sequence[Any], kind: str, signed: Mapping[str, Mapping[HashAlg, bytes]],
+    accepted: Sequence[str], pinned: set[tuple[str, str]],
+) -> tuple[list[dict[str, Any]], tuple[Mapping[str, Any], ...], dict[str, tuple[Mapping[str, Any], ...]],
+           tuple[Mapping[str, Any], ...], list[str], LogReplay]:
+    """Step 4: its findings added to ``run``; returned are the rows (new dicts, the caller's to change),
+    the proven runtime events (read-only), the same by domain (a new dict), the unproven ones (read-only),
+    the applied quirks and the replay.  See :data:`_REPLAYS`."""
     inputs = _replay_inputs(logs, kind, signed, accepted)
     key: tuple[Any, ...] | None = None
     entry: _Replayed | None = None
@@ -543,14 +546,14 @@ def _replay_step(run: _Run, budget: Budget, logs: Sequence[Any], kind: str,
     for finding, unlogged in entry.findings:
         if unlogged is None or unlogged not in pinned:
             run.findings.append(finding)
-    return ([dict(r) for r in entry.rows], [dict(e) for e in entry.events_json],
-            [dict(e) for e in entry.unproven_json], list(entry.applied), entry.replayed)
+    return ([dict(r) for r in entry.rows], entry.events_json, dict(entry.by_domain), entry.unproven_json,
+            list(entry.applied), entry.replayed)
 
 
 def _outcome(entry: _Replayed) -> tuple[Any, ...]:
     """The fields of ``entry`` after its inputs."""
     return (entry.counts, entry.runtime_count, entry.replayed, entry.applied, entry.findings, entry.rows,
-            entry.events_json, entry.unproven_json)
+            entry.events_json, entry.by_domain, entry.unproven_json)
 
 
 def _replay(run: _Run, budget: Budget, logs: Sequence[Any], kind: str, signed: Mapping[str, Mapping[HashAlg, bytes]],
@@ -620,15 +623,20 @@ def _replay(run: _Run, budget: Budget, logs: Sequence[Any], kind: str, signed: M
             unlogged = (r.register, r.bank)
             step.add("replay.unlogged", "error", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
         found.extend((f, unlogged) for f in step.findings)
-    events_json = runtime_events(replayed.proven, arch=replayed.arch)
+    # Their values are strings and ints: frozen_json() copies each into a dict only its proxy holds.
+    events_json = tuple(map(frozen_json, runtime_events(replayed.proven, arch=replayed.arch)))
+    by_domain: dict[str, list[Mapping[str, Any]]] = {}
+    for e in events_json:
+        by_domain.setdefault(str(e["domain"]), []).append(e)
     by_reason: dict[str, list[Any]] = {}
     for ev, reason in replayed.unproven:  # few distinct reasons: one pass over the events each
         by_reason.setdefault(reason, []).append(ev)
-    unproven_json = [dict(e, reason=reason) for reason, evs in by_reason.items()
-                     for e in runtime_events(evs, arch=replayed.arch)]
+    unproven_json = tuple(frozen_json(dict(e, reason=reason)) for reason, evs in by_reason.items()
+                          for e in runtime_events(evs, arch=replayed.arch))
     none: tuple[Any, ...] = ()
     return _Replayed(none, none, kind, none, none, tuple(counts), runtime_count, replayed, tuple(applied),
-                     tuple(found), tuple(rows), tuple(events_json), tuple(unproven_json)), clean
+                     tuple(found), tuple(rows), events_json, tuple((d, tuple(evs)) for d, evs in by_domain.items()),
+                     unproven_json), clean
 
 
 def _kind_of(bundle: Any) -> str | None:
@@ -735,6 +743,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:39] + "\u2026"
 
 
+def _own(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A new dict of a runtime event's items: its values are strings and ints, so the copy is all its own.
+    (A mapping proxy's copy() is its dict's, several times faster than dict() of the proxy.)"""
+    return event.copy() if type(event) is MappingProxyType else dict(event)
+
+
 def _run_appraisers(run: _Run, apps: Sequence[Any], by_name: Mapping[str, Any], refvals: ReferenceValues | None,
                     events: Sequence[Mapping[str, Any]]) -> None:
     configured = dict(refvals.appraisers) if refvals is not None else {}
@@ -751,7 +765,7 @@ def _run_appraisers(run: _Run, apps: Sequence[Any], by_name: Mapping[str, Any], 
             if ok is None:
                 ok = judged[domain] = covers(app, domain)
             if ok:
-                mine.append(dict(e))
+                mine.append(_own(e))
         if not mine and app.name not in configured:
             continue
         prefix = f"appraiser.{app.name}."
