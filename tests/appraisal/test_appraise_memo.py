@@ -291,3 +291,22 @@ def test_results_and_plugins_change_nothing_kept(emulated_tdx: EmulatedTDX) -> N
     bare = appraise(doc, nonce=NONCE, now=NOW, trust=emulated_tdx.trust, appraisers=[])
     assert {r["reference"] for r in bare.registers} == {None}
     assert bare.events["example.com/app"][0]["content"] == '{"image":"alpine"}'
+
+
+def test_the_kept_text_is_bounded() -> None:
+    """The replay cache bounds its entries and the log text they hold in all (tsmr.lru.LRU's weights)."""
+    from tsmr.lru import LRU
+
+    cache: LRU[str] = LRU(3, max_weight=10)
+    cache.put("a", "A", weight=4)
+    cache.put("b", "B", weight=4)
+    cache.put("a", "A2", weight=5)  # a replaced entry's weight is its new one: 9 in all
+    assert cache.weight == 9 and cache.get("a") == "A2"
+    cache.put("c", "C", weight=3)  # 12: the least recently used ("b") goes
+    assert cache.get("b") is None and cache.weight == 8 and len(cache) == 2
+    cache.put("big", "X", weight=11)  # heavier than the whole bound: not kept, and nothing else lost
+    assert cache.get("big") is None and cache.get("a") == "A2" and cache.get("c") == "C" and cache.weight == 8
+    for k in "defg":
+        cache.put(k, k)
+    assert len(cache) == 3 and cache.get("a") is None and cache.weight == 0
+    assert core._REPLAYS.size == core.REPLAY_CACHE_SIZE and core._REPLAYS.max_weight == core.REPLAY_CACHE_MAX_CHARS

@@ -32,6 +32,23 @@ programming error).  The steps, in order:
 The status is the worst severity (info: ``affirming``, warning: ``warning``,
 error: ``contraindicated``); findings are listed worst first.
 
+What is kept between appraisals
+-------------------------------
+Verifiers appraise the same inputs over and over (a guest attested continuously,
+many guests of one image), so what is a pure function of content is kept, in
+bounded least-recently-used maps (:class:`tsmr.lru.LRU`), and used only for the
+exact same content: compiled policies (:mod:`tsmr.appraisal.policy`, by the
+text's digest), prepared reference values (:mod:`tsmr.appraisal.refvals`), the
+events of firmware logs (``_FIRMWARE_LOGS``, by the log's exact text), and the
+whole outcome of step 4 (``_REPLAYS``: by every log's exact format, register and
+text, the evidence kind, the signed registers and the accepted quirks).  Keys
+are cheap samples of the content; the content itself, compared exactly, decides
+whether an entry is used.  Nothing is kept for input that failed (a policy that
+does not compile, a log that does not parse), limits are checked on every
+appraisal as if nothing were kept, and what an appraisal hands out (rows,
+events given to appraisers and the policy, the result) cannot change what is
+kept: it is new or read-only.
+
 Finding catalogue
 -----------------
 =================================  ========  ==================  =====================================
@@ -540,7 +557,7 @@ def _replay_step(
         budget.check_time("reference values")
     else:
         entry, clean = _replay(run, budget, logs, kind, signed, accepted)
-        if clean and inputs is not None and key is not None:
+        if clean and inputs is not None and key is not None and sum(map(len, inputs[0])) <= REPLAY_CACHE_MAX_CHARS:
             entry = _Replayed(*inputs, *_outcome(entry))
             _REPLAYS.put(key, entry, weight=sum(map(len, inputs[0])))
     for finding, unlogged in entry.findings:
