@@ -478,11 +478,12 @@ def _log_events(log: Any, n: int) -> list[Event]:
 # the entry.  Only clean outcomes are kept: a bundle with a log that does not parse is appraised in
 # full each time.  On a hit the caller's limits are checked as on a miss, from the counts kept in the
 # entry (records and longest record of each log, runtime events), in the same order, with the same
-# errors; the time budget is checked at the same points.  What a call gets is its own: new row and
-# event dicts (their values are strings, ints and None) and findings (immutable); the entry's events
-# and replay are immutable values.  A register row of status ``unlogged`` is an error unless reference
-# values pin the register: the entry keeps which findings those are, and each call drops the ones its
-# reference values pin.
+# errors; the time budget is checked at the same points.  Nothing a call gets can change the entry:
+# the register rows are new dicts (reference values mark them), the runtime events are read-only
+# (frozen_json(), over dicts only their proxies hold; their values are strings and ints), appraisers
+# get new dicts of them and the policy new objects, and the findings, events and replay are immutable.
+# A register row of status ``unlogged`` is an error unless reference values pin the register: the
+# entry keeps which findings those are, and each call drops the ones its reference values pin.
 REPLAY_CACHE_SIZE = 64
 REPLAY_CACHE_MAX_CHARS = 8 << 20  # log text held by all entries together; a bundle's logs over it are not kept
 _REPLAYS: "LRU[_Replayed]" = LRU(REPLAY_CACHE_SIZE, max_weight=REPLAY_CACHE_MAX_CHARS)
