@@ -150,10 +150,10 @@ class Result:
                 "quirks": list(self.quirks), "policy_id": self.policy_id, "refvals_id": self.refvals_id}
 
 
-def frozen_json(value: Any) -> Any:
-    """A JSON value made read-only all the way down (as a :class:`Result` holds it), from new containers:
-    what it returns shares no dict or list with ``value``, so no one can change it."""
-    return _frozen(value)
+# A JSON value made read-only all the way down (as a Result holds it), from new containers: what it
+# returns shares no dict or list with the value given, so no one can change it.  (The function itself,
+# not a wrapper: appraise() freezes each runtime event with it.)
+frozen_json = _frozen
 
 
 def result_of_frozen(frozen: Mapping[str, Any], **fields: Any) -> Result:
