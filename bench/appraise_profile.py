@@ -144,13 +144,15 @@ def main() -> None:
     ap.add_argument("--against", metavar="REV", help="git revision to compare with (alternating child runs)")
     ap.add_argument("--rounds", type=int, default=3, help="with --against: pairs of runs")
     ap.add_argument("--no-log-cache", action="store_true",
-                    help="parse the firmware log in every appraisal (tsmr.appraisal.core keeps parsed ones by content)")
+                    help="parse the logs and replay them in every appraisal (tsmr.appraisal.core keeps parsed "
+                         "firmware logs and replay outcomes by content)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.no_log_cache:
         import tsmr.appraisal.core as core
 
         core.FIRMWARE_LOG_CACHE_MAX_CHARS = -1  # type: ignore[attr-defined]  # no log is small enough to keep
+        core.REPLAY_CACHE_MAX_CHARS = -1  # type: ignore[attr-defined]  # (an older tree has none: harmless)
 
     if args.against:
         got = against(args.against, args.rounds, args.seconds or 5.0, args.events,

@@ -32,6 +32,23 @@ programming error).  The steps, in order:
 The status is the worst severity (info: ``affirming``, warning: ``warning``,
 error: ``contraindicated``); findings are listed worst first.
 
+What is kept between appraisals
+-------------------------------
+Verifiers appraise the same inputs over and over (a guest attested continuously,
+many guests of one image), so what is a pure function of content is kept, in
+bounded least-recently-used maps (:class:`tsmr.lru.LRU`), and used only for the
+exact same content: compiled policies (:mod:`tsmr.appraisal.policy`, by the
+text's digest), prepared reference values (:mod:`tsmr.appraisal.refvals`), the
+events of firmware logs (``_FIRMWARE_LOGS``, by the log's exact text), and the
+whole outcome of step 4 (``_REPLAYS``: by every log's exact format, register and
+text, the evidence kind, the signed registers and the accepted quirks).  Keys
+are cheap samples of the content; the content itself, compared exactly, decides
+whether an entry is used.  Nothing is kept for input that failed (a policy that
+does not compile, a log that does not parse), limits are checked on every
+appraisal as if nothing were kept, and what an appraisal hands out (rows,
+events given to appraisers and the policy, the result) cannot change what is
+kept: it is new or read-only.
+
 Finding catalogue
 -----------------
 =================================  ========  ==================  =====================================
@@ -148,7 +165,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 from ..algorithms import HashAlg
@@ -156,14 +175,15 @@ from ..errors import EvidenceError, InputError, ParseError
 from ..events import Event
 from ..evidence.anchors import TrustAnchorMissing, TrustAnchors
 from ..evidence.bundle import FORMAT, LogReplay, check_document, log_events, replay_logs, verify_evidence
-from ..evidence.limits import Budget, LimitExceeded, Limits
+from ..evidence.limits import Budget, LimitExceeded, Limits, longest_record, runtime_event_count
 from ..quirks import findings as quirk_findings
 from .appraisers import covers, discovered_appraisers, load_appraisers
 from .coverage import Uncovered, uncovered
 from ..lru import LRU
 from .facts import claims_json, content_json, runtime_events, signed_json
 from .mismatch import explain as explain_mismatch
-from .model import SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result, Severity
+from .model import (SEVERITY_STATUS, STATUS_ORDER, TIER, TRUST_CLAIMS, EarStatus, Finding, Result, Severity,
+                    frozen_json, result_of_frozen)
 from .platform import platform_findings
 from .policy import DEFAULT_POLICY, evaluate, prepare_policy
 from .refvals import ReferenceValues, missing_events
@@ -345,69 +365,21 @@ def appraise(
 
     rows: list[dict[str, Any]] = []
     no_claim = False  # some register holds what nothing established: executables and configuration are 0
-    events_json: list[dict[str, Any]] = []
-    unproven_json: list[dict[str, Any]] = []
+    # Runtime events as read-only JSON objects (possibly kept in _REPLAYS and shared with other
+    # appraisals: nobody can change them), proven ones also by domain.
+    events_json: tuple[Mapping[str, Any], ...] = ()
+    by_domain: Mapping[str, tuple[Mapping[str, Any], ...]] = {}
+    unproven_json: tuple[Mapping[str, Any], ...] = ()
     claims: dict[str, Any] = {}
     applied: list[str] = []
     if verified is not None:
         claims = claims_json(verified.claims)
         accepted = refvals.quirks if refvals is not None else ()
         # 4. replay
-        events: list[Event] = []
-        for n, log in enumerate(logs):
-            try:
-                events.extend(budget.counted(_log_events(log, n), n, _log_name(log)))
-            except LimitExceeded:
-                raise
-            except ParseError as exc:
-                fid = "bundle.malformed" if exc.format == FORMAT else "log.malformed"
-                run.add(fid, "error", str(exc), "instance-identity" if fid == "bundle.malformed" else "executables",
-                        log=n, name=_log_name(log), field=exc.field or "", offset=exc.offset)
-            except InputError as exc:
-                run.add("log.malformed", "error", str(exc), "executables", log=n, name=_log_name(log))
-        budget.check_runtime_events(events)  # what gets split, listed, judged and handed to the policy
-        budget.check_time("replay")
-        replayed = replay_logs(bundle, verified.kind, verified.signed, events=events, quirks=accepted)
-        budget.check_time("reference values")
-        anomalies, applied = quirk_findings(events, accepted)
-        for a in anomalies:
-            parts = a.id.split(".")
-            if len(parts) == 3:  # log.<register>.<anomaly>: the register goes to the context
-                run.add(f"log.{parts[2]}", "warning", a.message, "executables", register=parts[1])
-            else:
-                run.add(a.id, "warning", a.message, "executables")
         pinned = {(reg, bank) for reg, banks in (refvals.registers.items() if refvals is not None else ())
                   for bank in banks}
-        for r in replayed.rows:
-            row = {"register": r.register, "bank": r.bank, "signed": r.signed, "replayed": r.replayed,
-                   "status": r.status, "explanation": r.explanation, "reference": None}
-            rows.append(row)
-            ctx = {"register": r.register, "bank": r.bank, "signed": r.signed, "replayed": r.replayed,
-                   "explanation": r.explanation}
-            if r.status == "mismatched":
-                run.add("replay.mismatch", "error", r.explanation or f"{r.register} {r.bank} does not replay to its signed value",
-                        "executables", **ctx)
-            elif r.status == "gap":
-                run.add("replay.gap", "warning", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
-            elif r.status == "history-missing":
-                run.add("replay.history-missing", "error", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
-            elif r.status == "not-signed":
-                run.add("replay.not-signed", "error", f"{r.register} {r.bank}: a log covers it, but {r.explanation}; "
-                        "its events prove nothing", "executables", **ctx)
-            elif r.status == "data-mismatch":
-                run.add("replay.data-mismatch", "error", f"{r.register} {r.bank}: {r.explanation}; the record is "
-                        "not judged", "executables", **ctx)
-            elif r.status == "unlogged" and (r.register, r.bank) not in pinned:
-                # Its value is known only as a hash: without a log or a reference value for it,
-                # whatever was measured there stays unjudged (and leaving the log out must not
-                # be a way to hide events).
-                run.add("replay.unlogged", "error", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
-        events_json = runtime_events(replayed.proven, arch=replayed.arch)
-        by_reason: dict[str, list[Any]] = {}
-        for ev, reason in replayed.unproven:  # few distinct reasons: one pass over the events each
-            by_reason.setdefault(reason, []).append(ev)
-        unproven_json = [dict(e, reason=reason) for reason, evs in by_reason.items()
-                         for e in runtime_events(evs, arch=replayed.arch)]
+        rows, events_json, by_domain, unproven_json, applied, replayed = _replay_step(
+            run, budget, logs, verified.kind, verified.signed, accepted, pinned)
 
         # 5. reference values, and what they leave uncovered
         if refvals is not None:
@@ -421,12 +393,6 @@ def appraise(
         _run_appraisers(run, apps, by_name, refvals, events_json)
 
     run.findings.extend(extra_findings)
-
-    # The events by domain, for the policy's input and the result: grouped once, not copied (the
-    # policy is given new dicts, and the result freezes its own copies).
-    by_domain: dict[str, list[dict[str, Any]]] = {}
-    for e in events_json:
-        by_domain.setdefault(str(e["domain"]), []).append(e)
 
     # 7. policy
     budget.check_time("policy")
@@ -451,15 +417,15 @@ def appraise(
     status = _status(findings)
     if policy_id is None:
         policy_id = "tsmr-default" if policy is None else "sha256:" + hashlib.sha256(policy.encode()).hexdigest()[:16]
-    return Result(
+    # The events are frozen already, and nobody holds them mutably: the result takes them as they are.
+    return result_of_frozen(
+        {"events": MappingProxyType(dict(by_domain)), "unproven": unproven_json},
         status=status,
         kind=verified.kind if verified is not None else _kind_of(bundle),
         nonce=bundle_nonce.hex() if bundle_nonce is not None else "",
         findings=findings,
         trustworthiness=_vector(findings, verified is not None, no_claim),
         registers=tuple(rows),
-        events={domain: tuple(evs) for domain, evs in by_domain.items()},
-        unproven=tuple(unproven_json),
         claims=claims,
         quirks=tuple(applied),
         policy_id=policy_id,
@@ -500,6 +466,195 @@ def _log_events(log: Any, n: int) -> list[Event]:
     events = tuple(log_events(log, n))
     _FIRMWARE_LOGS.put(key, (data, events))
     return list(events)
+
+
+# Step 4 as a whole (parsing every log, replaying, quirk anomalies, the register rows and their
+# findings, the runtime events proven and unproven) is a function of the logs (format, register and
+# exact text of each), the evidence kind, the signed registers and the accepted quirks.  Those repeat:
+# a guest attested continuously re-sends the same logs over the same registers, and guests of one
+# image share them.  Its outcome is kept in _REPLAYS under a cheap key (the firmware cache's sample
+# key of every log, and the kind); an entry is used only when every input equals the call's exactly
+# (the texts compared as memory, the rest as values), and a mismatch is a miss whose outcome replaces
+# the entry.  Only clean outcomes are kept: a bundle with a log that does not parse is appraised in
+# full each time.  On a hit the caller's limits are checked as on a miss, from the counts kept in the
+# entry (records and longest record of each log, runtime events), in the same order, with the same
+# errors; the time budget is checked at the same points.  Nothing a call gets can change the entry:
+# the register rows are new dicts (reference values mark them), the runtime events are read-only
+# (frozen_json(), over dicts only their proxies hold; their values are strings and ints), appraisers
+# get new dicts of them and the policy new objects, and the findings, events and replay are immutable.
+# A register row of status ``unlogged`` is an error unless reference values pin the register: the
+# entry keeps which findings those are, and each call drops the ones its reference values pin.
+REPLAY_CACHE_SIZE = 64
+REPLAY_CACHE_MAX_CHARS = 8 << 20  # log text held by all entries together; a bundle's logs over it are not kept
+_REPLAYS: "LRU[_Replayed]" = LRU(REPLAY_CACHE_SIZE, max_weight=REPLAY_CACHE_MAX_CHARS)
+
+
+@dataclass(frozen=True)
+class _Replayed:
+    """Step 4's outcome for one set of inputs (the first five fields), as :data:`_REPLAYS` keeps it."""
+
+    texts: tuple[str, ...]  # each log's data, exactly
+    logs: tuple[tuple[str | None, str], ...]  # each log's format and register
+    kind: str
+    signed: tuple[tuple[str, tuple[tuple[HashAlg, bytes], ...]], ...]  # as the verifier gave them, in order
+    quirks: tuple[str, ...]
+    counts: tuple[tuple[int, int], ...]  # each log's records and longest record data, for the limits
+    runtime_count: int  # runtime-log events of all logs
+    replayed: LogReplay
+    applied: tuple[str, ...]
+    # the step's findings in order, each with the (register, bank) of its unlogged row (None: always made)
+    findings: tuple[tuple[Finding, tuple[str, str] | None], ...]
+    rows: tuple[Mapping[str, Any], ...]  # templates: each call gets new dicts (reference values mark them)
+    # Runtime events as frozen_json() made them (read-only, and no one holds their dicts): shared as they are.
+    events_json: tuple[Mapping[str, Any], ...]
+    by_domain: tuple[tuple[str, tuple[Mapping[str, Any], ...]], ...]  # the same events grouped by domain
+    unproven_json: tuple[Mapping[str, Any], ...]
+
+    def inputs(self) -> tuple[Any, ...]:
+        return (self.texts, self.logs, self.kind, self.signed, self.quirks)
+
+
+def _replay_inputs(logs: Sequence[Any], kind: str, signed: Mapping[str, Mapping[HashAlg, bytes]],
+                   quirks: Sequence[str]) -> tuple[Any, ...] | None:
+    """What step 4's outcome depends on (the fields :meth:`_Replayed.inputs` compares), or None when it
+    cannot be kept: a log that is not an object of plain strings (it is parsed, and judged, every time)."""
+    texts: list[str] = []
+    described: list[tuple[str | None, str]] = []
+    for log in logs:
+        if type(log) is not dict:
+            return None
+        data, fmt, reg = log.get("data"), log.get("format"), log.get("register")
+        # Exact types only: a str subclass could compare equal to anything.
+        if type(data) is not str or (fmt is not None and type(fmt) is not str) or (
+                reg is not None and type(reg) is not str):
+            return None
+        texts.append(data)
+        described.append((fmt, reg or "rtmr3"))  # the register log_events() parses the log for
+    return (tuple(texts), tuple(described), kind,
+            tuple((reg, tuple(banks.items())) for reg, banks in signed.items()), tuple(quirks))
+
+
+def _replay_step(
+    run: _Run, budget: Budget, logs: Sequence[Any], kind: str, signed: Mapping[str, Mapping[HashAlg, bytes]],
+    accepted: Sequence[str], pinned: set[tuple[str, str]],
+) -> tuple[list[dict[str, Any]], tuple[Mapping[str, Any], ...], dict[str, tuple[Mapping[str, Any], ...]],
+           tuple[Mapping[str, Any], ...], list[str], LogReplay]:
+    """Step 4: its findings added to ``run``; returned are the rows (new dicts, the caller's to change),
+    the proven runtime events (read-only), the same by domain (a new dict), the unproven ones (read-only),
+    the applied quirks and the replay.  See :data:`_REPLAYS`."""
+    inputs = _replay_inputs(logs, kind, signed, accepted)
+    key: tuple[Any, ...] | None = None
+    entry: _Replayed | None = None
+    if inputs is not None:
+        key = (kind, tuple(_firmware_key(text, fmt or "", reg) for text, (fmt, reg) in zip(inputs[0], inputs[1])))
+        found = _REPLAYS.get(key)
+        if found is not None and found.inputs() == inputs:
+            entry = found
+    if entry is not None:
+        for n, log in enumerate(logs):
+            budget.count_measured(*entry.counts[n], n, _log_name(log))
+        budget.check_runtime_count(entry.runtime_count)
+        budget.check_time("replay")
+        budget.check_time("reference values")
+    else:
+        entry, clean = _replay(run, budget, logs, kind, signed, accepted)
+        if clean and inputs is not None and key is not None and sum(map(len, inputs[0])) <= REPLAY_CACHE_MAX_CHARS:
+            entry = _Replayed(*inputs, *_outcome(entry))
+            _REPLAYS.put(key, entry, weight=sum(map(len, inputs[0])))
+    for finding, unlogged in entry.findings:
+        if unlogged is None or unlogged not in pinned:
+            run.findings.append(finding)
+    return ([dict(r) for r in entry.rows], entry.events_json, dict(entry.by_domain), entry.unproven_json,
+            list(entry.applied), entry.replayed)
+
+
+def _outcome(entry: _Replayed) -> tuple[Any, ...]:
+    """The fields of ``entry`` after its inputs."""
+    return (entry.counts, entry.runtime_count, entry.replayed, entry.applied, entry.findings, entry.rows,
+            entry.events_json, entry.by_domain, entry.unproven_json)
+
+
+def _replay(run: _Run, budget: Budget, logs: Sequence[Any], kind: str, signed: Mapping[str, Mapping[HashAlg, bytes]],
+            accepted: Sequence[str]) -> tuple[_Replayed, bool]:
+    """Step 4 done: its outcome (inputs left empty) and whether every log parsed.  Findings of logs that
+    do not parse are added to ``run`` here, the step's others are in the outcome."""
+    events: list[Event] = []
+    counts: list[tuple[int, int]] = []
+    clean = True
+    for n, log in enumerate(logs):
+        try:
+            parsed = _log_events(log, n)
+        except ParseError as exc:
+            clean = False
+            fid = "bundle.malformed" if exc.format == FORMAT else "log.malformed"
+            run.add(fid, "error", str(exc), "instance-identity" if fid == "bundle.malformed" else "executables",
+                    log=n, name=_log_name(log), field=exc.field or "", offset=exc.offset)
+            continue
+        except LimitExceeded:
+            raise
+        except InputError as exc:
+            clean = False
+            run.add("log.malformed", "error", str(exc), "executables", log=n, name=_log_name(log))
+            continue
+        counts.append((len(parsed), longest_record(parsed)))
+        budget.count_measured(*counts[-1], n, _log_name(log))
+        events.extend(parsed)
+    runtime_count = runtime_event_count(events)
+    budget.check_runtime_count(runtime_count)  # what gets split, listed, judged and handed to the policy
+    budget.check_time("replay")
+    replayed = replay_logs({}, kind, signed, events=events, quirks=accepted)
+    budget.check_time("reference values")
+    anomalies, applied = quirk_findings(events, accepted)
+    step = _Run()
+    for a in anomalies:
+        parts = a.id.split(".")
+        if len(parts) == 3:  # log.<register>.<anomaly>: the register goes to the context
+            step.add(f"log.{parts[2]}", "warning", a.message, "executables", register=parts[1])
+        else:
+            step.add(a.id, "warning", a.message, "executables")
+    found: list[tuple[Finding, tuple[str, str] | None]] = [(f, None) for f in step.findings]
+    rows: list[dict[str, Any]] = []
+    for r in replayed.rows:
+        rows.append({"register": r.register, "bank": r.bank, "signed": r.signed, "replayed": r.replayed,
+                     "status": r.status, "explanation": r.explanation, "reference": None})
+        ctx = {"register": r.register, "bank": r.bank, "signed": r.signed, "replayed": r.replayed,
+               "explanation": r.explanation}
+        unlogged: tuple[str, str] | None = None
+        step.findings.clear()
+        if r.status == "mismatched":
+            step.add("replay.mismatch", "error", r.explanation or f"{r.register} {r.bank} does not replay to its "
+                     "signed value", "executables", **ctx)
+        elif r.status == "gap":
+            step.add("replay.gap", "warning", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
+        elif r.status == "history-missing":
+            step.add("replay.history-missing", "error", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
+        elif r.status == "not-signed":
+            step.add("replay.not-signed", "error", f"{r.register} {r.bank}: a log covers it, but {r.explanation}; "
+                     "its events prove nothing", "executables", **ctx)
+        elif r.status == "data-mismatch":
+            step.add("replay.data-mismatch", "error", f"{r.register} {r.bank}: {r.explanation}; the record is "
+                     "not judged", "executables", **ctx)
+        elif r.status == "unlogged":
+            # Its value is known only as a hash: without a log or a reference value for it (the
+            # caller drops this finding when one pins the register), whatever was measured there
+            # stays unjudged (and leaving the log out must not be a way to hide events).
+            unlogged = (r.register, r.bank)
+            step.add("replay.unlogged", "error", f"{r.register} {r.bank}: {r.explanation}", "executables", **ctx)
+        found.extend((f, unlogged) for f in step.findings)
+    # Their values are strings and ints: frozen_json() copies each into a dict only its proxy holds.
+    events_json = tuple(map(frozen_json, runtime_events(replayed.proven, arch=replayed.arch)))
+    by_domain: dict[str, list[Mapping[str, Any]]] = {}
+    for e in events_json:
+        by_domain.setdefault(str(e["domain"]), []).append(e)
+    by_reason: dict[str, list[Any]] = {}
+    for ev, reason in replayed.unproven:  # few distinct reasons: one pass over the events each
+        by_reason.setdefault(reason, []).append(ev)
+    unproven_json = tuple(frozen_json(dict(e, reason=reason)) for reason, evs in by_reason.items()
+                          for e in runtime_events(evs, arch=replayed.arch))
+    none: tuple[Any, ...] = ()
+    return _Replayed(none, none, kind, none, none, tuple(counts), runtime_count, replayed, tuple(applied),
+                     tuple(found), tuple(rows), events_json, tuple((d, tuple(evs)) for d, evs in by_domain.items()),
+                     unproven_json), clean
 
 
 def _kind_of(bundle: Any) -> str | None:
@@ -606,6 +761,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:39] + "\u2026"
 
 
+def _own(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A new dict of a runtime event's items: its values are strings and ints, so the copy is all its own.
+    (A mapping proxy's copy() is its dict's, several times faster than dict() of the proxy.)"""
+    return event.copy() if type(event) is MappingProxyType else dict(event)
+
+
 def _run_appraisers(run: _Run, apps: Sequence[Any], by_name: Mapping[str, Any], refvals: ReferenceValues | None,
                     events: Sequence[Mapping[str, Any]]) -> None:
     configured = dict(refvals.appraisers) if refvals is not None else {}
@@ -622,7 +783,7 @@ def _run_appraisers(run: _Run, apps: Sequence[Any], by_name: Mapping[str, Any], 
             if ok is None:
                 ok = judged[domain] = covers(app, domain)
             if ok:
-                mine.append(dict(e))
+                mine.append(_own(e))
         if not mine and app.name not in configured:
             continue
         prefix = f"appraiser.{app.name}."

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 
 from ..findings import Finding, Severity
 
-__all__ = ["EarStatus", "Finding", "Severity", "Result", "STATUS_ORDER", "TRUST_CLAIMS", "TIER"]
+__all__ = ["EarStatus", "Finding", "Severity", "Result", "STATUS_ORDER", "TRUST_CLAIMS", "TIER", "frozen_json",
+           "result_of_frozen"]
 
 # AR4SI trustworthiness claims (draft-ietf-rats-ar4si §2.3) by EAR short name.
 TRUST_CLAIMS = ("instance-identity", "configuration", "executables", "file-system", "hardware",
@@ -147,3 +148,25 @@ class Result:
                 "registers": _thawed(self.registers), "events": _thawed(self.events),
                 "unproven": _thawed(self.unproven), "claims": _thawed(self.claims),
                 "quirks": list(self.quirks), "policy_id": self.policy_id, "refvals_id": self.refvals_id}
+
+
+# A JSON value made read-only all the way down (as a Result holds it), from new containers: what it
+# returns shares no dict or list with the value given, so no one can change it.  (The function itself,
+# not a wrapper: appraise() freezes each runtime event with it.)
+frozen_json = _frozen
+
+
+def result_of_frozen(frozen: Mapping[str, Any], **fields: Any) -> Result:
+    """A :class:`Result` of ``fields`` and of ``frozen``, fields whose values :func:`frozen_json` made
+    (tuples and mapping proxies of them too): those are taken as they are instead of being frozen again.
+
+    For values that are read-only already and shared between results (the runtime events an
+    appraisal keeps with a replay): copying them again for every result would protect nothing.
+    Only ``events`` and ``unproven`` may be given so.
+    """
+    if not set(frozen) <= {"events", "unproven"}:
+        raise ValueError(f"not a field that may be given frozen: {sorted(set(frozen) - {'events', 'unproven'})}")
+    result = Result(**fields)
+    for name, value in frozen.items():
+        object.__setattr__(result, name, value)
+    return result

@@ -68,7 +68,8 @@ from typing import Any, Callable, Mapping, Sequence
 from ..errors import InputError, TsmrError
 from ..formats import aael
 
-__all__ = ["Limits", "Budget", "LimitExceeded", "TimeBudgetExceeded", "AppraisalCancelled", "DEFAULT_LIMITS", "ENV"]
+__all__ = ["Limits", "Budget", "LimitExceeded", "TimeBudgetExceeded", "AppraisalCancelled", "DEFAULT_LIMITS", "ENV",
+           "longest_record", "runtime_event_count"]
 
 # Limits field -> environment variable (read by tsmr.system.inputs.limits_from_env and the service's settings).
 ENV = {
@@ -218,15 +219,18 @@ class Budget:
 
     def count_events(self, events: Sequence[Any], n: int = 0, name: str | None = None) -> None:
         """Count the parsed events of log ``n``; raise when the bundle's records or a record's data are over."""
+        self.count_measured(len(events), longest_record(events), n, name)
+
+    def count_measured(self, records: int, longest: int, n: int = 0, name: str | None = None) -> None:
+        """:meth:`count_events` for a log whose ``records`` and longest record data (``longest`` bytes)
+        were counted before (a log parsed by an earlier appraisal): the same checks, the same errors."""
         lim = self.limits
         where = f"logs[{n}]" + (f" ({name})" if name else "")
-        self.records += len(events)
+        self.records += records
         if _on(lim.max_records) and self.records > lim.max_records:
             raise LimitExceeded("max_records", self.records, lim.max_records)
-        if _on(lim.max_record_bytes):
-            longest = max((len(getattr(e, "data", b"") or b"") for e in events), default=0)
-            if longest > lim.max_record_bytes:
-                raise LimitExceeded("max_record_bytes", longest, lim.max_record_bytes, where)
+        if _on(lim.max_record_bytes) and longest > lim.max_record_bytes:
+            raise LimitExceeded("max_record_bytes", longest, lim.max_record_bytes, where)
         self.check_time(f"parsing {where}")
 
     def counted(self, events: Sequence[Any], n: int = 0, name: str | None = None) -> Sequence[Any]:
@@ -236,11 +240,13 @@ class Budget:
 
     def check_runtime_events(self, events: Sequence[Any]) -> None:
         """Raise when the parsed ``events`` hold more runtime-log events than the limit allows."""
+        if _on(self.limits.max_runtime_events):
+            self.check_runtime_count(runtime_event_count(events))
+
+    def check_runtime_count(self, count: int) -> None:
+        """:meth:`check_runtime_events` for events whose runtime-log events were counted before (``count``)."""
         lim = self.limits
-        if not _on(lim.max_runtime_events):
-            return
-        count = sum(1 for e in events if _is_runtime_event(e))
-        if count > lim.max_runtime_events:
+        if _on(lim.max_runtime_events) and count > lim.max_runtime_events:
             raise LimitExceeded("max_runtime_events", count, lim.max_runtime_events)
 
     # -- the deadline ---------------------------------------------------------------------------------
@@ -255,6 +261,16 @@ class Budget:
             spent = self.clock() - self.start
             if spent > budget:
                 raise TimeBudgetExceeded(spent, budget, where)
+
+
+def longest_record(events: Sequence[Any]) -> int:
+    """The length of the longest event data among ``events`` (what ``max_record_bytes`` bounds)."""
+    return max((len(getattr(e, "data", b"") or b"") for e in events), default=0)
+
+
+def runtime_event_count(events: Sequence[Any]) -> int:
+    """How many of ``events`` are runtime-log events (what ``max_runtime_events`` bounds)."""
+    return sum(1 for e in events if _is_runtime_event(e))
 
 
 def _is_runtime_event(e: Any) -> bool:
