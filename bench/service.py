@@ -1,7 +1,7 @@
 """Attestations per second through ``tsmr serve --workers 2`` on PostgreSQL, beside appraise() in process.
 
     python bench/service.py [--seconds 30] [--kill-seconds 20] [--clients 4] [--workers 2]
-                            [--events 100] [--sqlite] [--baseline-seconds 5] [--json]
+                            [--events 100] [--sqlite] [--baseline-seconds 5] [--floor-seconds 0] [--json]
 
 Every attestation is a full round: ``POST /challenge``, an emulated TDX quote over the
 returned nonce (made by the client), then ``POST /attest`` with a bundle carrying the quote,
@@ -17,7 +17,18 @@ id a client was given with a 201 is fetched back: a missing one is a lost result
 The baseline is the same appraisal called in process (``tsmr.appraisal.appraise`` on the same
 kind of bundle, one thread, no HTTP, no database, no signing), so the ratio shows what the
 service around it costs (HTTP, JSON, pydantic, the nonce UPDATE, the result INSERT, the EAR
-signature) and what the second worker gains back.  Without PostgreSQL binaries
+signature) and what the second worker gains back.
+
+CPU per attestation is counted for each party on the machine: the verifier's worker processes and
+PostgreSQL's (from /proc, over the phase) and the clients' own (``time.process_time``).  On a
+machine whose CPUs the clients and the database share with the verifier, the sum bounds the
+rate: 2 CPUs at 300 attestations/s leave 6.7 ms per attestation for all three together.
+
+``--floor-seconds N`` also runs the same clients for N seconds against the HTTP floor: uvicorn with
+the same protocol, loop and worker count serving a verifier that does nothing (``/challenge``
+answers a random nonce, ``/attest`` reads the whole body and answers a canned result of the real
+one's size), so its rate is the ceiling that the clients and the HTTP stack alone put on any
+verifier on this machine.  Without PostgreSQL binaries
 (``/usr/lib/postgresql/*/bin``) the service runs on SQLite and says so.
 """
 
@@ -165,25 +176,81 @@ def free_port() -> int:
 
 
 def start_service(work: Path, database: str, trust_root: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    collateral = Path(trust_root).with_name("collateral.json")
+    return start_server(work, [sys.executable, "-c", SERVE, "serve", "--port", str(port), "--database", database,
+                               "--state-dir", str(work / "verifier"), "--trust-root", trust_root,
+                               *(["--collateral", str(collateral)] if collateral.exists() else []),
+                               "--workers", str(workers), "--json-logs", "--log-level", "warning",
+                               # every client here shares one address: the per-address limit is not what is measured
+                               "--challenge-rate", "0"], port, workers)
+
+
+FLOOR = """
+import os, sys, uvicorn
+from tsmr.service.server import PROTOCOL
+uvicorn.run("floor_app:app", app_dir=sys.argv[1], port=int(sys.argv[2]), workers=int(sys.argv[3]), http=PROTOCOL,
+            access_log=False, server_header=False, log_level="warning")
+"""
+
+FLOOR_APP = """
+import os
+from pathlib import Path
+
+RESULT = Path(os.environ["FLOOR_RESULT"]).read_bytes()  # a real POST /attest answer, sent as it is
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    b"".join(chunks)
+    if scope["path"] == "/challenge":
+        status, body = 201, b'{"nonce":"%s","expires_at":"2030-01-01T00:00:00Z"}' % os.urandom(32).hex().encode()
+    elif scope["path"] == "/attest":
+        status, body = 201, RESULT
+    else:
+        status, body = 200, b'{"status":"ok"}'
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def start_floor(work: Path, result: bytes, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn as tsmr serve runs it, serving a verifier that does nothing (see the module docstring)."""
+    (work / "floor_app.py").write_text(FLOOR_APP)
+    (work / "floor-result.json").write_bytes(result)
+    port = free_port()
+    return start_server(work, [sys.executable, "-c", FLOOR, str(work), str(port), str(workers)], port, workers,
+                        env={"FLOOR_RESULT": str(work / "floor-result.json")})
+
+
+def start_server(work: Path, argv: list[str], port: int, workers: int,
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     import httpx
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSMR_")}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TSMR_")}
+    environ.update(env or {})
     log = open(work / "serve.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "--port", str(port), "--database", database,
-                             "--state-dir", str(work / "verifier"), "--trust-root", trust_root,
-                             *(["--collateral", str(Path(trust_root).with_name("collateral.json"))]
-                               if Path(trust_root).with_name("collateral.json").exists() else []),
-                             "--workers", str(workers), "--json-logs", "--log-level", "warning",
-                             # every client here shares one address: the per-address limit is not what is measured
-                             "--challenge-rate", "0"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environ, start_new_session=True)
     log.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"tsmr serve exited: {(work / 'serve.log').read_text()[-3000:]}")
+            raise RuntimeError(f"the server exited: {(work / 'serve.log').read_text()[-3000:]}")
         try:
             if httpx.get(url + "/healthz", timeout=2).status_code == 200 and (
                     workers == 1 or len(worker_pids(proc.pid)) >= workers):
@@ -192,7 +259,7 @@ def start_service(work: Path, database: str, trust_root: str, workers: int) -> t
             pass
         time.sleep(0.2)
     stop_service(proc)
-    raise RuntimeError("tsmr serve did not become healthy")
+    raise RuntimeError("the server did not become healthy")
 
 
 def stop_service(proc: subprocess.Popen[bytes]) -> None:
@@ -221,6 +288,53 @@ def worker_pids(parent: int) -> list[int]:
     return sorted(out)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (processes gone are counted as 0)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / tick
+
+
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL server process on the machine (the bench's throwaway cluster is the only one)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0", 1)[0].split(b"/")[-1].startswith(
+                        b"postgres"):
+                    out.append(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+class CpuMeter:
+    """CPU seconds the verifier's workers and PostgreSQL spend over a phase (the clients count their own)."""
+
+    def __init__(self, serve_pid: int) -> None:
+        self.serve_pid = serve_pid
+
+    def sample(self) -> dict[int, tuple[str, float]]:
+        pids = {p: "verifier" for p in worker_pids(self.serve_pid) or [self.serve_pid]}
+        pids.update({p: "database" for p in postgres_pids()})
+        return {p: (what, cpu_seconds([p])) for p, what in pids.items()}
+
+    @staticmethod
+    def spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+        """Per party, the CPU spent between two samples by the processes alive at both (new ones from 0)."""
+        out = {"verifier": 0.0, "database": 0.0}
+        for pid, (what, cpu) in after.items():
+            out[what] += cpu - before.get(pid, (what, 0.0))[1]
+        return out
+
+
 # -- the clients ------------------------------------------------------------------------------------
 
 def client(url: str, guest: dict[str, Any], seconds: float, index: int, out: Any) -> None:
@@ -240,6 +354,7 @@ def client(url: str, guest: dict[str, Any], seconds: float, index: int, out: Any
 
     parts = urlsplit(url)
     maker = BodyMaker(guest)
+    cpu0 = time.process_time()
     deadline = time.monotonic() + seconds
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
     json_headers = {"Content-Type": "application/json"}
@@ -279,23 +394,27 @@ def client(url: str, guest: dict[str, Any], seconds: float, index: int, out: Any
             stats["cycle"].append((t1 - t0) + (t3 - t2))  # the client's quote making left out
     finally:
         conn.close()
+    stats["cpu"] = time.process_time() - cpu0
     out.put((index, stats))
 
 
 def run_load(url: str, guest: dict[str, Any], seconds: float, clients: int,
-             during: Any = None) -> dict[str, Any]:
+             during: Any = None, meter: CpuMeter | None = None) -> dict[str, Any]:
     ctx = multiprocessing.get_context("fork")
     q = ctx.Queue()
     procs = [ctx.Process(target=client, args=(url, guest, seconds, i, q)) for i in range(clients)]
+    before = meter.sample() if meter is not None else {}
     t0 = time.perf_counter()
     for p in procs:
         p.start()
     extra = during() if during is not None else None
     results = [q.get(timeout=seconds + 120) for _ in procs]
+    spent = CpuMeter.spent(before, meter.sample()) if meter is not None else {}
     for p in procs:
         p.join(timeout=30)
     elapsed = time.perf_counter() - t0
-    merged: dict[str, Any] = {"attest": [], "challenge": [], "cycle": [], "ok": [], "errors": {}}
+    spent["clients"] = sum(s["cpu"] for _, s in results)
+    merged: dict[str, Any] = {"attest": [], "challenge": [], "cycle": [], "ok": [], "errors": {}, "cpu": spent}
     for _, s in results:
         for k in ("attest", "challenge", "cycle", "ok"):
             merged[k] += s[k]
@@ -313,7 +432,9 @@ def pct(values: list[float], q: float) -> float:
 
 def summary(run: dict[str, Any], seconds: float) -> dict[str, Any]:
     s = run["stats"]
+    n = max(1, len(s["ok"]))
     return {"attestations": len(s["ok"]), "per_second": len(s["ok"]) / seconds,
+            "cpu_ms_per_attestation": {k: round(v / n * 1000, 2) for k, v in s["cpu"].items()},
             "attest_p50_ms": pct(s["attest"], 0.5) * 1000, "attest_p99_ms": pct(s["attest"], 0.99) * 1000,
             "challenge_p50_ms": pct(s["challenge"], 0.5) * 1000, "cycle_p50_ms": pct(s["cycle"], 0.5) * 1000,
             "cycle_p99_ms": pct(s["cycle"], 0.99) * 1000, "errors": dict(s["errors"])}
@@ -353,6 +474,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="tsmr serve --workers")
     ap.add_argument("--events", type=int, default=100, help="runtime-log records per bundle")
     ap.add_argument("--baseline-seconds", type=float, default=5.0)
+    ap.add_argument("--floor-seconds", type=float, default=0.0,
+                    help="also run the clients this long against the HTTP floor (a verifier doing nothing); 0 skips it")
     ap.add_argument("--sqlite", action="store_true", help="use SQLite even when PostgreSQL is available")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -384,7 +507,13 @@ def main() -> None:
 
         proc, url = start_service(work, database, guest["trust_root"], args.workers)
         try:
-            phase1 = summary(run_load(url, guest, args.seconds, args.clients), args.seconds)
+            phase1 = summary(run_load(url, guest, args.seconds, args.clients, meter=CpuMeter(proc.pid)), args.seconds)
+            import httpx
+
+            with httpx.Client(base_url=url, timeout=60) as c:  # one real answer, for the floor to send
+                nonce = bytes.fromhex(c.post("/challenge").json()["nonce"])
+                real_answer = c.post("/attest", content=BodyMaker(guest).body(nonce),
+                                     headers={"content-type": "application/json"}).content
             phase2: dict[str, Any] | None = None
             if args.kill_seconds > 0:
                 def kill_one() -> dict[str, Any]:
@@ -418,13 +547,21 @@ def main() -> None:
                 phase2.update({"told_stored": len(run2["stats"]["ok"]), "lost": len(lost), "status_changed": mismatched})
         finally:
             stop_service(proc)
+        floor: dict[str, Any] | None = None
+        if args.floor_seconds > 0:
+            proc, url = start_floor(work, real_answer, args.workers)
+            try:
+                floor = summary(run_load(url, guest, args.floor_seconds, args.clients, meter=CpuMeter(proc.pid)),
+                                args.floor_seconds)
+            finally:
+                stop_service(proc)
     finally:
         if cluster is not None:
             cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     report = {"database": backend, "workers": args.workers, "clients": args.clients, "events": args.events,
-              "bundle_bytes": size, "cpus": os.cpu_count(), "phase1": phase1, "phase2": phase2, "baseline": base,
+              "bundle_bytes": size, "cpus": os.cpu_count(), "phase1": phase1, "phase2": phase2, "baseline": base, "floor": floor,
               "ratio_throughput": phase1["per_second"] / base["per_second"],
               "ratio_latency_p50": phase1["attest_p50_ms"] / base["p50_ms"], "notes": notes}
     if args.json:
@@ -438,6 +575,7 @@ def main() -> None:
     print(f"phase 1 ({args.seconds:g} s): {p['attestations']} attestations, {p['per_second']:.1f}/s; "
           f"POST /attest p50 {p['attest_p50_ms']:.1f} ms p99 {p['attest_p99_ms']:.1f} ms; "
           f"POST /challenge p50 {p['challenge_p50_ms']:.1f} ms; errors {p['errors'] or 0}")
+    print(f"  CPU per attestation: {_cpu(p)}")
     if phase2 is not None:
         q = phase2
         print(f"phase 2 ({args.kill_seconds:g} s, worker {q['killed']} killed halfway, replaced after "
@@ -448,6 +586,15 @@ def main() -> None:
           f"p99 {base['p99_ms']:.1f} ms ({', '.join(base['statuses'])})")
     print(f"ratio service/in-process: throughput {report['ratio_throughput']:.2f}, "
           f"latency p50 {report['ratio_latency_p50']:.2f}")
+    if floor is not None:
+        print(f"HTTP floor ({args.floor_seconds:g} s, a verifier doing nothing): {floor['per_second']:.1f}/s; "
+              f"POST /attest p50 {floor['attest_p50_ms']:.1f} ms p99 {floor['attest_p99_ms']:.1f} ms; "
+              f"errors {floor['errors'] or 0}; CPU per attestation: {_cpu(floor)}")
+
+
+def _cpu(phase: dict[str, Any]) -> str:
+    cpu = phase["cpu_ms_per_attestation"]
+    return ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items()) + f" (sum {sum(cpu.values()):.2f} ms)"
 
 
 if __name__ == "__main__":
