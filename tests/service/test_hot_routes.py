@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -29,11 +29,16 @@ def _shape(r: httpx.Response) -> tuple[int, Any]:
     return r.status_code, sorted(body)
 
 
-@pytest.fixture
-def server(tmp_path: Path, make_server: Callable[..., Server], emulator: Emulator) -> Server:
-    srv = make_server(database=f"sqlite:///{tmp_path / 'v.db'}", trust_root=emulator.trust_root)
-    srv.cover()
-    return srv
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, emulator: Emulator) -> Iterator[Server]:
+    """One verifier for the module: every case uses fresh nonces, so they do not interfere."""
+    work = tmp_path_factory.mktemp("hot")
+    srv = Server(work / "a", database=f"sqlite:///{work / 'v.db'}", trust_root=emulator.trust_root).start()
+    try:
+        srv.cover()
+        yield srv
+    finally:
+        srv.stop()
 
 
 def _both(c: httpx.Client, path: str, **kw: Any) -> tuple[httpx.Response, httpx.Response]:
@@ -52,8 +57,20 @@ def test_challenges_are_the_same_both_ways(server: Server) -> None:
     assert hot.json()["nonce"] != api.json()["nonce"]
 
 
+def _counts(text: str) -> dict[tuple[str, str], int]:
+    """POST /attest requests by status, and attestations by outcome, from the Prometheus text."""
+    out: dict[tuple[str, str], int] = {("/attest", "201"): 0, ("/attest", "409"): 0, ("affirming", ""): 0}
+    for route, status, n in re.findall(r'tsmr_http_requests_total\{method="POST",route="([^"]+)",status="(\d+)"\} (\d+)',
+                                       text):
+        out[(route, status)] = int(n)
+    for status, n in re.findall(r'tsmr_attestations_total\{status="([^"]+)"\} (\d+)', text):
+        out[(status, "")] = int(n)
+    return out
+
+
 def test_attestations_are_the_same_both_ways(server: Server, emulator: Emulator) -> None:
     with server.client() as c:
+        before = _counts(c.get("/metrics").text)
         answers = []
         for params in ({}, VIA_FASTAPI):
             nonce = c.post("/challenge").json()["nonce"]
@@ -71,10 +88,10 @@ def test_attestations_are_the_same_both_ways(server: Server, emulator: Emulator)
         assert [_shape(r) for r in _both(c, "/attest", json=again)] == [
             (409, ("freshness.nonce-reused", "this nonce was already used"))] * 2
         # both counted under the route's template, whichever way they came
-        text = c.get("/metrics").text
-        assert re.search(r'tsmr_http_requests_total\{method="POST",route="/attest",status="201"\} 2\n', text), text
-        assert re.search(r'tsmr_http_requests_total\{method="POST",route="/attest",status="409"\} 2\n', text), text
-        assert re.search(r'tsmr_attestations_total\{status="affirming"\} 2\n', text), text
+        after = _counts(c.get("/metrics").text)
+        assert after[("/attest", "201")] - before[("/attest", "201")] == 2
+        assert after[("/attest", "409")] - before[("/attest", "409")] == 2
+        assert after[("affirming", "")] - before[("affirming", "")] == 2
 
 
 def _deep(levels: int) -> bytes:
