@@ -67,6 +67,12 @@ graceful-shutdown period by more than one step of one appraisal.  Either way
 the nonce is given back.
 Errors are JSON ``{"error": <code>, "detail": ...}`` without stack traces;
 logs are one JSON object per line.
+
+``POST /challenge`` and ``POST /attest`` without a query string, every attestation's
+two requests, are served by :class:`VerifierApp` beside FastAPI's middleware, routing
+and dependency machinery, through the same functions (:func:`issue_challenge`,
+:func:`parse_bundle`, :func:`run_attestation`, :func:`error_response`) and the same
+access log and body limit; FastAPI serves everything else and documents both routes.
 """
 
 from __future__ import annotations
