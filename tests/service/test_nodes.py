@@ -15,8 +15,6 @@ import hashlib
 import json
 import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,9 +27,6 @@ from forge import pem, tpm_bundle
 from tsmr.appraisal import ear
 
 from .conftest import ADMIN_TOKEN, Emulator, Server, admin_headers
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def srv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
@@ -230,13 +225,21 @@ def test_tpm_node_is_its_attestation_key(srv: Server) -> None:
         assert [x["state"] for x in node(c, "host-1")["history"]] == ["contraindicated", "affirming"]
 
 
-def tsmr(*args: str, token: str | None = ADMIN_TOKEN) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSMR_")}
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    if token is not None:
-        env["TSMR_ADMIN_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "tsmr", "nodes", *args], capture_output=True, text=True, env=env,
-                          timeout=60)
+class Ran:
+    def __init__(self, code: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = code, stdout, stderr
+
+
+def tsmr(*args: str, token: str | None = ADMIN_TOKEN) -> Ran:
+    """``tsmr nodes ARGS`` (the CLI's own application, in this process), with the admin token in the environment."""
+    from typer.testing import CliRunner
+
+    from tsmr.cli.main import app
+
+    env = {k: None for k in os.environ if k.startswith("TSMR_")}
+    env["TSMR_ADMIN_TOKEN"] = token
+    r = CliRunner().invoke(app, ["nodes", *args], env=env)
+    return Ran(r.exit_code, r.stdout, r.stderr)
 
 
 def test_nodes_cli(srv: Server, emulator: Emulator, mrtd: str) -> None:
