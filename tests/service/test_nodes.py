@@ -269,3 +269,45 @@ def test_nodes_cli(srv: Server, emulator: Emulator, mrtd: str) -> None:
     assert unreachable.returncode == 3
     bad = tsmr("enrol", "cli-2", "--kind", "tdx", "--identity", "mrtd", *url)
     assert bad.returncode == 2
+
+
+def test_concurrent_attestations_of_one_node_change_its_state_one_at_a_time(db_url: str) -> None:
+    """Threads recording results for one node at once: the history stays one numbered change after another."""
+    import threading
+    from datetime import timedelta
+
+    from tsmr.service.db import Store, utcnow
+
+    store = Store.open(db_url)
+    try:
+        store.enrol_node("busy-1", kind="tdx", identity={"mrtd": "ab" * 48})
+        start = utcnow()
+        statuses = ["affirming", "contraindicated", "warning"]
+        barrier, errors = threading.Barrier(6), []
+
+        def worker(i: int) -> None:
+            barrier.wait()
+            try:
+                for j in range(5):
+                    n = i * 5 + j
+                    store.save_node_result(node_id="busy-1", status=statuses[n % 3], kind="tdx", nonce=f"{n:064x}",
+                                           ear="x", result={"n": n}, now=start + timedelta(milliseconds=n))
+            except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == []
+        view = store.get_node("busy-1", history=100)
+        assert view is not None
+        history = view.history
+        assert [h.seq for h in history] == list(range(len(history), 0, -1)) and history
+        # each change is a change, and the node is in the state its latest change says, since then
+        assert all(a.state != b.state for a, b in zip(history, history[1:]))
+        assert (view.node.state, view.node.state_since) == (history[0].state, history[0].at)
+        assert view.node.last_attested_at is not None and view.node.last_attested_at >= history[0].at
+    finally:
+        store.close()

@@ -44,7 +44,16 @@ Database trouble (unreachable, read-only, the SQLite file deleted) is 503
 ``database.unavailable`` on any route, and ``/healthz`` says so too: its check
 is a write that is rolled back, done at most once a second per worker.
 
-Admin endpoints (``/policies``, ``/refvals``, ``/tpm-aks``) exist only when an
+Enrolled nodes (``/nodes``, an admin endpoint) attest with ``POST /attest?node=ID``,
+which goes through FastAPI (the hot route takes no query string): the node is looked
+up before the nonce is spent (404 ``node.unknown`` for an unknown or retired one), its
+own policy and reference values apply, the identity its evidence shows (TDX MRTD,
+SEV-SNP measurement, CCA RIM, the TPM attestation key) is compared with the one it was
+enrolled with after the appraisal and before the EAR is signed (``node.identity-mismatch``,
+an error: the result is then ``contraindicated``, whatever the policy said), and the
+result is stored with the node's state change in one transaction.
+
+Admin endpoints (``/policies``, ``/refvals``, ``/tpm-aks``, ``/nodes``) exist only when an
 admin token is configured; the bearer token is compared in constant time and
 never logged.  Over TLS with a client CA (``--tls-client-ca``) they also need a
 client certificate that CA issued (403 ``admin.client-certificate-required``),

@@ -14,6 +14,11 @@ Everything a replica knows lives in the database, so any number of
   retries), a DELETE marks every version deleted without forgetting it, so a
   ``name@version`` in an old result never means two different documents.
 
+* nodes (the registry of what is attested again and again) change state only with
+  the result that changes it: :meth:`Store.save_node_result` inserts the result, locks
+  the node's row, and writes its new state and a ``node_states`` history row in one
+  transaction.
+
 The attestation path (challenge, current versions, consume, result, release) uses
 SQLAlchemy Core statements built once, one pooled connection per operation, and
 on PostgreSQL autocommit (each operation decides in one statement).  Policies and
