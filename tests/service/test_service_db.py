@@ -32,7 +32,7 @@ def test_migrations_from_empty_match_the_models(db_url: str) -> None:
     upgrade(engine)  # a second run finds nothing to do
     names = set(inspect(engine).get_table_names())
     assert names == {"alembic_version", "challenges", "results", "policies", "reference_values", "tpm_aks",
-                     "collateral", "collateral_leases"}
+                     "collateral", "collateral_leases", "nodes", "node_states"}
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     engine.dispose()
@@ -44,7 +44,7 @@ def test_processes_migrating_at_once(db_url: str) -> None:
                               text=True) for _ in range(6)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, [e for _, e in outs]
-    assert {o.strip() for o, _ in outs} == {"0003"}
+    assert {o.strip() for o, _ in outs} == {"0004"}
 
 
 def test_a_nonce_is_consumed_exactly_once_under_contention(db_url: str) -> None:

@@ -109,7 +109,7 @@ def test_challenge_attest_and_a_signed_ear(db_url: str, make_server: Callable[..
         assert 'tsmr_http_requests_total{method="POST",route="/attest",status="201"} 1' in metrics
         assert "tsmr_appraisal_duration_seconds_count 1" in metrics
         health = c.get("/healthz").json()
-        assert health == {"status": "ok", "database": db_url.split(":")[0].split("+")[0], "revision": "0003"}
+        assert health == {"status": "ok", "database": db_url.split(":")[0].split("+")[0], "revision": "0004"}
     assert _count_results(db_url) == 1
     # the log: one JSON object per line, no admin token, no bundle contents
     srv.stop()

@@ -73,7 +73,8 @@ def test_schema_covers_every_route(fuzzed_server: Server) -> None:
     paths = doc["paths"]
     assert {"/challenge", "/attest", "/results/{result_id}", "/.well-known/jwks.json", "/healthz", "/metrics",
             "/policies", "/policies/{name}", "/policies/{name}/versions", "/refvals", "/refvals/{name}",
-            "/refvals/{name}/versions"} <= set(paths)
+            "/refvals/{name}/versions", "/nodes", "/nodes/{node_id}"} <= set(paths)
+    assert {"get", "put", "delete"} <= set(paths["/nodes/{node_id}"])
     attest = paths["/attest"]["post"]
     # the body is the bundle itself, described by its schema
     ref = attest["requestBody"]["content"]["application/json"]["schema"]["$ref"]
@@ -82,6 +83,6 @@ def test_schema_covers_every_route(fuzzed_server: Server) -> None:
     assert {"format", "version", "nonce", "evidence"} <= set(bundle["required"])
     assert bundle["properties"]["evidence"]["$ref"] == "#/components/schemas/BundleEvidence"
     assert "BundleLog" in doc["components"]["schemas"]
-    assert {p["name"] for p in attest["parameters"] if p["in"] == "query"} == {"policy", "refvals"}
+    assert {p["name"] for p in attest["parameters"] if p["in"] == "query"} == {"policy", "refvals", "node"}
     assert {"201", "403", "409", "410", "413", "422"} <= set(attest["responses"])
     assert "HTTPBearer" in doc["components"]["securitySchemes"]

@@ -25,6 +25,7 @@ from .log_cmd import log_app
 from .ear_cmd import ear_app
 from .quote_cmd import quote_app
 from .collateral_cmd import collateral_app
+from .nodes_cmd import nodes_app
 from .predict_cmd import authenticode_cmd, predict_app
 from .predict_cmd import SnpFeaturesOpt, SnpVcpusOpt, SnpVcpuTypeOpt, SnpVmmOpt, emulated_snp_launch, emulated_tdx_boot
 from .agent_cmd import register as register_agent
@@ -52,6 +53,7 @@ app.add_typer(log_app, name="log")
 app.add_typer(eventlog_app, name="eventlog")
 app.add_typer(quote_app, name="quote")
 app.add_typer(collateral_app, name="collateral")
+app.add_typer(nodes_app, name="nodes")
 app.add_typer(ear_app, name="ear")
 app.add_typer(predict_app, name="predict")
 app.command("authenticode")(authenticode_cmd)

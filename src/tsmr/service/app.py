@@ -44,7 +44,16 @@ Database trouble (unreachable, read-only, the SQLite file deleted) is 503
 ``database.unavailable`` on any route, and ``/healthz`` says so too: its check
 is a write that is rolled back, done at most once a second per worker.
 
-Admin endpoints (``/policies``, ``/refvals``, ``/tpm-aks``) exist only when an
+Enrolled nodes (``/nodes``, an admin endpoint) attest with ``POST /attest?node=ID``,
+which goes through FastAPI (the hot route takes no query string): the node is looked
+up before the nonce is spent (404 ``node.unknown`` for an unknown or retired one), its
+own policy and reference values apply, the identity its evidence shows (TDX MRTD,
+SEV-SNP measurement, CCA RIM, the TPM attestation key) is compared with the one it was
+enrolled with after the appraisal and before the EAR is signed (``node.identity-mismatch``,
+an error: the result is then ``contraindicated``, whatever the policy said), and the
+result is stored with the node's state change in one transaction.
+
+Admin endpoints (``/policies``, ``/refvals``, ``/tpm-aks``, ``/nodes``) exist only when an
 admin token is configured; the bearer token is compared in constant time and
 never logged.  Over TLS with a client CA (``--tls-client-ca``) they also need a
 client certificate that CA issued (403 ``admin.client-certificate-required``),
@@ -94,7 +103,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any, AsyncIterator, Callable, Mapping, Sequence
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -106,16 +115,17 @@ from ..appraisal import ear
 from ..errors import InputError, TsmrError
 from ..evidence import tpm
 from ..evidence.anchors import TrustAnchors
-from ..findings import Finding
+from ..findings import Finding, Severity
 from ..version import __version__
 from ..evidence.limits import AppraisalCancelled, LimitExceeded
-from .db import (DatabaseUnavailable, Document, JSONText, Store, describe_db_error, make_engine, redact_url, upgrade,
-                 utcnow)
+from .db import (DatabaseUnavailable, Document, JSONText, Node, NodeExists, Store, describe_db_error, make_engine,
+                 redact_url, upgrade, utcnow)
 from .collateral_cache import public_url
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import AccessLog, BodyLimit, _event, configure_logging
 from .schemas import (_errors, AkIn, AkOut, AttestResponse, ChallengeResponse, Credentials,
-                      Health, JWK, JWKSet, MAX_JSON_DEPTH, NAME_PATTERN, NamePath, PolicyIn, PolicyOut, PolicyQuery,
+                      Health, IDENTITY_FIELDS, JWK, JWKSet, MAX_JSON_DEPTH, NAME_PATTERN, NamePath, NodeDetail,
+                      NodeIn, NodeList, NodeOut, NodeQuery, NodeStateOut, PolicyIn, PolicyOut, PolicyQuery,
                       RefvalsIn, RefvalsOut, RefvalsQuery, StoredResultResponse, VersionInfo, VersionList,
                       VersionQuery, bundle_schemas, read_bundle_body)
 from .settings import Settings
@@ -636,7 +646,8 @@ def _public_routes(v: Verifier) -> APIRouter:
     @r.post("/attest", response_model=AttestResponse, status_code=201, tags=["attestation"],
             responses=_errors(400, 403, 404, 409, 410, 413, 415, 422, 503), openapi_extra=ATTEST_BODY)
     def attest(body: Annotated[AttestBody, Depends(_bundle_body)], request: Request,
-               credentials: Credentials, policy: PolicyQuery = None, refvals: RefvalsQuery = None) -> Response:
+               credentials: Credentials, policy: PolicyQuery = None, refvals: RefvalsQuery = None,
+               node: NodeQuery = None) -> Response:
         """Appraise a bundle (the body, as ``tsmr attest -o`` writes it) over a nonce from ``POST /challenge``.
 
         The result is stored and returned with its signed EAR.  The verifier's
@@ -650,9 +661,15 @@ def _public_routes(v: Verifier) -> APIRouter:
         refused without storing anything.  Evidence that fails to verify gives a
         stored ``contraindicated`` result; evidence that cannot be appraised (422)
         gives the nonce back.
+
+        ``?node=ID`` attests as an enrolled node (no token needed): the node's policy and
+        reference values apply, its evidence must show the node's identity (else the
+        error finding ``node.identity-mismatch``), and the result updates the node's
+        state.  An unknown or retired node is 404 ``node.unknown`` before the nonce is
+        spent; naming a policy or reference values as well is 400 ``node.selection-conflict``.
         """
         payload, result_id = run_attestation(v, body, scope=request.scope, credentials=credentials,
-                                             policy=policy, refvals=refvals)
+                                             policy=policy, refvals=refvals, node=node)
         return Response(payload, status_code=201, media_type="application/json",
                         headers={"Location": f"/results/{result_id}"})
 
@@ -666,7 +683,7 @@ def _public_routes(v: Verifier) -> APIRouter:
         findings = [f.get("id", "") for f in (row.result or {}).get("findings", []) if isinstance(f, dict)]
         return StoredResultResponse(id=row.id, status=row.status, ear=row.ear, findings=findings, result=row.result,
                                     created_at=row.created_at, nonce=row.nonce, kind=row.kind,
-                                    policy_id=row.policy_id, refvals_id=row.refvals_id)
+                                    policy_id=row.policy_id, refvals_id=row.refvals_id, node_id=row.node_id)
 
     @r.get("/.well-known/jwks.json", response_model=JWKSet, tags=["keys"])
     def jwks() -> dict[str, Any]:
@@ -718,15 +735,21 @@ def issue_challenge(v: Verifier, host: str) -> ChallengeResponse:
 
 def run_attestation(v: Verifier, body: AttestBody, *, scope: Mapping[str, Any],
                     credentials: HTTPAuthorizationCredentials | None = None, policy: str | None = None,
-                    refvals: str | None = None) -> tuple[bytes, str]:
+                    refvals: str | None = None, node: str | None = None) -> tuple[bytes, str]:
     """``POST /attest`` once the body is parsed: the response body (an AttestResponse, as JSON) and the result id.
 
     Blocking (database, appraisal): FastAPI runs it in its thread pool, and so does
     the hot route.  Raises :class:`ApiError` (and database errors) for refusals.
+    ``node``: attest as this enrolled node (see :func:`_node_for`).
     """
     # Everything that depends on the request alone is checked before the nonce is spent.
-    _authorise_selection(v, policy, refvals, credentials, scope)
-    policy_row, refvals_row = _documents(v, policy, refvals)
+    enrolled = None
+    if node is not None:
+        enrolled = _node_for(v, node, policy, refvals)
+        policy_row, refvals_row = _node_documents(v, enrolled)
+    else:
+        _authorise_selection(v, policy, refvals, credentials, scope)
+        policy_row, refvals_row = _documents(v, policy, refvals)
     bundle, nonce = body.doc, body.nonce
     try:
         raw_nonce = bytes.fromhex(nonce)
@@ -754,7 +777,7 @@ def run_attestation(v: Verifier, body: AttestBody, *, scope: Mapping[str, Any],
         result, result_id, token, doc = _appraise_and_store(
             v, bundle, nonce=nonce, raw_nonce=raw_nonce, now=now, expires_at=consumed.challenge.expires_at,
             policy_row=policy_row, refvals_row=refvals_row, policy_id=policy_id, refvals_id=refvals_id,
-            trust=trust, extra_findings=collateral_findings)
+            trust=trust, extra_findings=collateral_findings, node=enrolled)
     except BaseException as exc:
         # No result was stored: give the nonce back, so that a failure here never costs the attester
         # its challenge (nor leaves a spent nonce that nothing answers).
@@ -772,7 +795,7 @@ def run_attestation(v: Verifier, body: AttestBody, *, scope: Mapping[str, Any],
     v.metrics.attestation(result.status)
     _event(logging.INFO, "attested", result_id=result_id, status=result.status, kind=result.kind,
            findings=len(result.findings), nonce=nonce[:16], logs=body.logs,
-           policy_id=policy_id, refvals_id=refvals_id)
+           policy_id=policy_id, refvals_id=refvals_id, **({"node": node} if node is not None else {}))
     # The response is AttestResponse (as documented), written directly: the result document, 33 kB
     # and more, is encoded once (the text stored) rather than validated and encoded again by FastAPI.
     payload = (f'{{"id":{_dumps(result_id)},"status":{_dumps(result.status)},"ear":{_dumps(token)},'
@@ -783,10 +806,14 @@ def run_attestation(v: Verifier, body: AttestBody, *, scope: Mapping[str, Any],
 def _appraise_and_store(v: Verifier, bundle: dict[str, Any], *, nonce: str, raw_nonce: bytes, now: datetime,
                         expires_at: datetime, policy_row: Any, refvals_row: Any, policy_id: str | None,
                         refvals_id: str | None, trust: TrustAnchors,
-                        extra_findings: Sequence[Finding] = ()) -> tuple[Any, str, str, JSONText]:
+                        extra_findings: Sequence[Finding] = (), node: Node | None = None
+                        ) -> tuple[Any, str, str, JSONText]:
     """Appraise, sign and store: the part of /attest that runs with the nonce spent.
 
     The result document is encoded to JSON once: that text is stored and sent.
+    As a node: the identity the evidence shows is checked against the node's before
+    the EAR is signed, and the result is stored with the node's state change in one
+    transaction (:meth:`Store.save_node_result`).
     """
     start = time.perf_counter()
     try:
@@ -799,13 +826,107 @@ def _appraise_and_store(v: Verifier, bundle: dict[str, Any], *, nonce: str, raw_
                             require_refvals=v.settings.require_refvals, extra_findings=extra_findings)
     finally:
         v.metrics.appraised(time.perf_counter() - start)
+    if node is not None:
+        mismatch = identity_mismatch(node, result, bundle)
+        if mismatch is not None:
+            result = with_finding(result, mismatch)
     result_id = str(uuid.uuid4())
     token = ear.sign(result, v.key, kid=v.kid, now=now, verifier_id=v.verifier_id, extra={"jti": result_id})
     doc = JSONText(_dumps(result.to_dict()))
-    v.store.save_result(id=result_id, status=result.status, kind=result.kind, nonce=nonce, ear=token,
-                        result=doc, policy_id=result.policy_id or policy_id,
-                        refvals_id=result.refvals_id or refvals_id, now=now)
+    stored: dict[str, Any] = {"id": result_id, "status": result.status, "kind": result.kind, "nonce": nonce, "ear": token,
+              "result": doc, "policy_id": result.policy_id or policy_id,
+              "refvals_id": result.refvals_id or refvals_id, "now": now}
+    if node is None:
+        v.store.save_result(**stored)
+    else:
+        _, transition = v.store.save_node_result(node_id=node.id, reason=_state_reason(result), **stored)
+        if transition is not None:
+            _event(logging.INFO, "node state changed", node=node.id, old=transition.old, new=transition.new,
+                   result_id=result_id)
     return result, result_id, token, doc
+
+
+# -- attesting as a node ---------------------------------------------------------------------------
+
+def _node_for(v: Verifier, node: str, policy: str | None, refvals: str | None) -> Node:
+    """The live node an attestation names, before anything else is looked at (404 ``node.unknown``)."""
+    if policy is not None or refvals is not None:
+        raise ApiError(400, "node.selection-conflict", "an attestation as a node is appraised with the node's "
+                       "policy and reference values: do not name others (?policy= / ?refvals=)")
+    row = v.store.live_node(node)
+    if row is None:
+        v.metrics.attestation("refused-node")
+        raise ApiError(404, "node.unknown", f"no enrolled node named {node!r}")
+    return row
+
+
+def _node_documents(v: Verifier, node: Node) -> tuple[Document | None, Document | None]:
+    """The node's policy and reference values (None names: the verifier's own), 503 when one is not stored."""
+    try:
+        return _documents(v, node.policy, node.refvals)
+    except ApiError as exc:
+        if exc.status_code != 404:
+            raise
+        raise ApiError(503, f"node.{exc.code.split('.')[0]}-missing",
+                       f"node {node.id!r}: {exc.detail} (the node's settings name it)") from None
+
+
+def identity_mismatch(node: Node, result: Any, bundle: Mapping[str, Any]) -> Finding | None:
+    """The ``node.identity-mismatch`` finding when the appraised evidence does not show ``node``'s identity.
+
+    TDX, SEV-SNP and CCA: the launch measurement the node was enrolled with, as the
+    verified evidence's claims give it (``mrtd``, ``measurement``, ``rim``).  TPM: the
+    fingerprint of the attestation key whose signature on the quote was verified.
+    Evidence of another kind, or that did not verify (no claims), does not show it either.
+    """
+    field, _ = IDENTITY_FIELDS[node.kind]
+    expected = str(node.identity.get(field, "")).lower()
+    actual: str | None = None
+    if result.kind == node.kind and result.claims:
+        if node.kind == "tpm":
+            ev = bundle.get("evidence")
+            try:
+                actual = tpm.ak_fingerprint(bytes.fromhex(ev["ak_public"]))  # type: ignore[index]
+            except (TypeError, KeyError, ValueError, TsmrError):
+                actual = None
+        else:
+            claim = result.claims.get(field)
+            actual = claim.lower() if isinstance(claim, str) else None
+    if actual is not None and hmac.compare_digest(actual, expected):
+        return None
+    if result.kind != node.kind:
+        message = f"node {node.id!r} is a {node.kind} node; the evidence is {result.kind or 'unreadable'}"
+    elif actual is None:
+        message = f"the evidence was not verified, so it does not show node {node.id!r}'s {field}"
+    else:
+        message = f"the evidence's {field} is not the one node {node.id!r} was enrolled with"
+    return Finding("node.identity-mismatch", Severity.ERROR, message, "instance-identity",
+                   {"node": node.id, "field": field, "expected": expected, "actual": actual})
+
+
+def with_finding(result: Any, finding: Finding) -> Any:
+    """``result`` with an error ``finding`` added after the appraisal: contraindicated, whatever the policy said.
+
+    The finding joins the others (worst first), its claim takes the contraindicated tier,
+    and the status becomes contraindicated; the rest of the result is unchanged.
+    """
+    from ..appraisal.model import TIER, EarStatus, result_of_frozen
+
+    rank = {"info": 0, "warning": 1, "error": 2}
+    findings = sorted((*result.findings, finding), key=lambda f: -rank.get(f.severity, 2))
+    vector = dict(result.trustworthiness)
+    vector[finding.claim] = max(vector.get(finding.claim, 0), TIER[EarStatus.CONTRAINDICATED])
+    return result_of_frozen({"events": result.events, "unproven": result.unproven},
+                            status=EarStatus.CONTRAINDICATED, kind=result.kind, nonce=result.nonce,
+                            findings=findings, trustworthiness=vector, registers=result.registers,
+                            claims=result.claims, quirks=result.quirks, policy_id=result.policy_id,
+                            refvals_id=result.refvals_id)
+
+
+def _state_reason(result: Any) -> str:
+    """Why a node is in the state a result gives it, for its history: the status and the worst findings."""
+    worst = [f.id for f in result.findings if f.severity != "info"][:5]
+    return f"attestation {result.status}" + (f": {', '.join(worst)}" if worst else "")
 
 
 def _dumps(value: Any) -> str:
@@ -999,6 +1120,79 @@ def _admin_routes(v: Verifier) -> APIRouter:
         if not v.store.delete_ak(name):
             raise ApiError(404, "tpm-ak.unknown", f"no TPM attestation key named {name!r}")
         _event(logging.INFO, "tpm ak removed", name=name)
+        return Response(status_code=204)
+
+    # Nodes ---------------------------------------------------------------------------------------
+    def node_out(row: Node) -> NodeOut:
+        return NodeOut(id=row.id, kind=row.kind, identity=row.identity, policy=row.policy,  # type: ignore[arg-type]
+                       refvals=row.refvals, interval_s=row.interval_s, state=row.state,  # type: ignore[arg-type]
+                       state_since=row.state_since, last_result_id=row.last_result_id,
+                       last_attested_at=row.last_attested_at, created_at=row.created_at, retired_at=row.retired_at)
+
+    def check_documents(body: NodeIn) -> None:
+        for kind, name in (("policy", body.policy), ("refvals", body.refvals)):
+            if name is not None and v.store.get(kind, name) is None:  # type: ignore[arg-type]
+                what = "policy" if kind == "policy" else "reference values"
+                raise ApiError(422, f"node.{kind}-unknown", f"no {what} named {name!r} is stored: store it first")
+
+    @r.put("/nodes/{node_id}", response_model=NodeOut, status_code=201, tags=["nodes"],
+           responses={200: {"model": NodeOut, "description": "The node's settings were replaced"},
+                      **_errors(404, 409)})
+    def put_node(node_id: NamePath, body: NodeIn, response: Response,
+                 if_none_match: Annotated[str | None, Header(
+                     description="`*`: only enrol, never update (409 node.exists when the id is enrolled)")] = None
+                 ) -> NodeOut:
+        """Enrol a node (201, state ``unknown``), or replace a live node's settings (200).
+
+        A live node keeps its kind (409 ``node.kind-conflict``: retire it and enrol it
+        again); a new identity makes its state ``unknown`` until it attests again.
+        A retired node's id is enrolled afresh (its history goes on).
+        """
+        check_documents(body)
+        current = v.store.live_node(node_id)
+        if current is None:
+            try:
+                row = v.store.enrol_node(node_id, kind=body.kind, identity=body.identity, policy=body.policy,
+                                         refvals=body.refvals, interval_s=body.interval_s)
+            except NodeExists as exc:  # enrolled a moment ago by another request
+                raise ApiError(409, "node.exists", str(exc)) from None
+            _event(logging.INFO, "node enrolled", node=node_id, kind=body.kind)
+            return node_out(row)
+        if if_none_match is not None and if_none_match.strip() == "*":
+            raise ApiError(409, "node.exists", f"a node named {node_id!r} is enrolled already")
+        if current.kind != body.kind:
+            raise ApiError(409, "node.kind-conflict", f"node {node_id!r} is a {current.kind} node; retire it "
+                           f"and enrol it again to make it a {body.kind} node")
+        updated = v.store.update_node(node_id, identity=body.identity, policy=body.policy, refvals=body.refvals,
+                                      interval_s=body.interval_s, set_policy=True, set_refvals=True)
+        if updated is None:  # retired between the two statements
+            raise ApiError(404, "node.unknown", f"no enrolled node named {node_id!r}")
+        _event(logging.INFO, "node updated", node=node_id)
+        response.status_code = 200
+        return node_out(updated)
+
+    @r.get("/nodes", response_model=NodeList, tags=["nodes"])
+    def list_nodes(retired: Annotated[bool, Query(alias="all", description="Retired nodes too.")] = False) -> NodeList:
+        """The enrolled nodes by id, with their states."""
+        return NodeList(items=[node_out(n) for n in v.store.list_nodes(retired=retired)])
+
+    @r.get("/nodes/{node_id}", response_model=NodeDetail, tags=["nodes"], responses=_errors(404))
+    def get_node(node_id: NamePath, history: Annotated[int, Query(
+            ge=0, le=1000, description="How many of the latest state changes to include.")] = 50) -> NodeDetail:
+        """A node (retired ones too) with its latest state changes, newest first."""
+        view = v.store.get_node(node_id, history=history)
+        if view is None:
+            raise ApiError(404, "node.unknown", f"no node named {node_id!r}")
+        return NodeDetail(**node_out(view.node).model_dump(), history=[
+            NodeStateOut(seq=h.seq, state=h.state, at=h.at, result_id=h.result_id,  # type: ignore[arg-type]
+                         reason=h.reason) for h in view.history])
+
+    @r.delete("/nodes/{node_id}", status_code=204, tags=["nodes"], responses=_errors(404))
+    def retire_node(node_id: NamePath) -> Response:
+        """Retire a node: attestations as it are refused from now on; its history and results stay."""
+        if not v.store.retire_node(node_id):
+            raise ApiError(404, "node.unknown", f"no enrolled node named {node_id!r}")
+        _event(logging.INFO, "node retired", node=node_id)
         return Response(status_code=204)
 
     # Policies -------------------------------------------------------------------------------------

@@ -14,6 +14,11 @@ Everything a replica knows lives in the database, so any number of
   retries), a DELETE marks every version deleted without forgetting it, so a
   ``name@version`` in an old result never means two different documents.
 
+* nodes (the registry of what is attested again and again) change state only with
+  the result that changes it: :meth:`Store.save_node_result` inserts the result, locks
+  the node's row, and writes its new state and a ``node_states`` history row in one
+  transaction.
+
 The attestation path (challenge, current versions, consume, result, release) uses
 SQLAlchemy Core statements built once, one pooled connection per operation, and
 on PostgreSQL autocommit (each operation decides in one statement).  Policies and
@@ -46,9 +51,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, TypeVar, cast
+from typing import Any, Callable, Iterator, Literal, Mapping, TypeVar, cast
 
-from sqlalchemy import (JSON, QueuePool, Connection, DateTime, Engine, Index, Integer, String, Table, Text, TypeDecorator,
+from sqlalchemy import (JSON, QueuePool, Connection, DateTime, Engine, ForeignKey, Index, Integer, String, Table, Text, TypeDecorator,
                         UniqueConstraint, bindparam, create_engine, event, func, insert, literal_column, select, text,
                         union_all, update)
 from sqlalchemy.engine import make_url
@@ -60,6 +65,7 @@ from .. import safefs
 from ..errors import BackendError, DatabaseUnavailable, InputError
 
 __all__ = ["Base", "Challenge", "StoredResult", "Policy", "RefValues", "TpmAk", "CachedCollateral", "CollateralLease",
+           "Node", "NodeState", "NodeView", "NodeExists", "Transition", "NODE_KINDS", "NODE_STATES",
            "Store", "default_url", "default_state_dir",
            "make_engine", "upgrade", "MIGRATIONS_DIR", "Consumed", "DatabaseUnavailable", "database_errors",
            "Document", "PING_AFTER_IDLE", "JSONText"]
@@ -123,6 +129,49 @@ class StoredResult(Base):
     refvals_id: Mapped[str | None] = mapped_column(String(300), nullable=True)
     ear: Mapped[str] = mapped_column(Text, nullable=False)
     result: Mapped[Any] = mapped_column(JSON, nullable=False)
+    node_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)  # attested as this node
+
+
+NODE_KINDS = ("tdx", "snp", "cca", "tpm")
+NODE_STATES = ("unknown", "affirming", "warning", "contraindicated", "stale")
+
+
+class Node(Base):
+    """An enrolled node: what binds its evidence to it, what it is appraised with, and its current state.
+
+    ``identity`` is the value the operator pinned for the node's kind (:data:`IDENTITY_CLAIMS`):
+    an attestation as this node whose evidence shows another is an identity mismatch.
+    ``policy`` / ``refvals`` name stored documents (None: the verifier's own).  A retired
+    node keeps its row and its history; the id may be enrolled again later.
+    """
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), nullable=False)
+    identity: Mapped[Any] = mapped_column(JSON, nullable=False)
+    policy: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    refvals: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    interval_s: Mapped[int] = mapped_column(Integer, nullable=False, default=60, server_default="60")
+    state: Mapped[str] = mapped_column(String(24), nullable=False, default="unknown", server_default="unknown")
+    state_since: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    last_result_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    last_attested_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class NodeState(Base):
+    """One change of a node's state (``seq`` counts from 1 per node), with the result that caused it, if any."""
+
+    __tablename__ = "node_states"
+
+    node_id: Mapped[str] = mapped_column(String(128), ForeignKey("nodes.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(24), nullable=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    result_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
 
 
 class Policy(Base):
@@ -198,6 +247,8 @@ _CHALLENGES = cast(Table, Challenge.__table__)
 _RESULTS = cast(Table, StoredResult.__table__)
 _POLICIES = cast(Table, Policy.__table__)
 _REFVALS = cast(Table, RefValues.__table__)
+_NODES = cast(Table, Node.__table__)
+_NODE_STATES = cast(Table, NodeState.__table__)
 
 
 def _hot_statements() -> dict[str, Any]:
@@ -474,6 +525,10 @@ def database_errors(url: str = "") -> Iterator[None]:
 
 # -- the store ------------------------------------------------------------------------------------
 
+class NodeExists(InputError):
+    """A live node already has the id being enrolled (the service answers 409)."""
+
+
 @dataclass(frozen=True)
 class Consumed:
     """What happened to a nonce presented for attestation."""
@@ -501,6 +556,31 @@ class Document:
     @property
     def document(self) -> Any:
         return self.content
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A node's change of state that an attestation caused."""
+
+    node_id: str
+    old: str
+    new: str
+    seq: int
+    at: datetime
+    result_id: str | None
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """A node as read, with (for :meth:`Store.get_node`) its latest state changes, newest first."""
+
+    node: Node
+    history: tuple[NodeState, ...] = ()
+
+
+# What an attestation's status makes of a node's state ("none": nothing could be appraised).
+_STATE_OF_STATUS = {"affirming": "affirming", "warning": "warning", "contraindicated": "contraindicated",
+                    "none": "contraindicated"}
 
 
 class Store:
@@ -868,6 +948,186 @@ class Store:
                 return False
             s.delete(row)
             return True
+
+    # -- nodes ------------------------------------------------------------------------------------
+    def _transaction(self, work: Callable[[Connection, bool], _T]) -> _T:
+        """Run ``work(connection, again)`` in one transaction on both databases (SQLite: ``BEGIN IMMEDIATE``).
+
+        Unlike :meth:`_run`, never in autocommit mode: for changes that must happen together
+        (a result and the node state it changes).  A connection found dead runs ``work`` once
+        more on a new one, ``again`` true, as :meth:`_run` does: nothing of the first attempt
+        committed unless its COMMIT did, which ``work`` checks for then.
+        """
+        self.check_file()
+        for again in (False, True):
+            try:
+                with self.engine.connect() as conn:
+                    conn.execution_options(sqlite_begin="IMMEDIATE")
+                    with conn.begin():
+                        return work(conn, again)
+            except DBAPIError as exc:
+                if again or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
+    def enrol_node(self, id: str, *, kind: str, identity: Mapping[str, Any], policy: str | None = None,
+                   refvals: str | None = None, interval_s: int = 60, now: datetime | None = None) -> Node:
+        """Enrol a node in state ``unknown``; :class:`NodeExists` when a live node has this id.
+
+        A retired node's id may be enrolled again: the row is taken over (new kind, identity,
+        settings, state ``unknown``) and its history goes on, with a row saying so.
+        """
+        now = now or utcnow()
+        try:
+            with self._write() as s:
+                row = s.get(Node, id, with_for_update=True)
+                if row is not None and row.retired_at is None:
+                    raise NodeExists(f"a node named {id!r} is enrolled already")
+                again = row is not None
+                if row is None:
+                    row = Node(id=id, created_at=now)
+                    s.add(row)
+                row.kind, row.identity, row.policy, row.refvals = kind, dict(identity), policy, refvals
+                row.interval_s, row.state, row.state_since, row.retired_at = interval_s, "unknown", now, None
+                row.last_result_id = row.last_attested_at = None
+                s.flush()
+                if again:  # a new node starts unknown with no history; a returning one changes back to unknown
+                    self._add_history(s.connection(), id, "unknown", now, None, "enrolled again after being retired")
+                s.expunge(row)
+                return row
+        except IntegrityError:  # a concurrent enrolment of the same id won
+            raise NodeExists(f"a node named {id!r} is enrolled already") from None
+
+    def update_node(self, id: str, *, identity: Mapping[str, Any] | None = None, policy: str | None = None,
+                    refvals: str | None = None, interval_s: int | None = None, set_policy: bool = False,
+                    set_refvals: bool = False, now: datetime | None = None) -> Node | None:
+        """Change a live node's settings (None: not found or retired).
+
+        ``policy`` / ``refvals`` change only with ``set_policy`` / ``set_refvals`` (so that None can
+        mean "the verifier's own").  A new identity makes the state ``unknown`` (with a history
+        row): what was attested so far was another identity's.
+        """
+        now = now or utcnow()
+        with self._write() as s:
+            row = s.get(Node, id, with_for_update=True)
+            if row is None or row.retired_at is not None:
+                return None
+            if set_policy:
+                row.policy = policy
+            if set_refvals:
+                row.refvals = refvals
+            if interval_s is not None:
+                row.interval_s = interval_s
+            if identity is not None and dict(identity) != row.identity:
+                row.identity = dict(identity)
+                if row.state != "unknown":
+                    self._add_history(s.connection(), id, "unknown", now, None, "identity changed")
+                    row.state, row.state_since = "unknown", now
+            s.flush()
+            s.expunge(row)
+            return row
+
+    def retire_node(self, id: str, *, now: datetime | None = None) -> bool:
+        """Retire a live node (its row, history and results stay); False when there is none."""
+        now = now or utcnow()
+        with self._write() as s:
+            res = s.execute(update(Node).where(Node.id == id, Node.retired_at.is_(None)).values(retired_at=now)
+                            .execution_options(synchronize_session=False))
+            return int(res.rowcount or 0) == 1  # type: ignore[attr-defined]
+
+    def list_nodes(self, *, retired: bool = False) -> list[Node]:
+        """Live nodes by id (``retired``: every node, retired ones too)."""
+        with self._read() as s:
+            q = select(Node).order_by(Node.id)
+            if not retired:
+                q = q.where(Node.retired_at.is_(None))
+            rows = list(s.execute(q).scalars())
+            for row in rows:
+                s.expunge(row)
+            return rows
+
+    def get_node(self, id: str, *, history: int = 0, retired: bool = True) -> NodeView | None:
+        """A node (retired ones too, unless ``retired`` is false) with its last ``history`` state changes."""
+        with self._read() as s:
+            row = s.get(Node, id)
+            if row is None or (not retired and row.retired_at is not None):
+                return None
+            states: list[NodeState] = []
+            if history > 0:
+                states = list(s.execute(select(NodeState).where(NodeState.node_id == id)
+                                        .order_by(NodeState.seq.desc()).limit(history)).scalars())
+            for obj in (row, *states):
+                s.expunge(obj)
+            return NodeView(row, tuple(states))
+
+    def live_node(self, id: str) -> Node | None:
+        """The live node called ``id`` (None: unknown or retired): what an attestation as it is appraised with."""
+        view = self.get_node(id, retired=False)
+        return view.node if view is not None else None
+
+    @staticmethod
+    def _add_history(conn: Connection, node_id: str, state: str, at: datetime, result_id: str | None,
+                     reason: str) -> int:
+        """Append a state change to ``node_states`` (the caller holds the node row); its ``seq``."""
+        top = conn.execute(select(func.max(_NODE_STATES.c.seq)).where(_NODE_STATES.c.node_id == node_id)).scalar()
+        seq = int(top or 0) + 1
+        conn.execute(insert(_NODE_STATES), {"node_id": node_id, "seq": seq, "state": state, "at": at,
+                                            "result_id": result_id, "reason": reason[:2000]})
+        return seq
+
+    def _record_on(self, conn: Connection, node_id: str, result_id: str, status: str, at: datetime,
+                   reason: str) -> Transition | None:
+        """:meth:`record_attestation`'s statements, in the caller's transaction.
+
+        The node row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite's write lock is
+        held already), so concurrent attestations of one node change its state one at a time.
+        A retired or unknown node, or a result older than the one recorded last, changes nothing.
+        A state change is the node's UPDATE and one history INSERT (a notification outbox row
+        would be one more INSERT here, in the same transaction).
+        """
+        n = _NODES.c
+        row = conn.execute(select(n.state, n.retired_at, n.last_attested_at).where(n.id == node_id)
+                           .with_for_update()).first()
+        if row is None or row.retired_at is not None:
+            return None
+        if row.last_attested_at is not None and at < row.last_attested_at:
+            return None  # a later attestation was recorded first: it stands
+        new = _STATE_OF_STATUS.get(status, "contraindicated")
+        values: dict[str, Any] = {"last_result_id": result_id, "last_attested_at": at}
+        transition = None
+        if new != row.state:
+            values.update(state=new, state_since=at)
+            seq = self._add_history(conn, node_id, new, at, result_id, reason)
+            transition = Transition(node_id, row.state, new, seq, at, result_id)
+        conn.execute(update(_NODES).where(n.id == node_id).values(**values))
+        return transition
+
+    def record_attestation(self, node_id: str, result_id: str, status: str, at: datetime, *,
+                           reason: str = "") -> Transition | None:
+        """Note an attestation of ``node_id`` (its last result and time) and, when its state changes,
+        the new state and a history row, in one transaction.  The transition, or None."""
+        return self._transaction(lambda conn, _again: self._record_on(
+            conn, node_id, result_id, status, at, reason or f"attestation {status}"))
+
+    def save_node_result(self, *, node_id: str, status: str, kind: str | None, nonce: str, ear: str, result: Any,
+                         policy_id: str | None = None, refvals_id: str | None = None, now: datetime | None = None,
+                         id: str | None = None, reason: str = "") -> tuple[StoredResult, Transition | None]:
+        """:meth:`save_result` for an attestation as a node, and :meth:`record_attestation`, in one transaction."""
+        row = StoredResult(id=id or str(uuid.uuid4()), created_at=now or utcnow(), nonce=nonce, status=status,
+                           kind=kind, ear=ear, result=result, policy_id=policy_id, refvals_id=refvals_id,
+                           node_id=node_id)
+        params = {"id": row.id, "created_at": row.created_at, "nonce": nonce, "status": status, "kind": kind,
+                  "ear": ear, "result": result, "policy_id": policy_id, "refvals_id": refvals_id,
+                  "node_id": node_id, "b_id": row.id}
+
+        def work(conn: Connection, again: bool) -> Transition | None:
+            if again and conn.execute(_SQL["result_exists"], params).first() is not None:
+                return None  # the first attempt committed (and recorded the node's state with it)
+            conn.execute(_SQL["result_insert"], params)
+            return self._record_on(conn, node_id, row.id, status, row.created_at,
+                                   reason or f"attestation {status}")
+
+        return row, self._transaction(work)
 
     def ping(self) -> str | None:
         """The schema revision, once the database has shown it would take a write; raises if not.

@@ -124,6 +124,12 @@ RefvalsQuery = Annotated[Name | None, Query(
                                 "needs the admin bearer token, else 403 refvals.selection-forbidden.")]
 
 
+NodeQuery = Annotated[Name | None, Query(
+    max_length=128, description="Attest as this enrolled node: appraised with the node's policy and reference "
+                                "values, and its evidence must show the node's identity (else the error finding "
+                                "node.identity-mismatch). Cannot be combined with ?policy= / ?refvals= (400).")]
+
+
 def bundle_schemas() -> dict[str, Any]:
     """The OpenAPI component schemas of the ``POST /attest`` body (``Bundle`` and the models it uses).
 
@@ -210,6 +216,7 @@ class StoredResultResponse(AttestResponse):
     kind: str | None = None
     policy_id: str | None = None
     refvals_id: str | None = None
+    node_id: str | None = Field(None, description="The enrolled node this attestation was made as (?node=).")
 
 
 class VersionInfo(BaseModel):
@@ -245,6 +252,77 @@ class RefvalsIn(_CheckedBody):
 
 class RefvalsOut(VersionInfo):
     document: dict[str, Any]
+
+
+# -- nodes ----------------------------------------------------------------------------------------
+
+# What pins a node's evidence to it, by kind: the one identity field and the byte lengths its hex may have.
+IDENTITY_FIELDS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "tpm": ("ak_fingerprint", (32,)),  # SHA-256 of the AK's SubjectPublicKeyInfo (DER), as /tpm-aks shows it
+    "tdx": ("mrtd", (48,)),  # the TD's build-time measurement
+    "snp": ("measurement", (48,)),  # the guest's launch measurement
+    "cca": ("rim", (32, 48, 64)),  # the realm initial measurement (SHA-256 or SHA-512 realms)
+}
+NodeKind = Literal["tdx", "snp", "cca", "tpm"]
+NodeState = Literal["unknown", "affirming", "warning", "contraindicated", "stale"]
+
+
+class NodeIn(_CheckedBody):
+    """A node to enrol, or its new settings (``PUT /nodes/{id}`` replaces them all)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: NodeKind
+    identity: dict[str, str] = Field(
+        description="What binds the node's evidence to it, one field by kind: tpm {ak_fingerprint: SHA-256 hex of "
+                    "the AK's SubjectPublicKeyInfo}, tdx {mrtd: hex}, snp {measurement: hex}, cca {rim: hex}.")
+    policy: Name | None = Field(None, description="A stored policy to appraise the node with (default: the "
+                                                  "verifier's own).")
+    refvals: Name | None = Field(None, description="Stored reference values for the node (default: the verifier's).")
+    interval_s: int = Field(60, ge=1, le=7 * 86400, description="Seconds between the node's attestations.")
+
+    @model_validator(mode="after")
+    def _identity_fits_kind(self) -> "NodeIn":
+        field, sizes = IDENTITY_FIELDS[self.kind]
+        if set(self.identity) != {field}:
+            raise PydanticCustomError("node_identity", "a {kind} node's identity is one field, {field} (hex)",
+                                      {"kind": self.kind, "field": field})
+        value = self.identity[field].lower()
+        if len(value) not in {2 * n for n in sizes} or any(c not in "0123456789abcdef" for c in value):
+            raise PydanticCustomError("node_identity", "{field} must be hex of {sizes} bytes",
+                                      {"field": field, "sizes": " or ".join(map(str, sizes))})
+        self.identity = {field: value}
+        return self
+
+
+class NodeOut(BaseModel):
+    id: str
+    kind: NodeKind
+    identity: dict[str, str]
+    policy: str | None = Field(None, description="None: the verifier's own.")
+    refvals: str | None = Field(None, description="None: the verifier's own.")
+    interval_s: int
+    state: NodeState
+    state_since: datetime
+    last_result_id: str | None = None
+    last_attested_at: datetime | None = None
+    created_at: datetime
+    retired_at: datetime | None = Field(None, description="Set once the node is retired (it keeps its history).")
+
+
+class NodeStateOut(BaseModel):
+    seq: int = Field(description="The change's number for this node, from 1.")
+    state: NodeState
+    at: datetime
+    result_id: str | None = Field(None, description="The result that caused the change, if one did.")
+    reason: str
+
+
+class NodeDetail(NodeOut):
+    history: list[NodeStateOut] = Field(description="The latest state changes, newest first.")
+
+
+class NodeList(BaseModel):
+    items: list[NodeOut]
 
 
 class JWK(BaseModel):
