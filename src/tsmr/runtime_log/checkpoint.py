@@ -247,8 +247,8 @@ class Checkpoint:
             problems.append("more records than lines between the first and the last record")
         if offset < lines or offset > lines * (MAX_RECORD_BYTES + 1):
             problems.append("the offset does not fit the number of lines")
-        if gaps > records:
-            problems.append("more gaps than records")
+        if gaps > records * len(banks):
+            problems.append("more gaps than records times banks")
         if is_open and (not aael or lines == 0):
             problems.append("only an AAEL log's last line may be open")
         if (lines == 0) != (offset == 0) or (lines == 0 and digest != ZERO_DIGEST):
