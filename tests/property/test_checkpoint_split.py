@@ -100,7 +100,9 @@ def _chunks(part: bytes, size: int) -> list[bytes]:
 
 
 def _continue_all(parts: list[bytes], initial: dict[HashAlg, bytes], expected: dict[HashAlg, bytes] | None,
-                  size: int) -> tuple[Checkpoint, list, list, object]:
+                  size: int, resend: int = 0) -> tuple[Checkpoint, list, list, object]:
+    """Continue part after part; with ``resend``, each tail starts some lines before the checkpoint
+    (the sender lost its place and sends verified lines again)."""
     cp = Checkpoint.start(REG, initial=initial)
     events: list = []
     gaps: list = []
@@ -109,7 +111,10 @@ def _continue_all(parts: list[bytes], initial: dict[HashAlg, bytes], expected: d
     for part in parts:
         cp = Checkpoint.from_json(cp.to_json())  # what a verifier stores and reads back
         assert cp.claim() == TailClaim.of_prefix(seen) if seen else cp.claim() == TailClaim(0, 0, bytes(32))
-        c = continue_replay(cp, _chunks(part, size), claim=cp.claim(), expected=expected)
+        bounds = [0] + [i + 1 for i, b in enumerate(seen) if b == 0x0A]
+        back = bounds[-1 - resend % len(bounds)] if resend else len(seen)
+        claim = TailClaim.of_prefix(seen[:back]) if back else TailClaim(0, 0, bytes(32))
+        c = continue_replay(cp, _chunks(seen[back:] + part, size), claim=claim, expected=expected)
         events += c.events or ()
         gaps += c.gaps
         report = c.report
@@ -123,9 +128,9 @@ def _gap_key(g: object) -> tuple:
 
 
 @settings(max_examples=300, deadline=None)
-@given(logs(), st.lists(st.integers(0, 40), max_size=4), st.integers(1, 40), st.integers(0, 20))
+@given(logs(), st.lists(st.integers(0, 40), max_size=4), st.integers(1, 40), st.integers(0, 20), st.integers(0, 5))
 def test_continuing_from_any_split_equals_the_full_replay(log: tuple[bytes, dict[HashAlg, bytes]], picks: list[int],
-                                                          size: int, signed_at: int) -> None:
+                                                          size: int, signed_at: int, resend: int) -> None:
     data, initial = log
     aael = data.startswith(b"INIT ")
     # The signed value: what the log replays to after some line (the quote may predate later records).
@@ -140,7 +145,7 @@ def test_continuing_from_any_split_equals_the_full_replay(log: tuple[bytes, dict
                              banks=sorted(initial) if initial else None)
 
     parts = _cuts(data, picks)
-    cp, events, gaps, report = _continue_all(parts, initial, expected, size)
+    cp, events, gaps, report = _continue_all(parts, initial, expected, size, resend)
     assert report is not None
     # Register values, line and record counts, anchors, statuses.
     assert cp.banks == {a: b.value for a, b in full.banks.items()}
@@ -179,6 +184,11 @@ def test_an_open_aael_line_is_closed_by_the_next_tail(log: tuple[bytes, dict[Has
     full = log_replay(grown, initial=initial, accept_unterminated=True)
     assert c.checkpoint.banks == {a: b.value for a, b in full.banks.items()}
     assert list(c.events or ()) == eventlog.runtime_log_events(grown, register=REG)[cp.records:]
+    # Sent again from the start: the same; the unchanged log sent again: nothing new.
+    zero = TailClaim(0, 0, bytes(32))
+    again = continue_replay(cp, grown, claim=zero)
+    assert again.checkpoint == c.checkpoint and again.events == c.events
+    assert continue_replay(cp, data, claim=zero).checkpoint == cp
 
 
 FAULTS = [b"\x01", b"\r", b"\xff", b"\xc3", b" lead", b"SYNC sha384/zz", b"SYNC", b"# .EXTEND sha1/00"]

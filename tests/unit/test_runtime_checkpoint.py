@@ -118,7 +118,6 @@ def test_tails_that_do_not_extend_what_was_verified() -> None:
     cases: list[tuple[bytes, str]] = [
         (LOG.replace(b"one", b"uno"), "not the lines verified"),  # a record rewritten, same length
         (LOG.replace(b"# a comment", b"# a c0mment"), "not the lines verified"),  # even a comment
-        (_log(SYNC0, b"example.com/a one", b"example.com/a two"), "shorter than what was verified"),  # a line removed
         (LOG + _log(b"example.com/a extra"), "never sent"),  # the sender skips a line
         (LOG.replace(b"one", b"one!"), "changed length"),
     ]
@@ -128,6 +127,26 @@ def test_tails_that_do_not_extend_what_was_verified() -> None:
         assert info.value.finding == NOT_EXTENDED and str(info.value).startswith("log.not-extended: ")
     with pytest.raises(NotExtended, match="not the lines verified"):
         check_extends(cp, TailClaim(cp.lines, cp.offset, b"\x00" * 32))
+    with pytest.raises(NotExtended, match="shorter than what was verified"):
+        check_extends(cp, TailClaim(cp.lines - 1, cp.offset + 5, cp.digest))
+
+
+def test_a_sender_that_lost_its_place_sends_verified_lines_again() -> None:
+    """A tail may start before the checkpoint: the lines sent again must chain to its digest."""
+    cp = continue_replay(Checkpoint.start("rtmr3", initial=ZERO), LOG).checkpoint
+    tail = _log(b"example.com/a three")
+    want = continue_replay(cp, tail, claim=cp.claim())
+    again = continue_replay(cp, LOG + tail, claim=TailClaim(0, 0, bytes(32)))
+    assert again.checkpoint == want.checkpoint and again.events == want.events
+    first = LOG[: LOG.index(b"\n") + 1]
+    assert continue_replay(cp, [LOG[len(first):], tail], claim=TailClaim.of_prefix(first)).checkpoint == want.checkpoint
+    removed = _log(SYNC0, b"example.com/a one", b"example.com/a two")  # a line removed, the rest sent again
+    with pytest.raises(NotExtended, match="sent again, are not the lines verified"):
+        continue_replay(cp, removed + tail + tail, claim=TailClaim(0, 0, bytes(32)))
+    with pytest.raises(NotExtended, match="sent again, are not the lines verified"):  # same length, one record rewritten
+        continue_replay(cp, LOG.replace(b"one", b"uno") + tail, claim=TailClaim(0, 0, bytes(32)))
+    with pytest.raises(NotExtended, match="ends before line 4"):
+        continue_replay(cp, LOG[: -len(b"example.com/a two\n")], claim=TailClaim(0, 0, bytes(32)))
 
 
 def test_restarts_and_what_is_not_one() -> None:

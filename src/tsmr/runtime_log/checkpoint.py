@@ -272,7 +272,9 @@ class Continuation:
 
 
 def check_extends(checkpoint: Checkpoint, claim: TailClaim) -> None:
-    """Raise :class:`NotExtended` unless ``claim`` starts exactly where ``checkpoint`` stops."""
+    """Raise :class:`NotExtended` unless ``claim`` starts exactly where ``checkpoint`` stops.
+
+    (:func:`continue_replay` also takes a claim that starts earlier, checking the lines sent again.)"""
     if claim.lines != checkpoint.lines:
         if claim.lines < checkpoint.lines:
             raise NotExtended(f"the tail starts after line {claim.lines}, but {checkpoint.lines} lines were verified: "
@@ -297,15 +299,24 @@ def continue_replay(
 ) -> Continuation:
     """Replay the lines after ``checkpoint`` (``tail``: bytes, or chunks of them) from its values.
 
-    ``claim``, if given, is checked first (:func:`check_extends`).  ``expected`` (the signed
+    ``claim``, if given, says where ``tail`` starts.  At the checkpoint, or after it, it is checked
+    first (:func:`check_extends`).  Before it (a sender that lost its place sends verified lines
+    again), those lines are only chained from the claim's digest, must end at the checkpoint's
+    offset with its digest, and are not replayed again; otherwise :class:`NotExtended`.  ``expected`` (the signed
     register values) gives each bank's status and the last line after which it equalled the
     expected value, looked for from the checkpoint on.  ``events=False`` skips building the
     tail's :class:`~tsmr.events.Event` objects (memory bounded by one chunk whatever the tail's
     size).  Malformed lines raise :class:`~tsmr.errors.ParseError` naming the whole log's line.
     """
-    if claim is not None:
-        check_extends(checkpoint, claim)
     cp = checkpoint
+    # Lines the sender sends again (its tail starts before the checkpoint, e.g. after it lost its
+    # place): they are only chained, and must chain to the checkpoint's digest.
+    skip, skip_digest, skip_offset = 0, ZERO_DIGEST, 0
+    if claim is not None:
+        if claim.lines < cp.lines and claim.offset < cp.offset:
+            skip, skip_digest, skip_offset = cp.lines - claim.lines, claim.digest, claim.offset
+        else:
+            check_extends(cp, claim)
     chunks: Iterable[bytes] = (bytes(tail),) if isinstance(tail, (bytes, bytearray, memoryview)) else tail
     r = Replayer.resume(cp.banks, anchors=cp.anchors, lineno=cp.lines, records=cp.records,
                         last_record_line=cp.last_record_line, offset=cp.offset, expected=expected)
@@ -338,8 +349,31 @@ def continue_replay(
         lines += body.count(b"\n")
         offset += len(body)
 
+    def resent_differs() -> NotExtended:
+        return NotExtended(f"the sender's lines {claim.lines + 1 if claim else 0}-{cp.lines}, sent again, are not the lines "
+                           "verified: records were changed or replaced")
+
     for chunk in chunks:
         data = bytes(chunk)
+        if skip:
+            data, pending = pending + data, b""
+            pos, sha = 0, hashlib.sha256
+            while skip and (j := data.find(b"\n", pos)) >= 0:
+                skip_digest = sha(skip_digest + data[pos:j + 1]).digest()
+                pos, skip = j + 1, skip - 1
+            skip_offset += pos
+            if skip:
+                pending = data[pos:]
+                if len(pending) > MAX_RECORD_BYTES:
+                    raise resent_differs()
+                continue
+            data = data[pos:]
+            if not hmac.compare_digest(skip_digest, cp.digest) or skip_offset != cp.offset + (1 if is_open else 0):
+                raise resent_differs()
+            if is_open:  # the LF that closes the open line came with the resent lines
+                offset += 1
+                is_open = False
+            started = True
         if not started and data:
             started = True
             if is_open:
@@ -360,6 +394,13 @@ def continue_replay(
             continue
         pending = data[end + 1:]
         take(data[: end + 1])
+    if skip:
+        # An open last line sent again, still open: nothing new.  Anything else stops short.
+        if not (skip == 1 and is_open and chain(skip_digest, pending + b"\n") == cp.digest
+                and skip_offset + len(pending) == cp.offset):
+            raise NotExtended(f"the tail ends before line {cp.lines}, the last line verified: the sender's log is "
+                              "shorter than what was verified")
+        pending = b""
     if pending:
         if not aael and not (offset == 0 and pending.startswith(INIT_PREFIX)):
             raise ParseError("the log ends in a partial line (no final LF): it is truncated", format=FORMAT,
