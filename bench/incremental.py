@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -79,7 +80,7 @@ def generate(path: Path, records: int, tail: int, seed: int = 1) -> tuple[bytes,
     return value, at_cut, cut_offset
 
 
-def chunks(path: Path, limit: int | None = None):  # type: ignore[no-untyped-def]
+def chunks(path: Path, limit: int | None = None) -> Iterator[bytes]:
     """The file (or its first ``limit`` bytes) in 1 MiB reads."""
     left = limit if limit is not None else os.path.getsize(path)
     with open(path, "rb", buffering=0) as fh:
