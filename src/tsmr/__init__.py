@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .evidence.limits import AppraisalCancelled, LimitExceeded, TimeBudgetExceeded
     from .formats.ima import TemplateHashError
     from .replay import explain
+    from .runtime_log.checkpoint import NotExtended
     from .runtime_log.records import RecordError
 
 # Loaded on first use, so that `import tsmr` (to read or extend a register) does not load every
@@ -57,6 +58,7 @@ _LAZY_NAMES = {name: module for module, names in (
     ("tsmr.replay", ("explain",)),
     ("tsmr.formats.ima", ("TemplateHashError",)),
     ("tsmr.runtime_log.records", ("RecordError",)),
+    ("tsmr.runtime_log.checkpoint", ("NotExtended",)),
     ("tsmr.evidence.anchors", ("TrustAnchorMissing",)),
     ("tsmr.evidence.limits", ("AppraisalCancelled", "LimitExceeded", "TimeBudgetExceeded")),
     ("tsmr.agent.client", ("AgentError", "AgentRequestError", "AgentUnavailableError")),
@@ -94,6 +96,7 @@ __all__ = [
     "InputError",
     "UnknownRegisterError",
     "RecordError",
+    "NotExtended",
     "LimitExceeded",
     "TimeBudgetExceeded",
     "TrustAnchorMissing",

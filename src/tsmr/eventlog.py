@@ -214,8 +214,16 @@ def _cel_json_events(recs: Sequence[Any]) -> list[Event]:
     return out
 
 
-def runtime_log_events(data: bytes, *, register: str = "rtmr3") -> list[Event]:
+def runtime_log_events(
+    data: bytes, *, register: str = "rtmr3", first_line: int = 1, banks: Sequence[HashAlg] = ()
+) -> list[Event]:
     """A tsmr runtime log (or CoCo AAEL v1) as unified events; sync records carry their declared values.
+
+    ``first_line`` and ``banks`` read a later part of a log (the records after a replay checkpoint,
+    :mod:`tsmr.runtime_log.checkpoint`): its first line is line ``first_line`` of the log, and its
+    event records carry digests for ``banks``, the banks the last sync record before it declared.
+    Both default to the start of a log, so that the events of a log read in parts are the events of
+    the whole log.
 
     A log that is valid UTF-8 without control characters (every honest one) is read in one pass:
     decoded once, and only its lines that may be something other than a plain event record
@@ -224,14 +232,16 @@ def runtime_log_events(data: bytes, *, register: str = "rtmr3") -> list[Event]:
     (:func:`_runtime_log_events_by_line`), which finds its first fault in line order; both give
     the same events, and the same error, for every input.
     """
-    if data and not data.endswith(b"\n") and not data.startswith(b"INIT "):
+    if first_line < 1:
+        raise InputError(f"first_line is {first_line}: lines are numbered from 1")
+    if data and not data.endswith(b"\n") and not (first_line == 1 and data.startswith(b"INIT ")):
         raise ParseError("the log ends in a partial line: it is truncated", format="tsmr-log", offset=len(data))
     if not data.endswith(b"\n") or _FORBIDDEN_BYTES.search(data) is not None:
-        return _runtime_log_events_by_line(data, register)
+        return _runtime_log_events_by_line(data, register, first_line, banks)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return _runtime_log_events_by_line(data, register)
+        return _runtime_log_events_by_line(data, register, first_line, banks)
     # Valid UTF-8, so every LF byte is a character of its own: the two splits align line for line.
     lines = data.split(b"\n")
     texts = text.split("\n")
@@ -239,28 +249,29 @@ def runtime_log_events(data: bytes, *, register: str = "rtmr3") -> list[Event]:
     texts.pop()
     out: list[Event] = []
     append = out.append
-    hashers: list[tuple[HashAlg, Any]] = []
-    one: tuple[HashAlg, Any] | None = None
+    hashers: list[tuple[HashAlg, Any]] = [(a, a.constructor) for a in banks]
+    one: tuple[HashAlg, Any] | None = hashers[0] if len(hashers) == 1 else None
     special = _SPECIAL_FIRST
-    for n, raw in enumerate(lines, 1):
+    skip = first_line  # texts[n - skip] is line n's text
+    for n, raw in enumerate(lines, first_line):
         if raw and raw[0] not in special and raw[-1] != 0x20:  # a plain event record (what classify says of it)
             if one is not None:  # one bank (a CC register's): no comprehension per line
                 digests: tuple[tuple[HashAlg, bytes], ...] = ((one[0], one[1](raw).digest()),)
             else:
                 digests = tuple([(a, h(raw).digest()) for a, h in hashers])
-            append(Event("tsmr", n, 0, register, "event", digests, raw, True, DATA, texts[n - 1][:120]))
+            append(Event("tsmr", n, 0, register, "event", digests, raw, True, DATA, texts[n - skip][:120]))
             continue
         line = classify(raw, lineno=n)
         if line.kind is Kind.SYNC:
             hashers = [(a, a.constructor) for a, _ in line.values]
             one = hashers[0] if len(hashers) == 1 else None
             append(Event("tsmr", n, 0, register, "sync", tuple([(a, h(raw).digest()) for a, h in hashers]), raw, True,
-                         DATA, texts[n - 1][:120], {"declares": {a.kernel_name: v.hex() for a, v in line.values}}))
+                         DATA, texts[n - skip][:120], {"declares": {a.kernel_name: v.hex() for a, v in line.values}}))
         elif line.kind is Kind.EXTEND:
-            append(Event("tsmr", n, 0, register, "extend", line.values, raw, True, None, texts[n - 1][:120]))
+            append(Event("tsmr", n, 0, register, "extend", line.values, raw, True, None, texts[n - skip][:120]))
         elif line.kind is Kind.EVENT:
             append(Event("tsmr", n, 0, register, "event", tuple([(a, h(raw).digest()) for a, h in hashers]), raw,
-                         True, DATA, texts[n - 1][:120]))
+                         True, DATA, texts[n - skip][:120]))
     return out
 
 
@@ -271,14 +282,15 @@ def runtime_log_events(data: bytes, *, register: str = "rtmr3") -> list[Event]:
 _SPECIAL_FIRST = frozenset(b"#SI ")
 
 
-def _runtime_log_events_by_line(data: bytes, register: str) -> list[Event]:
+def _runtime_log_events_by_line(data: bytes, register: str, first_line: int = 1,
+                                banks: Sequence[HashAlg] = ()) -> list[Event]:
     """:func:`runtime_log_events` one line at a time: classified, then decoded for its summary."""
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     out: list[Event] = []
-    algs: tuple[HashAlg, ...] = ()
-    for n, raw in enumerate(lines, 1):
+    algs: tuple[HashAlg, ...] = tuple(banks)
+    for n, raw in enumerate(lines, first_line):
         line = classify(raw, lineno=n)
         if line.kind is Kind.SYNC:
             algs = tuple(a for a, _ in line.values)

@@ -186,6 +186,37 @@ class Replayer:
         self._aael = False
         self._refresh()
 
+    @classmethod
+    def resume(
+        cls,
+        values: Mapping[HashAlg, bytes | None],
+        *,
+        anchors: Mapping[HashAlg, int],
+        lineno: int,
+        records: int,
+        last_record_line: int,
+        offset: int,
+        expected: Mapping[HashAlg, bytes] | None = None,
+    ) -> "Replayer":
+        """A replayer that goes on where an earlier one stopped after line ``lineno`` (byte ``offset``).
+
+        ``values`` holds every tracked bank's state (None: still unknown), ``anchors`` the line
+        that anchored each known bank (0: an initial value).  Lines, records, gaps and offsets
+        it reports are the whole log's.  With ``expected``, a bank whose state already equals
+        its expected value matches at ``last_record_line``; earlier lines are not known here.
+        """
+        known = {a: v for a, v in values.items() if v is not None}
+        r = cls([a for a, v in values.items() if v is None], initial=known, expected=expected)
+        for alg in known:
+            r._anchor[alg] = anchors.get(alg, 0)
+        for alg in r._expected:
+            r._last_match[alg] = last_record_line if r._state.get(alg) == r._expected[alg] else None
+        r.lineno = lineno
+        r.records = records
+        r.last_record_line = last_record_line
+        r._offset = offset
+        return r
+
     @staticmethod
     def _check_size(alg: HashAlg, v: bytes, what: str) -> None:
         if len(v) != alg.digest_size:
