@@ -23,7 +23,8 @@ from tsmr.appraisal import EarStatus, Finding, Result, appraise, ear
 # HttpError and ApiError carry an HTTP status inside a server, which turns them into a response;
 # Refused and Unreadable carry a command's outcome to the CLI's one exit-code handler.
 SERVER_INTERNAL = {"tsmr.agent.server.HttpError", "tsmr.service.app.ApiError",
-                   "tsmr.cli.common.Refused", "tsmr.cli.common.Unreadable"}
+                   "tsmr.cli.common.Refused", "tsmr.cli.common.Unreadable",
+                   "tsmr.service.db.NodeExists"}  # the verifier answers it with 409 node.exists
 
 
 def _modules() -> Iterator[types.ModuleType]:
