@@ -525,8 +525,8 @@ def database_errors(url: str = "") -> Iterator[None]:
 
 # -- the store ------------------------------------------------------------------------------------
 
-class NodeExists(InputError):
-    """A live node already has the id being enrolled (the service answers 409)."""
+class NodeExists(Exception):
+    """A live node already has the id being enrolled: the verifier's own, answered with 409 ``node.exists``."""
 
 
 @dataclass(frozen=True)
