@@ -676,7 +676,7 @@ class Store:
             yield s
             s.commit()
 
-    def _run(self, work: Callable[[Connection, bool], _T], *, write: bool = False) -> _T:
+    def _run(self, work: Callable[[Connection, bool], _T], *, write: bool = False, atomic: bool = False) -> _T:
         """Run ``work(connection, again)`` on one pooled connection (SQLAlchemy Core) and commit its effect.
 
         The operations of the attestation path each need one statement to decide (a
@@ -688,7 +688,8 @@ class Store:
         statement sees.  On SQLite they run in a transaction; ``write`` takes the write
         lock up front (``BEGIN IMMEDIATE``, as :meth:`_write` does): in WAL mode a
         statement that reads before it writes could otherwise be refused instead of
-        waiting for the lock.
+        waiting for the lock.  ``atomic`` runs ``work`` in one transaction on PostgreSQL too,
+        for statements that must take effect together.
 
         A connection that turns out to be dead (the database restarted or dropped it)
         raises a disconnect error; SQLAlchemy then discards every connection the pool
@@ -700,7 +701,7 @@ class Store:
         self.check_file()
         for again in (False, True):
             try:
-                if self._autocommit is not None:
+                if self._autocommit is not None and not atomic:
                     with self._autocommit.connect() as conn:
                         return work(conn, again)
                 with self.engine.connect() as conn:
@@ -953,22 +954,12 @@ class Store:
     def _transaction(self, work: Callable[[Connection, bool], _T]) -> _T:
         """Run ``work(connection, again)`` in one transaction on both databases (SQLite: ``BEGIN IMMEDIATE``).
 
-        Unlike :meth:`_run`, never in autocommit mode: for changes that must happen together
+        :meth:`_run` with ``atomic``, never in autocommit mode: for changes that must happen together
         (a result and the node state it changes).  A connection found dead runs ``work`` once
         more on a new one, ``again`` true, as :meth:`_run` does: nothing of the first attempt
         committed unless its COMMIT did, which ``work`` checks for then.
         """
-        self.check_file()
-        for again in (False, True):
-            try:
-                with self.engine.connect() as conn:
-                    conn.execution_options(sqlite_begin="IMMEDIATE")
-                    with conn.begin():
-                        return work(conn, again)
-            except DBAPIError as exc:
-                if again or not exc.connection_invalidated:
-                    raise
-        raise AssertionError("unreachable")
+        return self._run(work, write=True, atomic=True)
 
     def enrol_node(self, id: str, *, kind: str, identity: Mapping[str, Any], policy: str | None = None,
                    refvals: str | None = None, interval_s: int = 60, now: datetime | None = None) -> Node:
