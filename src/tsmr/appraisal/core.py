@@ -165,7 +165,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
@@ -251,6 +251,7 @@ def appraise(
     cancelled: Callable[[], bool] | None = None,
     require_refvals: bool = False,
     extra_findings: Sequence[Finding] = (),
+    checks: Sequence[Callable[[str | None, Mapping[str, Any]], Finding | None]] = (),
 ) -> Result:
     """Appraise an evidence bundle (see the module docstring for the steps and findings).
 
@@ -291,6 +292,12 @@ def appraise(
     missing for the evidence (an SEV-SNP VCEK that could not be fetched) are
     explained by it: the evidence is then left unverified instead of
     :class:`~tsmr.evidence.TrustAnchorMissing` being raised.
+
+    ``checks`` are the caller's own judgements of what the evidence showed,
+    made after it is verified and before the policy step (the policy sees
+    their findings): each is called with the evidence kind and its claims
+    (empty when the evidence did not verify) and returns a finding or None.
+    The verifier checks that evidence shows an enrolled node's identity so.
     """
     budget = Budget(limits, cancelled=cancelled)
     budget.check_document(bundle)  # counted before anything is verified or parsed
@@ -393,6 +400,11 @@ def appraise(
         _run_appraisers(run, apps, by_name, refvals, events_json)
 
     run.findings.extend(extra_findings)
+    kind = verified.kind if verified is not None else _kind_of(bundle)
+    for judge in checks:  # the caller's, on what the evidence showed (no claims: it did not verify)
+        judged = judge(kind, claims)
+        if judged is not None:
+            run.findings.append(judged)
 
     # 7. policy
     budget.check_time("policy")
@@ -421,7 +433,7 @@ def appraise(
     return result_of_frozen(
         {"events": MappingProxyType(dict(by_domain)), "unproven": unproven_json},
         status=status,
-        kind=verified.kind if verified is not None else _kind_of(bundle),
+        kind=kind,
         nonce=bundle_nonce.hex() if bundle_nonce is not None else "",
         findings=findings,
         trustworthiness=_vector(findings, verified is not None, no_claim),
@@ -559,7 +571,8 @@ def _replay_step(
     else:
         entry, clean = _replay(run, budget, logs, kind, signed, accepted)
         if clean and inputs is not None and key is not None and sum(map(len, inputs[0])) <= REPLAY_CACHE_MAX_CHARS:
-            entry = _Replayed(*inputs, *_outcome(entry))
+            texts, described, _, signed_items, quirks = inputs
+            entry = replace(entry, texts=texts, logs=described, signed=signed_items, quirks=quirks)
             _REPLAYS.put(key, entry, weight=sum(map(len, inputs[0])))
     for finding, unlogged in entry.findings:
         if unlogged is None or unlogged not in pinned:
@@ -568,15 +581,9 @@ def _replay_step(
             list(entry.applied), entry.replayed)
 
 
-def _outcome(entry: _Replayed) -> tuple[Any, ...]:
-    """The fields of ``entry`` after its inputs."""
-    return (entry.counts, entry.runtime_count, entry.replayed, entry.applied, entry.findings, entry.rows,
-            entry.events_json, entry.by_domain, entry.unproven_json)
-
-
 def _replay(run: _Run, budget: Budget, logs: Sequence[Any], kind: str, signed: Mapping[str, Mapping[HashAlg, bytes]],
             accepted: Sequence[str]) -> tuple[_Replayed, bool]:
-    """Step 4 done: its outcome (inputs left empty) and whether every log parsed.  Findings of logs that
+    """Step 4 done: its outcome (the inputs left empty, for the caller to fill) and whether every log parsed.  Findings of logs that
     do not parse are added to ``run`` here, the step's others are in the outcome."""
     events: list[Event] = []
     counts: list[tuple[int, int]] = []

@@ -49,9 +49,9 @@ which goes through FastAPI (the hot route takes no query string): the node is lo
 up before the nonce is spent (404 ``node.unknown`` for an unknown or retired one), its
 own policy and reference values apply, the identity its evidence shows (TDX MRTD,
 SEV-SNP measurement, CCA RIM, the TPM attestation key) is compared with the one it was
-enrolled with after the appraisal and before the EAR is signed (``node.identity-mismatch``,
-an error: the result is then ``contraindicated``, whatever the policy said), and the
-result is stored with the node's state change in one transaction.
+enrolled with as part of the appraisal, before its policy step (``node.identity-mismatch``,
+an error the policy sees; the default policy makes the result ``contraindicated``), and
+the result is stored with the node's state change in one transaction.
 
 Admin endpoints (``/policies``, ``/refvals``, ``/tpm-aks``, ``/nodes``) exist only when an
 admin token is configured; the bearer token is compared in constant time and
@@ -811,8 +811,8 @@ def _appraise_and_store(v: Verifier, bundle: dict[str, Any], *, nonce: str, raw_
     """Appraise, sign and store: the part of /attest that runs with the nonce spent.
 
     The result document is encoded to JSON once: that text is stored and sent.
-    As a node: the identity the evidence shows is checked against the node's before
-    the EAR is signed, and the result is stored with the node's state change in one
+    As a node: the identity the evidence shows is checked against the node's as part of
+    the appraisal, before the policy step (:func:`identity_mismatch`), and the result is stored with the node's state change in one
     transaction (:meth:`Store.save_node_result`).
     """
     start = time.perf_counter()
@@ -823,13 +823,10 @@ def _appraise_and_store(v: Verifier, bundle: dict[str, Any], *, nonce: str, raw_
                             nonce=raw_nonce, now=v.evaluation_time(now), trust=trust, nonce_expires_at=expires_at,
                             nonce_used=False,
                             policy_id=policy_id, refvals_id=refvals_id, allow_debug=v.settings.allow_debug,
-                            require_refvals=v.settings.require_refvals, extra_findings=extra_findings)
+                            require_refvals=v.settings.require_refvals, extra_findings=extra_findings,
+                            checks=() if node is None else (functools.partial(identity_mismatch, node, bundle),))
     finally:
         v.metrics.appraised(time.perf_counter() - start)
-    if node is not None:
-        mismatch = identity_mismatch(node, result, bundle)
-        if mismatch is not None:
-            result = with_finding(result, mismatch)
     result_id = str(uuid.uuid4())
     token = ear.sign(result, v.key, kid=v.kid, now=now, verifier_id=v.verifier_id, extra={"jti": result_id})
     doc = JSONText(_dumps(result.to_dict()))
@@ -871,8 +868,12 @@ def _node_documents(v: Verifier, node: Node) -> tuple[Document | None, Document 
                        f"node {node.id!r}: {exc.detail} (the node's settings name it)") from None
 
 
-def identity_mismatch(node: Node, result: Any, bundle: Mapping[str, Any]) -> Finding | None:
-    """The ``node.identity-mismatch`` finding when the appraised evidence does not show ``node``'s identity.
+def identity_mismatch(node: Node, bundle: Mapping[str, Any], kind: str | None,
+                      claims: Mapping[str, Any]) -> Finding | None:
+    """The ``node.identity-mismatch`` finding when the evidence does not show ``node``'s identity.
+
+    An appraisal check (``appraise(checks=...)``): ``kind`` and ``claims`` are what the
+    evidence of ``bundle`` showed (no claims: it did not verify).
 
     TDX, SEV-SNP and CCA: the launch measurement the node was enrolled with, as the
     verified evidence's claims give it (``mrtd``, ``measurement``, ``rim``).  TPM: the
@@ -882,7 +883,7 @@ def identity_mismatch(node: Node, result: Any, bundle: Mapping[str, Any]) -> Fin
     field, _ = IDENTITY_FIELDS[node.kind]
     expected = str(node.identity.get(field, "")).lower()
     actual: str | None = None
-    if result.kind == node.kind and result.claims:
+    if kind == node.kind and claims:
         if node.kind == "tpm":
             ev = bundle.get("evidence")
             try:
@@ -890,37 +891,18 @@ def identity_mismatch(node: Node, result: Any, bundle: Mapping[str, Any]) -> Fin
             except (TypeError, KeyError, ValueError, TsmrError):
                 actual = None
         else:
-            claim = result.claims.get(field)
+            claim = claims.get(field)
             actual = claim.lower() if isinstance(claim, str) else None
     if actual is not None and hmac.compare_digest(actual, expected):
         return None
-    if result.kind != node.kind:
-        message = f"node {node.id!r} is a {node.kind} node; the evidence is {result.kind or 'unreadable'}"
+    if kind != node.kind:
+        message = f"node {node.id!r} is a {node.kind} node; the evidence is {kind or 'unreadable'}"
     elif actual is None:
         message = f"the evidence was not verified, so it does not show node {node.id!r}'s {field}"
     else:
         message = f"the evidence's {field} is not the one node {node.id!r} was enrolled with"
     return Finding("node.identity-mismatch", Severity.ERROR, message, "instance-identity",
                    {"node": node.id, "field": field, "expected": expected, "actual": actual})
-
-
-def with_finding(result: Any, finding: Finding) -> Any:
-    """``result`` with an error ``finding`` added after the appraisal: contraindicated, whatever the policy said.
-
-    The finding joins the others (worst first), its claim takes the contraindicated tier,
-    and the status becomes contraindicated; the rest of the result is unchanged.
-    """
-    from ..appraisal.model import TIER, EarStatus, result_of_frozen
-
-    rank = {"info": 0, "warning": 1, "error": 2}
-    findings = sorted((*result.findings, finding), key=lambda f: -rank.get(f.severity, 2))
-    vector = dict(result.trustworthiness)
-    vector[finding.claim] = max(vector.get(finding.claim, 0), TIER[EarStatus.CONTRAINDICATED])
-    return result_of_frozen({"events": result.events, "unproven": result.unproven},
-                            status=EarStatus.CONTRAINDICATED, kind=result.kind, nonce=result.nonce,
-                            findings=findings, trustworthiness=vector, registers=result.registers,
-                            claims=result.claims, quirks=result.quirks, policy_id=result.policy_id,
-                            refvals_id=result.refvals_id)
 
 
 def _state_reason(result: Any) -> str:
